@@ -1,0 +1,171 @@
+"""Command line: ``localdiffusion <command> ...``.
+
+Every command turns bad input (:class:`~localdiffusion.io.InputError`, ``ValueError``
+from parameter checks, missing files) into one ``error:`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .io import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_phantom(sub) -> None:
+    p = sub.add_parser("phantom", help="generate the physics-phantom cohort (BraTS 2021 layout)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--healthy", type=int, default=0, help="number of healthy cases")
+    p.add_argument("--tumour", type=int, default=0, help="number of glioma cases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (default 2)")
+    p.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
+                   help="all: 70/15/15 split; otherwise put every case in this split")
+    p.add_argument("--t1-sequence", default="mprage", choices=["mprage", "spin_echo"])
+    p.add_argument("--preview", action="store_true", help="write a PNG montage per case")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=_run_phantom)
+
+
+def _run_phantom(args) -> int:
+    from .phantom.dataset import write_cohort
+
+    entries = write_cohort(args.out, args.healthy, args.tumour, args.seed, spacing=args.spacing, split=args.split,
+                           preview=args.preview, workers=args.workers, t1_sequence=args.t1_sequence)
+    print(f"wrote {len(entries)} cases and manifest.json to {args.out}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the main job on the embedded default data (phantom from nilearn's MNI152)")
+    p.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    for line in run_demo(args.out, seed=args.seed):
+        print(line)
+    return 0
+
+
+def _add_check(sub) -> None:
+    p = sub.add_parser("check", help="read and validate one case (BraTS 2020/2021/2023 folder or MSD image)")
+    p.add_argument("--case", required=True, type=Path)
+    p.add_argument("--modalities", nargs="+", default=["t1", "flair"])
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args) -> int:
+    from .readers import read_case
+    from .slices import prepare_case
+
+    case = read_case(args.case, args.modalities)
+    prepared = prepare_case(case)
+    labels = "none" if case.seg is None else sorted(set(case.seg.ravel().tolist()))
+    print(f"{case.case_id}: layout {case.layout}, shape {case.shape}, modalities {list(case.images)}, labels {labels}")
+    print(f"working grid {prepared.grid.shape} at {prepared.grid.spacing} mm, "
+          f"{prepared.brain_slices().size} brain slices")
+    return 0
+
+
+def _add_train(sub) -> None:
+    from .diffusion.train import TrainConfig
+
+    d = TrainConfig(data="", out="")
+    p = sub.add_parser("train", help="train the conditional diffusion model on healthy slices")
+    p.add_argument("--data", required=True, help="cohort folder (phantom manifest or BraTS/MSD cases)")
+    p.add_argument("--source", default="t1")
+    p.add_argument("--target", default="flair")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--crop", type=int, default=d.crop, help="random crop size (multiple of 4)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--val-slices", type=int, default=d.val_slices)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--timesteps", type=int, default=100, help="T, training timesteps")
+    p.add_argument("--prediction-type", default="sample", choices=["sample", "epsilon", "v_prediction"])
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--num-res-blocks", type=int, default=2)
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from .diffusion.model import DiffusionConfig
+    from .diffusion.train import TrainConfig, train
+
+    n = len(args.channels)
+    model_cfg = DiffusionConfig(source=args.source, target=args.target, channels=tuple(args.channels),
+                                attention_levels=tuple([False] * (n - 1) + [True]), num_res_blocks=args.num_res_blocks,
+                                num_train_timesteps=args.timesteps, prediction_type=args.prediction_type,
+                                norm_num_groups=min(16, args.channels[0]), num_head_channels=min(32, args.channels[-1]))
+    cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
+                      lr=args.lr, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
+                      val_slices=args.val_slices, seed=args.seed, device=args.device, threads=args.threads)
+    out = train(cfg, model_cfg, resume=args.resume)
+    print(f"model written to {out}")
+    return 0
+
+
+def default_model_dir(source: str = "t1", target: str = "flair") -> Path:
+    """Shipped weights: ``monai_bundle/models/<source>_to_<target>`` of this repository."""
+    return Path(__file__).resolve().parents[2] / "monai_bundle" / "models" / f"{source}_to_{target}"
+
+
+def _add_translate(sub) -> None:
+    p = sub.add_parser("translate", help="translate a volume (e.g. T1 -> FLAIR) with a trained model")
+    p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=_run_translate)
+
+
+def _run_translate(args) -> int:
+    from .translate import translate_file
+
+    model = args.model or default_model_dir()
+    translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                   batch_size=args.batch_size, device=args.device)
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = [_add_phantom, _add_check, _add_train, _add_translate, _add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="localdiffusion", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Reverse processes as one loop over (denoise, x, timesteps, update).
+
+``reverse_process`` is the only sampling loop in the package. Everything else composes
+with it:
+
+* an *update* rule (:func:`ddpm_update`, :func:`ddim_update`) maps (x_t, x0_hat) to x_s;
+* the *denoise* callable ``denoise(x_t, t) -> x0_hat`` may be wrapped (Local Diffusion
+  branches, RODS perturbs where it evaluates);
+* *hooks* see every step as a :class:`Step` and may replace ``x_t``/``x0_hat`` (fusion,
+  trajectory recording).
+
+Shapes: x (B, 1, H, W) in the model scale [-1, 1]; timesteps are decreasing ints.
+Randomness comes from :class:`SliceNoise`: one generator per slice, so a slice's result
+depends on its own seed only, not on the batch it was sampled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .schedule import NoiseSchedule
+
+
+@dataclass
+class Step:
+    """What a hook sees at step ``index``: the transition ``t -> t_prev`` (-1 = clean)."""
+
+    index: int
+    t: int
+    t_prev: int
+    x_t: torch.Tensor
+    x0_hat: torch.Tensor
+    num_steps: int
+
+
+class StepHook(Protocol):
+    def __call__(self, step: Step) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+
+
+Update = Callable[[NoiseSchedule, torch.Tensor, torch.Tensor, int, int, "SliceNoise"], torch.Tensor]
+
+
+class SliceNoise:
+    """Gaussian noise from one ``torch.Generator`` per slice (seeds: one int per slice)."""
+
+    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):
+        self.seeds = [int(s) for s in seeds]
+        self.generators = [torch.Generator("cpu").manual_seed(s) for s in self.seeds]
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def __call__(self, item_shape: Sequence[int]) -> torch.Tensor:
+        """(B, *item_shape) standard normal noise, row b from generator b."""
+        return torch.stack([torch.randn(tuple(item_shape), generator=g) for g in self.generators]).to(self.device)
+
+
+def ddpm_update(eta: float = 1.0) -> Update:
+    """Ancestral DDPM step on any respaced chain: sample q(x_s | x_t, x0_hat)."""
+
+    def update(schedule, x_t, x0_hat, t, s, noise):
+        mean, variance = schedule.posterior(x_t, x0_hat, t, s)
+        if s < 0 or variance == 0.0:
+            return mean
+        return mean + (eta * variance**0.5) * noise(x_t.shape[1:])
+
+    return update
+
+
+def ddim_update(eta: float = 0.0) -> Update:
+    """DDIM step (Song et al.) with stochasticity ``eta`` (0 = deterministic)."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+
+    def update(schedule, x_t, x0_hat, t, s, noise):
+        a_t, a_s = schedule.abar(t), schedule.abar(s)
+        if s < 0:
+            return x0_hat
+        eps = schedule.eps_from_x0(x_t, x0_hat, t)
+        sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
+        x_s = a_s**0.5 * x0_hat + max(1 - a_s - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x_s = x_s + sigma * noise(x_t.shape[1:])
+        return x_s
+
+    return update
+
+
+SAMPLERS = {"ddpm": ddpm_update, "ddim": ddim_update}
+
+
+def make_update(sampler: str, eta: float | None = None) -> Update:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+    return SAMPLERS[sampler]() if eta is None else SAMPLERS[sampler](eta)
+
+
+def reverse_process(denoise: Callable[[torch.Tensor, int], torch.Tensor], x_T: torch.Tensor,
+                    schedule: NoiseSchedule, timesteps: Sequence[int], update: Update, noise: SliceNoise,
+                    hooks: Iterable[StepHook] = (), progress: bool = False) -> torch.Tensor:
+    """Run the chain ``timesteps[0] -> ... -> timesteps[-1] -> clean`` from ``x_T``.
+
+    At each step: ``x0_hat = denoise(x_t, t)``; every hook may replace (x_t, x0_hat);
+    then ``x_t = update(schedule, x_t, x0_hat, t, t_prev, noise)``. Returns x at t = -1.
+    """
+    hooks = list(hooks)
+    steps = list(timesteps)
+    x = x_T
+    pairs = list(zip(steps, steps[1:] + [-1]))
+    for index, (t, t_prev) in enumerate(tqdm(pairs, desc="sampling", leave=False, disable=not progress)):
+        x0_hat = denoise(x, t)
+        for hook in hooks:
+            replaced = hook(Step(index, t, t_prev, x, x0_hat, len(pairs)))
+            if replaced is not None:
+                x, x0_hat = replaced
+        x = update(schedule, x, x0_hat, t, t_prev, noise)
+    return x
+
+
+def conditional_denoise(denoiser, condition: torch.Tensor) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """Bind a condition (B, 1, H, W) to a :class:`~.model.Denoiser`; clip x0_hat to [-1, 1]."""
+
+    def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return denoiser(x_t, condition, t).clamp(-1.0, 1.0)
+
+    return denoise
+
+
+@torch.no_grad()
+def translate_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int], *, sampler: str = "ddim",
+                     steps: int | None = 25, eta: float | None = None, hooks: Iterable[StepHook] = ()) -> torch.Tensor:
+    """Baseline translation of a batch of condition slices (B, 1, H, W) in [-1, 1]."""
+    schedule = denoiser.schedule
+    noise = SliceNoise(seeds, condition.device)
+    x_T = noise(condition.shape[1:])
+    return reverse_process(conditional_denoise(denoiser, condition), x_T, schedule, schedule.timesteps(steps),
+                           make_update(sampler, eta), noise, hooks)

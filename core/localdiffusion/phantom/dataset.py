@@ -1,0 +1,160 @@
+"""Write a phantom cohort in the BraTS 2021 layout with a manifest and previews.
+
+Splits use fixed, disjoint seed ranges: a case's seed is
+``SPLIT_BASE[split] + KIND_BASE[kind] + 10_000 * seed + index``, so train, validation and
+test subjects can never coincide, and a larger cohort with the same ``seed`` extends a
+smaller one case by case.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..io import atomic_path, save_png, save_volume
+from .generate import PHANTOM_MODALITIES, PhantomCase, generate_case
+
+SPLITS = ("train", "val", "test")
+SPLIT_BASE = {"train": 0, "val": 100_000_000, "test": 200_000_000}
+KIND_BASE = {"healthy": 0, "tumour": 50_000_000}
+SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
+MAX_SEED = 5000
+MAX_CASES = 10_000
+MANIFEST_JSON = "manifest.json"
+MANIFEST_CSV = "manifest.csv"
+
+
+def case_seed(seed: int, split: str, kind: str, index: int) -> int:
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"--seed must be in [0, {MAX_SEED}), got {seed}")
+    if not 0 <= index < MAX_CASES:
+        raise ValueError(f"at most {MAX_CASES} cases per split and kind")
+    return SPLIT_BASE[split] + KIND_BASE[kind] + 10_000 * seed + index
+
+
+def split_counts(n: int, split: str = "all") -> dict[str, int]:
+    """Cases per split: 70/15/15 (validation and test first get one case each when n >= 3)."""
+    if split != "all":
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}")
+        return {s: (n if s == split else 0) for s in SPLITS}
+    val = int(round(n * SPLIT_FRACTIONS["val"]))
+    test = int(round(n * SPLIT_FRACTIONS["test"]))
+    if n >= 3:
+        val, test = max(val, 1), max(test, 1)
+    return {"train": n - val - test, "val": val, "test": test}
+
+
+def plan_cohort(n_healthy: int, n_tumour: int, seed: int, split: str = "all") -> list[dict]:
+    plan = []
+    for kind, n in (("healthy", n_healthy), ("tumour", n_tumour)):
+        for s, count in split_counts(n, split).items():
+            for index in range(count):
+                plan.append({"case_id": f"ld{seed}_{s}_{kind[0]}{index:04d}", "split": s, "kind": kind,
+                             "case_seed": case_seed(seed, s, kind, index)})
+    return plan
+
+
+def write_case(out: Path, entry: dict, spacing: float, t1_sequence: str, preview: bool) -> dict:
+    """Generate and write one case; returns its manifest entry."""
+    case = generate_case(entry["case_seed"], tumour=entry["kind"] == "tumour", spacing=spacing, t1_sequence=t1_sequence)
+    folder = out / entry["case_id"]
+    name = entry["case_id"]
+    for modality in PHANTOM_MODALITIES:
+        save_volume(folder / f"{name}_{modality}.nii.gz", case.images[modality], case.affine)
+    save_volume(folder / f"{name}_seg.nii.gz", case.seg, case.affine)
+    save_volume(folder / f"{name}_mask.nii.gz", case.brain_mask, case.affine)
+    if preview:
+        save_png(folder / f"{name}_preview.png", preview_figure(case, name))
+    return {**entry, **case.params, "shape": list(case.seg.shape)}
+
+
+def _write_case_star(args) -> dict:
+    return write_case(*args)
+
+
+def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, *, spacing: float = 2.0,
+                 split: str = "all", preview: bool = False, workers: int = 1, t1_sequence: str = "mprage") -> list[dict]:
+    """Generate a cohort under ``out``; writes ``manifest.json`` and ``manifest.csv`` last."""
+    if n_healthy < 0 or n_tumour < 0 or n_healthy + n_tumour == 0:
+        raise ValueError("need at least one case (--healthy and --tumour must be >= 0, not both 0)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = plan_cohort(n_healthy, n_tumour, seed, split)
+    jobs = [(out, entry, spacing, t1_sequence, preview) for entry in plan]
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            entries = list(tqdm(pool.imap(_write_case_star, jobs), total=len(jobs), desc="phantom", unit="case"))
+    else:
+        entries = [write_case(*job) for job in tqdm(jobs, desc="phantom", unit="case")]
+    entries = merge_manifest(out, entries)
+    with atomic_path(out / MANIFEST_JSON) as tmp:
+        tmp.write_text(json.dumps({"generator": "localdiffusion.phantom", "cases": entries}, indent=1))
+    with atomic_path(out / MANIFEST_CSV) as tmp:
+        tmp.write_text(_manifest_csv(entries))
+    return entries
+
+
+def merge_manifest(out: Path, entries: list[dict]) -> list[dict]:
+    """Keep entries of an existing manifest for cases not regenerated now."""
+    path = out / MANIFEST_JSON
+    if not path.exists():
+        return entries
+    new_ids = {e["case_id"] for e in entries}
+    old = [e for e in json.loads(path.read_text())["cases"] if e["case_id"] not in new_ids]
+    return sorted(old + entries, key=lambda e: (e["kind"], SPLITS.index(e["split"]), e["case_id"]))
+
+
+def _manifest_csv(entries: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["case_id", "split", "kind", "case_seed", "spacing_mm", "n_lesions", "tumour_ml",
+              "snr_t1", "snr_flair", "snr_t2"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for e in entries:
+        writer.writerow({"case_id": e["case_id"], "split": e["split"], "kind": e["kind"], "case_seed": e["case_seed"],
+                         "spacing_mm": e["spacing_mm"], "n_lesions": len(e["lesions"]), "tumour_ml": e["tumour_ml"],
+                         **{f"snr_{m}": e["snr"][m] for m in PHANTOM_MODALITIES}})
+    return buf.getvalue()
+
+
+def read_manifest(root: str | Path) -> list[dict]:
+    path = Path(root) / MANIFEST_JSON
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no phantom manifest (generate data with `localdiffusion phantom`)")
+    return json.loads(path.read_text())["cases"]
+
+
+def preview_figure(case: PhantomCase, title: str):
+    """Montage: T1, FLAIR, T2 and a label overlay; axial and coronal through the lesion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    seg = case.seg
+    if seg.any():
+        z = int(np.argmax((seg > 0).sum(axis=(0, 1))))
+        y = int(np.argmax((seg[:, :, z] > 0).sum(0)))
+    else:
+        z, y = seg.shape[2] // 2, seg.shape[1] // 2
+    cmap = ListedColormap([(0, 0, 0, 0), (1, 0.2, 0.2, 0.8), (0.2, 1, 0.2, 0.5), (0, 0, 0, 0), (1, 1, 0.1, 0.8)])
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.5))
+    for row, (cut, label) in enumerate(((lambda v: v[:, :, z], f"axial z={z}"), (lambda v: v[:, y, :], f"coronal y={y}"))):
+        for col, modality in enumerate(PHANTOM_MODALITIES):
+            axes[row, col].imshow(cut(case.images[modality]).T, cmap="gray", origin="lower")
+            axes[row, col].set_title(f"{modality.upper()} ({label})", fontsize=9)
+        axes[row, 3].imshow(cut(case.images["flair"]).T, cmap="gray", origin="lower")
+        axes[row, 3].imshow(cut(seg).T, cmap=cmap, vmin=0, vmax=4, origin="lower", interpolation="nearest")
+        axes[row, 3].set_title("labels: 1 necrosis red, 2 oedema green, 4 enh. yellow", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle(title)
+    return fig

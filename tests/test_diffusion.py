@@ -1,0 +1,248 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from localdiffusion.cli import main
+from localdiffusion.diffusion.model import DiffusionConfig, Denoiser, build_network, load_denoiser, save_model
+from localdiffusion.diffusion.sampling import (SliceNoise, ddim_update, ddpm_update, reverse_process,
+                                               translate_slices)
+from localdiffusion.diffusion.schedule import NoiseSchedule
+from localdiffusion.diffusion.train import TrainConfig, train
+from localdiffusion.io import InputError, save_volume
+
+TINY = dict(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
+            norm_num_groups=8, num_train_timesteps=20, spacing_mm=4.0, in_plane=(48, 56))
+
+
+def tiny_config(**kw) -> DiffusionConfig:
+    return DiffusionConfig(**{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    folder = tmp_path_factory.mktemp("tiny_model")
+    save_model(folder, cfg, build_network(cfg).state_dict())
+    return folder
+
+
+# ----------------------------------------------------------------- schedule and samplers
+
+
+def test_posterior_matches_closed_form():
+    s = NoiseSchedule(100)
+    x_t, x0 = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t = 40
+    beta_t, abar_t, abar_prev = float(s.betas[t]), float(s.alphas_cumprod[t]), float(s.alphas_cumprod[t - 1])
+    mean, var = s.posterior(x_t, x0, t, t - 1)
+    expect_mean = (abar_prev**0.5 * beta_t / (1 - abar_t)) * x0 + ((1 - beta_t) ** 0.5 * (1 - abar_prev) / (1 - abar_t)) * x_t
+    torch.testing.assert_close(mean, expect_mean)
+    assert var == pytest.approx((1 - abar_prev) / (1 - abar_t) * beta_t, rel=1e-10)
+    _, var_last = s.posterior(x_t, x0, 0, -1)
+    assert var_last == 0.0
+
+
+def test_schedule_ends_in_noise_and_respacing():
+    s = NoiseSchedule(100)
+    assert float(s.alphas_cumprod[-1]) < 1e-3
+    assert s.timesteps(100) == list(range(99, -1, -1))
+    steps = s.timesteps(25)
+    assert steps[0] == 99 and steps[-1] == 0 and len(steps) == 25 and steps == sorted(steps, reverse=True)
+    with pytest.raises(ValueError):
+        s.timesteps(101)
+
+
+@pytest.mark.parametrize("update", [ddpm_update(), ddim_update(0.0), ddim_update(1.0)])
+@pytest.mark.parametrize("steps", [100, 25, 7])
+def test_oracle_model_recovers_x0(update, steps):
+    s = NoiseSchedule(100)
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    noise = SliceNoise([1, 2, 3])
+    out = reverse_process(lambda x, t: x0, noise((1, 8, 8)), s, s.timesteps(steps), update, noise)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
+def test_ddpm_respaced_to_all_steps_equals_full_chain():
+    """The respaced posterior with every step is the textbook one-step DDPM chain."""
+    s = NoiseSchedule(50)
+    weights = torch.linspace(0.2, 0.9, 50)
+
+    def denoise(x, t):  # a non-trivial x0 predictor
+        return torch.tanh(weights[t] * x)
+
+    noise_a, noise_b = SliceNoise([5, 6]), SliceNoise([5, 6])
+    ours = reverse_process(denoise, noise_a((1, 4, 4)), s, s.timesteps(50), ddpm_update(), noise_a)
+    x = noise_b((1, 4, 4))
+    for t in range(49, -1, -1):  # Ho et al. (2020) eq. 7 with x0 prediction
+        x0 = denoise(x, t)
+        beta, abar = float(s.betas[t]), float(s.alphas_cumprod[t])
+        abar_prev = float(s.alphas_cumprod[t - 1]) if t > 0 else 1.0
+        mean = abar_prev**0.5 * beta / (1 - abar) * x0 + (1 - beta) ** 0.5 * (1 - abar_prev) / (1 - abar) * x
+        x = mean + ((1 - abar_prev) / (1 - abar) * beta) ** 0.5 * noise_b((1, 4, 4)) if t > 0 else mean
+    torch.testing.assert_close(ours, x, atol=1e-6, rtol=0)
+
+
+def test_ddim_eta0_is_deterministic_and_seeds_differ_per_slice(tiny_model_dir):
+    denoiser = load_denoiser(tiny_model_dir)
+    cond = torch.rand(2, 1, 48, 56) * 2 - 1
+    a = translate_slices(denoiser, cond, [1, 2], sampler="ddim", steps=5)
+    b = translate_slices(denoiser, cond, [1, 2], sampler="ddim", steps=5)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    x_T = SliceNoise([1, 2])((1, 4, 4))
+    assert not torch.equal(x_T[0], x_T[1])
+
+
+def test_results_do_not_depend_on_batch_composition(tiny_model_dir):
+    denoiser = load_denoiser(tiny_model_dir, autocast=False)
+    cond = torch.rand(3, 1, 48, 56) * 2 - 1
+    together = translate_slices(denoiser, cond, [7, 8, 9], sampler="ddpm", steps=4)
+    alone = translate_slices(denoiser, cond[1:2], [8], sampler="ddpm", steps=4)
+    torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=0)
+
+
+def test_hooks_see_every_step_and_can_replace_state():
+    s = NoiseSchedule(20)
+    seen = []
+
+    def record(step):
+        seen.append((step.t, step.t_prev))
+        return step.x_t, torch.zeros_like(step.x0_hat)  # force x0_hat = 0
+
+    noise = SliceNoise([0])
+    out = reverse_process(lambda x, t: torch.ones_like(x), noise((1, 2, 2)), s, s.timesteps(5), ddim_update(), noise, [record])
+    assert seen == list(zip(s.timesteps(5), s.timesteps(5)[1:] + [-1]))
+    torch.testing.assert_close(out, torch.zeros(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_prediction_type_conversions_round_trip(prediction_type):
+    s = NoiseSchedule(100)
+    x0, noise = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 3, 3)
+    t = torch.tensor([0, 10, 50, 99])
+    x_t = s.add_noise(x0, noise, t)
+    target = s.training_target(x0, noise, t, prediction_type)
+    torch.testing.assert_close(s.x0_from_output(target, x_t, t, prediction_type), x0, atol=1e-3, rtol=1e-3)
+
+
+# ----------------------------------------------------------------- training
+
+
+def _train_cfg(cohort, out, steps, **kw):
+    return TrainConfig(data=str(cohort), out=str(out), steps=steps, batch_size=4, crop=32, checkpoint_every=2,
+                       val_every=0, seed=0, threads=1, **kw)
+
+
+def test_training_reduces_loss_on_a_tiny_problem():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    net = build_network(cfg)
+    schedule = NoiseSchedule(cfg.num_train_timesteps)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    cond = torch.rand(8, 1, 16, 16) * 2 - 1
+    target = -cond  # a simple contrast inversion
+
+    def loss_at(step_seed):
+        g = torch.Generator().manual_seed(step_seed)
+        t = torch.randint(0, 20, (8,), generator=g)
+        noise = torch.randn(target.shape, generator=g)
+        out = net(torch.cat([schedule.add_noise(target, noise, t), cond], 1), timesteps=t)
+        return torch.nn.functional.mse_loss(out, target)
+
+    with torch.no_grad():
+        before = float(np.mean([loss_at(1000 + i).item() for i in range(4)]))
+    for i in range(60):
+        loss = loss_at(i)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(np.mean([loss_at(1000 + i).item() for i in range(4)]))
+    assert after < 0.5 * before
+
+
+def test_train_resume_continues_from_saved_step(cohort, tmp_path):
+    out = tmp_path / "run"
+    train(_train_cfg(cohort, out, 2), tiny_config(), progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2
+    train(_train_cfg(cohort, out, 4), tiny_config(), resume=True, progress=False)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
+    assert "resumed from step 2" in (out / "train.log").read_text()
+    load_denoiser(out)  # exported EMA weights load
+    with pytest.raises(InputError, match="does not match"):
+        train(_train_cfg(cohort, out, 6), tiny_config(num_res_blocks=2), resume=True, progress=False)
+
+
+def test_torchrun_two_cpu_processes(cohort, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "localdiffusion.cli", "train", "--data", str(cohort), "--out", str(out), "--steps", "2",
+           "--batch-size", "2", "--crop", "32", "--val-every", "0", "--checkpoint-every", "2",
+           "--channels", "8", "16", "--num-res-blocks", "1", "--timesteps", "20", "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world 2" in (out / "train.log").read_text()
+    assert (out / "model.pt").exists()
+
+
+# ----------------------------------------------------------------- translation
+
+
+@pytest.fixture(scope="module")
+def t1_file(tmp_path_factory):
+    from localdiffusion.phantom.generate import generate_case
+
+    case = generate_case(200_000_050, tumour=True, spacing=4.0)
+    path = tmp_path_factory.mktemp("vol") / "sub_t1.nii.gz"
+    save_volume(path, case.images["t1"], case.affine)
+    return path
+
+
+def test_translate_preserves_shape_and_affine(tiny_model_dir, t1_file, tmp_path):
+    out = tmp_path / "flair.nii.gz"
+    assert main(["translate", "--input", str(t1_file), "--out", str(out), "--model", str(tiny_model_dir),
+                 "--steps", "3", "--batch-size", "4"]) == 0
+    src, res = nib.load(str(t1_file)), nib.load(str(out))
+    assert res.shape == src.shape
+    np.testing.assert_allclose(res.affine, src.affine)
+    data = res.get_fdata()
+    assert np.isfinite(data).all() and data.min() >= 0 and data.max() <= 1
+    assert not data[np.asarray(src.dataobj) == 0].any()  # background stays background
+
+
+def test_translate_bad_inputs(tiny_model_dir, t1_file, tmp_path, capsys):
+    base = ["translate", "--input", str(t1_file), "--steps", "2"]
+    # missing weights
+    empty = tmp_path / "empty_model"
+    empty.mkdir()
+    assert main(base + ["--out", str(tmp_path / "a.nii.gz"), "--model", str(empty)]) == 2
+    assert "config" in capsys.readouterr().err
+    # checkpoint whose configuration does not match
+    bad = tmp_path / "mismatch"
+    cfg = tiny_config()
+    save_model(bad, tiny_config(channels=(8, 32)), build_network(cfg).state_dict())
+    assert main(base + ["--out", str(tmp_path / "b.nii.gz"), "--model", str(bad)]) == 2
+    assert "do not match" in capsys.readouterr().err
+    # wrong modality count (a 4-channel volume)
+    four = tmp_path / "four.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10, 4), np.float32), np.eye(4)), str(four))
+    assert main(["translate", "--input", str(four), "--out", str(tmp_path / "c.nii.gz"), "--model", str(tiny_model_dir)]) == 2
+    assert "3D" in capsys.readouterr().err
+    # a volume too small for the network
+    small = tmp_path / "small.nii.gz"
+    save_volume(small, np.ones((3, 3, 3), np.float32), np.eye(4))
+    assert main(["translate", "--input", str(small), "--out", str(tmp_path / "d.nii.gz"), "--model", str(tiny_model_dir)]) == 2
+    assert "too small" in capsys.readouterr().err
+    # never overwrite the input
+    before = t1_file.read_bytes()
+    assert main(["translate", "--input", str(t1_file), "--out", str(t1_file), "--model", str(tiny_model_dir)]) == 2
+    assert t1_file.read_bytes() == before
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial outputs

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+
+from localdiffusion.phantom import physics
+from localdiffusion.phantom.dataset import SPLIT_BASE, case_seed, read_manifest, split_counts
+from localdiffusion.phantom.generate import ENHANCING, NECROSIS, OEDEMA, generate_case
+from localdiffusion.phantom.physics import TISSUE_ORDER
+
+WM, GM, CSF = (TISSUE_ORDER.index(t) + 1 for t in ("wm", "gm", "csf"))
+
+
+def tissue_mean(case, modality, tissue):
+    return float(case.images[modality][case.pure_tissue == tissue].mean())
+
+
+def test_flair_inversion_time_nulls_csf():
+    tr = 9000.0
+    ti = physics.csf_null_inversion_time(tr)
+    assert 2400 < ti < 2700
+    flair = physics.Sequence("inversion_recovery", tr=tr, te=120.0, ti=ti)
+    assert flair.signal(physics.HEALTHY_TISSUES["csf"]) < 1e-9
+    assert flair.signal(physics.HEALTHY_TISSUES["wm"]) > 0.05
+
+
+def test_spin_echo_values_match_design_table():
+    se_t1 = physics.Sequence("spin_echo", tr=500.0, te=10.0)
+    got = {k: round(se_t1.signal(v), 3) for k, v in physics.HEALTHY_TISSUES.items()}
+    assert got == {"wm": 0.228, "gm": 0.197, "csf": 0.102}
+
+
+def test_csf_nulled_on_flair(healthy_case):
+    assert tissue_mean(healthy_case, "flair", CSF) < 0.35 * tissue_mean(healthy_case, "flair", WM)
+
+
+def test_t1_contrast_wm_gm_csf(healthy_case):
+    wm, gm, csf = (tissue_mean(healthy_case, "t1", t) for t in (WM, GM, CSF))
+    assert wm > gm > csf
+
+
+def test_oedema_bright_on_flair_but_not_on_t1(tumour_case):
+    oedema = tumour_case.seg == OEDEMA
+    assert oedema.sum() > 20
+
+    def ratio(modality):
+        return tumour_case.images[modality][oedema].mean() / tissue_mean(tumour_case, modality, WM)
+
+    flair_ratio, t1_ratio = ratio("flair"), ratio("t1")
+    assert flair_ratio > 1.3
+    assert t1_ratio < flair_ratio
+
+
+def test_labels_inside_brain_and_brats_convention(tumour_case, healthy_case):
+    seg = tumour_case.seg
+    assert set(np.unique(seg)) <= {0, NECROSIS, OEDEMA, ENHANCING}
+    assert (seg > 0).any()
+    assert not np.any((seg > 0) & (tumour_case.brain_mask == 0))
+    assert not healthy_case.seg.any()
+    for image in tumour_case.images.values():
+        assert not np.any(image[tumour_case.brain_mask == 0])
+
+
+def test_lesion_sizes_in_range(tumour_case):
+    for lesion in tumour_case.params["lesions"]:
+        diameter_cm = 2 * (lesion["core_radius_mm"] + lesion["oedema_mm"]) / 10
+        assert 1.0 <= diameter_cm <= 6.0
+
+
+def test_deterministic_by_seed():
+    a = generate_case(11, tumour=True, spacing=4.0)
+    b = generate_case(11, tumour=True, spacing=4.0)
+    c = generate_case(12, tumour=True, spacing=4.0)
+    for m in a.images:
+        np.testing.assert_array_equal(a.images[m], b.images[m])
+        assert not np.array_equal(a.images[m], c.images[m])
+    np.testing.assert_array_equal(a.seg, b.seg)
+
+
+def test_subjects_differ_in_pose_and_noise():
+    a = generate_case(21, tumour=False, spacing=4.0)
+    b = generate_case(22, tumour=False, spacing=4.0)
+    assert a.params["pose"] != b.params["pose"]
+    assert a.params["snr"] != b.params["snr"]
+    assert all(15 <= s <= 40 for s in a.params["snr"].values())
+
+
+def test_split_seed_ranges_are_disjoint():
+    seeds = {s: {case_seed(seed, s, k, i) for seed in (0, 4999) for k in ("healthy", "tumour") for i in (0, 9999)}
+             for s in SPLIT_BASE}
+    assert not (seeds["train"] & seeds["val"]) and not (seeds["val"] & seeds["test"]) and not (seeds["train"] & seeds["test"])
+    with pytest.raises(ValueError):
+        case_seed(5000, "train", "healthy", 0)
+    assert split_counts(100) == {"train": 70, "val": 15, "test": 15}
+    assert split_counts(3) == {"train": 1, "val": 1, "test": 1}
+
+
+def test_cohort_layout_manifest_and_preview(cohort):
+    cases = read_manifest(cohort)
+    assert len(cases) == 6
+    assert {c["split"] for c in cases} == {"train", "val", "test"}
+    for c in cases:
+        folder = cohort / c["case_id"]
+        for suffix in ("t1", "t2", "flair", "seg", "mask"):
+            assert (folder / f"{c['case_id']}_{suffix}.nii.gz").exists()
+        assert (folder / f"{c['case_id']}_preview.png").stat().st_size > 10_000
+        assert (c["kind"] == "tumour") == (c["tumour_ml"] > 0)
+    csv_lines = (cohort / "manifest.csv").read_text().strip().splitlines()
+    assert len(csv_lines) == 7
+    assert json.loads((cohort / "manifest.json").read_text())["generator"] == "localdiffusion.phantom"
