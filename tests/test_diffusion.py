@@ -246,3 +246,16 @@ def test_translate_bad_inputs(tiny_model_dir, t1_file, tmp_path, capsys):
     assert main(["translate", "--input", str(t1_file), "--out", str(t1_file), "--model", str(tiny_model_dir)]) == 2
     assert t1_file.read_bytes() == before
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no partial outputs
+
+
+def test_segmenter_trains_and_round_trips(cohort, tmp_path):
+    from localdiffusion.segmentation import SegConfig, load_segmenter, train_segmenter
+
+    cfg = SegConfig(modality="flair", channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
+    metrics = train_segmenter(cohort, tmp_path / "seg", cfg, steps=3, batch_size=4, progress=False)
+    assert 0.0 <= metrics["val_tumour_dice"] <= 1.0
+    seg = load_segmenter(tmp_path / "seg")
+    out = seg(torch.zeros(2, 1, 48, 56))
+    assert out.shape == (2, 48, 56) and out.dtype == torch.int64
+    with pytest.raises(InputError):
+        load_segmenter(tmp_path / "nothing")

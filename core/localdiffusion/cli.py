@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .demo import shipped_model_dir
 from .io import InputError
 
 EXIT_BAD_INPUT = 2
@@ -118,11 +119,6 @@ def _run_train(args) -> int:
     return 0
 
 
-def default_model_dir(source: str = "t1", target: str = "flair") -> Path:
-    """Shipped weights: ``monai_bundle/models/<source>_to_<target>`` of this repository."""
-    return Path(__file__).resolve().parents[2] / "monai_bundle" / "models" / f"{source}_to_{target}"
-
-
 def _add_translate(sub) -> None:
     p = sub.add_parser("translate", help="translate a volume (e.g. T1 -> FLAIR) with a trained model")
     p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
@@ -139,14 +135,110 @@ def _add_translate(sub) -> None:
 def _run_translate(args) -> int:
     from .translate import translate_file
 
-    model = args.model or default_model_dir()
+    model = args.model or shipped_model_dir()
     translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
                    batch_size=args.batch_size, device=args.device)
     print(f"wrote {args.out}")
     return 0
 
 
-COMMANDS = [_add_phantom, _add_check, _add_train, _add_translate, _add_demo]
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="translation PSNR/SSIM over the brain on a cohort split")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--kind", default="healthy", choices=["healthy", "tumour", "all"])
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from .diffusion.model import load_denoiser
+    from .diffusion.train import select_device
+    from .evaluate import evaluate_translation, write_report
+
+    denoiser = load_denoiser(args.model or shipped_model_dir(), select_device(args.device))
+    result = evaluate_translation(denoiser, args.data, args.split, None if args.kind == "all" else args.kind,
+                                  sampler=args.sampler, steps=args.steps, seed=args.seed, max_cases=args.max_cases)
+    (p, p_sd), (s, s_sd), (sec, _) = (result["mean_std"][k] for k in ("psnr", "ssim", "seconds"))
+    print(f"{result['direction']} {args.split}/{args.kind} ({result['cases']} cases, {args.sampler}-{args.steps}): "
+          f"PSNR {p:.2f} +- {p_sd:.2f} dB, SSIM {s:.4f} +- {s_sd:.4f}, {sec:.1f} s per volume")
+    if args.report:
+        write_report(result, args.report)
+    return 0
+
+
+def _add_ood(sub) -> None:
+    p = sub.add_parser("ood", help="PatchCore OOD detector: build a calibrated bank, map a volume")
+    ood = p.add_subparsers(dest="ood_command", required=True)
+    b = ood.add_parser("build", help="fit on healthy train slices, calibrate on healthy val slices")
+    b.add_argument("--data", required=True, type=Path)
+    b.add_argument("--modality", required=True, choices=["t1", "t1ce", "t2", "flair"])
+    b.add_argument("--out", required=True, type=Path)
+    b.add_argument("--backbone", default="wide_resnet50_2", help="timm backbone name")
+    b.add_argument("--layers", nargs="+", default=["layer2", "layer3"])
+    b.add_argument("--weights", default="random",
+                   help="random (BatchNorm recalibrated), imagenet (timm, online or cached), a local "
+                        "state_dict file, or diffusion:<model dir> (diffusion U-Net encoder)")
+    b.add_argument("--projection-dim", type=int, default=None)
+    b.add_argument("--bank-size", type=int, default=8000)
+    b.add_argument("--fpr", type=float, default=0.01, help="calibrated false-positive rate of healthy voxels")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_run_ood_build)
+    m = ood.add_parser("map", help="OOD probability map (+ binary mask) in the input's geometry")
+    m.add_argument("--input", required=True, type=Path)
+    m.add_argument("--bank", required=True, type=Path)
+    m.add_argument("--out", required=True, type=Path)
+    m.add_argument("--mask-out", type=Path, default=None, help="default: OUT with _mask suffix")
+    m.set_defaults(func=_run_ood_map)
+
+
+def _run_ood_build(args) -> int:
+    from .ood.volume import build_bank, make_extractor
+
+    extractor = make_extractor(args.backbone, args.weights, layers=tuple(args.layers),
+                               projection_dim=args.projection_dim, seed=args.seed)
+    model = build_bank(args.data, args.modality, extractor, bank_size=args.bank_size,
+                       false_positive_rate=args.fpr, seed=args.seed)
+    model.save(args.out)
+    print(f"wrote {args.out}: {len(model.bank)} patches, threshold p >= {model.threshold:.3f}")
+    return 0
+
+
+def _run_ood_map(args) -> int:
+    from .ood.volume import map_volume
+
+    prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out)
+    print(f"wrote {prob} and {mask}")
+    return 0
+
+
+def _add_train_seg(sub) -> None:
+    p = sub.add_parser("train-seg", help="train the downstream tumour-segmentation U-Net")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--modality", default="flair", choices=["t1", "flair", "t2"])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_train_seg)
+
+
+def _run_train_seg(args) -> int:
+    from .segmentation import SegConfig, train_segmenter
+
+    metrics = train_segmenter(args.data, args.out, SegConfig(modality=args.modality), steps=args.steps,
+                              batch_size=args.batch_size, seed=args.seed)
+    print(f"wrote {args.out}: validation tumour Dice {metrics['val_tumour_dice']:.3f}")
+    return 0
+
+
+COMMANDS = [_add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from .diffusion.model import Denoiser, load_denoiser
 from .diffusion.sampling import translate_slices
-from .diffusion.train import from_model_scale, select_device, to_model_scale
+from .diffusion.train import from_model_scale, select_device
 from .io import InputError, load_volume, save_volume
 from .readers import Case
 from .slices import PreparedCase, prepare_case
@@ -55,19 +56,35 @@ def prepare_input(path: str | Path, modality: str, spacing: float, in_plane: tup
     return prepared
 
 
+#: ``sample_batch(denoiser, condition01 (B, 1, H, W), seeds, slice_indices) -> x0 (B, 1, H, W) in [-1, 1]``
+SampleBatch = Callable[[Denoiser, torch.Tensor, list, np.ndarray], torch.Tensor]
+
+
+def baseline_sampler(sampler: str = "ddim", steps: int | None = 25) -> SampleBatch:
+    def sample(denoiser, cond01, seeds, ks):
+        return translate_slices(denoiser, cond01 * 2.0 - 1.0, seeds, sampler=sampler, steps=steps)
+
+    return sample
+
+
 @torch.no_grad()
 def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: str = "ddim", steps: int | None = 25,
-                       seed: int = 0, batch_size: int = 8, progress: bool = True) -> np.ndarray:
-    """Translate every brain slice of ``prepared``; returns the working-grid volume in [0, 1]."""
-    cfg = denoiser.config
-    source = prepared.images[cfg.source]
+                       seed: int = 0, batch_size: int = 8, progress: bool = True,
+                       sample_batch: SampleBatch | None = None) -> np.ndarray:
+    """Translate every brain slice of ``prepared``; returns the working-grid volume in [0, 1].
+
+    ``sample_batch`` replaces the baseline sampler (e.g. Local Diffusion); the batching,
+    seeding and reassembly stay here.
+    """
+    sample_batch = sample_batch or baseline_sampler(sampler, steps)
+    source = prepared.images[denoiser.config.source]
     device = next(denoiser.parameters()).device
     result = np.zeros(prepared.grid.shape, np.float32)
     ks = prepared.brain_slices()
     batches = [ks[i:i + batch_size] for i in range(0, len(ks), batch_size)]
     for batch in tqdm(batches, desc=f"translate {prepared.case_id}", unit="batch", disable=not progress):
-        cond = to_model_scale(np.moveaxis(source[:, :, batch], 2, 0)[:, None]).to(device)
-        pred = translate_slices(denoiser, cond, [slice_seed(seed, k) for k in batch], sampler=sampler, steps=steps)
+        cond = torch.as_tensor(np.moveaxis(source[:, :, batch], 2, 0)[:, None]).to(device)
+        pred = sample_batch(denoiser, cond, [slice_seed(seed, k) for k in batch], batch)
         result[:, :, batch] = np.moveaxis(from_model_scale(pred)[:, 0].cpu().numpy(), 0, 2)
     result[~prepared.brain] = 0.0
     return result

@@ -35,6 +35,7 @@ class DiffusionConfig:
     num_train_timesteps: int = 100
     schedule: str = "sigmoid_beta"
     prediction_type: str = "sample"  # x0; "epsilon" and "v_prediction" also supported
+    use_flash_attention: bool = True  # torch SDPA kernels; no effect on the weights
     spacing_mm: float = 2.0
     in_plane: tuple[int, int] = (96, 112)
     extra: dict = field(default_factory=dict)
@@ -66,6 +67,7 @@ def build_network(config: DiffusionConfig) -> DiffusionModelUNet:
         spatial_dims=2, in_channels=2, out_channels=1, channels=config.channels,
         attention_levels=config.attention_levels, num_res_blocks=config.num_res_blocks,
         num_head_channels=config.num_head_channels, norm_num_groups=config.norm_num_groups,
+        use_flash_attention=config.use_flash_attention,
     )
 
 

@@ -1,0 +1,71 @@
+"""Diffusion speed on this machine (benchmark, not a test).
+
+    python benchmarks/diffusion_speed.py [--model monai_bundle/models/t1_to_flair] [--data data/phantom]
+
+Reports ms per slice per network call (fp32 and bf16 autocast, channels_last, batch 8 and
+16, 96 x 112 slices), seconds per 2 mm phantom volume (test split) for DDIM-25, DDIM-50
+and DDPM-100, and the peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from localdiffusion.demo import shipped_model_dir
+from localdiffusion.diffusion.model import load_denoiser
+from localdiffusion.readers import read_case
+from localdiffusion.slice_data import cases_in_split
+from localdiffusion.slices import prepare_case
+from localdiffusion.translate import translate_prepared
+
+
+@torch.no_grad()
+def ms_per_slice(denoiser, batch: int, autocast: bool, repeats: int = 5) -> float:
+    denoiser.autocast = autocast
+    h, w = denoiser.config.in_plane
+    x, c = torch.randn(batch, 1, h, w), torch.randn(batch, 1, h, w)
+    denoiser(x, c, 50)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        denoiser(x, c, 50)
+    return 1000 * (time.perf_counter() - t0) / (repeats * batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, default=shipped_model_dir())
+    parser.add_argument("--data", default="data/phantom")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    args = parser.parse_args()
+    denoiser = load_denoiser(args.model)
+    result = {"threads": torch.get_num_threads(), "model": str(args.model),
+              "parameters_M": sum(p.numel() for p in denoiser.parameters()) / 1e6, "ms_per_slice_per_call": {}}
+    for batch in (8, 16):
+        for autocast in (False, True):
+            key = f"{'bf16' if autocast else 'fp32'}_batch{batch}"
+            result["ms_per_slice_per_call"][key] = round(ms_per_slice(denoiser, batch, autocast), 1)
+            print(key, result["ms_per_slice_per_call"][key], "ms", flush=True)
+    denoiser.autocast = True
+    case_path = cases_in_split(args.data, "test", "tumour")[0]
+    prepared = prepare_case(read_case(case_path, (denoiser.config.source,)), denoiser.config.spacing_mm,
+                            denoiser.config.in_plane)
+    result["volume"] = {"case": case_path.name, "brain_slices": int(prepared.brain_slices().size), "seconds": {}}
+    for sampler, steps in (("ddim", 25), ("ddim", 50), ("ddpm", 100)):
+        t0 = time.perf_counter()
+        translate_prepared(denoiser, prepared, sampler=sampler, steps=steps, batch_size=16, progress=False)
+        result["volume"]["seconds"][f"{sampler}-{steps}"] = round(time.perf_counter() - t0, 1)
+        print(sampler, steps, result["volume"]["seconds"][f"{sampler}-{steps}"], "s", flush=True)
+    result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

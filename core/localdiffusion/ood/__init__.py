@@ -1,0 +1,1 @@
+"""PatchCore OOD detection: features, memory bank, anomaly maps, calibration, volumes."""

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+
+from localdiffusion.cli import main
+from localdiffusion.io import InputError, save_volume
+from localdiffusion.ood.anomaly_map import Calibration
+from localdiffusion.ood.features import FeatureExtractor
+from localdiffusion.ood.memory_bank import MemoryBank, greedy_coreset
+from localdiffusion.ood.patchcore import PatchCore
+
+
+def test_coreset_radius_never_increases_and_is_deterministic():
+    x = np.random.default_rng(0).normal(size=(2000, 64)).astype(np.float32)
+    idx, radii = greedy_coreset(x, 100, projection_dim=16, seed=3)
+    assert np.all(np.diff(radii) <= 1e-9)
+    assert len(set(idx.tolist())) == 100
+    idx2, _ = greedy_coreset(x, 100, projection_dim=16, seed=3)
+    np.testing.assert_array_equal(idx, idx2)
+    idx3, _ = greedy_coreset(x, 100, projection_dim=16, seed=4)
+    assert not np.array_equal(idx, idx3)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_faiss_matches_brute_force(index_type):
+    rng = np.random.default_rng(1)
+    bank_x = rng.normal(size=(3000, 32)).astype(np.float32)
+    queries = rng.normal(size=(200, 32)).astype(np.float32)
+    bank = MemoryBank(bank_x, index_type)
+    dist, idx = bank.search(queries)
+    ref = torch.cdist(torch.as_tensor(queries).double(), torch.as_tensor(bank_x).double()).min(1)
+    hit = idx[:, 0] == ref.indices.numpy()
+    if index_type == "flat":
+        assert hit.all()
+    else:  # approximate: high recall on this hard (isotropic 32-D) data
+        assert hit.mean() > 0.9
+    np.testing.assert_allclose(dist[hit, 0], ref.values.numpy()[hit], atol=1e-4)
+
+
+def test_calibration_gives_target_false_positive_rate():
+    rng = np.random.default_rng(2)
+    cal = Calibration.fit(rng.gamma(2.0, 1.0, 200_000), false_positive_rate=0.01)
+    held_out = rng.gamma(2.0, 1.0, 200_000)
+    fpr = float((cal.probability(held_out) >= cal.probability_threshold).mean())
+    assert abs(fpr - 0.01) < 0.002
+    p = cal.probability(np.array([-1.0, 1e9]))
+    assert p[0] == 0.0 and p[1] == 1.0
+    with pytest.raises(ValueError):
+        Calibration.fit(held_out, false_positive_rate=0.7)
+
+
+def _textures(n, seed):
+    """Smooth random 'healthy' slices (n, 48, 56) in [0, 1] with a round brain."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:48, :56]
+    brain = ((yy - 24) / 20) ** 2 + ((xx - 28) / 24) ** 2 < 1
+    out = np.stack([ndimage.gaussian_filter(rng.normal(size=(48, 56)), 2.0) for _ in range(n)])
+    out = 0.5 + 0.15 * out / out.std()
+    return np.clip(out, 0, 1).astype(np.float32) * brain, np.repeat(brain[None], n, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_patchcore():
+    train, brain = _textures(24, 0)
+    val, val_brain = _textures(12, 1)
+    extractor = FeatureExtractor("resnet18", ("layer1", "layer2"), weights="random", input_scale=2.0)
+    model = PatchCore.fit(extractor, train, brain, modality="t1", bank_size=500, progress=False)
+    model.calibrate(val, val_brain, 0.01)
+    return model
+
+
+def test_planted_anomaly_is_found(tiny_patchcore):
+    test, brain = _textures(2, 5)
+    test[0, 18:26, 30:38] = 1.0  # a bright lesion
+    prob, slice_prob = tiny_patchcore.probability(test, brain)
+    lesion = np.zeros_like(brain[0])
+    lesion[18:26, 30:38] = True
+    from scipy import ndimage
+
+    far = brain[0] & (ndimage.distance_transform_edt(~lesion) > 12)
+    raw = tiny_patchcore.score(test, brain).pixel
+    print(prob[0][lesion].mean(), prob[0][far].mean(), raw[0][lesion].mean(), raw[0][far].mean())
+    assert prob[0][lesion].mean() > 0.99
+    assert raw[0][lesion].mean() > 1.5 * raw[0][far].mean()
+    assert lesion[np.unravel_index(np.argmax(raw[0]), raw[0].shape)]
+    assert slice_prob[0] > slice_prob[1]
+    assert not prob[~brain].any()
+
+
+def test_save_load_round_trip(tiny_patchcore, tmp_path):
+    path = tiny_patchcore.save(tmp_path / "bank.pt")
+    loaded = PatchCore.load(path, modality="t1")
+    test, brain = _textures(2, 9)
+    a, b = tiny_patchcore.score(test, brain), loaded.score(test, brain)
+    np.testing.assert_allclose(a.pixel, b.pixel, rtol=2e-2, atol=2e-2)  # fp16 storage of bank and backbone
+    assert loaded.threshold == tiny_patchcore.threshold
+    assert loaded.meta == tiny_patchcore.meta
+
+
+def test_bad_banks(tiny_patchcore, tmp_path):
+    path = tiny_patchcore.save(tmp_path / "bank.pt")
+    with pytest.raises(InputError, match="modality 't1', not 'flair'"):
+        PatchCore.load(path, modality="flair")
+    with pytest.raises(InputError, match="slice size"):
+        tiny_patchcore.score(np.zeros((1, 32, 32), np.float32), np.ones((1, 32, 32), bool))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(InputError, match="corrupt"):
+        PatchCore.load(corrupt)
+    with pytest.raises(InputError, match="not found"):
+        PatchCore.load(tmp_path / "missing.pt")
+    with pytest.raises(InputError, match="no feature stages"):
+        FeatureExtractor("resnet18", ("layer9",))
+
+
+def test_ood_map_cli_writes_probability_and_mask(tiny_patchcore, tmp_path, capsys):
+    import nibabel as nib
+
+    tiny_patchcore.meta["slice_size"] = [96, 112]  # map volumes on the default working grid
+    bank = tiny_patchcore.save(tmp_path / "bank.pt")
+    tiny_patchcore.meta["slice_size"] = [48, 56]
+    from localdiffusion.phantom.generate import generate_case
+
+    case = generate_case(200_000_077, tumour=True, spacing=2.0)
+    src = tmp_path / "c_t1.nii.gz"
+    save_volume(src, case.images["t1"], case.affine)
+    out = tmp_path / "ood.nii.gz"
+    assert main(["ood", "map", "--input", str(src), "--bank", str(bank), "--out", str(out)]) == 0
+    prob, mask = nib.load(str(out)), nib.load(str(tmp_path / "ood_mask.nii.gz"))
+    assert prob.shape == case.images["t1"].shape
+    np.testing.assert_allclose(prob.affine, case.affine)
+    p = prob.get_fdata()
+    assert 0 <= p.min() and p.max() <= 1 and not p[case.brain_mask == 0].any()
+    assert set(np.unique(mask.get_fdata())) <= {0.0, 1.0}
+    assert main(["ood", "map", "--input", str(src), "--bank", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
+    assert "OOD bank not found" in capsys.readouterr().err
