@@ -1,7 +1,8 @@
 """PatchCore backbone options, evaluation and speed (benchmark, not a test).
 
     python benchmarks/ood_benchmark.py --data data/phantom --modality t1 --out runs/ood_t1 \
-        --options resnet18:random wide_resnet50_2:random diffusion:monai_bundle/models/t1_to_flair
+        --options resnet18:random resnet18:random:layer1+layer2 wide_resnet50_2:random \
+                  diffusion:monai_bundle/models/t1_to_flair
 
 1. For each offline option: fit a bank on healthy *train* slices, calibrate on healthy
    *val* slices, score the *tumour val* split; the default is the option with the best
@@ -35,10 +36,12 @@ def option_name(option: str) -> str:
 
 
 def parse_option(option: str):
-    backbone, weights = option.split(":", 1)
+    """``backbone:weights[:layerA+layerB]`` or ``diffusion:<model dir>``."""
+    backbone, rest = option.split(":", 1)
     if backbone == "diffusion":
-        return make_extractor(weights=f"diffusion:{weights}")
-    return make_extractor(backbone, weights)
+        return make_extractor(weights=f"diffusion:{rest}")
+    weights, _, layers = rest.partition(":")
+    return make_extractor(backbone, weights, layers=tuple(layers.split("+")) if layers else ("layer2", "layer3"))
 
 
 def faiss_check(model, queries: np.ndarray) -> dict:

@@ -136,3 +136,14 @@ def test_ood_map_cli_writes_probability_and_mask(tiny_patchcore, tmp_path, capsy
     assert set(np.unique(mask.get_fdata())) <= {0.0, 1.0}
     assert main(["ood", "map", "--input", str(src), "--bank", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
     assert "OOD bank not found" in capsys.readouterr().err
+
+
+def test_ood_build_cli_calibrates_on_validation(cohort, tmp_path):
+    bank = tmp_path / "t1_bank.pt"
+    assert main(["ood", "build", "--data", str(cohort), "--modality", "t1", "--out", str(bank),
+                 "--backbone", "resnet18", "--bank-size", "300"]) == 0
+    model = PatchCore.load(bank, modality="t1")
+    assert len(model.bank) == 300
+    assert model.meta["calibration"]["false_positive_rate"] == 0.01
+    assert model.meta["extractor"]["backbone"] == "resnet18" and model.meta["extractor"]["weights"] == "random"
+    assert model.threshold == pytest.approx(0.99)

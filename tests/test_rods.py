@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from localdiffusion.diffusion.sampling import SliceNoise, conditional_denoise, ddim_update, reverse_process
+from localdiffusion.diffusion.schedule import NoiseSchedule
+from localdiffusion.rods import RODS, RODSConfig, affine_coefficients, curvature_index
+
+
+
+def analytic_score(x):
+    return -x + 0.3 * torch.sin(2.0 * x) + 0.1 * x.roll(1, dims=-1) ** 2
+
+
+def fd_grad_norm(x, h=1e-5):
+    """Central finite-difference gradient of ||v(x)|| per slice."""
+    g = torch.zeros_like(x)
+    flat = x.reshape(len(x), -1)
+    for j in range(flat.shape[1]):
+        e = torch.zeros_like(flat)
+        e[:, j] = h
+        plus = analytic_score((flat + e).reshape(x.shape)).flatten(1).norm(dim=1)
+        minus = analytic_score((flat - e).reshape(x.shape)).flatten(1).norm(dim=1)
+        g.reshape(len(x), -1)[:, j] = (plus - minus) / (2 * h)
+    return g
+
+
+@pytest.mark.parametrize("mode", ["cas", "sas"])
+def test_curvature_index_matches_finite_differences(mode):
+    x = torch.randn(3, 1, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    h, d = curvature_index(analytic_score, x, rho=0.1, mode=mode)
+    h_fd = (fd_grad_norm(x + d) - fd_grad_norm(x)).flatten(1).norm(dim=1)
+    torch.testing.assert_close(h, h_fd, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(d.flatten(1).norm(dim=1), torch.full((3,), 0.1 * 6**0.5, dtype=torch.float64))
+
+
+def _tiny_denoiser():
+    from localdiffusion.diffusion.model import Denoiser, DiffusionConfig
+
+    torch.manual_seed(0)
+    den = Denoiser(DiffusionConfig(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
+                                   num_head_channels=8, norm_num_groups=8, num_train_timesteps=20),
+                   autocast=False).float().eval()
+    with torch.no_grad():  # MONAI zero-initialises output convolutions: give the net a real Jacobian
+        for p in den.network.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.2)
+    return den.requires_grad_(False)
+
+
+def test_rods_with_eps_above_every_h_equals_plain_sampler():
+    den = _tiny_denoiser()
+    with torch.no_grad():
+        probe = den(torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16, 16), 5)
+    assert probe.abs().max() > 0
+    cond = torch.rand(2, 1, 16, 16) * 2 - 1
+    s = den.schedule
+    steps = s.timesteps(10)
+    denoise = conditional_denoise(den, cond)
+    noise_a, noise_b = SliceNoise([3, 4]), SliceNoise([3, 4])
+    plain = reverse_process(denoise, noise_a((1, 16, 16)), s, steps, ddim_update(), noise_a)
+    rods = RODS(denoise, s, steps, RODSConfig(eps=1e12, rho=0.05))
+    robust = reverse_process(rods, noise_b((1, 16, 16)), s, steps, ddim_update(), noise_b)
+    assert torch.equal(plain, robust)
+    assert sorted(rods.curvature) == [1, 2, 3, 4]  # 10%..50% of 10 steps
+    assert not rods.flagged_slices().any()
+    rods_all = RODS(denoise, s, steps, RODSConfig(eps=0.0, rho=0.05))
+    noise_c = SliceNoise([3, 4])
+    corrected = reverse_process(rods_all, noise_c((1, 16, 16)), s, steps, ddim_update(), noise_c)
+    assert rods_all.flagged_slices().all() and not torch.equal(plain, corrected)
+
+
+def test_direction_from_x_plus_d_is_applied_at_x():
+    s = NoiseSchedule(20)
+    x, d = torch.randn(1, 1, 3, 3, dtype=torch.float64), 0.1 * torch.randn(1, 1, 3, 3, dtype=torch.float64)
+    model = lambda z: torch.tanh(z) * 0.5  # noqa: E731
+    t, t_prev = 12, 7
+    c_x0, c_xt = affine_coefficients(s, t, t_prev, "ddim")
+    x0_eff = model(x + d) + (c_xt - 1) / c_x0 * d
+    got = ddim_update()(s, x, x0_eff, t, t_prev, None)
+    expected = ddim_update()(s, x + d, model(x + d), t, t_prev, None) - d
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("kwargs", [{"rho": -0.1}, {"window": (0.5, 0.2)}, {"window": (-0.1, 0.5)},
+                                    {"window": (0.1, 1.5)}, {"eps": -1.0}, {"mode": "xyz"}])
+def test_bad_parameters(kwargs):
+    with pytest.raises(ValueError):
+        RODSConfig(**kwargs)
