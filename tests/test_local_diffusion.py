@@ -126,3 +126,22 @@ def test_bad_parameters():
     cond, prob = _inputs()
     with pytest.raises(ValueError):
         LocalDiffusion(ClosedForm(20), cond, prob, LocalDiffusionConfig(t_intermediate=20))
+
+
+def test_benchmark_runs_every_row_on_a_tiny_cohort(cohort):
+    from localdiffusion.benchmark import markdown_table, run_benchmark
+    from localdiffusion.diffusion.model import Denoiser, DiffusionConfig
+    from localdiffusion.segmentation import SegConfig, Segmenter
+
+    torch.manual_seed(0)
+    den = Denoiser(DiffusionConfig(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
+                                   num_head_channels=8, norm_num_groups=8, num_train_timesteps=10,
+                                   spacing_mm=4.0, in_plane=(48, 56))).eval()
+    seg = Segmenter(SegConfig(channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)).eval()
+    result = run_benchmark(den, cohort, seg, split="test", source_segmenter=seg, seeds=(0, 1), progress=False)
+    assert set(result["rows"]) == {"DDPM-100", "DDIM-25", "DDIM-50", "LD oracle mask (DDIM-25)",
+                                   "LD U-Net mask (DDIM-25)"}
+    assert result["evaluated_slices"] > 0
+    for metrics in result["rows"].values():
+        assert 0 <= metrics["tumour_dice"][0] <= 1 and metrics["seconds_per_volume"][0] > 0
+    assert "upper bound" in markdown_table(result)

@@ -70,17 +70,18 @@ def baseline_sampler(sampler: str = "ddim", steps: int | None = 25) -> SampleBat
 @torch.no_grad()
 def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: str = "ddim", steps: int | None = 25,
                        seed: int = 0, batch_size: int = 8, progress: bool = True,
-                       sample_batch: SampleBatch | None = None) -> np.ndarray:
+                       sample_batch: SampleBatch | None = None, slices: np.ndarray | None = None) -> np.ndarray:
     """Translate every brain slice of ``prepared``; returns the working-grid volume in [0, 1].
 
     ``sample_batch`` replaces the baseline sampler (e.g. Local Diffusion); the batching,
-    seeding and reassembly stay here.
+    seeding and reassembly stay here. ``slices`` restricts sampling to those indices k
+    (evaluation); the other slices stay 0.
     """
     sample_batch = sample_batch or baseline_sampler(sampler, steps)
     source = prepared.images[denoiser.config.source]
     device = next(denoiser.parameters()).device
     result = np.zeros(prepared.grid.shape, np.float32)
-    ks = prepared.brain_slices()
+    ks = prepared.brain_slices() if slices is None else np.asarray(slices)
     batches = [ks[i:i + batch_size] for i in range(0, len(ks), batch_size)]
     for batch in tqdm(batches, desc=f"translate {prepared.case_id}", unit="batch", disable=not progress):
         cond = torch.as_tensor(np.moveaxis(source[:, :, batch], 2, 0)[:, None]).to(device)
