@@ -103,6 +103,8 @@ def test_bad_banks(tiny_patchcore, tmp_path):
     path = tiny_patchcore.save(tmp_path / "bank.pt")
     with pytest.raises(InputError, match="modality 't1', not 'flair'"):
         PatchCore.load(path, modality="flair")
+    with pytest.raises(InputError, match="backbone 'resnet18', not 'wide_resnet50_2'"):
+        PatchCore.load(path, backbone="wide_resnet50_2")
     with pytest.raises(InputError, match="slice size"):
         tiny_patchcore.score(np.zeros((1, 32, 32), np.float32), np.ones((1, 32, 32), bool))
     corrupt = tmp_path / "corrupt.pt"
@@ -136,6 +138,10 @@ def test_ood_map_cli_writes_probability_and_mask(tiny_patchcore, tmp_path, capsy
     assert set(np.unique(mask.get_fdata())) <= {0.0, 1.0}
     assert main(["ood", "map", "--input", str(src), "--bank", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
     assert "OOD bank not found" in capsys.readouterr().err
+    assert main(["ood", "map", "--input", str(src), "--bank", str(bank), "--out", str(tmp_path / "x.nii.gz"),
+                 "--modality", "flair"]) == 2
+    assert "built for modality 't1'" in capsys.readouterr().err
+    assert not (tmp_path / "x.nii.gz").exists()
 
 
 def test_ood_build_cli_calibrates_on_validation(cohort, tmp_path):

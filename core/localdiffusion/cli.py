@@ -195,6 +195,8 @@ def _add_ood(sub) -> None:
     m.add_argument("--bank", required=True, type=Path)
     m.add_argument("--out", required=True, type=Path)
     m.add_argument("--mask-out", type=Path, default=None, help="default: OUT with _mask suffix")
+    m.add_argument("--modality", default=None, choices=["t1", "t1ce", "t2", "flair"],
+                   help="the input's contrast; refused if the bank was built for another")
     m.set_defaults(func=_run_ood_map)
 
 
@@ -213,7 +215,7 @@ def _run_ood_build(args) -> int:
 def _run_ood_map(args) -> int:
     from .ood.volume import map_volume
 
-    prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out)
+    prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out, args.modality)
     print(f"wrote {prob} and {mask}")
     return 0
 

@@ -129,8 +129,9 @@ class PatchCore:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, *, modality: str | None = None, model_root: str | Path | None = None) -> "PatchCore":
-        """Load a bank; ``modality`` (if given) must match the bank's."""
+    def load(cls, path: str | Path, *, modality: str | None = None, backbone: str | None = None,
+             model_root: str | Path | None = None) -> "PatchCore":
+        """Load a bank; ``modality`` and ``backbone`` (if given) must match the bank's."""
         path = Path(path)
         if not path.exists():
             raise InputError(f"{path}: OOD bank not found")
@@ -145,6 +146,8 @@ class PatchCore:
         if modality is not None and meta["modality"] != modality:
             raise InputError(f"{path}: bank was built for modality {meta['modality']!r}, not {modality!r}")
         desc = meta["extractor"]
+        if backbone is not None and desc["backbone"] != backbone:
+            raise InputError(f"{path}: bank was built with backbone {desc['backbone']!r}, not {backbone!r}")
         if desc["weights"] == "diffusion":
             root = Path(model_root) if model_root else path.parent
             extractor = DiffusionEncoderExtractor(root / desc["model_dir"], tuple(int(l[4:]) for l in desc["layers"]))

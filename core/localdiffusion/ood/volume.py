@@ -58,11 +58,14 @@ def probability_volume(model: PatchCore, prepared: PreparedCase) -> np.ndarray:
 
 
 def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Path,
-               mask_path: str | Path | None = None) -> tuple[Path, Path]:
-    """Write the OOD probability map and the binary mask (``*_mask.nii.gz`` by default)."""
+               mask_path: str | Path | None = None, modality: str | None = None) -> tuple[Path, Path]:
+    """Write the OOD probability map and the binary mask (``*_mask.nii.gz`` by default).
+
+    ``modality`` (optional) is the input's contrast; it must match the bank's.
+    """
     from ..translate import prepare_input
 
-    model = PatchCore.load(bank_path)
+    model = PatchCore.load(bank_path, modality=modality)
     prepared = prepare_input(input_path, model.meta["modality"], DEFAULT_SPACING_MM, DEFAULT_IN_PLANE)
     prob = prepared.to_input_grid(probability_volume(model, prepared))
     prob[prepared.to_input_grid(prepared.brain.astype(np.float32)) < 0.5] = 0.0
