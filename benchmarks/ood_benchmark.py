@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--options", nargs="+", required=True)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--bank-size", type=int, default=4000)
+    parser.add_argument("--append", action="store_true", help="add options to an existing OUT/results.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     m = args.modality
@@ -70,6 +71,8 @@ def main() -> None:
     test = load_slice_set(args.data, "test", (m,), kind="tumour")
     truth_val, truth_test = val.seg > 0, test.seg > 0
     results = {"modality": m, "data": args.data, "val_slices": len(val), "test_slices": len(test), "options": {}}
+    if args.append and (args.out / "results.json").exists():
+        results = json.loads((args.out / "results.json").read_text())
 
     for option in args.options:
         t0 = time.perf_counter()
@@ -99,7 +102,7 @@ def main() -> None:
     pix_test, img_test = intensity_outlier_scores(test.images[m], test.brain)
     results["intensity_outlier"] = {"val": detection_metrics(pix_val, img_val, truth_val, val.brain, thr),
                                     "test": detection_metrics(pix_test, img_test, truth_test, test.brain, thr)}
-    best = max(args.options, key=lambda o: results["options"][o]["val"]["pixel_auprc"])
+    best = max(results["options"], key=lambda o: results["options"][o]["val"]["pixel_auprc"])
     results["default"] = best
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print("default by val AUPRC:", best)

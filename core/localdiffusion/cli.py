@@ -240,7 +240,44 @@ def _run_train_seg(args) -> int:
     return 0
 
 
-COMMANDS = [_add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg, _add_demo]
+def _add_run(sub) -> None:
+    from .pipeline import DIRECTIONS, JobOptions
+
+    d = JobOptions()
+    p = sub.add_parser("run", help="the main job: OOD map, baseline and Local Diffusion translation of a volume")
+    p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--direction", default=d.direction, choices=sorted(DIRECTIONS))
+    p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
+    p.add_argument("--sampler", default=d.sampler, choices=["ddim", "ddpm"])
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--t-intermediate", type=int, default=None, help="fusion timestep (default 10%% of T)")
+    p.add_argument("--mask-mode", default=d.mask_mode, choices=["hard", "soft"])
+    p.add_argument("--ind-floor", type=float, default=d.ind_floor)
+    p.add_argument("--independent-noise", action="store_true", help="separate noise per branch")
+    p.add_argument("--max-rebranch", type=int, default=d.max_rebranch)
+    p.add_argument("--no-gate", action="store_true", help="disable the classifier gate")
+    p.add_argument("--no-baseline", action="store_true", help="skip the baseline translation")
+    p.add_argument("--device", default=d.device)
+    p.set_defaults(func=_run_run)
+
+
+def _run_run(args) -> int:
+    from .pipeline import JobOptions, run_job
+
+    options = JobOptions(direction=args.direction, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                         batch_size=args.batch_size, t_intermediate=args.t_intermediate, mask_mode=args.mask_mode,
+                         ind_floor=args.ind_floor, shared_noise=not args.independent_noise,
+                         max_rebranch=args.max_rebranch, gate=not args.no_gate, baseline=not args.no_baseline,
+                         device=args.device)
+    for name, path in run_job(args.input, args.out_dir, options, args.models).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+COMMANDS = [_add_run, _add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
