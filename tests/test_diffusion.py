@@ -176,6 +176,10 @@ def test_train_resume_continues_from_saved_step(cohort, tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
     assert "resumed from step 2" in (out / "train.log").read_text()
     load_denoiser(out)  # exported EMA weights load
+    tuned = tmp_path / "tuned"
+    train(_train_cfg(cohort, tuned, 0), tiny_config(), init_from=out, progress=False)
+    a, b = load_denoiser(out).network.state_dict(), load_denoiser(tuned).network.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # zero fine-tuning steps: the initial weights
     with pytest.raises(InputError, match="does not match"):
         train(_train_cfg(cohort, out, 6), tiny_config(num_res_blocks=2), resume=True, progress=False)
 

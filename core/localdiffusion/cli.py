@@ -95,6 +95,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", type=Path, default=None, help="initialise from a model folder (fine-tuning)")
     p.add_argument("--timesteps", type=int, default=100, help="T, training timesteps")
     p.add_argument("--prediction-type", default="sample", choices=["sample", "epsilon", "v_prediction"])
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
@@ -114,7 +115,7 @@ def _run_train(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                       lr=args.lr, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
                       val_slices=args.val_slices, seed=args.seed, device=args.device, threads=args.threads)
-    out = train(cfg, model_cfg, resume=args.resume)
+    out = train(cfg, model_cfg, resume=args.resume, init_from=args.init_from)
     print(f"model written to {out}")
     return 0
 

@@ -130,8 +130,13 @@ def validate(denoiser: Denoiser, val: SliceSet, source: str, target: str, steps:
     return {k: float(torch.cat(v).mean()) for k, v in scores.items()}
 
 
-def train(cfg: TrainConfig, model_cfg: DiffusionConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) and export the EMA model to ``cfg.out``; returns that folder."""
+def train(cfg: TrainConfig, model_cfg: DiffusionConfig, resume: bool = False, progress: bool = True,
+          init_from: str | Path | None = None) -> Path:
+    """Train (or resume) and export the EMA model to ``cfg.out``; returns that folder.
+
+    ``init_from``: a model folder (``config.json`` + ``model.pt``, e.g. shipped weights) whose
+    weights initialise the network and its EMA (fine-tuning; the optimizer starts fresh).
+    """
     rank, world = _distributed()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +164,15 @@ def train(cfg: TrainConfig, model_cfg: DiffusionConfig, resume: bool = False, pr
     ema = copy.deepcopy(network).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_step = 0
+    if init_from is not None:
+        from .model import load_denoiser
+
+        init = load_denoiser(init_from, autocast=False)
+        if asdict(init.config) != asdict(model_cfg):
+            raise InputError(f"{init_from}: its configuration does not match the requested model")
+        network.load_state_dict(init.network.state_dict())
+        ema.load_state_dict(init.network.state_dict())
+        log.info("initialised from %s", init_from)
     ckpt_path = out / CHECKPOINT_FILE
     sampler = CropSampler(train_set, model_cfg.source, model_cfg.target, cfg.crop, seed=cfg.seed * 1000 + rank)
     if resume and ckpt_path.exists():
