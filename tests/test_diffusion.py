@@ -263,3 +263,27 @@ def test_segmenter_trains_and_round_trips(cohort, tmp_path):
     assert out.shape == (2, 48, 56) and out.dtype == torch.int64
     with pytest.raises(InputError):
         load_segmenter(tmp_path / "nothing")
+
+
+def test_evaluate_cli_reports_whole_brain_scores(tiny_model_dir, cohort, tmp_path, capsys):
+    import json
+
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--data", str(cohort), "--model", str(tiny_model_dir), "--split", "test",
+                 "--steps", "2", "--report", str(report)]) == 0
+    assert "whole-brain PSNR" in capsys.readouterr().out
+    result = json.loads(report.read_text())
+    assert result["cases"] == 1 and result["kind"] == "healthy"
+    assert 0 < result["mean_std"]["ssim"][0] <= 1
+
+
+def test_volume_scores_perfect_and_noisy():
+    from localdiffusion.evaluate import volume_scores
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((16, 16, 4)).astype(np.float32)
+    region = np.ones_like(truth, dtype=bool)
+    noisy = truth + rng.normal(0, 0.1, truth.shape).astype(np.float32)
+    perfect, scores = volume_scores(truth, truth, region), volume_scores(noisy, truth, region)
+    assert perfect["ssim"] == pytest.approx(1.0) and perfect["psnr"] > 100
+    assert scores["psnr"] == pytest.approx(20.0, abs=0.3)  # MSE 0.01

@@ -166,9 +166,11 @@ def _run_evaluate(args) -> int:
     denoiser = load_denoiser(args.model or shipped_model_dir(), select_device(args.device))
     result = evaluate_translation(denoiser, args.data, args.split, None if args.kind == "all" else args.kind,
                                   sampler=args.sampler, steps=args.steps, seed=args.seed, max_cases=args.max_cases)
-    (p, p_sd), (s, s_sd), (sec, _) = (result["mean_std"][k] for k in ("psnr", "ssim", "seconds"))
+    (p, p_sd), (s, s_sd), (ps, ps_sd), (sec, _) = (result["mean_std"][k] for k in
+                                                   ("psnr", "ssim", "psnr_slice_mean", "seconds"))
     print(f"{result['direction']} {args.split}/{args.kind} ({result['cases']} cases, {args.sampler}-{args.steps}): "
-          f"PSNR {p:.2f} +- {p_sd:.2f} dB, SSIM {s:.4f} +- {s_sd:.4f}, {sec:.1f} s per volume")
+          f"whole-brain PSNR {p:.2f} +- {p_sd:.2f} dB, SSIM {s:.4f} +- {s_sd:.4f} "
+          f"(mean per-slice PSNR {ps:.2f} +- {ps_sd:.2f} dB), {sec:.1f} s per volume")
     if args.report:
         write_report(result, args.report)
     return 0
