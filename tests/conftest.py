@@ -31,3 +31,32 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     write_cohort(root, 3, 3, seed=7, spacing=4.0, preview=True)
     return root
+
+
+TINY_MODELS = dict(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
+                   norm_num_groups=8, num_train_timesteps=10, spacing_mm=4.0, in_plane=(48, 56))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, cohort):
+    """A models folder like monai_bundle/models with tiny random weights (4 mm grid)."""
+    import torch
+
+    from localdiffusion.diffusion.model import DiffusionConfig, build_network, save_model
+    from localdiffusion.ood.features import FeatureExtractor
+    from localdiffusion.ood.patchcore import PatchCore
+    from localdiffusion.slice_data import load_slice_set
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    for src, tgt in (("t1", "flair"), ("flair", "t1")):
+        cfg = DiffusionConfig(source=src, target=tgt, **TINY_MODELS)
+        save_model(root / f"{src}_to_{tgt}", cfg, build_network(cfg).state_dict())
+    for m in ("t1", "flair"):
+        train = load_slice_set(cohort, "train", (m,), kind="healthy", spacing=4.0, in_plane=(48, 56))
+        val = load_slice_set(cohort, "val", (m,), kind="healthy", spacing=4.0, in_plane=(48, 56))
+        model = PatchCore.fit(FeatureExtractor("resnet18", ("layer1", "layer2")), train.images[m], train.brain,
+                              modality=m, bank_size=200, progress=False)
+        model.calibrate(val.images[m], val.brain)
+        model.save(root / f"ood_{m}.pt")
+    return root

@@ -1,35 +1,9 @@
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from localdiffusion.cli import main
-from localdiffusion.diffusion.model import DiffusionConfig, build_network, save_model
 from localdiffusion.io import save_volume
-from localdiffusion.ood.features import FeatureExtractor
-from localdiffusion.ood.patchcore import PatchCore
-
-TINY = dict(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
-            norm_num_groups=8, num_train_timesteps=10, spacing_mm=4.0, in_plane=(48, 56))
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, cohort):
-    from localdiffusion.slice_data import load_slice_set
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    for src, tgt in (("t1", "flair"), ("flair", "t1")):
-        cfg = DiffusionConfig(source=src, target=tgt, **TINY)
-        save_model(root / f"{src}_to_{tgt}", cfg, build_network(cfg).state_dict())
-    for m in ("t1", "flair"):
-        train = load_slice_set(cohort, "train", (m,), kind="healthy", spacing=4.0, in_plane=(48, 56))
-        val = load_slice_set(cohort, "val", (m,), kind="healthy", spacing=4.0, in_plane=(48, 56))
-        model = PatchCore.fit(FeatureExtractor("resnet18", ("layer1", "layer2")), train.images[m], train.brain,
-                              modality=m, bank_size=200, progress=False)
-        model.calibrate(val.images[m], val.brain)
-        model.save(root / f"ood_{m}.pt")
-    return root
 
 
 @pytest.mark.parametrize("direction", ["t1_to_flair", "flair_to_t1"])
