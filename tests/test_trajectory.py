@@ -31,3 +31,24 @@ def test_variance_is_population_variance_on_unit_scale():
     assert rec.slice_score(torch.ones(1, 1, 2, 2)).item() == pytest.approx(0.25)
     with pytest.raises(ValueError):
         TrajectoryVariance(last_k=1)
+
+
+def test_risk_calibration_gives_stated_rate_on_held_out_normal_data(tmp_path):
+    import numpy as np
+
+    from localdiffusion.risk import RiskCalibration
+
+    rng = np.random.default_rng(0)
+
+    def healthy(n):
+        return rng.uniform(0, 1, n).astype(np.float32), rng.gamma(2.0, 1e-4, n), rng.gamma(3.0, 1.0, n)
+
+    cal = RiskCalibration.fit(*healthy(200_000), false_positive_rate=0.01)
+    p_ood, var, curv = healthy(200_000)
+    rate = float((cal.risk(p_ood, var, curv) >= 0.99).mean())
+    assert abs(rate - 0.01) < 0.002
+    # an obvious hallucination (variance far above healthy levels) is flagged
+    assert cal.risk(np.array([0.2]), np.array([1.0]), np.array([1.0]))[0] == 1.0
+    cal.save(tmp_path / "risk.json")
+    again = RiskCalibration.load(tmp_path / "risk.json")
+    np.testing.assert_allclose(again.risk(p_ood[:100], var[:100], curv[:100]), cal.risk(p_ood[:100], var[:100], curv[:100]))
