@@ -183,13 +183,15 @@ def _add_ood(sub) -> None:
     b.add_argument("--data", required=True, type=Path)
     b.add_argument("--modality", required=True, choices=["t1", "t1ce", "t2", "flair"])
     b.add_argument("--out", required=True, type=Path)
-    b.add_argument("--backbone", default="wide_resnet50_2", help="timm backbone name")
-    b.add_argument("--layers", nargs="+", default=["layer2", "layer3"])
+    b.add_argument("--backbone", default=None,
+                   help="timm backbone (default: resnet18 for random weights, wide_resnet50_2 otherwise)")
+    b.add_argument("--layers", nargs="+", default=None,
+                   help="feature stages (default: layer1 layer2 for random weights, layer2 layer3 otherwise)")
     b.add_argument("--weights", default="random",
                    help="random (BatchNorm recalibrated), imagenet (timm, online or cached), a local "
                         "state_dict file, or diffusion:<model dir> (diffusion U-Net encoder)")
     b.add_argument("--projection-dim", type=int, default=None)
-    b.add_argument("--bank-size", type=int, default=8000)
+    b.add_argument("--bank-size", type=int, default=4000)
     b.add_argument("--fpr", type=float, default=0.01, help="calibrated false-positive rate of healthy voxels")
     b.add_argument("--seed", type=int, default=0)
     b.set_defaults(func=_run_ood_build)
@@ -206,7 +208,7 @@ def _add_ood(sub) -> None:
 def _run_ood_build(args) -> int:
     from .ood.volume import build_bank, make_extractor
 
-    extractor = make_extractor(args.backbone, args.weights, layers=tuple(args.layers),
+    extractor = make_extractor(args.backbone, args.weights, layers=args.layers,
                                projection_dim=args.projection_dim, seed=args.seed)
     model = build_bank(args.data, args.modality, extractor, bank_size=args.bank_size,
                        false_positive_rate=args.fpr, seed=args.seed)
