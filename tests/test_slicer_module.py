@@ -1,0 +1,94 @@
+"""Static checks of the Slicer module: .ui, parameter node, CMake lists, Python 3.12."""
+
+import ast
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE_DIR = ROOT / "SlicerLocalDiffusion"
+MODULE = MODULE_DIR / "SlicerLocalDiffusion.py"
+UI = MODULE_DIR / "Resources" / "UI" / "SlicerLocalDiffusion.ui"
+
+
+def _ui_widgets():
+    tree = ET.parse(UI)
+    assert tree.getroot().tag == "ui" and tree.getroot().get("version") == "4.0"
+    return {w.get("name"): w for w in tree.iter("widget") if w.get("name")}
+
+
+def test_ui_is_valid_designer_xml_with_the_used_widgets():
+    widgets = _ui_widgets()
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
+    assert used, "the module uses no widgets?"
+    assert used <= set(widgets), f"widgets missing from the .ui: {sorted(used - set(widgets))}"
+    custom = {c.findtext("class") for c in ET.parse(UI).iter("customwidget")}
+    for w in widgets.values():
+        cls = w.get("class")
+        assert cls.startswith("Q") or cls in custom, f"{cls} is neither Qt nor declared as a custom widget"
+
+
+def _parameter_fields():
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SlicerLocalDiffusionParameterNode")
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_every_slicer_parameter_name_maps_to_a_parameter_node_field():
+    fields = _parameter_fields()
+    names = []
+    for w in _ui_widgets().values():
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                names.append(prop.findtext("string"))
+    assert len(names) >= 8
+    assert set(names) <= fields, f"unknown parameter names: {sorted(set(names) - fields)}"
+
+
+def _cmake_listed(cmake: Path) -> list[str]:
+    text = cmake.read_text()
+    listed = []
+    for block in re.findall(r"set\(MODULE_PYTHON_(?:SCRIPTS|RESOURCES)(.*?)\)", text, re.S):
+        listed += [item.replace("${MODULE_NAME}", "SlicerLocalDiffusion") for item in block.split()]
+    return listed
+
+
+def test_every_file_the_cmake_lists_name_exists():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_CONTRIBUTORS",
+                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert f"set({key}" in top
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
+    for sub in re.findall(r"add_subdirectory\((\w+)\)", top):
+        assert (ROOT / sub / "CMakeLists.txt").exists()
+    listed = _cmake_listed(MODULE_DIR / "CMakeLists.txt")
+    assert "SlicerLocalDiffusion.py" in listed and "Resources/UI/SlicerLocalDiffusion.ui" in listed
+    for item in listed:
+        assert (MODULE_DIR / item).is_file(), item
+    python_files = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py")}
+    assert python_files <= set(listed), f"not installed by CMake: {python_files - set(listed)}"
+
+
+def _python312():
+    """A working Python 3.12 (pyenv installs, then PATH; pyenv shims may not resolve)."""
+    candidates = sorted(Path("/root/.pyenv/versions").glob("3.12*/bin/python3.12")) + [shutil.which("python3.12")]
+    for candidate in candidates:
+        if candidate and subprocess.run([str(candidate), "--version"], capture_output=True).returncode == 0:
+            return str(candidate)
+    return None
+
+
+def test_module_compiles_under_python_312(tmp_path):
+    python = _python312()
+    if python is None:
+        pytest.skip("no Python 3.12 interpreter on this machine")
+    files = [str(p) for p in MODULE_DIR.rglob("*.py")]
+    proc = subprocess.run([python, "-c", "import sys, py_compile\n[py_compile.compile(f, cfile=sys.argv[1] + '/x.pyc', "
+                           "doraise=True) for f in sys.argv[2:]]\nprint(sys.version)", str(tmp_path), *files],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("3.12")
