@@ -183,10 +183,12 @@ def train(cfg: TrainConfig, model_cfg: DiffusionConfig, resume: bool = False, pr
         network.load_state_dict(state["network"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the requested learning rate wins (e.g. a lower one to finish)
+            group["lr"] = cfg.lr
         start_step = int(state["step"])
         sampler.rng = np.random.default_rng(cfg.seed * 1000 + rank + 7919 * start_step)
         torch.manual_seed(cfg.seed + rank + 7919 * start_step)
-        log.info("resumed from step %d", start_step)
+        log.info("resumed from step %d (learning rate %g)", start_step, cfg.lr)
     model = network
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
