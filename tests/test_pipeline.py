@@ -35,3 +35,15 @@ def test_run_bad_input_leaves_no_outputs(tiny_models, tmp_path, capsys):
     assert not out.exists() or not any(out.iterdir())
     assert main(["run", "--input", str(bad), "--out-dir", str(out), "--models", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_demo_figure_from_job_outputs(tiny_models, cohort, tmp_path):
+    from localdiffusion.demo import comparison_figure
+    from localdiffusion.io import save_png
+    from localdiffusion.pipeline import JobOptions, run_job
+
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    outputs = run_job(case / f"{case.name}_t1.nii.gz", tmp_path, JobOptions(steps=2, t_intermediate=5), tiny_models,
+                      progress=False)
+    png = save_png(tmp_path / "translation.png", comparison_figure(case, case.name, outputs))
+    assert png.stat().st_size > 20_000
