@@ -203,3 +203,12 @@ def test_phantom_cli_rejects_bad_arguments(tmp_path, capsys):
     assert "at least one case" in capsys.readouterr().err
     assert main(["phantom", "--out", str(tmp_path / "x"), "--healthy", "1", "--spacing", "9"]) == 2
     assert "spacing" in capsys.readouterr().err
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    import os
+
+    path = save_volume(tmp_path / "v.nii.gz", np.ones((2, 2, 2)), np.eye(4))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
