@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=shipped_model_dir())
     parser.add_argument("--data", default="data/phantom")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
+    parser.add_argument("--samplers", nargs="+", default=["ddim-25", "ddim-50", "ddpm-100"],
+                        help="volume timings to run, e.g. ddim-25 ddpm-100")
     args = parser.parse_args()
     denoiser = load_denoiser(args.model)
     result = {"threads": torch.get_num_threads(), "model": str(args.model),
@@ -56,7 +58,7 @@ def main() -> None:
     prepared = prepare_case(read_case(case_path, (denoiser.config.source,)), denoiser.config.spacing_mm,
                             denoiser.config.in_plane)
     result["volume"] = {"case": case_path.name, "brain_slices": int(prepared.brain_slices().size), "seconds": {}}
-    for sampler, steps in (("ddim", 25), ("ddim", 50), ("ddpm", 100)):
+    for sampler, steps in ((name.split("-")[0], int(name.split("-")[1])) for name in args.samplers):
         t0 = time.perf_counter()
         translate_prepared(denoiser, prepared, sampler=sampler, steps=steps, batch_size=16, progress=False)
         result["volume"]["seconds"][f"{sampler}-{steps}"] = round(time.perf_counter() - t0, 1)

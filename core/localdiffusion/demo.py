@@ -52,15 +52,15 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path]):
     z = int(np.argmax((seg > 0).sum(axis=(0, 1)))) if seg.any() else seg.shape[2] // 2
     scale = lambda v: v / max(np.percentile(v[v > 0], 99.5), 1e-6)  # noqa: E731
     ood = load(outputs["ood"])
-    panels = [("T1 (condition)", scale(t1), None), ("OOD probability on T1", scale(t1), ood),
+    panels = [("T1 (condition)", scale(t1), None), ("OOD probability >= 0.99 (1% healthy FPR)", scale(t1), ood),
               ("baseline FLAIR (DDIM-25)", load(outputs["baseline"]), None),
               ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair), None)]
     fig, axes = plt.subplots(1, 5, figsize=(17, 4.2))
     for ax, (title, vol, overlay) in zip(axes, panels):
         ax.imshow(vol[:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=1)
         if overlay is not None:
-            shown = np.ma.masked_less(overlay[:, :, z].T, 0.5)
-            im = ax.imshow(shown, cmap="hot", origin="lower", vmin=0.5, vmax=1.0, alpha=0.7)
+            shown = np.ma.masked_less(overlay[:, :, z].T, 0.99)  # the calibrated threshold of the shipped banks
+            im = ax.imshow(shown, cmap="autumn", origin="lower", vmin=0.99, vmax=1.0, alpha=0.8)
             fig.colorbar(im, ax=ax, fraction=0.04)
         ax.contour(seg[:, :, z].T > 0, levels=[0.5], colors="c", linewidths=0.6, origin="lower")
         ax.set_title(title, fontsize=10)
