@@ -153,3 +153,23 @@ def test_ood_build_cli_calibrates_on_validation(cohort, tmp_path):
     assert model.meta["calibration"]["false_positive_rate"] == 0.01
     assert model.meta["extractor"]["backbone"] == "resnet18" and model.meta["extractor"]["weights"] == "random"
     assert model.threshold == pytest.approx(0.99)
+
+
+def test_backbone_from_a_local_weights_file(tmp_path):
+    import timm
+
+    source = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(1, 2))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.5)
+    path = tmp_path / "resnet18_weights.pt"
+    torch.save(source.state_dict(), path)
+    extractor = FeatureExtractor("resnet18", ("layer1", "layer2"), weights=str(path))
+    for name, value in source.state_dict().items():
+        assert torch.equal(extractor.model.state_dict()[name], value)
+    assert extractor.describe()["weights"] == str(path)
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="do not fit"):
+        FeatureExtractor("resnet18", ("layer1", "layer2"), weights=str(tmp_path / "bad.pt"))
+    with pytest.raises(InputError, match="not found"):
+        FeatureExtractor("resnet18", ("layer1", "layer2"), weights=str(tmp_path / "missing.pt"))
