@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from localdiffusion.demo import shipped_model_dir
-from localdiffusion.diffusion.model import load_denoiser
+from localdiffusion.diffusion.model import build_network, load_denoiser
 from localdiffusion.readers import read_case
 from localdiffusion.slice_data import cases_in_split
 from localdiffusion.slices import prepare_case
@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--data", default="data/phantom")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here")
     parser.add_argument("--samplers", nargs="+", default=["ddim-25", "ddim-50", "ddpm-100"],
-                        help="volume timings to run, e.g. ddim-25 ddpm-100")
+                        help="volume timings to run, e.g. ddim-25 ddpm-100 (none: skip)")
+    parser.add_argument("--compare-attention", action="store_true",
+                        help="also time MONAI's manual attention against torch SDPA (bf16, batch 8)")
     args = parser.parse_args()
     denoiser = load_denoiser(args.model)
     result = {"threads": torch.get_num_threads(), "model": str(args.model),
@@ -54,6 +56,16 @@ def main() -> None:
             result["ms_per_slice_per_call"][key] = round(ms_per_slice(denoiser, batch, autocast), 1)
             print(key, result["ms_per_slice_per_call"][key], "ms", flush=True)
     denoiser.autocast = True
+    if args.compare_attention:
+        manual = load_denoiser(args.model)
+        manual.config.use_flash_attention = False
+        network = build_network(manual.config)
+        network.load_state_dict(manual.network.state_dict())
+        manual.network = network.to(memory_format=torch.channels_last).eval()
+        result["attention_bf16_batch8_ms"] = {"sdpa": round(ms_per_slice(denoiser, 8, True), 1),
+                                              "manual": round(ms_per_slice(manual, 8, True), 1)}
+        print("attention", result["attention_bf16_batch8_ms"], flush=True)
+    args.samplers = [] if args.samplers == ["none"] else args.samplers
     case_path = cases_in_split(args.data, "test", "tumour")[0]
     prepared = prepare_case(read_case(case_path, (denoiser.config.source,)), denoiser.config.spacing_mm,
                             denoiser.config.in_plane)
