@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from localdiffusion.demo import shipped_model_dir
+from localdiffusion.shipped import shipped_model_dir
 from localdiffusion.diffusion.model import build_network, load_denoiser
 from localdiffusion.readers import read_case
 from localdiffusion.slice_data import cases_in_split

@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .local_diffusion import LocalDiffusionConfig, local_diffusion_sampler
+from .evaluate import axial_stack
 from .metrics import psnr, ssim
 from .readers import read_case
 from .slice_data import cases_in_split
@@ -33,14 +33,10 @@ def evaluation_slices(seg: np.ndarray, min_fraction: float = MIN_TUMOUR_FRACTION
     return np.flatnonzero(area >= min_fraction)
 
 
-def _stack(volume: np.ndarray, ks: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.moveaxis(volume[:, :, ks], 2, 0)[:, None].astype(np.float32))
-
-
 def row_metrics(pred: np.ndarray, truth: np.ndarray, brain: np.ndarray, tumour: np.ndarray, ks: np.ndarray,
                 segmenter) -> dict:
-    p, t = _stack(pred, ks), _stack(truth, ks)
-    b, tu = _stack(brain, ks) > 0, _stack(tumour, ks) > 0
+    p, t = axial_stack(pred, ks), axial_stack(truth, ks)
+    b, tu = axial_stack(brain, ks) > 0, axial_stack(tumour, ks) > 0
     out = {}
     for name, region in (("brain", b), ("ind", b & ~tu), ("ood", tu)):
         keep = region.flatten(1).any(1)
@@ -85,7 +81,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
             if ood_bank is not None:
                 masks["patchcore"] = probability_volume(ood_bank, prepared)
             if source_segmenter is not None:
-                src = _stack(prepared.images[cfg.source], ks)
+                src = axial_stack(prepared.images[cfg.source], ks)
                 vol = np.zeros(prepared.grid.shape, np.float32)
                 vol[:, :, ks] = np.moveaxis(source_segmenter.tumour(src).numpy().astype(np.float32), 0, 2)
                 masks["unet"] = vol

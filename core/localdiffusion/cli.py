@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .demo import shipped_model_dir
+from .shipped import shipped_model_dir
 from .io import InputError
 
 EXIT_BAD_INPUT = 2

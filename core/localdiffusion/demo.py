@@ -20,11 +20,6 @@ from .io import save_png
 from .phantom.dataset import write_cohort
 
 
-def shipped_model_dir(source: str = "t1", target: str = "flair") -> Path:
-    """``monai_bundle/models/<source>_to_<target>`` of this repository."""
-    return Path(__file__).resolve().parents[2] / "monai_bundle" / "models" / f"{source}_to_{target}"
-
-
 def run_demo(out: str | Path, seed: int = 0, steps: int = 25) -> Iterator[str]:
     from .pipeline import JobOptions, run_job
 

@@ -30,11 +30,16 @@ from .slices import prepare_case
 from .translate import translate_prepared
 
 
+def axial_stack(volume: np.ndarray, ks: np.ndarray | None = None) -> torch.Tensor:
+    """Working-grid volume (X, Y, Z) -> float32 slices (N, 1, X, Y) of ``ks`` (default all)."""
+    volume = volume if ks is None else volume[:, :, ks]
+    return torch.as_tensor(np.moveaxis(volume, 2, 0)[:, None].astype(np.float32))
+
+
 def volume_scores(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> dict[str, float]:
     """Whole-brain PSNR and SSIM of working-grid volumes (X, Y, Z) restricted to ``region``."""
-    to_t = lambda v: torch.as_tensor(np.moveaxis(v, 2, 0)[:, None].astype(np.float32))  # noqa: E731
-    keep = region.any(axis=(0, 1))
-    p, t, r = to_t(pred[:, :, keep]), to_t(truth[:, :, keep]), to_t(region[:, :, keep]) > 0
+    keep = np.flatnonzero(region.any(axis=(0, 1)))
+    p, t, r = axial_stack(pred, keep), axial_stack(truth, keep), axial_stack(region, keep) > 0
     mse = float(((p - t) ** 2)[r].mean())
     return {"psnr": 10.0 * np.log10(1.0 / max(mse, 1e-12)), "ssim": float(ssim_map(p, t)[r].mean()),
             "psnr_slice_mean": float(psnr(p, t, r).mean())}

@@ -21,6 +21,7 @@ from .io import InputError, save_volume
 from .local_diffusion import LocalDiffusionConfig, PatchCoreGate, local_diffusion_sampler
 from .ood.patchcore import PatchCore
 from .ood.volume import probability_volume
+from .shipped import MODELS_ROOT
 from .translate import prepare_input, translate_prepared
 
 DIRECTIONS = {"t1_to_flair": ("t1", "flair"), "flair_to_t1": ("flair", "t1")}
@@ -58,10 +59,8 @@ def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
 def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
             models_root: str | Path | None = None, progress: bool = True) -> dict[str, Path]:
     """Translate one volume; returns the written paths keyed by output name."""
-    from .demo import shipped_model_dir
-
     options = options or JobOptions()
-    models_root = Path(models_root) if models_root else shipped_model_dir().parent
+    models_root = Path(models_root) if models_root else MODELS_ROOT
     paths = model_paths(models_root, options.direction)
     source, target = DIRECTIONS[options.direction]
     denoiser = load_denoiser(paths["diffusion"], select_device(options.device))
@@ -83,16 +82,15 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     if options.baseline:
         volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,
                                                  **common)
-    inside = prepared.to_input_grid(prepared.brain.astype(np.float32)) >= 0.5
     outputs = {}
     stem = Path(input_path).name.removesuffix(".nii.gz").removesuffix(".nii")
     out_dir = Path(out_dir)
-    for name, volume in volumes.items():
-        on_input = np.where(inside, prepared.to_input_grid(volume), 0.0)
+    on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
+    for name in volumes:
         suffix = {"ood": "ood_probability", "local": f"{target}_local_diffusion", "baseline": f"{target}_baseline"}[name]
         outputs[name] = out_dir / f"{stem}_{suffix}.nii.gz"
-        save_volume(outputs[name], on_input, prepared.input_affine, protect=[input_path])
+        save_volume(outputs[name], on_input[name], prepared.input_affine, protect=[input_path])
     outputs["ood_mask"] = out_dir / f"{stem}_ood_mask.nii.gz"
-    mask = np.where(inside, prepared.to_input_grid(ood), 0.0) >= ood_bank.threshold
+    mask = on_input["ood"] >= ood_bank.threshold
     save_volume(outputs["ood_mask"], mask.astype(np.uint8), prepared.input_affine, protect=[input_path])
     return outputs

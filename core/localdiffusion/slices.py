@@ -13,6 +13,7 @@ Translated volumes are written in this normalised [0, 1] scale.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,6 +136,15 @@ class PreparedCase:
     def to_input_grid(self, volume: np.ndarray, order: int = 1) -> np.ndarray:
         """Map a working-grid volume back onto the input grid (shape and affine of the input)."""
         return resample(volume, self.grid.affine, self.input_affine, self.input_shape, order=order, antialias=False)
+
+    @functools.cached_property
+    def input_brain(self) -> np.ndarray:
+        """The working-grid brain mask mapped onto the input grid (bool)."""
+        return self.to_input_grid(self.brain.astype(np.float32)) >= 0.5
+
+    def to_input_brain(self, volume: np.ndarray) -> np.ndarray:
+        """:meth:`to_input_grid`, then 0 outside :attr:`input_brain` (what every output writes)."""
+        return np.where(self.input_brain, self.to_input_grid(volume), 0.0).astype(np.float32)
 
 
 def prepare_case(case: Case, spacing: float = DEFAULT_SPACING_MM, in_plane: tuple[int, int] = DEFAULT_IN_PLANE

@@ -104,7 +104,6 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     prepared = prepare_input(input_path, cfg.source, cfg.spacing_mm, cfg.in_plane)
     working = translate_prepared(denoiser, prepared, sampler=sampler, steps=steps, seed=seed,
                                  batch_size=batch_size, progress=progress)
-    output = prepared.to_input_grid(working)
-    output[prepared.to_input_grid(prepared.brain.astype(np.float32)) < 0.5] = 0.0
+    output = prepared.to_input_brain(working)
     save_volume(out_path, output, prepared.input_affine, protect=[input_path])
     return Translation(prepared, working, output)

@@ -76,8 +76,7 @@ def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Pa
 
     model = PatchCore.load(bank_path, modality=modality)
     prepared = prepare_input(input_path, model.meta["modality"], DEFAULT_SPACING_MM, DEFAULT_IN_PLANE)
-    prob = prepared.to_input_grid(probability_volume(model, prepared))
-    prob[prepared.to_input_grid(prepared.brain.astype(np.float32)) < 0.5] = 0.0
+    prob = prepared.to_input_brain(probability_volume(model, prepared))
     out_path = Path(out_path)
     if mask_path is None:
         name = out_path.name.removesuffix(".nii.gz").removesuffix(".nii")

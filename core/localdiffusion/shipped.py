@@ -1,0 +1,15 @@
+"""Where the shipped weights live: ``monai_bundle/models`` of this repository.
+
+Kept free of heavy imports: the CLI and the bundle configs resolve it at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS_ROOT = Path(__file__).resolve().parents[2] / "monai_bundle" / "models"
+
+
+def shipped_model_dir(source: str = "t1", target: str = "flair") -> Path:
+    """``monai_bundle/models/<source>_to_<target>``."""
+    return MODELS_ROOT / f"{source}_to_{target}"
