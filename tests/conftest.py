@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
 import pytest
@@ -39,12 +41,13 @@ TINY_MODELS = dict(channels=(8, 16), attention_levels=(False, True), num_res_blo
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, cohort):
-    """A models folder like monai_bundle/models with tiny random weights (4 mm grid)."""
+    """A models folder like monai_bundle/models with tiny random weights (4 mm grid), segmenters included."""
     import torch
 
     from localdiffusion.diffusion.model import DiffusionConfig, build_network, save_model
     from localdiffusion.ood.features import FeatureExtractor
     from localdiffusion.ood.patchcore import PatchCore
+    from localdiffusion.segmentation import SegConfig, Segmenter
     from localdiffusion.slice_data import load_slice_set
 
     root = tmp_path_factory.mktemp("models")
@@ -59,4 +62,8 @@ def tiny_models(tmp_path_factory, cohort):
                               modality=m, bank_size=200, progress=False)
         model.calibrate(val.images[m], val.brain)
         model.save(root / f"ood_{m}.pt")
+        seg = SegConfig(modality=m, channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
+        (root / f"seg_{m}").mkdir()
+        (root / f"seg_{m}" / "config.json").write_text(json.dumps(dataclasses.asdict(seg)))
+        torch.save(Segmenter(seg).network.state_dict(), root / f"seg_{m}" / "model.pt")
     return root

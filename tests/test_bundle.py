@@ -156,3 +156,15 @@ def test_bundle_run_from_the_terminal(tiny_models, cohort, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / f"{case.name}_flair_t1_local_diffusion.nii.gz").exists()
+
+
+def test_evaluate_config_runs_the_benchmark(tiny_models, cohort, tmp_path):
+    out = tmp_path / "benchmark"
+    wf = _workflow("evaluate.json", "eval", dataset_dir=str(cohort), models_root=str(tiny_models),
+                   output_dir=str(out), directions=["flair_to_t1"], max_cases=1)
+    wf.initialize()
+    wf.run()
+    result = json.loads((out / "hallucination_flair_to_t1.json").read_text())
+    assert result["split"] == "test" and result["evaluated_slices"] > 0
+    assert "### FLAIR -> T1" in (out / "BENCHMARK.md").read_text()
+    assert (out / "hallucination_flair_to_t1.png").exists()

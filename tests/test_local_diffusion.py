@@ -129,7 +129,7 @@ def test_bad_parameters():
 
 
 def test_benchmark_runs_every_row_on_a_tiny_cohort(cohort):
-    from localdiffusion.benchmark import markdown_table, run_benchmark
+    from localdiffusion.benchmark import markdown_table, montage_figure, run_benchmark
     from localdiffusion.diffusion.model import Denoiser, DiffusionConfig
     from localdiffusion.segmentation import SegConfig, Segmenter
 
@@ -142,6 +142,87 @@ def test_benchmark_runs_every_row_on_a_tiny_cohort(cohort):
     assert set(result["rows"]) == {"DDPM-100", "DDIM-25", "DDIM-50", "LD oracle mask (DDIM-25)",
                                    "LD U-Net mask (DDIM-25)"}
     assert result["evaluated_slices"] > 0
+    assert len(result["per_case"]["DDIM-25"]) == 2 * result["cases"]  # every (case, seed)
     for metrics in result["rows"].values():
-        assert 0 <= metrics["tumour_dice"][0] <= 1 and metrics["seconds_per_volume"][0] > 0
+        assert 0 <= metrics["tumour_dice"][0] <= 1 and metrics["seconds_per_slice"][0] > 0
     assert "upper bound" in markdown_table(result)
+    assert montage_figure(result) is not None
+
+
+def test_benchmark_command_writes_json_png_and_the_markdown_section(cohort, tiny_models, tmp_path):
+    import json
+    import shutil
+
+    from localdiffusion.cli import main
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
+                 "--rods", "--steps", "10"]) == 0
+    md = tmp_path / "docs" / "BENCHMARK.md"
+    md.parent.mkdir()
+    md.write_text("# Benchmarks\n\nkept above\n")
+    code = main(["benchmark", "--data", str(cohort), "--models", str(models), "--out-dir", str(tmp_path / "docs" / "b"),
+                 "--markdown", str(md), "--max-cases", "1"])
+    assert code == 0
+    for direction in ("t1_to_flair", "flair_to_t1"):
+        result = json.loads((tmp_path / "docs" / "b" / f"hallucination_{direction}.json").read_text())
+        assert "LD PatchCore mask (DDIM-25)" in result["rows"] and result["gate"]
+        assert ("DDIM-25 + RODS" in result["rows"]) == (direction == "t1_to_flair")  # only it has a calibration
+        assert (tmp_path / "docs" / "b" / f"hallucination_{direction}.png").stat().st_size > 1000
+    det = json.loads((tmp_path / "docs" / "b" / "hallucination_t1_to_flair.json").read_text())["detection"]
+    assert det["slices"] > 0 and 0 <= det["rods_detected_pct"] <= 100
+    text = md.read_text()
+    assert "kept above" in text and "### T1 -> FLAIR" in text and "### FLAIR -> T1" in text
+    assert "paper (BraTS)" in text and "](b/hallucination_t1_to_flair.png)" in text
+    assert "Hallucination detection" in text and "RODS (CAS" in text
+    main(["benchmark", "--data", str(cohort), "--models", str(models), "--out-dir", str(tmp_path / "docs" / "b"),
+          "--markdown", str(md), "--max-cases", "1", "--directions", "flair_to_t1"])
+    assert md.read_text().count("hallucination-benchmark:start") == 1  # the section is replaced, not appended
+
+
+def test_ood_branch_runs_on_a_crop_with_the_same_result_for_a_local_model():
+    cond = torch.rand(3, 1, 32, 40) * 0.5 + 0.25
+    prob = torch.zeros(3, 1, 32, 40)
+    prob[0, :, 10:14, 20:23] = 1.0
+    prob[1, :, 12:15, 24:26] = 1.0
+    full_model, crop_model = ClosedForm(), ClosedForm()
+    full = LocalDiffusion(full_model, cond, prob, LocalDiffusionConfig(crop_margin=None))
+    crop = LocalDiffusion(crop_model, cond, prob, LocalDiffusionConfig(crop_margin=2))
+    assert full.crop is None
+    rows, cols = crop.crop
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (8, 17, 18, 28)  # union box + 2 px margin
+    x = torch.randn(3, 2, 32, 40)
+    torch.testing.assert_close(crop.denoise(x, 15), full.denoise(x, 15))  # x0 does not depend on context here
+    assert full_model.calls == [5] and crop_model.calls == [2, 3]  # 2 OOD crops, then 2 IND + 1 plain slice
+
+
+def test_crop_is_rounded_to_the_network_downsampling_factor(tiny_models):
+    from localdiffusion.diffusion.model import load_denoiser
+
+    den = load_denoiser(tiny_models / "t1_to_flair")
+    factor = 2 ** (len(den.config.channels) - 1)
+    prob = torch.zeros(2, 1, 48, 56)
+    prob[0, :, 20:23, 30:31] = 1.0
+    rows, cols = LocalDiffusion(den, torch.rand(2, 1, 48, 56), prob, LocalDiffusionConfig(crop_margin=3)).crop
+    for sl in (rows, cols):
+        assert (sl.stop - sl.start) % factor == 0 and sl.start >= 0
+    assert rows.start <= 17 and rows.stop >= 26 and cols.start <= 27 and cols.stop >= 34
+
+
+def test_branch_weight_volume_drops_scattered_false_positives():
+    import numpy as np
+
+    from localdiffusion.local_diffusion import branch_weight_volume
+
+    prob = np.zeros((32, 32, 3), np.float32)
+    prob[10:16, 10:16, 0] = 1.0  # a lesion: kept
+    prob[[3, 20, 27], [5, 25, 8], 1] = 1.0  # scattered single pixels: a healthy slice must not branch
+    prob[12:14, 12:14, 2] = 0.999  # a component of 4 pixels: below min_component 8
+    brain = np.ones_like(prob, bool)
+    hard = branch_weight_volume(prob, LocalDiffusionConfig(threshold=0.99), brain)
+    assert hard[:, :, 0].sum() >= 30 and hard[:, :, 1].sum() == 0 and hard[:, :, 2].sum() == 0
+    raw = branch_weight_volume(prob, LocalDiffusionConfig(threshold=0.99, min_component=0), brain)
+    assert raw[:, :, 1].sum() == 3
+    soft = branch_weight_volume(prob * 0.9 + 0.05, LocalDiffusionConfig(mask_mode="soft", threshold=0.9), brain)
+    assert soft[:, :, 1].max() == 0 and soft[12, 12, 0] == pytest.approx(0.95)

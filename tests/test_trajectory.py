@@ -52,3 +52,61 @@ def test_risk_calibration_gives_stated_rate_on_held_out_normal_data(tmp_path):
     cal.save(tmp_path / "risk.json")
     again = RiskCalibration.load(tmp_path / "risk.json")
     np.testing.assert_allclose(again.risk(p_ood[:100], var[:100], curv[:100]), cal.risk(p_ood[:100], var[:100], curv[:100]))
+
+
+def test_volume_recorder_fills_only_the_sampled_slices():
+    import numpy as np
+
+    from localdiffusion.trajectory import VolumeRecorder
+
+    rec = VolumeRecorder((4, 4, 5), last_k=3)
+    hook = rec.begin(np.array([1, 3]))
+    s = NoiseSchedule(20)
+    noise = SliceNoise([0, 1])
+    x0 = iter(torch.linspace(-1, 1, 12))
+    reverse_process(lambda x, t: torch.full_like(x, float(next(x0))), noise((1, 4, 4)), s, s.timesteps(6),
+                    ddim_update(), noise, [hook])
+    rec.end()
+    assert rec.variance[:, :, [0, 2, 4]].max() == 0 and rec.variance[:, :, [1, 3]].min() > 0
+    assert not rec.flagged.any() and rec.curvature.max() == 0  # RODS off
+
+
+def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path, capsys):
+    import json
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from localdiffusion.cli import main
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    model = models / "t1_to_flair"
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    t1 = case / f"{case.name}_t1.nii.gz"
+    out, risk = tmp_path / "out" / "flair.nii.gz", tmp_path / "out" / "risk.nii.gz"
+    # no calibration yet: a clear error and nothing written
+    assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map", str(risk),
+                 "--steps", "6"]) == 2
+    assert "risk calibration not found" in capsys.readouterr().err and not out.exists() and not risk.exists()
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--max-cases", "1", "--rods",
+                 "--steps", "10"]) == 0
+    saved = json.loads((model / "risk_calibration.json").read_text())
+    assert saved["rods_eps"] > 0 and "variance" in saved and "curvature" in saved
+    assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map", str(risk),
+                 "--rods", "--steps", "8"]) == 2  # not the calibrated step count
+    assert "fitted for DDIM-10" in capsys.readouterr().err and not out.exists()
+    assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map", str(risk),
+                 "--rods", "--steps", "10"]) == 0
+    ref, img = nib.load(str(t1)), nib.load(str(risk))
+    assert img.shape == ref.shape and np.allclose(img.affine, ref.affine)
+    values = img.get_fdata()
+    assert 0 <= values.min() and values.max() <= 1 and values.max() > 0
+    assert (values[np.asarray(ref.dataobj) == 0] == 0).all()  # no risk outside the input's foreground
+    # the main job writes the risk of its Local Diffusion translation once the model is calibrated
+    run_dir = tmp_path / "run"
+    assert main(["run", "--input", str(t1), "--out-dir", str(run_dir), "--models", str(models), "--steps", "10",
+                 "--t-intermediate", "5", "--no-baseline"]) == 0
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert f"{case.name}_t1_hallucination_risk.nii.gz" in names and len(names) == 4

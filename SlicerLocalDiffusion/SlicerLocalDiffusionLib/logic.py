@@ -27,6 +27,7 @@ OUTPUTS = {
     "baseline": ("baseline", False),
     "ood": ("OOD probability", False),
     "ood_mask": ("OOD mask", True),
+    "risk": ("hallucination risk", False),
 }
 
 
@@ -157,7 +158,7 @@ class BackgroundTranslation:
 def _file_suffix(key: str, direction: str) -> str:
     target = direction.split("_to_")[1]
     return {"local": f"{target}_local_diffusion", "baseline": f"{target}_baseline",
-            "ood": "ood_probability", "ood_mask": "ood_mask"}[key]
+            "ood": "ood_probability", "ood_mask": "ood_mask", "risk": "hallucination_risk"}[key]
 
 
 def _last_percent(text: str) -> float:

@@ -130,6 +130,10 @@ def _add_translate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--risk-map", type=Path, default=None, help="also write the per-voxel hallucination risk here")
+    p.add_argument("--ood-bank", type=Path, default=None, help="source-modality PatchCore bank for the risk map "
+                   "(default: ood_<source>.pt beside the model folder)")
+    p.add_argument("--rods", action="store_true", help="RODS robust sampling at the calibrated eps")
     p.set_defaults(func=_run_translate)
 
 
@@ -138,8 +142,40 @@ def _run_translate(args) -> int:
 
     model = args.model or shipped_model_dir()
     translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                   batch_size=args.batch_size, device=args.device)
-    print(f"wrote {args.out}")
+                   batch_size=args.batch_size, device=args.device, risk_map=args.risk_map, ood_bank=args.ood_bank,
+                   rods=args.rods)
+    print(f"wrote {args.out}" + (f" and {args.risk_map}" if args.risk_map else ""))
+    return 0
+
+
+def _add_calibrate_risk(sub) -> None:
+    p = sub.add_parser("calibrate-risk", help="fit the hallucination-risk calibration on healthy validation cases")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
+    p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
+    p.add_argument("--rods", action="store_true", help="also record RODS curvature and fit its eps")
+    p.add_argument("--max-cases", type=int, default=3)
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps (translate with the same)")
+    p.add_argument("--fpr", type=float, default=0.01, help="healthy false-positive rate of the risk threshold")
+    p.add_argument("--out", type=Path, default=None, help="default: <model>/risk_calibration.json")
+    p.set_defaults(func=_run_calibrate_risk)
+
+
+def _run_calibrate_risk(args) -> int:
+    from .diffusion.model import load_denoiser
+    from .ood.patchcore import PatchCore
+    from .risk import calibrate_risk
+    from .rods import RODSConfig
+
+    model = args.model or shipped_model_dir()
+    denoiser = load_denoiser(model)
+    bank = PatchCore.load(args.ood_bank or model.parent / f"ood_{denoiser.config.source}.pt",
+                          modality=denoiser.config.source)
+    calibration = calibrate_risk(denoiser, args.data, bank, rods=RODSConfig() if args.rods else None,
+                                 max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
+    out = args.out or model / "risk_calibration.json"
+    calibration.save(out)
+    print(f"wrote {out}" + (f" (RODS eps {calibration.rods_eps:.4g})" if calibration.rods_eps is not None else ""))
     return 0
 
 
@@ -282,7 +318,43 @@ def _run_run(args) -> int:
     return 0
 
 
-COMMANDS = [_add_run, _add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg, _add_demo]
+def _add_benchmark(sub) -> None:
+    p = sub.add_parser("benchmark", help="hallucination benchmark: baselines against Local Diffusion on tumour cases")
+    p.add_argument("--data", required=True, type=Path, help="cohort with tumour cases (phantom manifest)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--directions", nargs="+", default=["t1_to_flair", "flair_to_t1"])
+    p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--max-cases", type=int, default=None)
+    p.add_argument("--no-gate", action="store_true", help="Local Diffusion without the classifier gate")
+    p.add_argument("--out-dir", type=Path, default=Path("docs/benchmark"), help="JSON and PNG montages")
+    p.add_argument("--markdown", type=Path, default=Path("docs/BENCHMARK.md"), help="file whose benchmark section is rewritten")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.set_defaults(func=_run_benchmark)
+
+
+def _run_benchmark(args) -> int:
+    import shlex
+
+    import torch
+
+    from .benchmark import benchmark_direction, render_section
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "localdiffusion " + " ".join(shlex.quote(a) for a in args.argv)
+    for direction in args.directions:
+        result = benchmark_direction(direction, args.data, args.out_dir, models_root=args.models, split=args.split,
+                                     seeds=tuple(args.seeds), max_cases=args.max_cases, gate=not args.no_gate,
+                                     command=command)
+        print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices -> {args.out_dir}")
+    render_section(args.out_dir, args.markdown)
+    print(f"updated {args.markdown}")
+    return 0
+
+
+COMMANDS = [_add_run, _add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg,
+            _add_calibrate_risk, _add_benchmark, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except (InputError, ValueError, FileNotFoundError) as exc:

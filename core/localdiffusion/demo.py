@@ -18,6 +18,7 @@ import numpy as np
 
 from .io import save_png
 from .phantom.dataset import write_cohort
+from .slices import normalise
 
 
 def run_demo(out: str | Path, seed: int = 0, steps: int = 25) -> Iterator[str]:
@@ -45,11 +46,11 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path]):
     load = lambda p: np.asarray(nib.load(str(p)).dataobj, np.float32)  # noqa: E731
     t1, flair, seg = (load(case_dir / f"{case_id}_{s}.nii.gz") for s in ("t1", "flair", "seg"))
     z = int(np.argmax((seg > 0).sum(axis=(0, 1)))) if seg.any() else seg.shape[2] // 2
-    scale = lambda v: v / max(np.percentile(v[v > 0], 99.5), 1e-6)  # noqa: E731
+    scale = lambda v, m: normalise(v, v > 0, modality=m)[0]  # noqa: E731  the pipeline's own intensity scale
     ood = load(outputs["ood"])
-    panels = [("T1 (condition)", scale(t1), None), ("OOD probability >= 0.99 (1% healthy FPR)", scale(t1), ood),
+    panels = [("T1 (condition)", scale(t1, "t1"), None), ("OOD probability >= 0.99 (1% healthy FPR)", scale(t1, "t1"), ood),
               ("baseline FLAIR (DDIM-25)", load(outputs["baseline"]), None),
-              ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair), None)]
+              ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair, "flair"), None)]
     fig, axes = plt.subplots(1, 5, figsize=(17, 4.2))
     for ax, (title, vol, overlay) in zip(axes, panels):
         ax.imshow(vol[:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=1)

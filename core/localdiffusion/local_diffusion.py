@@ -18,13 +18,22 @@ The state is (B, 2, H, W): channel 0 is the OOD branch, channel 1 the in-distrib
   independent noise draws each branch separately. Fused slices always share.
 
 Masks ``w`` (B, 1, H, W) come from the OOD probability: ``hard`` = (p >= threshold),
-``soft`` = p. A slice whose mask is empty is never branched, so with an empty OOD map the
-output equals the baseline sampler's for the same seeds, exactly.
+``soft`` = p. On volumes, :func:`branch_weight_volume` first post-processes the hard mask
+(median filter, small components removed) so that scattered false-positive pixels do not
+make a healthy slice branch. A slice whose mask is empty is never branched, so with an
+empty OOD map the output equals the baseline sampler's for the same seeds, exactly.
+
+Speed: the OOD branch runs on a crop around the OOD region of the batch's branching slices
+(bounding box + ``crop_margin`` pixels, rounded to the network's downsampling factor).
+Outside its mask the OOD branch's x0 is the background anyway; the crop only changes the
+network's context near the crop border (its receptive field, and the global attention at
+the lowest level), measured by ``benchmarks/crop_tolerance.py``.
 Images: conditions in [0, 1]; the network state in [-1, 1]; background 0 in [0, 1].
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
@@ -47,6 +56,8 @@ class LocalDiffusionConfig:
     t_intermediate: int | None = None  # training-timestep units; default round(0.1 T) (paper: 10 of 100)
     max_rebranch: int = 2
     background: float = 0.0  # target background value in [0, 1]
+    min_component: int = 8  # post-processing of volume masks: drop OOD components below this (pixels); 0 = off
+    crop_margin: int | None = 16  # OOD branch on a crop with this margin (pixels); None = full slices
 
     def __post_init__(self):
         if self.mask_mode not in ("hard", "soft"):
@@ -57,6 +68,10 @@ class LocalDiffusionConfig:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.max_rebranch < 0:
             raise ValueError("max_rebranch must be >= 0")
+        if self.min_component < 0:
+            raise ValueError(f"min_component must be >= 0, got {self.min_component}")
+        if self.crop_margin is not None and self.crop_margin < 0:
+            raise ValueError(f"crop_margin must be >= 0 or None, got {self.crop_margin}")
 
 
 class LocalDiffusion:
@@ -80,23 +95,51 @@ class LocalDiffusion:
         self.branching = self.weight.flatten(1).amax(1) > 0  # (B,) bool
         self.rebranches = torch.zeros_like(self.branching, dtype=torch.long)
         self.fused_at = torch.full_like(self.rebranches, -1)
+        self.crop = self._crop_box(denoiser)
+
+    def _crop_box(self, denoiser) -> tuple[slice, slice] | None:
+        """(rows, cols) of the OOD branch's crop; None = the full slice."""
+        margin = self.config.crop_margin
+        if margin is None or not self.branching.any():
+            return None
+        h, w = self.weight.shape[-2:]
+        levels = len(getattr(getattr(denoiser, "config", None), "channels", (0,)))
+        factor = 2 ** (levels - 1)  # crops must stay divisible through the U-Net's downsamplings
+        support = self.weight[self.branching].flatten(0, 1).amax(0) > 0
+        box = []
+        for axis, size in ((1, h), (0, w)):
+            idx = support.any(axis).nonzero().flatten()
+            lo, hi = max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, size)
+            length = min(-(-(hi - lo) // factor) * factor, size)
+            lo = max(min(lo, size - length), 0)
+            box.append(slice(lo, lo + length))
+        return None if (box[0].stop - box[0].start, box[1].stop - box[1].start) == (h, w) else tuple(box)
 
     def composite(self, state: torch.Tensor) -> torch.Tensor:
         """(B, 2, H, W) -> (B, 1, H, W): the S-composite (the fused value for fused slices)."""
         return self.weight * state[:, 0:1] + (1 - self.weight) * state[:, 1:2]
 
     # -- the three parts that plug into reverse_process
+    def _network(self, inputs: torch.Tensor, conds: torch.Tensor, t: int) -> torch.Tensor:
+        return self.denoiser(inputs, conds, t).clamp(-1.0, 1.0) if len(inputs) else inputs
+
     def denoise(self, x: torch.Tensor, t: int) -> torch.Tensor:
         br = self.branching
-        inputs = torch.cat([x[br, 0:1], x[br, 1:2], x[~br, 0:1]])
-        conds = torch.cat([self.cond_ood[br], self.cond_ind[br], self.cond[~br]])
-        x0_all = self.denoiser(inputs, conds, t).clamp(-1.0, 1.0) if len(inputs) else inputs
         n = int(br.sum())
-        x0 = torch.empty_like(x)
         w = self.weight[br]
-        x0[br, 0:1] = w * x0_all[:n] + (1 - w) * self.bg
-        x0[br, 1:2] = x0_all[n:2 * n]
-        x0[~br] = x0_all[2 * n:].expand(-1, 2, -1, -1)
+        x0 = torch.empty_like(x)
+        if self.crop is None:  # one call for every branch
+            x0_all = self._network(torch.cat([x[br, 0:1], x[br, 1:2], x[~br, 0:1]]),
+                                   torch.cat([self.cond_ood[br], self.cond_ind[br], self.cond[~br]]), t)
+            x0_ood, x0_rest = x0_all[:n], x0_all[n:]
+        else:  # the OOD branch on its crop, everything else on full slices
+            rows, cols = self.crop
+            x0_ood = torch.full_like(x[br, 0:1], self.bg)
+            x0_ood[..., rows, cols] = self._network(x[br, 0:1, rows, cols], self.cond_ood[br, :, rows, cols], t)
+            x0_rest = self._network(torch.cat([x[br, 1:2], x[~br, 0:1]]), torch.cat([self.cond_ind[br], self.cond[~br]]), t)
+        x0[br, 0:1] = w * x0_ood + (1 - w) * self.bg
+        x0[br, 1:2] = x0_rest[:n]
+        x0[~br] = x0_rest[n:].expand(-1, 2, -1, -1)
         return x0
 
     def hook(self, step: Step):
@@ -142,7 +185,8 @@ def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: t
     """Local Diffusion translation of conditions (B, 1, H, W) in [0, 1]; returns [-1, 1] x0.
 
     ``ood_probability`` (B, 1, H, W) in [0, 1]. Extra ``hooks`` (e.g. trajectory recording)
-    run after the Local Diffusion hook and see the (B, 2, H, W) state.
+    run after the Local Diffusion hook as observers of the composite (B, 1, H, W) state
+    (:meth:`LocalDiffusion.composite`); their return values are ignored.
     """
     ld = LocalDiffusion(denoiser, condition, ood_probability, config, gate)
     base = SliceNoise(seeds, condition.device)
@@ -153,24 +197,62 @@ def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: t
         out = reverse_process(conditional_denoise(denoiser, ld.cond), x_T, schedule, schedule.timesteps(steps),
                               make_update(sampler, eta), base, hooks)
         return out, ld
+    observers = list(hooks)
+
+    def observe(step: Step) -> None:
+        if observers:
+            seen = dataclasses.replace(step, x_t=ld.composite(step.x_t), x0_hat=ld.composite(step.x0_hat))
+            for hook in observers:
+                hook(seen)
+
     x_T = noise((2, *condition.shape[2:]))
     out = reverse_process(ld.denoise, x_T, schedule, schedule.timesteps(steps), make_update(sampler, eta), noise,
-                          [ld.hook, *hooks])
+                          [ld.hook, observe])
     return out[:, 0:1], ld
 
 
+def branch_weight_volume(ood_probability_volume, config: LocalDiffusionConfig, brain_volume=None):
+    """Working-grid (X, Y, Z) OOD probability -> the branching weight per voxel in [0, 1].
+
+    hard: the thresholded mask, post-processed per axial slice (3 x 3 median, components
+    under ``min_component`` pixels dropped, inside the brain) unless ``min_component`` is 0;
+    soft: the probability, zeroed away from the post-processed mask (dilated by 2 pixels).
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    from .ood.evaluation import postprocess
+
+    prob = np.clip(np.asarray(ood_probability_volume, np.float32), 0.0, 1.0)
+    mask = prob >= config.threshold
+    if config.min_component > 0:
+        brain = np.ones_like(mask) if brain_volume is None else np.asarray(brain_volume) > 0
+        mask = np.moveaxis(postprocess(np.moveaxis(mask, 2, 0), np.moveaxis(brain, 2, 0), config.min_component), 0, 2)
+    if config.mask_mode == "hard":
+        return mask.astype(np.float32)
+    near = ndimage.binary_dilation(mask, structure=np.ones((5, 5, 1), bool))
+    return np.where(near, prob, 0.0).astype(np.float32)
+
+
 def local_diffusion_sampler(ood_probability_volume, config: LocalDiffusionConfig | None = None,
-                            gate: Gate | None = None, *, sampler: str = "ddim", steps: int | None = 25):
+                            gate: Gate | None = None, *, sampler: str = "ddim", steps: int | None = 25,
+                            brain_volume=None):
     """A ``sample_batch`` for :func:`~localdiffusion.translate.translate_prepared`.
 
     ``ood_probability_volume`` (X, Y, Z) on the working grid, e.g. from
-    :func:`~localdiffusion.ood.volume.probability_volume`.
+    :func:`~localdiffusion.ood.volume.probability_volume`; it becomes the branching weight
+    through :func:`branch_weight_volume` (``brain_volume`` limits the post-processing).
     """
     import numpy as np
 
-    def sample(denoiser, cond01, seeds, ks):
-        prob = torch.as_tensor(np.moveaxis(ood_probability_volume[:, :, ks], 2, 0)[:, None]).to(cond01.device)
-        out, _ = local_diffusion_slices(denoiser, cond01, prob, seeds, config, gate, sampler=sampler, steps=steps)
+    config = config or LocalDiffusionConfig()
+    weight = branch_weight_volume(ood_probability_volume, config, brain_volume)
+    config = dataclasses.replace(config, threshold=1.0)  # the weight is final: a hard {0, 1} mask stays as it is
+
+    def sample(denoiser, cond01, seeds, ks, hooks=()):
+        prob = torch.as_tensor(np.moveaxis(weight[:, :, ks], 2, 0)[:, None]).to(cond01.device)
+        out, _ = local_diffusion_slices(denoiser, cond01, prob, seeds, config, gate, sampler=sampler, steps=steps,
+                                        hooks=hooks)
         return out
 
     return sample

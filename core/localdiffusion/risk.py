@@ -11,6 +11,10 @@ empirical CDF fitted on healthy *validation* data (:class:`~.ood.anomaly_map.Cal
 The raw combined score is ``max(p_ood, p_var, p_rods)``; a last calibration of that score
 on the same healthy data gives the risk, so that ``risk >= 1 - a`` flags a fraction ``a``
 of healthy voxels (a calibrated union of the three detectors).
+
+:func:`calibrate_risk` fits it on healthy *validation* volumes with the model it belongs to
+and stores it next to the model (``<model>/risk_calibration.json``); with RODS it also sets
+RODS's ``eps`` to the healthy slices' (1 - a) quantile of the largest curvature index.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class RiskCalibration:
     combined: Calibration
     curvature: Calibration | None = None
     last_k: int = 10
+    rods_eps: float | None = None  # healthy-calibrated RODS threshold (None: fitted without RODS)
+    steps: int | None = None  # DDIM steps of the calibration runs (the variance depends on them)
 
     def component_probabilities(self, p_ood: np.ndarray, variance: np.ndarray,
                                 curvature: np.ndarray | None = None) -> np.ndarray:
@@ -45,16 +51,17 @@ class RiskCalibration:
 
     @classmethod
     def fit(cls, p_ood: np.ndarray, variance: np.ndarray, curvature: np.ndarray | None = None,
-            false_positive_rate: float = 0.01, last_k: int = 10) -> "RiskCalibration":
+            false_positive_rate: float = 0.01, last_k: int = 10, rods_eps: float | None = None,
+            steps: int | None = None) -> "RiskCalibration":
         """Fit on healthy validation voxels (1D arrays of equal length)."""
         var_cal = Calibration.fit(variance, false_positive_rate)
         curv_cal = Calibration.fit(curvature, false_positive_rate) if curvature is not None else None
         partial = cls(var_cal, var_cal, curv_cal, last_k)
         combined = Calibration.fit(partial.component_probabilities(p_ood, variance, curvature), false_positive_rate)
-        return cls(var_cal, combined, curv_cal, last_k)
+        return cls(var_cal, combined, curv_cal, last_k, rods_eps, steps)
 
     def save(self, path: str | Path) -> None:
-        payload = {"last_k": self.last_k}
+        payload = {"last_k": self.last_k, "rods_eps": self.rods_eps, "steps": self.steps}
         for name in ("variance", "combined", "curvature"):
             cal = getattr(self, name)
             if cal is not None:
@@ -73,4 +80,56 @@ class RiskCalibration:
                    for n in ("variance", "combined", "curvature") if n in payload}
         except (ValueError, KeyError) as exc:
             raise InputError(f"{path}: corrupt risk calibration ({exc})") from exc
-        return cls(cal["variance"], cal["combined"], cal.get("curvature"), int(payload["last_k"]))
+        return cls(cal["variance"], cal["combined"], cal.get("curvature"), int(payload["last_k"]),
+                   payload.get("rods_eps"), payload.get("steps"))
+
+
+def risk_volume(calibration: RiskCalibration, ood_probability: np.ndarray, recorder, brain: np.ndarray) -> np.ndarray:
+    """Working-grid risk (X, Y, Z) from the OOD probability and a filled
+    :class:`~localdiffusion.trajectory.VolumeRecorder`; 0 outside the brain."""
+    curvature = None
+    if calibration.curvature is not None and recorder.curvature.any():
+        curvature = np.broadcast_to(recorder.curvature[None, None, :], brain.shape)
+    risk = calibration.risk(ood_probability, recorder.variance, curvature)
+    return np.where(brain, risk, 0.0).astype(np.float32)
+
+
+def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: str = "val", max_cases: int = 3,
+                   steps: int = 25, seed: int = 0, false_positive_rate: float = 0.01, last_k: int = 10,
+                   batch_size: int = 8) -> RiskCalibration:
+    """Fit a :class:`RiskCalibration` on the healthy cases of ``split`` (baseline sampler).
+
+    ``rods``: a :class:`~localdiffusion.rods.RODSConfig`; its curvature is recorded (with
+    ``eps`` out of reach, so the trajectory is the plain one) and ``rods_eps`` is fitted.
+    """
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from .ood.volume import probability_volume
+    from .readers import read_case
+    from .slice_data import cases_in_split, has_manifest
+    from .slices import prepare_case
+    from .trajectory import VolumeRecorder
+    from .translate import baseline_sampler, translate_prepared
+
+    cfg = denoiser.config
+    cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
+    if not cases:
+        raise InputError(f"{data}: no healthy {split} cases to calibrate the risk map on")
+    probe = dataclasses.replace(rods, eps=float("inf")) if rods is not None else None
+    parts: dict[str, list] = {"ood": [], "var": [], "curv": [], "slice_curv": []}
+    for path in tqdm(cases, desc="risk calibration", unit="case"):
+        prepared = prepare_case(read_case(path, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
+        recorder = VolumeRecorder(prepared.grid.shape, last_k)
+        translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False, recorder=recorder,
+                           sample_batch=baseline_sampler("ddim", steps, rods=probe))
+        brain = prepared.brain
+        parts["ood"].append(probability_volume(ood_bank, prepared)[brain])
+        parts["var"].append(recorder.variance[brain])
+        if probe is not None:
+            parts["curv"].append(np.broadcast_to(recorder.curvature[None, None, :], brain.shape)[brain])
+            parts["slice_curv"].append(recorder.curvature[prepared.brain_slices()])
+    cat = lambda k: np.concatenate(parts[k]) if parts[k] else None  # noqa: E731
+    rods_eps = float(np.quantile(cat("slice_curv"), 1 - false_positive_rate)) if probe is not None else None
+    return RiskCalibration.fit(cat("ood"), cat("var"), cat("curv"), false_positive_rate, last_k, rods_eps, steps)

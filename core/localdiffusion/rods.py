@@ -117,11 +117,10 @@ class RODS:
             return x0
         s = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
         c_x0, c_xt = affine_coefficients(self.schedule, t, s, self.config.solver)
-        with torch.no_grad():
-            x0_shifted = self.denoise(x[risky] + d[risky], t) + (c_xt - 1.0) / c_x0 * d[risky]
-        out = x0.clone()
-        out[risky] = x0_shifted
-        return out
+        with torch.no_grad():  # the denoiser is bound to the whole batch's condition: shift only risky slices
+            d = d * risky.view(-1, *([1] * (x.dim() - 1)))
+            x0_shifted = self.denoise(x + d, t) + (c_xt - 1.0) / c_x0 * d
+        return torch.where(risky.view(-1, *([1] * (x.dim() - 1))), x0_shifted, x0)
 
     def flagged_slices(self) -> torch.Tensor:
         """(B,) bool: any high-risk step."""

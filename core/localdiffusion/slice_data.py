@@ -20,7 +20,7 @@ from .io import InputError, atomic_path
 from .readers import list_cases, read_case
 from .slices import DEFAULT_IN_PLANE, DEFAULT_SPACING_MM, prepare_case
 
-CACHE_VERSION = 1
+CACHE_VERSION = 3  # 3: normalisation by contrast
 
 
 @dataclass

@@ -6,9 +6,15 @@ brain with margin, centred on the brain; along z it covers the input's whole ext
 Axial slices are ``volume[:, :, k]`` of the working grid, shape (96, 112) = (X: right-left,
 Y: posterior-anterior).
 
-Intensities are normalised per volume: divide by the 99.5th percentile of the foreground
-(non-zero voxels of the skull-stripped input) and clip to [0, 1]; background stays 0.
-Translated volumes are written in this normalised [0, 1] scale.
+Intensities are normalised per volume, by contrast (:data:`NORMALISATION`), and clipped to
+[0, 1]; background stays 0. Contrasts where lesions are bright (FLAIR, T2, T1ce): the
+foreground median (non-zero voxels of the skull-stripped input) is mapped to 0.5. A high
+percentile would be set by the lesion itself and darken all healthy tissue (on the phantom,
+p99.5/median is 1.28 +- 0.07 for healthy FLAIR volumes and up to 2.1 with a glioma).
+Native T1, where gliomas are dark and the top percentiles stay healthy white matter: the
+99.5th foreground percentile is mapped to 1 (p99.5/median 1.60 +- 0.16 healthy, 1.54 +-
+0.12 with a glioma); on the validation split this gave the T1 OOD detector a pixel AUPRC of
+0.170 against 0.106 with the median. Translated volumes are written in this [0, 1] scale.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from .readers import Case
 
 DEFAULT_SPACING_MM = 2.0
 DEFAULT_IN_PLANE = (96, 112)
-NORMALISATION_PERCENTILE = 99.5
+#: contrast -> (statistic, value it is mapped to); contrasts not listed use DEFAULT_NORMALISATION
+NORMALISATION = {"t1": ("p99.5", 1.0)}
+DEFAULT_NORMALISATION = ("median", 0.5)
 #: a slice is "brain" when at least this fraction of its pixels is foreground
 MIN_BRAIN_FRACTION = 0.02
 
@@ -104,12 +112,18 @@ def resample(volume: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray,
                                     order=order, mode="constant", cval=0.0, prefilter=False)
 
 
-def normalise(volume: np.ndarray, foreground: np.ndarray, name: object = "input") -> tuple[np.ndarray, float]:
-    """Scale by the 99.5th foreground percentile and clip to [0, 1]; returns (image, scale)."""
+def normalise(volume: np.ndarray, foreground: np.ndarray, name: object = "input",
+              modality: str | None = None) -> tuple[np.ndarray, float]:
+    """Scale by the contrast's statistic (:data:`NORMALISATION`) and clip to [0, 1].
+
+    Returns (image, scale); ``scale`` is the input intensity that maps to 1.
+    """
     values = volume[foreground]
     if values.size == 0:
         raise InputError(f"{name}: no foreground voxels to normalise")
-    scale = float(np.percentile(values, NORMALISATION_PERCENTILE))
+    statistic, level = NORMALISATION.get(modality, DEFAULT_NORMALISATION)
+    value = np.median(values) if statistic == "median" else np.percentile(values, float(statistic[1:]))
+    scale = float(value) / level
     if not scale > 0:
         raise InputError(f"{name}: foreground intensities are not positive")
     return np.clip(volume / scale, 0.0, 1.0).astype(np.float32), scale
@@ -160,7 +174,8 @@ def prepare_case(case: Case, spacing: float = DEFAULT_SPACING_MM, in_plane: tupl
         raise InputError(f"{case.case_id}: foreground vanishes at {spacing} mm (volume too small for the network)")
     for modality, image in case.images.items():
         working = resample(image, case.affine, grid.affine, grid.shape, order=1)
-        images[modality], scales[modality] = normalise(working, brain, name=f"{case.case_id} {modality}")
+        images[modality], scales[modality] = normalise(working, brain, name=f"{case.case_id} {modality}",
+                                                              modality=modality)
         images[modality][~brain] = 0.0
     seg = None
     if case.seg is not None:

@@ -5,12 +5,17 @@ process and gives the per-pixel population variance (ddof 0) on the normalised [
 intensity scale (x0 in the model's [-1, 1] scale is mapped by (x + 1) / 2 first, so the
 variance is a quarter of the model-scale variance). The slice score is the mean variance
 over the region (the brain).
+
+:class:`VolumeRecorder` gathers these per batch into working-grid volumes for
+:func:`~localdiffusion.translate.translate_prepared` (and, when RODS runs, each slice's
+largest curvature index and whether any step was flagged high-risk).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .diffusion.sampling import Step
@@ -23,6 +28,11 @@ class TrajectoryVariance:
         self.last_k = last_k
         self.reduce = reduce or (lambda x0: x0[:, 0:1])
         self.history: list[torch.Tensor] = []
+        self.rods = None
+
+    def watch_rods(self, rods) -> None:
+        """Keep the :class:`~localdiffusion.rods.RODS` object of this trajectory."""
+        self.rods = rods
 
     def __call__(self, step: Step) -> None:
         if step.index >= step.num_steps - self.last_k:
@@ -38,3 +48,26 @@ class TrajectoryVariance:
     def slice_score(self, region: torch.Tensor) -> torch.Tensor:
         v = self.variance()
         return (v * region).flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1)
+
+
+class VolumeRecorder:
+    """Working-grid volumes of trajectory variance (X, Y, Z) and per-slice RODS results (Z,)."""
+
+    def __init__(self, shape: tuple[int, int, int], last_k: int = 10):
+        self.last_k = last_k
+        self.variance = np.zeros(shape, np.float32)
+        self.curvature = np.zeros(shape[2], np.float32)  # largest RODS H per slice (0: RODS off)
+        self.flagged = np.zeros(shape[2], bool)  # any high-risk RODS step
+        self._batch: tuple[np.ndarray, TrajectoryVariance] | None = None
+
+    def begin(self, ks: np.ndarray) -> TrajectoryVariance:
+        self._batch = (np.asarray(ks), TrajectoryVariance(self.last_k))
+        return self._batch[1]
+
+    def end(self) -> None:
+        ks, hook = self._batch
+        self.variance[:, :, ks] = np.moveaxis(hook.variance()[:, 0].float().cpu().numpy(), 0, 2)
+        if hook.rods is not None and hook.rods.curvature:
+            self.curvature[ks] = torch.stack(list(hook.rods.curvature.values())).amax(0).cpu().numpy()
+            self.flagged[ks] = hook.rods.flagged_slices().cpu().numpy()
+        self._batch = None

@@ -133,10 +133,24 @@ def conditional_denoise(denoiser, condition: torch.Tensor) -> Callable[[torch.Te
 
 @torch.no_grad()
 def translate_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int], *, sampler: str = "ddim",
-                     steps: int | None = 25, eta: float | None = None, hooks: Iterable[StepHook] = ()) -> torch.Tensor:
-    """Baseline translation of a batch of condition slices (B, 1, H, W) in [-1, 1]."""
+                     steps: int | None = 25, eta: float | None = None, hooks: Iterable[StepHook] = (),
+                     rods=None) -> torch.Tensor:
+    """Baseline translation of a batch of condition slices (B, 1, H, W) in [-1, 1].
+
+    ``rods`` (a :class:`~localdiffusion.rods.RODSConfig`) wraps the denoiser in RODS; hooks
+    with a ``watch_rods`` method are handed the :class:`~localdiffusion.rods.RODS` object
+    (its per-step curvature and flags).
+    """
     schedule = denoiser.schedule
     noise = SliceNoise(seeds, condition.device)
     x_T = noise(condition.shape[1:])
-    return reverse_process(conditional_denoise(denoiser, condition), x_T, schedule, schedule.timesteps(steps),
-                           make_update(sampler, eta), noise, hooks)
+    timesteps = schedule.timesteps(steps)
+    denoise = conditional_denoise(denoiser, condition)
+    if rods is not None:
+        from ..rods import RODS
+
+        denoise = RODS(denoise, schedule, timesteps, rods)
+        for hook in hooks:
+            if hasattr(hook, "watch_rods"):
+                hook.watch_rods(denoise)
+    return reverse_process(denoise, x_T, schedule, timesteps, make_update(sampler, eta), noise, hooks)

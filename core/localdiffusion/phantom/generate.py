@@ -33,6 +33,8 @@ class PhantomCase:
     #: tissue of voxels at least 80% one tissue, index into TISSUE_ORDER plus one
     #: (0 = background or mixed); for checks, not written to disk
     pure_tissue: np.ndarray | None = None
+    #: modality -> float32 image before Rician noise, in the stored image's units; not written to disk
+    noise_free: dict = field(default_factory=dict)
 
 
 def output_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -90,16 +92,18 @@ def generate_case(seed: int, *, tumour: bool, spacing: float = 2.0, t1_sequence:
     coil = bias_field(rng, shape, strength=0.08).ravel()
     params.update(tissues={k: vars(v) for k, v in tissues.items()},
                   protocol={k: v.as_dict() for k, v in protocol.items()}, snr={}, gain={})
-    images = {}
+    images, noise_free = {}, {}
     for modality in PHANTOM_MODALITIES:
         signals = tissue_signals(protocol[modality], tissues)
         signals *= 1.0 + rng.normal(0.0, 0.03, signals.shape).astype(np.float32)  # contrast jitter
         image = signals @ fractions
         image *= coil * bias_field(rng, shape, strength=0.02).ravel()  # shared coil + sequence-specific
         snr = float(rng.uniform(15.0, 40.0))
+        clean = image
         image = rician(rng, image, float(image[mask].mean()) / snr)
         gain = float(rng.uniform(1500.0, 4000.0)) / float(np.percentile(image[mask], 99.5))
         image = np.where(mask, image * gain, 0.0)
+        noise_free[modality] = np.where(mask, clean * gain, 0.0).astype(np.float32).reshape(shape)
         images[modality] = np.clip(np.rint(image), 0, 32767).astype(np.int16).reshape(shape)
         params["snr"][modality], params["gain"][modality] = round(snr, 3), round(gain, 6)
 
@@ -113,4 +117,4 @@ def generate_case(seed: int, *, tumour: bool, spacing: float = 2.0, t1_sequence:
     params["tumour_ml"] = round(float((seg > 0).sum()) * spacing**3 / 1000.0, 3)
     pure = mask & (fractions.max(0) >= 0.8)
     tissue = np.where(pure, fractions.argmax(0) + 1, 0).astype(np.uint8).reshape(shape)
-    return PhantomCase(images, seg, mask.reshape(shape).astype(np.uint8), affine, params, tissue)
+    return PhantomCase(images, seg, mask.reshape(shape).astype(np.uint8), affine, params, tissue, noise_free)
