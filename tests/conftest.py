@@ -59,7 +59,8 @@ def tiny_models(tmp_path_factory, cohort):
         train = load_slice_set(cohort, "train", (m,), kind="healthy", spacing=4.0, in_plane=(48, 56))
         val = load_slice_set(cohort, "val", (m,), kind="healthy", spacing=4.0, in_plane=(48, 56))
         model = PatchCore.fit(FeatureExtractor("resnet18", ("layer1", "layer2")), train.images[m], train.brain,
-                              modality=m, bank_size=200, progress=False)
+                              modality=m, bank_size=200, progress=False,
+                              grid={"spacing_mm": 4.0, "in_plane": [48, 56]})
         model.calibrate(val.images[m], val.brain)
         model.save(root / f"ood_{m}.pt")
         seg = SegConfig(modality=m, channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)

@@ -287,3 +287,16 @@ def test_volume_scores_perfect_and_noisy():
     perfect, scores = volume_scores(truth, truth, region), volume_scores(noisy, truth, region)
     assert perfect["ssim"] == pytest.approx(1.0) and perfect["psnr"] > 100
     assert scores["psnr"] == pytest.approx(20.0, abs=0.3)  # MSE 0.01
+
+
+def test_range_matched_scores_do_not_depend_on_the_intensity_scale():
+    from localdiffusion.evaluate import volume_scores
+
+    rng = np.random.default_rng(1)
+    truth = rng.random((24, 24, 3)).astype(np.float32)
+    region = np.ones_like(truth, dtype=bool)
+    pred = np.clip(truth + rng.normal(0, 0.05, truth.shape), 0, 1).astype(np.float32)
+    full, half = volume_scores(pred, truth, region), volume_scores(pred * 0.5, truth * 0.5, region)
+    assert half["psnr"] == pytest.approx(full["psnr"] + 20 * np.log10(2), abs=1e-3)  # plain PSNR rewards the squeeze
+    assert half["psnr_range"] == pytest.approx(full["psnr_range"], abs=1e-3)
+    assert half["ssim_range"] == pytest.approx(full["ssim_range"], abs=1e-3)

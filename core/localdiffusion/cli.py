@@ -202,11 +202,12 @@ def _run_evaluate(args) -> int:
     denoiser = load_denoiser(args.model or shipped_model_dir(), select_device(args.device))
     result = evaluate_translation(denoiser, args.data, args.split, None if args.kind == "all" else args.kind,
                                   sampler=args.sampler, steps=args.steps, seed=args.seed, max_cases=args.max_cases)
-    (p, p_sd), (s, s_sd), (ps, ps_sd), (sec, _) = (result["mean_std"][k] for k in
-                                                   ("psnr", "ssim", "psnr_slice_mean", "seconds"))
+    m = result["mean_std"]
     print(f"{result['direction']} {args.split}/{args.kind} ({result['cases']} cases, {args.sampler}-{args.steps}): "
-          f"whole-brain PSNR {p:.2f} +- {p_sd:.2f} dB, SSIM {s:.4f} +- {s_sd:.4f} "
-          f"(mean per-slice PSNR {ps:.2f} +- {ps_sd:.2f} dB), {sec:.1f} s per volume")
+          f"whole-brain PSNR {m['psnr'][0]:.2f} +- {m['psnr'][1]:.2f} dB, SSIM {m['ssim'][0]:.4f} +- "
+          f"{m['ssim'][1]:.4f} on [0, 1]; with the true volume's p99.5 as data range PSNR {m['psnr_range'][0]:.2f} "
+          f"+- {m['psnr_range'][1]:.2f} dB, SSIM {m['ssim_range'][0]:.4f} +- {m['ssim_range'][1]:.4f} "
+          f"(mean per-slice PSNR {m['psnr_slice_mean'][0]:.2f} dB), {m['seconds'][0]:.1f} s per volume")
     if args.report:
         write_report(result, args.report)
     return 0

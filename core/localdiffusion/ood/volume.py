@@ -66,6 +66,12 @@ def probability_volume(model: PatchCore, prepared: PreparedCase) -> np.ndarray:
     return volume
 
 
+def bank_grid(model: PatchCore) -> tuple[float, tuple[int, int]]:
+    """The working grid (spacing mm, in-plane size) the bank was fitted on."""
+    meta = model.meta
+    return float(meta.get("spacing_mm", DEFAULT_SPACING_MM)), tuple(meta.get("in_plane", meta["slice_size"]))
+
+
 def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Path,
                mask_path: str | Path | None = None, modality: str | None = None) -> tuple[Path, Path]:
     """Write the OOD probability map and the binary mask (``*_mask.nii.gz`` by default).
@@ -75,7 +81,7 @@ def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Pa
     from ..translate import prepare_input
 
     model = PatchCore.load(bank_path, modality=modality)
-    prepared = prepare_input(input_path, model.meta["modality"], DEFAULT_SPACING_MM, DEFAULT_IN_PLANE)
+    prepared = prepare_input(input_path, model.meta["modality"], *bank_grid(model))
     prob = prepared.to_input_brain(probability_volume(model, prepared))
     out_path = Path(out_path)
     if mask_path is None:

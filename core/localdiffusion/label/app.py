@@ -1,0 +1,27 @@
+"""The MONAI Label app: the three tasks of :mod:`localdiffusion.label.tasks`, no training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monailabel.interfaces.app import MONAILabelApp
+
+from ..shipped import MODELS_ROOT
+from .tasks import LocalDiffusionTask, OodMapTask, TumourSegmentationTask
+
+
+class LocalDiffusionLabelApp(MONAILabelApp):
+    """``--conf models_root DIR`` selects the models folder (default: the shipped bundle models)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.models_root = Path((conf or {}).get("models_root") or MODELS_ROOT)
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="SlicerLocalDiffusion",
+                         description="Hallucination-aware T1 <-> FLAIR translation, OOD maps and tumour segmentation "
+                                     "(research use only, not for diagnosis)", version="0.2.0")
+
+    def init_infers(self):
+        return {"local_diffusion": LocalDiffusionTask(self.models_root), "ood_map": OodMapTask(self.models_root),
+                "tumour_segmentation": TumourSegmentationTask(self.models_root)}
+
+    def init_trainers(self):
+        return {}

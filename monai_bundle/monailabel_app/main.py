@@ -1,0 +1,7 @@
+"""MONAI Label app folder: ``monailabel start_server --app monai_bundle/monailabel_app ...``.
+
+The app lives in the ``localdiffusion`` package (:mod:`localdiffusion.label`); see its
+docstring for the start command.
+"""
+
+from localdiffusion.label.app import LocalDiffusionLabelApp  # noqa: F401  (MONAI Label looks for the subclass)

@@ -1,0 +1,135 @@
+"""A real MONAI Label server on 127.0.0.1 serving the app with the tiny models."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel", reason="MONAI Label is the optional 'label' extra (make test installs it)")
+import requests  # noqa: E402  (installed with MONAI Label)
+
+APP = Path(__file__).resolve().parents[1] / "monai_bundle" / "monailabel_app"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    studies = tmp_path_factory.mktemp("studies")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("label_log") / "server.log"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", str(APP), "--studies", str(studies),
+           "--host", "127.0.0.1", "--port", str(port), "--uvicorn_app", "localdiffusion.label.server:app",
+           "--conf", "models_root", str(tiny_models)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            if proc.poll() is not None:
+                pytest.fail(f"server exited early:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"server did not answer /info/:\n{log.read_text()[-3000:]}")
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    assert proc.returncode is not None  # stopped
+
+
+def _case(cohort):
+    return next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+
+
+def _infer(url, model, path, params=None):
+    with open(path, "rb") as fh:
+        return requests.post(f"{url}/infer/{model}", params={"output": "image"}, timeout=600,
+                             files={"file": (Path(path).name, fh)}, data={"params": json.dumps(params or {})})
+
+
+def _same_geometry(content: bytes, reference: Path, tmp_path: Path, name: str):
+    out = tmp_path / f"{name}.nii.gz"
+    out.write_bytes(content)
+    img, ref = nib.load(str(out)), nib.load(str(reference))
+    assert img.shape[:3] == ref.shape
+    np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+    return np.asarray(img.dataobj)
+
+
+def test_info_lists_the_three_models(server):
+    from monailabel.client import MONAILabelClient
+
+    info = MONAILabelClient(server).info()
+    assert {"local_diffusion", "ood_map", "tumour_segmentation"} <= set(info["models"])
+    assert info["models"]["tumour_segmentation"]["type"] == "segmentation"
+    assert info["models"]["tumour_segmentation"]["labels"] == {"necrosis": 1, "oedema": 2, "enhancing": 4}
+
+
+def test_every_model_returns_a_volume_on_the_input_grid(server, cohort, tmp_path):
+    from monailabel.client import MONAILabelClient
+
+    case = _case(cohort)
+    t1, flair = case / f"{case.name}_t1.nii.gz", case / f"{case.name}_flair.nii.gz"
+    # monailabel's own Python client
+    out_file, params = MONAILabelClient(server, tmpdir=str(tmp_path)).infer(
+        "local_diffusion", "", {"steps": 3, "t_intermediate": 5, "extra_outputs": ["baseline", "ood"]}, file=str(t1))
+    data = _same_geometry(Path(out_file).read_bytes(), t1, tmp_path, "ld")
+    assert params["channels"] == ["local", "baseline", "ood"] and data.shape[-1] == 3
+    # plain HTTP
+    answer = _infer(server, "ood_map", t1, {"modality": "t1"})
+    assert answer.status_code == 200, answer.text
+    prob = _same_geometry(answer.content, t1, tmp_path, "ood")
+    assert 0 <= prob.min() and prob.max() <= 1
+    answer = _infer(server, "tumour_segmentation", flair, {"modality": "flair"})
+    assert answer.status_code == 200, answer.text
+    labels = _same_geometry(answer.content, flair, tmp_path, "seg")
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    answer = _infer(server, "local_diffusion", flair, {"direction": "flair_to_t1", "steps": 2, "t_intermediate": 5})
+    assert answer.status_code == 200, answer.text
+    _same_geometry(answer.content, flair, tmp_path, "ld_flair")
+
+
+def test_eight_concurrent_requests_all_succeed(server, cohort):
+    t1 = _case(cohort) / f"{_case(cohort).name}_t1.nii.gz"
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: _infer(server, "local_diffusion", t1, {"steps": 2, "seed": i,
+                                                                                  "t_intermediate": 5}), range(8)))
+    assert [a.status_code for a in answers] == [200] * 8
+
+
+def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, cohort, tmp_path):
+    t1 = _case(cohort) / f"{_case(cohort).name}_t1.nii.gz"
+    no_file = requests.post(f"{server}/infer/ood_map", params={"output": "image"}, timeout=60)
+    assert no_file.status_code == 400 and "Neither Image nor File" in no_file.json()["detail"]
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    not_nifti = _infer(server, "ood_map", text)
+    assert not_nifti.status_code == 400 and "NIfTI" in not_nifti.json()["detail"]
+    unknown = _infer(server, "no_such_model", t1)
+    assert unknown.status_code == 404 and "no_such_model" in unknown.json()["detail"]
+    for params, words in (({"steps": 0}, "steps"), ({"direction": "t1_to_t2"}, "direction"),
+                          ({"extra_outputs": ["everything"]}, "extra_outputs"), ({"seed": "x"}, "seed")):
+        bad = _infer(server, "local_diffusion", t1, params)
+        assert bad.status_code == 400 and words in bad.json()["detail"], bad.text
+    assert requests.get(f"{server}/info/", timeout=10).status_code == 200
+    assert _infer(server, "ood_map", t1).status_code == 200
