@@ -108,3 +108,18 @@ def test_cohort_layout_manifest_and_preview(cohort):
     csv_lines = (cohort / "manifest.csv").read_text().strip().splitlines()
     assert len(csv_lines) == 7
     assert json.loads((cohort / "manifest.json").read_text())["generator"] == "localdiffusion.phantom"
+
+
+def test_noise_free_images_differ_from_the_scan_by_the_rician_noise_only(healthy_case):
+    import numpy as np
+
+    mask = healthy_case.brain_mask > 0
+    for m in ("t1", "flair"):
+        clean, noisy = healthy_case.noise_free[m][mask], healthy_case.images[m][mask].astype(np.float32)
+        snr = healthy_case.params["snr"][m]
+        residual = noisy - clean
+        # Rician noise of sigma = mean / SNR (before gain) around the clean signal; rounding to int16 adds < 0.3
+        sigma = clean.mean() / snr
+        assert 0.8 * sigma < residual.std() < 1.25 * sigma
+        assert abs(residual.mean()) < 0.2 * sigma + 0.5
+        assert np.corrcoef(clean, noisy)[0, 1] > 0.9
