@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .evaluate import axial_stack
-from .local_diffusion import LocalDiffusionConfig, local_diffusion_sampler
+from .local_diffusion import LocalDiffusionConfig, branch_weight_volume, local_diffusion_sampler
 from .metrics import psnr, ssim
 from .readers import read_case
 from .slice_data import cases_in_split
@@ -199,7 +199,8 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
             if "DDIM-25" in recorders and "patchcore" in masks:
                 records += detection_records(recorders, masks["patchcore"][0], prepared, ks, cfg.target, segmenter,
                                              risk_calibration, seed)
-        shown["masks"] = {kind: masks[kind][0][:, :, z] for kind in masks}
+        shown["masks"] = {kind: branch_weight_volume(volume, dataclasses.replace(ld_config, **overrides),
+                                                     prepared.brain)[:, :, z] for kind, (volume, overrides) in masks.items()}
         montage.append(shown)
     summary = {name: {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
                       for k in COLUMNS} for name, runs in per_case.items()}
@@ -288,7 +289,7 @@ def montage_figure(result: dict):
                 ax.set_title(title.replace(" (DDIM-25)", ""), fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(f"{source} -> {target}, {result['split']} split, seed {result['seeds'][0]}: cyan = true tumour, "
-                 f"yellow = PatchCore mask (raw), magenta = U-Net mask", fontsize=9)
+                 f"yellow = PatchCore branching mask, magenta = U-Net branching mask", fontsize=9)
     return fig
 
 
