@@ -163,6 +163,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
         evaluated += len(ks)
         tumour = prepared.seg > 0
         masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks)
+        mask_configs = {kind: dataclasses.replace(ld_config, **overrides) for kind, (_, overrides) in masks.items()}
         upper.append(row_metrics(prepared.images[cfg.target], prepared.images[cfg.target], prepared.brain, tumour,
                                  ks, segmenter))
         z = int(ks[np.argmax(tumour[:, :, ks].sum(axis=(0, 1)))])
@@ -176,8 +177,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
                 elif kind == "rods":
                     sample = baseline_sampler(sampler, steps, rods=RODSConfig(eps=rods_eps))
                 else:
-                    volume, overrides = masks[kind]
-                    sample = local_diffusion_sampler(volume, dataclasses.replace(ld_config, **overrides), gate,
+                    sample = local_diffusion_sampler(masks[kind][0], mask_configs[kind], gate,
                                                      sampler=sampler, steps=steps, brain_volume=prepared.brain)
                 recorder = None
                 if risk_calibration is not None and name in ("DDIM-25", "DDIM-25 + RODS"):
@@ -199,8 +199,8 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
             if "DDIM-25" in recorders and "patchcore" in masks:
                 records += detection_records(recorders, masks["patchcore"][0], prepared, ks, cfg.target, segmenter,
                                              risk_calibration, seed)
-        shown["masks"] = {kind: branch_weight_volume(volume, dataclasses.replace(ld_config, **overrides),
-                                                     prepared.brain)[:, :, z] for kind, (volume, overrides) in masks.items()}
+        shown["masks"] = {kind: branch_weight_volume(volume, mask_configs[kind], prepared.brain)[:, :, z]
+                          for kind, (volume, _) in masks.items()}
         montage.append(shown)
     summary = {name: {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
                       for k in COLUMNS} for name, runs in per_case.items()}

@@ -8,6 +8,7 @@ names the problem; the server answers 400), runs the core on the file and return
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,7 +45,10 @@ def _choice(params: dict, key: str, default: str, choices) -> str:
 
 
 def _result_file() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ld_label_")) / "result.nii.gz"
+    """A temporary result path; MONAI Label deletes the file after sending it (no folder left behind)."""
+    handle, path = tempfile.mkstemp(prefix="ld_label_", suffix=".nii.gz")
+    os.close(handle)
+    return Path(path)
 
 
 class LocalDiffusionTask(InferTask):
