@@ -1,12 +1,14 @@
 """SlicerLocalDiffusion: hallucination-aware T1 <-> FLAIR translation in 3D Slicer.
 
 Module (metadata), parameter node, Widget (GUI only), Logic (no GUI; the work is in
-``SlicerLocalDiffusionLib``, run in a background process) and Test. Research use only.
+``SlicerLocalDiffusionLib``: a background process with the local ``localdiffusion``
+package, or a MONAI Label server) and Test. Research use only.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import qt
@@ -18,9 +20,16 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SlicerLocalDiffusionLib import BackgroundTranslation, TranslationRequest
+from SlicerLocalDiffusionLib import (TranslationJob, TranslationRequest, show_side_by_side, start_translation,
+                                    style_overlay)
 
-REQUIRED_PACKAGES = "localdiffusion"
+
+
+def localdiffusionRequirement() -> str:
+    """What ``pip install`` gets for the ``localdiffusion`` package: the clone this module runs
+    from (its root holds ``pyproject.toml``), else the package name."""
+    root = Path(__file__).resolve().parents[1]
+    return str(root) if (root / "pyproject.toml").is_file() else "localdiffusion"
 
 
 class SlicerLocalDiffusion(ScriptedLoadableModule):
@@ -51,6 +60,7 @@ class SlicerLocalDiffusionParameterNode:
     oodThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.99
     showLocalDiffusion: bool = True
     overlay: Annotated[str, Choice(["ood", "risk"])] = "ood"
+    serverUrl: str = ""
     baselineVolume: vtkMRMLScalarVolumeNode
     localVolume: vtkMRMLScalarVolumeNode
     oodVolume: vtkMRMLScalarVolumeNode
@@ -122,11 +132,12 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         self.ui.toggleButton.enabled = bool(self._parameterNode and self._parameterNode.localVolume)
 
     def onTranslate(self):
-        if not self.logic.ensureDependencies():
-            return
         p = self._parameterNode
+        request = self.logic.request(p.direction, p.steps, p.seed, p.tIntermediate, p.serverUrl.strip())
+        if not request.server and not self.logic.ensureDependencies():
+            return
         try:
-            self._job = self.logic.start(p.inputVolume, self.logic.request(p))
+            self._job = self.logic.start(p.inputVolume, request)
         except Exception as exc:  # shown to the user, not swallowed
             slicer.util.errorDisplay(f"Could not start the translation: {exc}")
             self._job = None
@@ -145,7 +156,7 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         job, self._job = self._job, None
         if status == "done":
             self.logic.storeResults(self._parameterNode, job.load_results(slicer.mrmlScene))
-            self.logic.showResults(self._parameterNode)
+            self.showResults()
             self.ui.statusLabel.text = "Done."
         else:
             self.ui.statusLabel.text = "Failed."
@@ -163,28 +174,35 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
     def onToggle(self):
         self._parameterNode.showLocalDiffusion = not self._parameterNode.showLocalDiffusion
-        self.logic.showResults(self._parameterNode)
+        self.showResults()
+
+    def showResults(self):
+        p = self._parameterNode
+        self.logic.showResults(slicer.mrmlScene, *self.logic.viewVolumes(p), p.oodOpacity, p.oodThreshold)
 
     def onDisplayChanged(self, _value=None):
-        if self._parameterNode and self.logic.overlayVolume(self._parameterNode):
-            self.logic.updateOodDisplay(self._parameterNode)
+        p = self._parameterNode
+        if p and p.localVolume:
+            style_overlay(slicer.mrmlScene, self.logic.viewVolumes(p)[2], p.oodOpacity, p.oodThreshold)
 
     def onOverlayChanged(self, _index=None):
         if self._parameterNode and self._parameterNode.localVolume:
-            self.logic.showResults(self._parameterNode)
+            self.showResults()
 
 
 class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
-    """No GUI: builds the request, runs it in the background, shows results in views."""
+    """No GUI: builds the request, runs it in the background, shows results through MRML."""
 
     def getParameterNode(self):
         return SlicerLocalDiffusionParameterNode(super().getParameterNode())
 
     @staticmethod
-    def request(p) -> TranslationRequest:
-        return TranslationRequest(direction=p.direction, steps=p.steps, seed=p.seed, t_intermediate=p.tIntermediate,
-                                  python=os.environ.get("SLICER_LOCALDIFFUSION_PYTHON", slicer.app.pythonExecutable
-                                                        if hasattr(slicer, "app") else "python"))
+    def request(direction: str, steps: int, seed: int, tIntermediate: int, serverUrl: str = "") -> TranslationRequest:
+        """The job for the panel's choices; an empty ``serverUrl`` runs the local package."""
+        python = os.environ.get("SLICER_LOCALDIFFUSION_PYTHON",
+                                slicer.app.pythonExecutable if hasattr(slicer, "app") else "python")
+        return TranslationRequest(direction=direction, steps=steps, seed=seed, t_intermediate=tIntermediate,
+                                  python=python, server=serverUrl)
 
     @staticmethod
     def ensureDependencies() -> bool:
@@ -204,14 +222,12 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
         except ImportError:
             slicer.util.errorDisplay("Please install the PyTorch extension first.")
             return False
-        slicer.util.pip_install(REQUIRED_PACKAGES)
+        slicer.util.pip_install(localdiffusionRequirement())
         return True
 
     @staticmethod
-    def start(inputNode, request: TranslationRequest) -> BackgroundTranslation:
-        job = BackgroundTranslation(inputNode, request)
-        job.start()
-        return job
+    def start(inputNode, request: TranslationRequest) -> TranslationJob:
+        return start_translation(inputNode, request)
 
     @staticmethod
     def storeResults(p, nodes: dict) -> None:
@@ -220,75 +236,66 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
         p.riskVolume = nodes.get("risk")
 
     @staticmethod
-    def overlayVolume(p):
-        """The overlay the user picked: the OOD probability or the hallucination risk (if computed)."""
-        return p.riskVolume if p.overlay == "risk" and p.riskVolume else p.oodVolume
-
-    def showResults(self, p) -> None:
-        """Side-by-side linked views: left the selected translation, right the other (or the
-        reference); the OOD map (or the risk map) as a coloured overlay on both."""
-        layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+    def viewVolumes(p) -> tuple:
+        """(left, right, overlay): left the selected translation, right the other one (or the
+        true target when given); the overlay the user picked, OOD probability or risk."""
         primary = p.localVolume if p.showLocalDiffusion else p.baselineVolume
         secondary = p.referenceVolume or (p.baselineVolume if p.showLocalDiffusion else p.localVolume)
-        for viewName, volume in (("Red", primary), ("Yellow", secondary)):
-            composite = layoutManager.sliceWidget(viewName).sliceLogic().GetSliceCompositeNode()
-            composite.SetBackgroundVolumeID(volume.GetID() if volume else None)
-            overlay = self.overlayVolume(p)
-            composite.SetForegroundVolumeID(overlay.GetID() if overlay else None)
-            composite.SetLinkedControl(True)
-        self.updateOodDisplay(p)
+        overlay = p.riskVolume if p.overlay == "risk" and p.riskVolume else p.oodVolume
+        return primary, secondary, overlay
 
-    @classmethod
-    def updateOodDisplay(cls, p) -> None:
-        """Colour, threshold and opacity of the overlay (both maps are probabilities in [0, 1])."""
-        volume = cls.overlayVolume(p)
-        if not volume:
-            return
-        if volume.GetDisplayNode() is None:
-            volume.CreateDefaultDisplayNodes()
-        display = volume.GetDisplayNode()
-        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeFileColdToHotRainbow.txt")
-        display.SetAutoWindowLevel(False)
-        display.SetWindowLevelMinMax(0.0, 1.0)
-        display.SetApplyThreshold(True)
-        display.SetLowerThreshold(p.oodThreshold)
-        display.SetUpperThreshold(1.0)
-        if hasattr(slicer, "app"):
-            for viewName in ("Red", "Yellow"):
-                composite = slicer.app.layoutManager().sliceWidget(viewName).sliceLogic().GetSliceCompositeNode()
-                composite.SetForegroundOpacity(p.oodOpacity)
+    @staticmethod
+    def showResults(scene, left, right, overlay, opacity: float, threshold: float) -> None:
+        show_side_by_side(scene, left, right, overlay, opacity, threshold)
 
 
 class SlicerLocalDiffusionTest(ScriptedLoadableModuleTest):
-    """End to end inside Slicer: phantom T1 -> nodes for every output, geometry preserved."""
+    """End to end inside Slicer, through the widget: pick a phantom T1, press Translate, wait,
+    check every output node (geometry preserved) and what the side-by-side views show."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_translate_phantom()
+        self.test_translate_phantom_through_the_panel()
 
-    def test_translate_phantom(self):
+    def test_translate_phantom_through_the_panel(self):
         import tempfile
+        import time
         from pathlib import Path
 
         from localdiffusion.phantom.dataset import write_cohort
-        from SlicerLocalDiffusionLib import nifti_to_node, run_translation
+        from SlicerLocalDiffusionLib import nifti_to_node
 
         self.delayDisplay("Generating a phantom glioma case")
         folder = Path(tempfile.mkdtemp())
         entry = write_cohort(folder, 0, 1, 0, split="test")[0]
         t1 = nifti_to_node(folder / entry["case_id"] / f"{entry['case_id']}_t1.nii.gz", slicer.mrmlScene, "T1")
+        slicer.util.selectModule("SlicerLocalDiffusion")
+        widget = slicer.modules.slicerlocaldiffusion.widgetRepresentation().self()
+        p = widget._parameterNode
+        p.inputVolume, p.steps = t1, 10
         self.delayDisplay("Translating (a few minutes on a CPU)")
-        nodes = run_translation(t1, TranslationRequest(steps=10), slicer.mrmlScene)
-        self.assertTrue({"local", "baseline", "ood", "ood_mask"} <= set(nodes))  # "risk" with the calibrated step count
+        widget.ui.translateButton.click()
+        deadline = time.time() + 3600
+        while widget._job is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.2)
+        self.assertIsNone(widget._job, "translation did not finish within an hour")
+        self.assertEqual(widget.ui.statusLabel.text, "Done.")
+        nodes = [p.localVolume, p.baselineVolume, p.oodVolume, p.oodMask]  # risk needs the calibrated step count
+        self.assertTrue(all(nodes))
         ref, got = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
         t1.GetIJKToRASMatrix(ref)
-        for node in nodes.values():
+        for node in nodes:
             node.GetIJKToRASMatrix(got)
             for r in range(4):
                 for c in range(4):
                     self.assertAlmostEqual(ref.GetElement(r, c), got.GetElement(r, c), places=4)
+        red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()
+        self.assertEqual(red.GetBackgroundVolumeID(), p.localVolume.GetID())
+        self.assertEqual(red.GetForegroundVolumeID(), p.oodVolume.GetID())
+        widget.ui.toggleButton.click()
+        self.assertEqual(red.GetBackgroundVolumeID(), p.baselineVolume.GetID())
         self.delayDisplay("Test passed")

@@ -1,12 +1,6 @@
-"""A real MONAI Label server on 127.0.0.1 serving the app with the tiny models."""
+"""A real MONAI Label server on 127.0.0.1 serving the app with the tiny models (fixture in conftest)."""
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,45 +10,6 @@ import pytest
 
 pytest.importorskip("monailabel", reason="MONAI Label is the optional 'label' extra (make test installs it)")
 import requests  # noqa: E402  (installed with MONAI Label)
-
-APP = Path(__file__).resolve().parents[1] / "monai_bundle" / "monailabel_app"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory):
-    studies = tmp_path_factory.mktemp("studies")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("label_log") / "server.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", str(APP), "--studies", str(studies),
-           "--host", "127.0.0.1", "--port", str(port), "--uvicorn_app", "localdiffusion.label.server:app",
-           "--conf", "models_root", str(tiny_models)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail(f"server exited early:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"server did not answer /info/:\n{log.read_text()[-3000:]}")
-        yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-    assert proc.returncode is not None  # stopped
 
 
 def _case(cohort):
@@ -128,7 +83,8 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, cohort,
     unknown = _infer(server, "no_such_model", t1)
     assert unknown.status_code == 404 and "no_such_model" in unknown.json()["detail"]
     for params, words in (({"steps": 0}, "steps"), ({"direction": "t1_to_t2"}, "direction"),
-                          ({"extra_outputs": ["everything"]}, "extra_outputs"), ({"seed": "x"}, "seed")):
+                          ({"extra_outputs": ["everything"]}, "extra_outputs"),
+                          ({"extra_outputs": "every"}, "extra_outputs"), ({"seed": "x"}, "seed")):
         bad = _infer(server, "local_diffusion", t1, params)
         assert bad.status_code == 400 and words in bad.json()["detail"], bad.text
     assert requests.get(f"{server}/info/", timeout=10).status_code == 200

@@ -175,7 +175,7 @@ def test_benchmark_command_writes_json_png_and_the_markdown_section(cohort, tiny
     text = md.read_text()
     assert "kept above" in text and "### T1 -> FLAIR" in text and "### FLAIR -> T1" in text
     assert "paper (BraTS)" in text and "](b/hallucination_t1_to_flair.png)" in text
-    assert "Hallucination detection" in text and "RODS (CAS" in text
+    assert "Hallucination detection" in text and "RODS (" in text and "autograd H" in text
     main(["benchmark", "--data", str(cohort), "--models", str(models), "--out-dir", str(tmp_path / "docs" / "b"),
           "--markdown", str(md), "--max-cases", "1", "--directions", "flair_to_t1"])
     assert md.read_text().count("hallucination-benchmark:start") == 1  # the section is replaced, not appended

@@ -1,6 +1,14 @@
-"""Slicer module logic on real MRML nodes (slicer-core wheel), with the tiny models."""
+"""Slicer module logic on real MRML nodes (slicer-core wheel), with the tiny models.
+
+The path the panel takes: an input node is picked, a request built, the job started
+(local background process or MONAI Label server), polled until done, the outputs loaded as
+nodes with the input's geometry and shown side by side in the Red/Yellow slice views with
+the OOD map as a thresholded coloured overlay. The scene gets the layout and slice
+composite nodes that Slicer's application creates at start-up.
+"""
 
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -10,11 +18,39 @@ import pytest
 slicer = pytest.importorskip("slicer", reason="the slicer-core wheel (test extra) provides MRML")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SlicerLocalDiffusion"))
 
-from SlicerLocalDiffusionLib import TranslationRequest, nifti_to_node, node_to_nifti, run_translation  # noqa: E402
+from SlicerLocalDiffusionLib import (LocalTranslation, ServerTranslation, TranslationRequest,  # noqa: E402
+                                    nifti_to_node, node_to_nifti, run_translation, show_side_by_side,
+                                    start_translation, style_overlay)
 
 
 def _tumour_case(cohort):
     return next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+
+
+def _slicer_like_scene():
+    """A scene with the layout node and the Red/Yellow slice composite nodes Slicer creates."""
+    scene = slicer.vtkMRMLScene()
+    scene.AddNode(slicer.vtkMRMLLayoutNode())
+    for name in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(name)
+        scene.AddNode(composite)
+    return scene
+
+
+def _composite(scene, name):
+    return scene.GetNodeByID(f"vtkMRMLSliceCompositeNode{name}")
+
+
+def _assert_same_geometry(nodes, reference):
+    import vtk
+
+    ref, got = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(ref)
+    for node in nodes.values():
+        node.GetIJKToRASMatrix(got)
+        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(got), slicer.util.arrayFromVTKMatrix(ref))
+        assert slicer.util.arrayFromVolume(node).shape == slicer.util.arrayFromVolume(reference).shape
 
 
 def test_nifti_node_round_trip_preserves_geometry(cohort, tmp_path):
@@ -29,28 +65,92 @@ def test_nifti_node_round_trip_preserves_geometry(cohort, tmp_path):
     np.testing.assert_array_equal(np.asarray(a.dataobj, np.float32), b.get_fdata(dtype=np.float32))
 
 
-def test_translation_from_node_to_nodes(tiny_models, cohort):
+def test_local_translation_from_node_selection_to_the_views(tiny_models, cohort):
+    case = _tumour_case(cohort)
+    scene = _slicer_like_scene()
+    t1 = nifti_to_node(case / f"{case.name}_t1.nii.gz", scene, "T1")
+    flair = nifti_to_node(case / f"{case.name}_flair.nii.gz", scene, "FLAIR")
+    request = TranslationRequest(direction="t1_to_flair", steps=2, t_intermediate=5, models=str(tiny_models))
+    job = start_translation(t1, request)
+    assert isinstance(job, LocalTranslation) and job.input_path.is_file()
+    while (status := job.poll()) == "running":
+        time.sleep(0.2)
+    assert status == "done" and job.progress == 1.0
+    nodes = job.load_results(scene)
+    job.cleanup()
+    assert not job.workdir.exists()
+    assert set(nodes) == {"local", "baseline", "ood", "ood_mask"}
+    assert nodes["ood_mask"].IsA("vtkMRMLLabelMapVolumeNode") and nodes["local"].GetName() == "T1 Local Diffusion"
+    _assert_same_geometry(nodes, t1)
+
+    show_side_by_side(scene, nodes["local"], flair, nodes["ood"], opacity=0.4, threshold=0.9)
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    red, yellow = _composite(scene, "Red"), _composite(scene, "Yellow")
+    assert red.GetBackgroundVolumeID() == nodes["local"].GetID() and yellow.GetBackgroundVolumeID() == flair.GetID()
+    assert red.GetForegroundVolumeID() == yellow.GetForegroundVolumeID() == nodes["ood"].GetID()
+    assert red.GetLinkedControl() and red.GetForegroundOpacity() == pytest.approx(0.4)
+    assert _composite(scene, "Green").GetBackgroundVolumeID() is None  # only the two compared views change
+    display = nodes["ood"].GetDisplayNode()
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.9)
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+
+    style_overlay(scene, nodes["ood"], opacity=0.8, threshold=0.5)  # the sliders
+    assert yellow.GetForegroundOpacity() == pytest.approx(0.8) and display.GetLowerThreshold() == pytest.approx(0.5)
+    show_side_by_side(scene, nodes["baseline"], nodes["local"], nodes["ood"], 0.8, 0.5)  # the toggle
+    assert red.GetBackgroundVolumeID() == nodes["baseline"].GetID()
+
+
+def test_views_need_the_slice_views():
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "x")
+    with pytest.raises(RuntimeError, match="slice view"):
+        show_side_by_side(scene, node, None, None, 0.5, 0.5)
+
+
+def test_server_translation_returns_every_output_on_the_input_grid(server, cohort):
+    case = _tumour_case(cohort)
+    scene = _slicer_like_scene()
+    flair = nifti_to_node(case / f"{case.name}_flair.nii.gz", scene, "FLAIR")
+    request = TranslationRequest(direction="flair_to_t1", steps=2, t_intermediate=5, server=server)
+    job = start_translation(flair, request)
+    assert isinstance(job, ServerTranslation)
+    assert job.wait(600) == "done", job.error_message()
+    nodes = job.load_results(scene)
+    job.cleanup()
+    assert set(nodes) == {"local", "baseline", "ood", "ood_mask"}
+    assert nodes["ood_mask"].IsA("vtkMRMLLabelMapVolumeNode")
+    _assert_same_geometry(nodes, flair)
+    local = slicer.util.arrayFromVolume(nodes["local"])
+    assert np.isfinite(local).all() and local.max() > 0
+    assert set(np.unique(slicer.util.arrayFromVolume(nodes["ood_mask"]))) <= {0, 1}
+
+
+def test_server_errors_name_the_problem(server, cohort):
     case = _tumour_case(cohort)
     scene = slicer.vtkMRMLScene()
     t1 = nifti_to_node(case / f"{case.name}_t1.nii.gz", scene, "T1")
-    request = TranslationRequest(direction="t1_to_flair", steps=2, t_intermediate=5, models=str(tiny_models))
-    nodes = run_translation(t1, request, scene, timeout=600)
-    assert set(nodes) == {"local", "baseline", "ood", "ood_mask"}
-    assert nodes["ood_mask"].IsA("vtkMRMLLabelMapVolumeNode")
-    import vtk
-
-    ref, got = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-    t1.GetIJKToRASMatrix(ref)
-    for node in nodes.values():
-        node.GetIJKToRASMatrix(got)
-        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(got), slicer.util.arrayFromVTKMatrix(ref))
-        assert slicer.util.arrayFromVolume(node).shape == slicer.util.arrayFromVolume(t1).shape
-    assert nodes["local"].GetName() == "T1 Local Diffusion"
+    with pytest.raises(RuntimeError, match="answered 400.*steps"):
+        run_translation(t1, TranslationRequest(steps=0, server=server), scene, timeout=120)
+    with pytest.raises(RuntimeError, match="not reachable"):
+        run_translation(t1, TranslationRequest(server="http://127.0.0.1:9"), scene, timeout=60)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # no partial results
 
 
-def test_failed_translation_reports_the_error(tiny_models, tmp_path):
+def test_failed_translation_reports_the_error(tiny_models):
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     slicer.util.updateVolumeFromArray(node, np.zeros((8, 8, 8), np.float32))
     with pytest.raises(RuntimeError, match="empty"):
         run_translation(node, TranslationRequest(models=str(tiny_models)), scene, timeout=300)
+
+
+def test_cancel_stops_the_process_and_removes_the_temporary_folder(tiny_models, cohort):
+    case = _tumour_case(cohort)
+    scene = slicer.vtkMRMLScene()
+    t1 = nifti_to_node(case / f"{case.name}_t1.nii.gz", scene, "T1")
+    job = start_translation(t1, TranslationRequest(steps=50, models=str(tiny_models)))
+    time.sleep(1.0)
+    assert job.poll() == "running"
+    job.cancel()
+    assert job.process.poll() is not None and not job.workdir.exists()

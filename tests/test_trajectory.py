@@ -93,7 +93,16 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--max-cases", "1", "--rods",
                  "--steps", "10"]) == 0
     saved = json.loads((model / "risk_calibration.json").read_text())
-    assert saved["rods_eps"] > 0 and "variance" in saved and "curvature" in saved
+    assert saved["rods"]["eps"] > 0 and "variance" in saved and "curvature" in saved
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--rods", "--rods-stride", "0",
+                 "--out", str(tmp_path / "never.json")]) == 2
+    assert "stride" in capsys.readouterr().err and not (tmp_path / "never.json").exists()
+    legacy = {k: v for k, v in saved.items() if k != "rods"} | {"rods_eps": 0.5}  # a 0.2.0 file
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    from localdiffusion.risk import RiskCalibration
+
+    old = RiskCalibration.load(tmp_path / "legacy.json").rods
+    assert (old.eps, old.mode, old.estimator, old.stride) == (0.5, "cas", "autograd", 1)
     assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map", str(risk),
                  "--rods", "--steps", "8"]) == 2  # not the calibrated step count
     assert "fitted for DDIM-10" in capsys.readouterr().err and not out.exists()

@@ -1,7 +1,10 @@
 """Non-GUI helpers of the SlicerLocalDiffusion module (usable without Qt)."""
 
-from .logic import (OUTPUTS, BackgroundTranslation, TranslationRequest, nifti_to_node, node_to_nifti,
-                    run_translation)
+from .jobs import (LocalTranslation, ServerTranslation, TranslationJob, TranslationRequest, run_translation,
+                   start_translation)
+from .nodes import OUTPUTS, nifti_to_node, node_to_nifti
+from .views import show_side_by_side, style_overlay
 
-__all__ = ["OUTPUTS", "BackgroundTranslation", "TranslationRequest", "nifti_to_node", "node_to_nifti",
-           "run_translation"]
+__all__ = ["OUTPUTS", "LocalTranslation", "ServerTranslation", "TranslationJob", "TranslationRequest",
+           "nifti_to_node", "node_to_nifti", "run_translation", "show_side_by_side", "start_translation",
+           "style_overlay"]

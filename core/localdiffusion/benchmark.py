@@ -147,12 +147,11 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
     cfg = denoiser.config
     cases = cases_in_split(data, split, "tumour")[:max_cases]
     ld_config = ld_config or LocalDiffusionConfig()
-    from .rods import RODSConfig
     from .trajectory import VolumeRecorder
 
-    rods_eps = getattr(risk_calibration, "rods_eps", None)
+    rods = getattr(risk_calibration, "rods", None)
     rows = benchmark_rows(denoiser.schedule.num_train_timesteps, ood_bank is not None, source_segmenter is not None,
-                          rods_eps is not None)
+                          rods is not None)
     per_case = {name: [] for name in rows}
     upper, montage, evaluated, records = [], [], 0, []
     for path in cases:
@@ -175,7 +174,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
                 if kind == "baseline":
                     sample = baseline_sampler(sampler, steps)
                 elif kind == "rods":
-                    sample = baseline_sampler(sampler, steps, rods=RODSConfig(eps=rods_eps))
+                    sample = baseline_sampler(sampler, steps, rods=dataclasses.replace(rods, solver=sampler))
                 else:
                     sample = local_diffusion_sampler(masks[kind][0], mask_configs[kind], gate,
                                                      sampler=sampler, steps=steps, brain_volume=prepared.brain)
@@ -210,7 +209,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test",
             "rows": summary, "per_case": per_case, "upper_bound_true_target": upper_summary,
             "ld_config": dataclasses.asdict(ld_config), "gate": gate is not None, "montage": montage,
             "detection": detection_summary(records), "detection_slices": records,
-            "rods_eps": rods_eps}
+            "rods": dataclasses.asdict(rods) if rods is not None else None}
 
 
 def detection_records(recorders: dict, ood_probability: np.ndarray, prepared, ks: np.ndarray, target: str,
@@ -338,11 +337,10 @@ def detection_markdown(result: dict) -> list[str]:
     if "rods_detected_pct" in det:
         rods, plain = result["rows"]["DDIM-25 + RODS"], result["rows"]["DDIM-25"]
         overhead = rods["seconds_per_slice"][0] / plain["seconds_per_slice"][0]
-        from .rods import RODSConfig
+        from .risk import rods_config_from
 
-        rc = RODSConfig()
-        lines += [f"RODS ({rc.mode.upper()}, rho {rc.rho}, window {rc.window[0]:.0%}-{rc.window[1]:.0%} of steps, "
-                  f"eps {result['rods_eps']:.4g} = healthy-validation "
+        rc = rods_config_from(result)
+        lines += [f"RODS ({rc.describe()}, eps {rc.eps:.4g} = healthy-validation "
                   f"99th percentile of the slice curvature index): flagged {det['rods_flagged_pct']:.1f}% of slices; "
                   f"detected {det['rods_detected_pct']:.1f}% of hallucinated slices, corrected "
                   f"{det['rods_corrected_pct']:.1f}%, new hallucinations {det['rods_new_hallucination_pct']:.1f}% of "

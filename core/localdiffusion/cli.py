@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .shipped import shipped_model_dir
+from .shipped import ood_bank_path, shipped_model_dir
 from .io import InputError
 
 EXIT_BAD_INPUT = 2
@@ -154,6 +154,11 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
     p.add_argument("--rods", action="store_true", help="also record RODS curvature and fit its eps")
+    p.add_argument("--rods-mode", choices=["cas", "sas"], default=None, help="RODS perturbation direction")
+    p.add_argument("--rods-estimator", choices=["autograd", "finite_difference"], default=None,
+                   help="how H is computed (finite differences assume a symmetric Jacobian)")
+    p.add_argument("--rods-stride", type=int, default=None, help="evaluate H on every n-th step of the window")
+    p.add_argument("--rods-rho", type=float, default=None, help="RMS per-pixel size of the perturbation")
     p.add_argument("--max-cases", type=int, default=3)
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (translate with the same)")
     p.add_argument("--fpr", type=float, default=0.01, help="healthy false-positive rate of the risk threshold")
@@ -169,13 +174,22 @@ def _run_calibrate_risk(args) -> int:
 
     model = args.model or shipped_model_dir()
     denoiser = load_denoiser(model)
-    bank = PatchCore.load(args.ood_bank or model.parent / f"ood_{denoiser.config.source}.pt",
+    bank = PatchCore.load(args.ood_bank or ood_bank_path(model.parent, denoiser.config.source),
                           modality=denoiser.config.source)
-    calibration = calibrate_risk(denoiser, args.data, bank, rods=RODSConfig() if args.rods else None,
+    rods = None
+    if args.rods:
+        chosen = {"mode": args.rods_mode, "estimator": args.rods_estimator, "stride": args.rods_stride,
+                  "rho": args.rods_rho}
+        try:
+            rods = RODSConfig(**{k: v for k, v in chosen.items() if v is not None})
+        except ValueError as exc:
+            raise InputError(f"RODS settings: {exc}") from None
+    calibration = calibrate_risk(denoiser, args.data, bank, rods=rods,
                                  max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
     out = args.out or model / "risk_calibration.json"
     calibration.save(out)
-    print(f"wrote {out}" + (f" (RODS eps {calibration.rods_eps:.4g})" if calibration.rods_eps is not None else ""))
+    print(f"wrote {out}" + (f" (RODS {calibration.rods.describe()}, eps {calibration.rods.eps:.4g})"
+                            if calibration.rods is not None else ""))
     return 0
 
 

@@ -25,7 +25,7 @@ from .local_diffusion import LocalDiffusionConfig, PatchCoreGate, branch_weight_
 from .ood.patchcore import PatchCore
 from .ood.volume import probability_volume
 from .risk import RiskCalibration, risk_volume
-from .shipped import MODELS_ROOT
+from .shipped import MODELS_ROOT, ood_bank_path
 from .trajectory import VolumeRecorder
 from .translate import prepare_input, translate_prepared
 
@@ -59,7 +59,7 @@ class JobOptions:
 def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
     source, target = DIRECTIONS[direction]
     root = Path(models_root)
-    return {"diffusion": root / direction, "ood": root / f"ood_{source}.pt", "gate": root / f"ood_{target}.pt",
+    return {"diffusion": root / direction, "ood": ood_bank_path(root, source), "gate": ood_bank_path(root, target),
             "risk": root / direction / "risk_calibration.json"}
 
 

@@ -19,14 +19,19 @@ RODS's ``eps`` to the healthy slices' (1 - a) quantile of the largest curvature 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io import InputError, atomic_path
 from .ood.anomaly_map import Calibration
+
+if TYPE_CHECKING:
+    from .rods import RODSConfig
 
 
 @dataclass
@@ -35,7 +40,7 @@ class RiskCalibration:
     combined: Calibration
     curvature: Calibration | None = None
     last_k: int = 10
-    rods_eps: float | None = None  # healthy-calibrated RODS threshold (None: fitted without RODS)
+    rods: RODSConfig | None = None  # RODS settings with the healthy-calibrated eps (None: fitted without RODS)
     steps: int | None = None  # DDIM steps of the calibration runs (the variance depends on them)
 
     def component_probabilities(self, p_ood: np.ndarray, variance: np.ndarray,
@@ -51,17 +56,18 @@ class RiskCalibration:
 
     @classmethod
     def fit(cls, p_ood: np.ndarray, variance: np.ndarray, curvature: np.ndarray | None = None,
-            false_positive_rate: float = 0.01, last_k: int = 10, rods_eps: float | None = None,
+            false_positive_rate: float = 0.01, last_k: int = 10, rods: RODSConfig | None = None,
             steps: int | None = None) -> "RiskCalibration":
         """Fit on healthy validation voxels (1D arrays of equal length)."""
         var_cal = Calibration.fit(variance, false_positive_rate)
         curv_cal = Calibration.fit(curvature, false_positive_rate) if curvature is not None else None
         partial = cls(var_cal, var_cal, curv_cal, last_k)
         combined = Calibration.fit(partial.component_probabilities(p_ood, variance, curvature), false_positive_rate)
-        return cls(var_cal, combined, curv_cal, last_k, rods_eps, steps)
+        return cls(var_cal, combined, curv_cal, last_k, rods, steps)
 
     def save(self, path: str | Path) -> None:
-        payload = {"last_k": self.last_k, "rods_eps": self.rods_eps, "steps": self.steps}
+        payload = {"last_k": self.last_k, "steps": self.steps,
+                   "rods": dataclasses.asdict(self.rods) if self.rods is not None else None}
         for name in ("variance", "combined", "curvature"):
             cal = getattr(self, name)
             if cal is not None:
@@ -78,10 +84,23 @@ class RiskCalibration:
             payload = json.loads(path.read_text())
             cal = {n: Calibration.from_arrays({k: np.asarray(v) for k, v in payload[n].items()}, "c")
                    for n in ("variance", "combined", "curvature") if n in payload}
-        except (ValueError, KeyError) as exc:
+            rods = rods_config_from(payload)
+        except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: corrupt risk calibration ({exc})") from exc
-        return cls(cal["variance"], cal["combined"], cal.get("curvature"), int(payload["last_k"]),
-                   payload.get("rods_eps"), payload.get("steps"))
+        return cls(cal["variance"], cal["combined"], cal.get("curvature"), int(payload["last_k"]), rods,
+                   payload.get("steps"))
+
+
+def rods_config_from(payload: dict) -> RODSConfig | None:
+    """The RODS settings stored in a calibration or benchmark JSON; files from 0.2.0 kept only
+    ``rods_eps`` (they were CAS, autograd, every step of the window)."""
+    from .rods import RODSConfig
+
+    if payload.get("rods") is not None:
+        return RODSConfig(**payload["rods"])
+    if payload.get("rods_eps") is not None:
+        return RODSConfig(eps=payload["rods_eps"], mode="cas", estimator="autograd", stride=1)
+    return None
 
 
 def risk_volume(calibration: RiskCalibration, ood_probability: np.ndarray, recorder, brain: np.ndarray) -> np.ndarray:
@@ -100,10 +119,8 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: st
     """Fit a :class:`RiskCalibration` on the healthy cases of ``split`` (baseline sampler).
 
     ``rods``: a :class:`~localdiffusion.rods.RODSConfig`; its curvature is recorded (with
-    ``eps`` out of reach, so the trajectory is the plain one) and ``rods_eps`` is fitted.
+    ``eps`` out of reach, so the trajectory is the plain one) and its ``eps`` is fitted.
     """
-    import dataclasses
-
     from tqdm import tqdm
 
     from .ood.volume import probability_volume
@@ -131,5 +148,7 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: st
             parts["curv"].append(np.broadcast_to(recorder.curvature[None, None, :], brain.shape)[brain])
             parts["slice_curv"].append(recorder.curvature[prepared.brain_slices()])
     cat = lambda k: np.concatenate(parts[k]) if parts[k] else None  # noqa: E731
-    rods_eps = float(np.quantile(cat("slice_curv"), 1 - false_positive_rate)) if probe is not None else None
-    return RiskCalibration.fit(cat("ood"), cat("var"), cat("curv"), false_positive_rate, last_k, rods_eps, steps)
+    fitted = None
+    if probe is not None:
+        fitted = dataclasses.replace(rods, eps=float(np.quantile(cat("slice_curv"), 1 - false_positive_rate)))
+    return RiskCalibration.fit(cat("ood"), cat("var"), cat("curv"), false_positive_rate, last_k, fitted, steps)

@@ -12,6 +12,7 @@ not depend on the batch size.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,7 @@ from .diffusion.sampling import translate_slices
 from .diffusion.train import from_model_scale, select_device
 from .io import InputError, load_volume, save_volume
 from .readers import Case
+from .shipped import ood_bank_path
 from .slices import PreparedCase, prepare_case
 
 
@@ -127,16 +129,14 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
             raise InputError(f"{model_dir}/risk_calibration.json was fitted for DDIM-{calibration.steps}; "
                              f"use --sampler ddim --steps {calibration.steps} with --risk-map/--rods")
     if rods:
-        from .rods import RODSConfig
-
-        if calibration.rods_eps is None:
+        if calibration.rods is None:
             raise InputError(f"{model_dir}/risk_calibration.json: fitted without RODS; "
                              "run `localdiffusion calibrate-risk --rods` first")
-        rods_config = RODSConfig(eps=calibration.rods_eps, solver=sampler)
+        rods_config = dataclasses.replace(calibration.rods, solver=sampler)
     if risk_map is not None:
         from .ood.patchcore import PatchCore
 
-        bank_path = Path(ood_bank) if ood_bank else Path(model_dir).parent / f"ood_{cfg.source}.pt"
+        bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
         bank = PatchCore.load(bank_path, modality=cfg.source)
     prepared = prepare_input(input_path, cfg.source, cfg.spacing_mm, cfg.in_plane)
     recorder = None

@@ -20,8 +20,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ..io import InputError, load_volume, save_volume
 from ..pipeline import DIRECTIONS, JobOptions, run_job
+from ..shipped import ood_bank_path
 
-OUTPUT_CHOICES = ("baseline", "ood", "risk")
+OUTPUT_CHOICES = ("baseline", "ood", "ood_mask", "risk")
 
 
 def _int(params: dict, key: str, default, low: int, high: int) -> int | None:
@@ -71,14 +72,18 @@ class LocalDiffusionTask(InferTask):
                              steps=_int(request, "steps", 25, 1, 1000), seed=_int(request, "seed", 0, 0, 2**31 - 1),
                              t_intermediate=None if t_intermediate == -1 else t_intermediate, device="auto")
         extras = request.get("extra_outputs", [])
+        every = extras == "all"  # every output these models and settings produce
         if isinstance(extras, str):
-            extras = [e for e in extras.split(",") if e]
+            extras = list(OUTPUT_CHOICES) if every else [e for e in extras.split(",") if e]
         if not isinstance(extras, list) or any(e not in OUTPUT_CHOICES for e in extras):
-            raise InputError(f"parameter 'extra_outputs' must be a list from {list(OUTPUT_CHOICES)}, got {extras!r}")
+            raise InputError(f"parameter 'extra_outputs' must be 'all' or a list from {list(OUTPUT_CHOICES)}, "
+                             f"got {extras!r}")
         options.baseline = "baseline" in extras
         work = Path(tempfile.mkdtemp(prefix="ld_job_"))
         try:
             outputs = run_job(request["image"], work, options, self.models_root, progress=False)
+            if every:
+                extras = [e for e in extras if e in outputs]
             missing = [e for e in extras if e not in outputs]
             if missing:
                 raise InputError(f"{missing} not available for these models or settings (risk needs the calibrated "
@@ -111,7 +116,7 @@ class OodMapTask(InferTask):
         from ..translate import prepare_input
 
         modality = _choice(request, "modality", "t1", ("t1", "flair"))
-        bank = PatchCore.load(self.models_root / f"ood_{modality}.pt", modality=modality, model_root=self.models_root)
+        bank = PatchCore.load(ood_bank_path(self.models_root, modality), modality=modality, model_root=self.models_root)
         prepared = prepare_input(request["image"], modality, *bank_grid(bank))
         prob = prepared.to_input_brain(probability_volume(bank, prepared))
         result = _result_file()

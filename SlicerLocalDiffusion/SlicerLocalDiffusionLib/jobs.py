@@ -1,0 +1,221 @@
+"""Translation jobs that run outside the GUI thread, with progress and cancel.
+
+* :class:`LocalTranslation`: the ``localdiffusion`` package in a background process; the
+  input is written to a temporary folder, ``localdiffusion run`` reports progress (tqdm) and
+  the written outputs (``name: path`` lines), results are read back and the folder removed.
+* :class:`ServerTranslation`: a MONAI Label server (``local_diffusion`` model) over HTTP in
+  a background thread; needs nothing but the standard library on the Slicer side.
+
+Both are polled (the widget does so from a QTimer): :meth:`poll` returns ``running``,
+``done`` or ``failed``; :meth:`load_results` turns the outputs into volume nodes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .nodes import OUTPUTS, node_to_nifti, output_nodes
+
+
+@dataclass
+class TranslationRequest:
+    """What the clinician chose in the panel (mirrors the parameter node)."""
+
+    direction: str = "t1_to_flair"
+    steps: int = 25
+    seed: int = 0
+    t_intermediate: int = -1  # -1: the default (10% of T)
+    sampler: str = "ddim"
+    python: str = field(default_factory=lambda: sys.executable)
+    models: str = ""  # empty: the package's shipped models
+    server: str = ""  # MONAI Label server URL; empty: run locally
+
+    def command(self, input_path: Path, out_dir: Path) -> list[str]:
+        """``localdiffusion run`` for the local background process."""
+        cmd = [self.python, "-m", "localdiffusion.cli", "run", "--input", str(input_path), "--out-dir", str(out_dir),
+               "--direction", self.direction, "--steps", str(self.steps), "--seed", str(self.seed),
+               "--sampler", self.sampler]
+        if self.t_intermediate >= 0:
+            cmd += ["--t-intermediate", str(self.t_intermediate)]
+        if self.models:
+            cmd += ["--models", self.models]
+        return cmd
+
+    def server_params(self) -> dict:
+        """Parameters of the MONAI Label ``local_diffusion`` model (every available output)."""
+        return {"direction": self.direction, "steps": self.steps, "seed": self.seed,
+                "t_intermediate": self.t_intermediate, "sampler": self.sampler, "extra_outputs": "all"}
+
+
+class TranslationJob:
+    """Temporary folder, progress, log and the common result handling of both job kinds."""
+
+    def __init__(self, input_node, request: TranslationRequest):
+        self.input_node, self.request = input_node, request
+        self.workdir = Path(tempfile.mkdtemp(prefix="SlicerLocalDiffusion-"))
+        self.input_path = self.workdir / "input.nii.gz"
+        self.progress = 0.0
+        self.log: list[str] = []
+        self.volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # output name -> (array, affine), when done
+
+    def start(self) -> None:
+        node_to_nifti(self.input_node, self.input_path)
+
+    def wait(self, timeout: float | None = None) -> str:
+        raise NotImplementedError
+
+    def error_message(self) -> str:
+        text = "".join(self.log)
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        return errors[-1] if errors else text[-2000:]
+
+    def load_results(self, scene) -> dict[str, object]:
+        """Result nodes keyed like :data:`~.nodes.OUTPUTS`, named after the input node."""
+        return output_nodes(self.volumes, scene, self.input_node.GetName())
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class LocalTranslation(TranslationJob):
+    """``localdiffusion run`` in a background process."""
+
+    def __init__(self, input_node, request: TranslationRequest):
+        super().__init__(input_node, request)
+        self.process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        self.process = subprocess.Popen(self.request.command(self.input_path, self.workdir / "out"),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._reader = threading.Thread(target=self._read_output, daemon=True)  # pipes cannot poll on Windows
+        self._reader.start()
+
+    def _read_output(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := self.process.stdout.read1(65536):
+            self.log.append(decoder.decode(chunk))
+        self.log.append(decoder.decode(b"", final=True))
+
+    def poll(self) -> str:
+        """``running``, ``done`` or ``failed``; updates :attr:`progress` (0..1)."""
+        self.progress = max(self.progress, last_percent("".join(self.log[-20:])))
+        if self.process.poll() is None:
+            return "running"
+        self._reader.join()
+        if self.process.returncode != 0:
+            return "failed"
+        if not self.volumes:
+            for name, path in written_outputs("".join(self.log)).items():
+                image = nib.load(str(path))
+                self.volumes[name] = (np.asarray(image.dataobj), image.affine)
+        self.progress = 1.0
+        return "done"
+
+    def wait(self, timeout: float | None = None) -> str:
+        self.process.wait(timeout)
+        return self.poll()
+
+    def cancel(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.cleanup()
+
+
+class ServerTranslation(TranslationJob):
+    """The MONAI Label server's ``local_diffusion`` model, called from a background thread."""
+
+    def __init__(self, input_node, request: TranslationRequest, timeout: float = 3600.0):
+        super().__init__(input_node, request)
+        self.timeout = timeout
+        self._thread: threading.Thread | None = None
+        self._failed = False
+
+    def start(self) -> None:
+        super().start()
+        self._thread = threading.Thread(target=self._call, daemon=True)
+        self._thread.start()
+
+    def _call(self) -> None:
+        from .label_client import infer
+
+        try:
+            image_path, params = infer(self.request.server, "local_diffusion", self.input_path,
+                                       self.request.server_params(), self.workdir, self.timeout)
+            image = nib.load(str(image_path))
+            data = np.asarray(image.dataobj)
+            channels = params.get("channels", ["local"])
+            data = data[..., None] if data.ndim == 3 else data
+            if data.shape[-1] != len(channels):
+                raise ValueError(f"server returned {data.shape[-1]} channels for {channels}")
+            self.volumes = {name: (data[..., i], image.affine) for i, name in enumerate(channels)}
+        except Exception as exc:  # reported through error_message(), never raised in the thread
+            self.log.append(f"error: {exc}\n")
+            self._failed = True
+
+    def poll(self) -> str:
+        if self._thread.is_alive():
+            return "running"
+        if self._failed:
+            return "failed"
+        self.progress = 1.0
+        return "done"
+
+    def wait(self, timeout: float | None = None) -> str:
+        self._thread.join(timeout)
+        return self.poll()
+
+    def cancel(self) -> None:
+        """Stop waiting: the result is discarded (the server finishes its own work)."""
+        self._failed = True
+        self.cleanup()
+
+
+def start_translation(input_node, request: TranslationRequest) -> TranslationJob:
+    """Start the job the request asks for: a MONAI Label server if it names one, else local."""
+    job = ServerTranslation(input_node, request) if request.server else LocalTranslation(input_node, request)
+    job.start()
+    return job
+
+
+def written_outputs(log: str) -> dict[str, Path]:
+    """The ``name: path`` lines ``localdiffusion run`` prints for the files it wrote."""
+    found = {}
+    for name, path in re.findall(r"^(\w+): (.+\.nii\.gz)$", log, re.M):
+        if name in OUTPUTS and Path(path).is_file():
+            found[name] = Path(path)
+    return found
+
+
+def last_percent(text: str) -> float:
+    """Last tqdm percentage in ``text`` as a fraction (0 when none)."""
+    found = re.findall(r"(\d{1,3})%\|", text)
+    return int(found[-1]) / 100.0 if found else 0.0
+
+
+def run_translation(input_node, request: TranslationRequest, scene, timeout: float | None = None) -> dict[str, object]:
+    """Synchronous helper (tests, scripting): run, load results, clean up."""
+    job = start_translation(input_node, request)
+    try:
+        status = job.wait(timeout)
+        if status != "done":
+            raise RuntimeError(f"translation failed: {job.error_message()}")
+        return job.load_results(scene)
+    finally:
+        job.cleanup()

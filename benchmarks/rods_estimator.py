@@ -1,0 +1,131 @@
+"""RODS cost and the finite-difference curvature estimator against autograd, on a trained model.
+
+For the first healthy cases of a split (default: 16 brain slices of validation case 0),
+with the shipped model, every configuration samples DDIM-25 with ``eps`` out of reach, so
+all of them follow the plain trajectory and record H at the same (slice, step) points:
+
+* wall time of each configuration against the plain sampler (the overhead; the plain run
+  is timed after a warm-up, before and after the RODS runs, and the mean used);
+* agreement of the finite-difference H with the autograd H of the same mode: Spearman
+  correlation over all (slice, step) points, the median over steps of the Spearman
+  correlation across slices (what a per-step threshold sees), and the median ratio.
+
+Writes JSON to ``--out`` (default docs/benchmark/rods_estimator_<direction>.json).
+
+    python benchmarks/rods_estimator.py --data data/phantom --direction flair_to_t1 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from localdiffusion.diffusion.model import load_denoiser
+from localdiffusion.diffusion.sampling import translate_slices
+from localdiffusion.io import atomic_path
+from localdiffusion.pipeline import DIRECTIONS
+from localdiffusion.readers import read_case
+from localdiffusion.rods import RODS, RODSConfig
+from localdiffusion.shipped import MODELS_ROOT
+from localdiffusion.slice_data import cases_in_split
+from localdiffusion.slices import prepare_case
+
+CONFIGS = {
+    "CAS autograd, every step": RODSConfig(mode="cas", estimator="autograd", stride=1),
+    "SAS autograd, every step": RODSConfig(mode="sas", estimator="autograd", stride=1),
+    "CAS finite difference, every step": RODSConfig(mode="cas", estimator="finite_difference", stride=1),
+    "SAS finite difference, every step": RODSConfig(mode="sas", estimator="finite_difference", stride=1),
+    "CAS autograd, every 2nd step (default)": RODSConfig(),
+    "CAS autograd, every 3rd step": RODSConfig(mode="cas", estimator="autograd", stride=3),
+}
+
+
+class CurvatureProbe:
+    """Hook that keeps the RODS object of the run (its per-step curvature)."""
+
+    rods: RODS | None = None
+
+    def watch_rods(self, rods: RODS) -> None:
+        self.rods = rods
+
+    def __call__(self, step):
+        return None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="data/phantom")
+    p.add_argument("--direction", choices=sorted(DIRECTIONS), default="flair_to_t1")
+    p.add_argument("--split", default="val")
+    p.add_argument("--slices", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    denoiser = load_denoiser(Path(MODELS_ROOT) / args.direction)
+    cfg = denoiser.config
+    case = cases_in_split(args.data, args.split, "healthy")[0]
+    prepared = prepare_case(read_case(case, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
+    ks = prepared.brain_slices()
+    ks = ks[np.linspace(0, len(ks) - 1, args.slices).round().astype(int)]
+    cond = torch.as_tensor(np.moveaxis(prepared.images[cfg.source][:, :, ks], 2, 0)[:, None]) * 2 - 1
+    batches = [slice(i, i + args.batch_size) for i in range(0, len(ks), args.batch_size)]
+
+    def run(rods: RODSConfig | None):
+        curvature, t0 = [], time.perf_counter()
+        for b in batches:
+            probe = CurvatureProbe()
+            seeds = [args.seed * 1_000_003 + int(k) for k in ks[b]]
+            translate_slices(denoiser, cond[b], seeds, sampler="ddim", steps=25, hooks=[probe], rods=rods)
+            if probe.rods is not None:
+                curvature.append({i: h.numpy() for i, h in probe.rods.curvature.items()})
+        seconds = time.perf_counter() - t0
+        if not curvature:
+            return seconds, None
+        steps = sorted(curvature[0])
+        return seconds, np.stack([np.concatenate([c[i] for c in curvature]) for i in steps], 1)  # (slices, steps)
+
+    run(None)  # warm-up (kernel selection, allocations)
+    plain_before, _ = run(None)
+    result = {"direction": args.direction, "case": Path(case).name, "split": args.split, "slices": len(ks),
+              "threads": args.threads, "configs": {}}
+    curvature = {}
+    for name, rods in CONFIGS.items():
+        seconds, h = run(RODSConfig(**{**rods.__dict__, "eps": float("inf")}))
+        curvature[name] = h
+        result["configs"][name] = {"seconds": seconds, "evaluated_steps": h.shape[1],
+                                   "h_median": float(np.median(h))}
+        print(f"{name}: {seconds:.1f} s, H median {np.median(h):.4g}", flush=True)
+    plain_after, _ = run(None)
+    plain_s = (plain_before + plain_after) / 2
+    result["plain_seconds"] = plain_s
+    result["plain_seconds_before_after"] = [plain_before, plain_after]
+    for name, entry in result["configs"].items():
+        entry["overhead"] = entry["seconds"] / plain_s
+        print(f"{name}: {entry['overhead']:.2f}x plain ({plain_s:.1f} s)", flush=True)
+    for mode in ("CAS", "SAS"):
+        exact, approx = (curvature[f"{mode} {e}, every step"] for e in ("autograd", "finite difference"))
+        per_step = [spearmanr(exact[:, j], approx[:, j])[0] for j in range(exact.shape[1])]
+        agreement = {"spearman_all_points": float(spearmanr(exact.ravel(), approx.ravel())[0]),
+                     "spearman_across_slices_median_over_steps": float(np.median(per_step)),
+                     "spearman_across_slices_per_step": [float(r) for r in per_step],
+                     "median_ratio_fd_over_autograd": float(np.median(approx / exact))}
+        result[f"agreement_{mode.lower()}"] = agreement
+        print(f"{mode} finite difference vs autograd over {exact.size} (slice, step) points: {agreement}", flush=True)
+    out = Path(args.out or f"docs/benchmark/rods_estimator_{args.direction}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
