@@ -119,12 +119,14 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def setParameterNode(self, inputParameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
         self._updateButtons()
 
-    def _updateButtons(self):
+    def _updateButtons(self, caller=None, event=None):
         running = self._job is not None
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.translateButton.enabled = ready and not running

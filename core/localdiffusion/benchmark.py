@@ -318,7 +318,8 @@ def markdown_section(results: list[dict], command: str, figures: list[str]) -> s
                   f"IND floor {ld['ind_floor']}, t_intermediate {ld['t_intermediate'] or 'default (0.1 T)'}, "
                   f"gate {'on (target-modality PatchCore)' if result['gate'] else 'off'}, "
                   f"OOD-branch crop margin {ld['crop_margin']} px. Seconds are sampling time per evaluated "
-                  f"(tumour) slice on this machine's 2 CPU cores.", "",
+                  f"(tumour) slice on the 2-core CPU with the torch threads of the command above (default: all).",
+                  "",
                   markdown_table(result), f"![{source} to {target} montage]({figure})", "",
                   *detection_markdown(result)]
     parts.append(SECTION_END)

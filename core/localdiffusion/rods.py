@@ -20,8 +20,9 @@ Two estimators of ``H`` (``RODSConfig.estimator``):
   log-density), so ``g = J^T v/||v|| = J v/||v||`` is a directional derivative, estimated
   by a forward difference of step ``rho`` along ``v``. With SAS the first difference point
   *is* ``x + d``, so H costs two extra network evaluations (CAS: three). It converges to
-  the autograd value on a true score field (tested); on our bf16 network its differences
-  are dominated by bf16 rounding, so the default is autograd (docs/BENCHMARK.md).
+  the autograd value on a true score field (tested); on our trained network it does not
+  agree (bf16 rounding, and a learned x0 network is not a gradient field), so the default
+  is autograd, evaluated on every 2nd window step (cost: docs/BENCHMARK.md 4c).
 
 Both estimators hand back the x0 predictions at ``x`` and ``x + d`` they computed anyway:
 the plain prediction and the corrected one cost no further network evaluation.
@@ -54,7 +55,7 @@ class RODSConfig:
     mode: str = "cas"
     solver: str = "ddim"  # "ddim" (eta 0) or "ddpm" (posterior mean)
     estimator: str = "autograd"
-    stride: int = 2  # evaluate H on every stride-th step of the window (1.49x the plain DDIM-25, measured)
+    stride: int = 2  # evaluate H on every stride-th step of the window (cost: docs/BENCHMARK.md 4c)
 
     def __post_init__(self):
         self.window = tuple(float(w) for w in self.window)
