@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SlicerLocalDiffusi
 from SlicerLocalDiffusionLib import (LocalTranslation, ServerTranslation, TranslationRequest,  # noqa: E402
                                     nifti_to_node, node_to_nifti, run_translation, show_side_by_side,
                                     start_translation, style_overlay)
+from SlicerLocalDiffusionLib.jobs import run_progress  # noqa: E402
 
 
 def _tumour_case(cohort):
@@ -76,6 +77,7 @@ def test_local_translation_from_node_selection_to_the_views(tiny_models, cohort)
     while (status := job.poll()) == "running":
         time.sleep(0.2)
     assert status == "done" and job.progress == 1.0
+    assert run_progress("".join(job.log)) == 1.0  # both translation bars of the real output reached 100%
     nodes = job.load_results(scene)
     job.cleanup()
     assert not job.workdir.exists()
@@ -154,3 +156,12 @@ def test_cancel_stops_the_process_and_removes_the_temporary_folder(tiny_models, 
     assert job.poll() == "running"
     job.cancel()
     assert job.process.poll() is not None and not job.workdir.exists()
+
+
+def test_progress_counts_the_local_diffusion_and_the_baseline_bars():
+    bar = "translate T1:  {p:>2}%|#   | {i}/10 [00:01<00:09,  1.0s/batch]\r"
+    first = "".join(bar.format(p=10 * i, i=i) for i in range(11))
+    assert run_progress("ood map: 50%|##  | 1/2\r") == 0.0
+    assert run_progress(first[: first.index("50%")]) == pytest.approx(0.2)
+    assert run_progress(first) == pytest.approx(0.5)
+    assert run_progress(first + bar.format(p=40, i=4)) == pytest.approx(0.7)

@@ -111,7 +111,7 @@ class LocalTranslation(TranslationJob):
 
     def poll(self) -> str:
         """``running``, ``done`` or ``failed``; updates :attr:`progress` (0..1)."""
-        self.progress = max(self.progress, last_percent("".join(self.log[-20:])))
+        self.progress = max(self.progress, run_progress("".join(self.log)))
         if self.process.poll() is None:
             return "running"
         self._reader.join()
@@ -203,10 +203,14 @@ def written_outputs(log: str) -> dict[str, Path]:
     return found
 
 
-def last_percent(text: str) -> float:
-    """Last tqdm percentage in ``text`` as a fraction (0 when none)."""
-    found = re.findall(r"(\d{1,3})%\|", text)
-    return int(found[-1]) / 100.0 if found else 0.0
+def run_progress(text: str, phases: int = 2) -> float:
+    """Progress (0..1) of ``localdiffusion run`` from its tqdm output: the translation bars
+    (Local Diffusion, then the baseline) run one after the other, each from 0 to 100%."""
+    percents = [int(p) for p in re.findall(r"translate [^:\r\n]*:\s*(\d{1,3})%\|", text)]
+    if not percents:
+        return 0.0
+    finished = sum(1 for before, after in zip(percents, percents[1:]) if after < before)
+    return min(1.0, (finished + percents[-1] / 100.0) / phases)
 
 
 def run_translation(input_node, request: TranslationRequest, scene, timeout: float | None = None) -> dict[str, object]:
