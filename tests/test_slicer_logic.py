@@ -156,6 +156,9 @@ def test_cancel_stops_the_process_and_removes_the_temporary_folder(tiny_models, 
     assert job.poll() == "running"
     job.cancel()
     assert job.process.poll() is not None and not job.workdir.exists()
+    with pytest.raises(RuntimeError, match="did not finish within 0.5 s"):
+        run_translation(t1, TranslationRequest(steps=50, models=str(tiny_models)), scene, timeout=0.5)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # no partial results
 
 
 def test_progress_counts_the_local_diffusion_and_the_baseline_bars():

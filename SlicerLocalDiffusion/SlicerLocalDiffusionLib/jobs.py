@@ -125,7 +125,10 @@ class LocalTranslation(TranslationJob):
         return "done"
 
     def wait(self, timeout: float | None = None) -> str:
-        self.process.wait(timeout)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass  # still running: poll says so
         return self.poll()
 
     def cancel(self) -> None:
@@ -214,10 +217,14 @@ def run_progress(text: str, phases: int = 2) -> float:
 
 
 def run_translation(input_node, request: TranslationRequest, scene, timeout: float | None = None) -> dict[str, object]:
-    """Synchronous helper (tests, scripting): run, load results, clean up."""
+    """Synchronous helper (tests, scripting): run, load results, clean up; a job still running
+    after ``timeout`` seconds is cancelled."""
     job = start_translation(input_node, request)
     try:
         status = job.wait(timeout)
+        if status == "running":
+            job.cancel()
+            raise RuntimeError(f"translation did not finish within {timeout} s (cancelled)")
         if status != "done":
             raise RuntimeError(f"translation failed: {job.error_message()}")
         return job.load_results(scene)
