@@ -23,8 +23,16 @@ def parse_log(log: Path) -> dict:
     val = [line for line in lines if "validation" in line]
     exported = [int(m.group(1)) for line in lines if (m := re.search(r"after (\d+) steps", line))]
     resumed = [line.split(" ", 2)[2] for line in lines if "resumed" in line]
-    return {"started": start[:19], "finished": lines[-1][:19],
-            "wall_minutes": round((stamp(lines[-1]) - stamp(start)).total_seconds() / 60, 1),
+    seconds, previous = 0.0, None  # wall time of the training processes, without the gaps between them
+    for line in lines:
+        if not line[:4].isdigit():
+            continue
+        if "healthy slices" in line or "resumed from" in line:  # a process starts
+            previous = stamp(line)
+        elif previous is not None:
+            seconds += (stamp(line) - previous).total_seconds()
+            previous = stamp(line)
+    return {"started": start[:19], "finished": lines[-1][:19], "wall_minutes": round(seconds / 60, 1),
             "slices": re.search(r"(\d+) healthy slices", start).group(1), "config": start.split("config ", 1)[1],
             "last_step": exported[-1] if exported else 0, "validation": val, "resumed": resumed}
 
@@ -66,8 +74,9 @@ def main() -> None:
   (`localdiffusion phantom --out data/phantom --healthy 60 --tumour 40 --seed 0`: 42 healthy
   training cases, {log['slices']} brain slices), random 64 x 64 crops, left-right flips.
 * Training: `localdiffusion train --data data/phantom --source {cfg['source']} --target {cfg['target']}`
-  (exported EMA), batch 16, AdamW, EMA 0.999, bf16 autocast, 1 CPU thread each (two trainings
-  shared the 2-core machine), in {len(stages)} stage(s), each later one `--init-from` the one before:
+  (exported EMA), batch 16, AdamW, EMA 0.999, bf16 autocast, CPU threads as in each configuration
+  (other jobs often shared the 2 cores; minutes are the training processes' wall time, gaps between
+  resumptions excluded), in {len(stages)} stage(s), each later one `--init-from` the one before:
 {stage_lines}
   Stage 1 normalised FLAIR by its 99.5th percentile; the later stages by its median (T1 unchanged).
 * Validation during the last stage (DDIM-10 on 32 healthy *val* slices, mean per-slice PSNR/SSIM over the brain):
