@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-APP = Path(__file__).resolve().parents[1] / "monai_bundle" / "monailabel_app"
+from localdiffusion.label.launch import local_server
 
 
 def main() -> None:
@@ -42,23 +37,7 @@ def main() -> None:
             run_job(args.input, out, JobOptions(steps=args.steps, seed=seed, baseline=False), progress=False)
             direct.append(time.perf_counter() - t0)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    studies = tempfile.mkdtemp()
-    proc = subprocess.Popen([shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", str(APP),
-                             "--studies", studies, "--host", "127.0.0.1", "--port", str(port),
-                             "--uvicorn_app", "localdiffusion.label.server:app"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                requests.get(f"{url}/info/", timeout=2).raise_for_status()
-                break
-            except requests.RequestException:
-                time.sleep(0.5)
+    with tempfile.TemporaryDirectory() as work, local_server(Path(work, "studies"), Path(work, "server.log")) as url:
         served = []
         for seed in range(args.requests):
             with open(args.input, "rb") as fh:
@@ -68,9 +47,6 @@ def main() -> None:
                                        data={"params": json.dumps({"steps": args.steps, "seed": seed})})
                 served.append(time.perf_counter() - t0)
             answer.raise_for_status()
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
     d, s = sum(direct) / len(direct), sum(served) / len(served)
     print(json.dumps({"input": args.input, "requests": args.requests, "steps": args.steps,
                       "direct_seconds": direct, "server_seconds": served,

@@ -5,12 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -76,45 +70,15 @@ def tiny_models(tmp_path_factory, cohort):
     return root
 
 
-LABEL_APP = Path(__file__).resolve().parents[1] / "monai_bundle" / "monailabel_app"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(tiny_models, tmp_path_factory):
     """URL of a real MONAI Label server on 127.0.0.1 serving the app with the tiny models."""
     pytest.importorskip("monailabel", reason="MONAI Label is the optional 'label' extra (make test installs it)")
-    import requests
+    from localdiffusion.label.launch import local_server
 
-    studies = tmp_path_factory.mktemp("studies")
-    port = _free_port()
     log = tmp_path_factory.mktemp("label_log") / "server.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", str(LABEL_APP), "--studies",
-           str(studies), "--host", "127.0.0.1", "--port", str(port), "--uvicorn_app", "localdiffusion.label.server:app",
-           "--conf", "models_root", str(tiny_models)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
-            if proc.poll() is not None:
-                pytest.fail(f"server exited early:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail(f"server did not answer /info/:\n{log.read_text()[-3000:]}")
-        yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-    assert proc.returncode is not None  # stopped
+        with local_server(tmp_path_factory.mktemp("studies"), log, models_root=tiny_models, threads=1) as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))

@@ -113,7 +113,7 @@ def _radius(x: torch.Tensor, rho: float) -> float:
     return rho * x[0].numel() ** 0.5
 
 
-def curvature_index(field: ScoreField, x: torch.Tensor, rho: float, mode: str = "sas") -> Curvature:
+def curvature_index(field: ScoreField, x: torch.Tensor, rho: float, mode: str = "cas") -> Curvature:
     """Exact (autograd) ``H`` for a differentiable score field: two forward + backward passes."""
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
@@ -126,7 +126,7 @@ def curvature_index(field: ScoreField, x: torch.Tensor, rho: float, mode: str = 
     return Curvature(_per_slice_norm(g_y - g).detach(), d.detach(), at_x, at_d)
 
 
-def finite_difference_curvature(field: ScoreField, x: torch.Tensor, rho: float, mode: str = "sas") -> Curvature:
+def finite_difference_curvature(field: ScoreField, x: torch.Tensor, rho: float, mode: str = "cas") -> Curvature:
     """``H`` from forward differences of step ``rho`` (RMS per pixel) along the score.
 
     Assumes a symmetric Jacobian (a true score field). Field evaluations: SAS 3, CAS 4
