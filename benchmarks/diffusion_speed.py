@@ -3,8 +3,10 @@
     python benchmarks/diffusion_speed.py [--model monai_bundle/models/t1_to_flair] [--data data/phantom]
 
 Reports ms per slice per network call (fp32 and bf16 autocast, channels_last, batch 8 and
-16, 96 x 112 slices), seconds per 2 mm phantom volume (test split) for DDIM-25, DDIM-50
-and DDPM-100, and the peak resident memory of the process.
+16, whole 96 x 112 slices), seconds per 2 mm phantom volume (first tumour test case) for
+DDIM-25, DDIM-50 and DDPM-100 - as translated (each slice on its brain crop) and, with
+``--whole-slices-too``, on whole slices - and the peak resident memory of the process.
+``effective_ms_per_slice_per_call`` is a volume's seconds over (brain slices x steps).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from localdiffusion.diffusion.model import build_network, load_denoiser
 from localdiffusion.readers import read_case
 from localdiffusion.slice_data import cases_in_split
 from localdiffusion.slices import prepare_case
-from localdiffusion.translate import translate_prepared
+from localdiffusion.translate import BRAIN_CROP_MARGIN, translate_prepared
 
 
 @torch.no_grad()
@@ -46,6 +48,7 @@ def main() -> None:
                         help="volume timings to run, e.g. ddim-25 ddpm-100 (none: skip)")
     parser.add_argument("--compare-attention", action="store_true",
                         help="also time MONAI's manual attention against torch SDPA (bf16, batch 8)")
+    parser.add_argument("--whole-slices-too", action="store_true", help="also time volumes on whole slices")
     args = parser.parse_args()
     denoiser = load_denoiser(args.model)
     result = {"threads": torch.get_num_threads(), "model": str(args.model),
@@ -69,12 +72,20 @@ def main() -> None:
     case_path = cases_in_split(args.data, "test", "tumour")[0]
     prepared = prepare_case(read_case(case_path, (denoiser.config.source,)), denoiser.config.spacing_mm,
                             denoiser.config.in_plane)
-    result["volume"] = {"case": case_path.name, "brain_slices": int(prepared.brain_slices().size), "seconds": {}}
+    slices = int(prepared.brain_slices().size)
+    result["volume"] = {"case": case_path.name, "brain_slices": slices, "seconds": {},
+                        "effective_ms_per_slice_per_call": {}}
+    modes = {"brain crops": BRAIN_CROP_MARGIN, **({"whole slices": None} if args.whole_slices_too else {})}
     for sampler, steps in ((name.split("-")[0], int(name.split("-")[1])) for name in args.samplers):
-        t0 = time.perf_counter()
-        translate_prepared(denoiser, prepared, sampler=sampler, steps=steps, batch_size=16, progress=False)
-        result["volume"]["seconds"][f"{sampler}-{steps}"] = round(time.perf_counter() - t0, 1)
-        print(sampler, steps, result["volume"]["seconds"][f"{sampler}-{steps}"], "s", flush=True)
+        for mode, margin in modes.items():
+            key = f"{sampler}-{steps}" + ("" if margin == BRAIN_CROP_MARGIN else f" ({mode})")
+            t0 = time.perf_counter()
+            translate_prepared(denoiser, prepared, sampler=sampler, steps=steps, batch_size=16, progress=False,
+                               crop_margin=margin)
+            seconds = time.perf_counter() - t0
+            result["volume"]["seconds"][key] = round(seconds, 1)
+            result["volume"]["effective_ms_per_slice_per_call"][key] = round(1000 * seconds / (slices * steps), 1)
+            print(key, result["volume"]["seconds"][key], "s", flush=True)
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2)
     print(json.dumps(result, indent=1))
     if args.out:

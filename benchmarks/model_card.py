@@ -58,7 +58,11 @@ def main() -> None:
     val_lines = "\n".join(f"    {v.split(' ', 2)[2]}" for v in log["validation"])
     verdict = ("Meets the project's quality bar (PSNR 27 dB, SSIM 0.90, judged with the true volume's p99.5 as "
                "data range)." if prange >= 27 and srange >= 0.90 else
-               "**Below the project's quality bar (PSNR 27 dB, SSIM 0.90)**; see docs/BENCHMARK.md for the analysis.")
+               "**Below the project's quality bar (PSNR 27 dB, SSIM 0.90)**, which no translator can meet on this "
+               "phantom in either direction (oracle ceilings in docs/BENCHMARK.md section 1).")
+    margin = report.get("crop_margin")
+    slices = ("each slice on its brain crop (margin " f"{margin} px, `translate`'s default)" if margin is not None
+              else "whole slices")
     text = f"""# Model card: {cfg['source'].upper()} -> {cfg['target'].upper()} conditional diffusion model
 
 **Research use only; not for diagnosis.**
@@ -81,7 +85,7 @@ def main() -> None:
   Stage 1 normalised FLAIR by its 99.5th percentile; the later stages by its median (T1 unchanged).
 * Validation during the last stage (DDIM-10 on 32 healthy *val* slices, mean per-slice PSNR/SSIM over the brain):
 {val_lines}
-* Test ({report['cases']} healthy *test* cases, {report['sampler'].upper()}-{report['steps']}, seed {report['seed']}, [0, 1]
+* Test ({report['cases']} healthy *test* cases, {report['sampler'].upper()}-{report['steps']}, seed {report['seed']}, {slices}, [0, 1]
   intensities; per case PSNR from the MSE over all brain voxels, SSIM map averaged over all
   brain voxels; mean ± sd over cases): PSNR {psnr:.2f} ± {psnr_sd:.2f} dB, SSIM {ssim:.4f} ± {ssim_sd:.4f}
   on the [0, 1] scale; **with the true volume's 99.5th brain percentile as data range (independent

@@ -1,4 +1,4 @@
-"""How high can translation PSNR and SSIM go on the phantom? The Rician-noise ceiling.
+"""How high can translation PSNR and SSIM go on the phantom? Noise and protocol ceilings.
 
 The phantom's target images carry Rician noise (SNR 15-40) that no translator can predict
 from the source image. For every case of a split this script regenerates the case from its
@@ -6,9 +6,16 @@ seed, normalises the noisy target as the pipeline does (``slices.normalise``) an
 noise-free target on the same scale: the PSNR and SSIM between the two over the brain
 (``evaluate.volume_scores``: on [0, 1] and with the true volume's 99.5th percentile as data
 range, like ``localdiffusion evaluate``; here on the phantom's own 2 mm grid) are what a
-perfect noise-free prediction would score. It is an upper bound: the
-per-subject contrast jitter, protocol jitter and sequence-specific bias field cannot be
-predicted either and lower the reachable PSNR further.
+perfect noise-free prediction would score.
+
+The *protocol ceiling* adds the target sequence's timings (TR, TE, TI drawn per subject
+inside clinical ranges, independently of the source's): the case is regenerated ``--draws``
+times with only the target's timings redrawn (anatomy, tissue relaxation times, source
+scan, contrast jitter, bias fields and gain exactly as in the stored case), each noise-free
+target normalised by its own statistic, and their mean - the best prediction for PSNR of
+an oracle that knows everything but the target's timings - is scored against the scan.
+Both are upper bounds: the oracle still knows the contrast jitter and the sequence-specific
+bias field, which no translator can see either.
 
     python benchmarks/translation_ceiling.py --data data/phantom --split test --kind healthy
 """
@@ -23,11 +30,29 @@ import nibabel as nib
 import numpy as np
 
 from localdiffusion.evaluate import volume_scores
+from localdiffusion.phantom import generate
 from localdiffusion.phantom.generate import generate_case
 from localdiffusion.slices import normalise
 
 
 KEYS = ("psnr", "ssim", "psnr_range", "ssim_range")
+TARGETS = ("flair", "t1")
+
+
+def with_target_timings(entry: dict, timing_seed: list[int]) -> generate.PhantomCase:
+    """The case of ``entry`` regenerated with every target's sequence timings drawn from ``timing_seed``."""
+    real = generate.draw_protocol
+
+    def redrawn(rng, t1_sequence="mprage"):
+        protocol = real(rng, t1_sequence)  # consumes the case's own draws: everything after stays identical
+        other = real(np.random.default_rng(timing_seed), t1_sequence)
+        return {m: other[m] if m in TARGETS else s for m, s in protocol.items()}
+
+    generate.draw_protocol = redrawn
+    try:
+        return generate_case(entry["case_seed"], tumour=entry["kind"] == "tumour", spacing=entry.get("spacing_mm", 2.0))
+    finally:
+        generate.draw_protocol = real
 
 
 def main() -> None:
@@ -35,25 +60,33 @@ def main() -> None:
     p.add_argument("--data", default="data/phantom")
     p.add_argument("--split", default="test")
     p.add_argument("--kind", default="healthy")
+    p.add_argument("--draws", type=int, default=8, help="target timings drawn per case for the protocol ceiling")
+    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     entries = [e for e in json.loads((Path(args.data) / "manifest.json").read_text())["cases"]
                if e["split"] == args.split and e["kind"] == args.kind]
-    rows = {m: {k: [] for k in KEYS} for m in ("flair", "t1")}
+    ceilings = ("noise-only", "protocol")
+    rows = {(m, c): {k: [] for k in KEYS} for m in TARGETS for c in ceilings}
     for entry in entries:
         case = generate_case(entry["case_seed"], tumour=entry["kind"] == "tumour", spacing=entry.get("spacing_mm", 2.0))
         mask = case.brain_mask > 0
         stored = nib.load(str(Path(args.data) / entry["case_id"] / f"{entry['case_id']}_flair.nii.gz"))
         if not np.array_equal(np.asarray(stored.dataobj), case.images["flair"]):
             raise SystemExit(f"{entry['case_id']}: regenerated case differs from the stored one (other phantom version?)")
-        for m in rows:
+        alternatives = [with_target_timings(entry, [args.seed, entry["case_seed"], d]) for d in range(args.draws)]
+        if not all(np.array_equal(a.images["t2"], case.images["t2"]) for a in alternatives):  # untouched contrast
+            raise SystemExit(f"{entry['case_id']}: redrawing the timings changed more than the target contrasts")
+        for m in TARGETS:
             noisy, scale = normalise(case.images[m].astype(np.float32), mask, modality=m)
-            clean = np.clip(case.noise_free[m] / scale, 0.0, 1.0)
-            scores = volume_scores(clean, noisy, mask)
-            for k in KEYS:
-                rows[m][k].append(scores[k])
-    for m, values in rows.items():
+            predictions = {"noise-only": np.clip(case.noise_free[m] / scale, 0.0, 1.0),
+                           "protocol": np.mean([normalise(a.noise_free[m], mask, modality=m)[0] for a in alternatives], 0)}
+            for c, prediction in predictions.items():
+                scores = volume_scores(prediction, noisy, mask)
+                for k in KEYS:
+                    rows[m, c][k].append(scores[k])
+    for (m, c), values in rows.items():
         figures = ", ".join(f"{k} {np.mean(v):.3f} ± {np.std(v):.3f} (min {np.min(v):.3f})" for k, v in values.items())
-        print(f"{m}: {len(values['psnr'])} {args.kind} {args.split} cases, noise-only ceiling: {figures}")
+        print(f"{m}: {len(values['psnr'])} {args.kind} {args.split} cases, {c} ceiling: {figures}")
 
 
 if __name__ == "__main__":

@@ -300,3 +300,82 @@ def test_range_matched_scores_do_not_depend_on_the_intensity_scale():
     assert half["psnr"] == pytest.approx(full["psnr"] + 20 * np.log10(2), abs=1e-3)  # plain PSNR rewards the squeeze
     assert half["psnr_range"] == pytest.approx(full["psnr_range"], abs=1e-3)
     assert half["ssim_range"] == pytest.approx(full["ssim_range"], abs=1e-3)
+
+
+# ----------------------------------------------------------------- brain crops
+
+
+def test_crop_box_grows_rounds_and_stays_inside():
+    from localdiffusion.crop import box_shape, crop_box
+
+    support = np.zeros((48, 56), bool)
+    support[10:20, 3:9] = True
+    rows, cols = crop_box(support, margin=2, multiple=8)
+    assert (rows.start, rows.stop) == (8, 24)  # 8..22 grown to 16 rows
+    assert (cols.start, cols.stop) == (1, 17)  # 1..11 is 10 wide, grown to 16 from its start
+    support[:] = False
+    assert box_shape(crop_box(support, 2, 8)) == (48, 56)  # nothing to crop around: the whole slice
+    support[40:48, 50:56] = True
+    rows, cols = crop_box(support, margin=4, multiple=16)
+    assert (rows.stop, cols.stop) == (48, 56) and box_shape((rows, cols)) == (16, 16)  # shifted back inside
+
+
+def test_windowed_noise_is_the_whole_slice_noise_cropped():
+    windows = [(slice(2, 6), slice(0, 4)), (slice(0, 4), slice(4, 8))]
+    whole, cropped = SliceNoise([3, 4]), SliceNoise([3, 4], windows=windows, plane=(8, 8))
+    for _ in range(2):  # the generators stay in step over draws
+        full, crop = whole((2, 8, 8)), cropped((2, 4, 4))
+        torch.testing.assert_close(crop[0], full[0][:, 2:6, 0:4], atol=0, rtol=0)
+        torch.testing.assert_close(crop[1], full[1][:, 0:4, 4:8], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="does not match"):
+        cropped((1, 8, 8))
+
+
+def _prepared_cohort_case(cohort):
+    from localdiffusion.readers import read_case
+    from localdiffusion.slice_data import cases_in_split
+    from localdiffusion.slices import prepare_case
+
+    return prepare_case(read_case(cases_in_split(cohort, "test", "healthy")[0], ("t1",)), 4.0, (48, 56))
+
+
+def test_brain_crops_batch_by_size_and_do_not_depend_on_batch_size(tiny_model_dir, cohort):
+    from localdiffusion.translate import plan_batches, translate_prepared
+
+    prepared = _prepared_cohort_case(cohort)
+    ks = prepared.brain_slices()
+    batches = plan_batches(prepared.brain, ks, seed=0, batch_size=4, multiple=16)
+    assert sorted(k for b in batches for k in b.ks) == sorted(ks.tolist())
+    assert len({b.take(prepared.brain).shape[-2:] for b in batches}) > 1  # crops of more than one size
+    for b in batches:
+        for k, (rows, cols) in zip(b.ks, b.windows):
+            h, w = rows.stop - rows.start, cols.stop - cols.start
+            assert (h % 16 == 0 or h == 48) and (w % 16 == 0 or w == 56)
+            assert prepared.brain[rows, cols, k].sum() == prepared.brain[:, :, k].sum()  # the whole brain inside
+    denoiser = load_denoiser(tiny_model_dir, autocast=False)
+    one = translate_prepared(denoiser, prepared, steps=3, batch_size=1, progress=False)
+    five = translate_prepared(denoiser, prepared, steps=3, batch_size=5, progress=False)
+    np.testing.assert_allclose(one, five, atol=1e-5)
+    assert one[prepared.brain].std() > 0 and not one[~prepared.brain].any()
+
+
+class PointwiseDenoiser(torch.nn.Module):
+    """x0_hat = the condition pixel by pixel: a network without context, so crops cannot change it."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.schedule = config, NoiseSchedule(config.num_train_timesteps)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x_t, cond, t):
+        return cond * self.scale + 0.01 * x_t
+
+
+def test_brain_crop_matches_whole_slices_for_a_network_without_context(cohort):
+    from localdiffusion.translate import translate_prepared
+
+    prepared = _prepared_cohort_case(cohort)
+    denoiser = PointwiseDenoiser(tiny_config())
+    cropped = translate_prepared(denoiser, prepared, sampler="ddpm", steps=4, progress=False)
+    whole = translate_prepared(denoiser, prepared, sampler="ddpm", steps=4, progress=False, crop_margin=None)
+    np.testing.assert_allclose(cropped, whole, atol=1e-6)  # same noise in the window, same pointwise updates

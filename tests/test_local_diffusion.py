@@ -87,6 +87,24 @@ def test_gate_rebranches_when_healed_and_stops_at_bound():
     assert ld2.rebranches.tolist() == [0, 0] and ld2.fused_at[0] == steps[first]
 
 
+def test_gate_sees_brain_crops_pasted_back_on_whole_slices():
+    cond, prob = _inputs()  # two 8 x 8 crops of 16 x 16 slices
+    windows = [(slice(8, 16), slice(0, 8)), (slice(0, 8), slice(4, 12))]
+    seen = []
+
+    def gate(fused_x0, mask):
+        seen.append((fused_x0.clone(), mask.clone()))
+        return torch.zeros(len(fused_x0), dtype=torch.bool)
+
+    noise = SliceNoise([0, 1], windows=windows, plane=(16, 16))
+    local_diffusion_slices(ClosedForm(), cond, prob, noise, LocalDiffusionConfig(ind_floor=0.0), gate, steps=10)
+    image, mask = seen[0]
+    assert image.shape == mask.shape == (1, 1, 16, 16)  # only slice 0 branches
+    torch.testing.assert_close(mask[0, 0, 8:16, 0:8], (prob[0, 0] >= 0.99).float())
+    assert mask.sum() == (prob[0] >= 0.99).sum() and image[0, 0, :8].abs().max() == 0  # background outside
+    torch.testing.assert_close(image[0, 0, 8:16, 0:8], cond[0, 0], atol=1e-5, rtol=0)
+
+
 def test_closed_form_output_keeps_the_ood_region_from_the_ood_branch():
     cond, prob = _inputs()
     out, ld = local_diffusion_slices(ClosedForm(), cond, prob, [0, 1], LocalDiffusionConfig(ind_floor=0.0), steps=10)

@@ -58,11 +58,14 @@ def test_volume_recorder_fills_only_the_sampled_slices():
     import numpy as np
 
     from localdiffusion.trajectory import VolumeRecorder
+    from localdiffusion.translate import SliceBatch
 
     rec = VolumeRecorder((4, 4, 5), last_k=3)
-    hook = rec.begin(np.array([1, 3]))
+    whole = (slice(0, 4), slice(0, 4))
+    batch = SliceBatch(np.array([1, 3]), [0, 1], [whole, whole], (4, 4))
+    hook = rec.begin(batch)
     s = NoiseSchedule(20)
-    noise = SliceNoise([0, 1])
+    noise = batch.noise()
     x0 = iter(torch.linspace(-1, 1, 12))
     reverse_process(lambda x, t: torch.full_like(x, float(next(x0))), noise((1, 4, 4)), s, s.timesteps(6),
                     ddim_update(), noise, [hook])

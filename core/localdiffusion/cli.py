@@ -120,6 +120,17 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_whole_slices_option(p) -> None:
+    p.add_argument("--whole-slices", action="store_true",
+                   help="run the network on whole slices instead of each slice's brain crop (slower, same model)")
+
+
+def _crop_margin(args) -> int | None:
+    from .translate import BRAIN_CROP_MARGIN
+
+    return None if args.whole_slices else BRAIN_CROP_MARGIN
+
+
 def _add_translate(sub) -> None:
     p = sub.add_parser("translate", help="translate a volume (e.g. T1 -> FLAIR) with a trained model")
     p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
@@ -134,6 +145,7 @@ def _add_translate(sub) -> None:
     p.add_argument("--ood-bank", type=Path, default=None, help="source-modality PatchCore bank for the risk map "
                    "(default: ood_<source>.pt beside the model folder)")
     p.add_argument("--rods", action="store_true", help="RODS robust sampling at the calibrated eps")
+    _add_whole_slices_option(p)
     p.set_defaults(func=_run_translate)
 
 
@@ -143,7 +155,7 @@ def _run_translate(args) -> int:
     model = args.model or shipped_model_dir()
     translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
                    batch_size=args.batch_size, device=args.device, risk_map=args.risk_map, ood_bank=args.ood_bank,
-                   rods=args.rods)
+                   rods=args.rods, crop_margin=_crop_margin(args))
     print(f"wrote {args.out}" + (f" and {args.risk_map}" if args.risk_map else ""))
     return 0
 
@@ -205,6 +217,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    _add_whole_slices_option(p)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -215,7 +228,8 @@ def _run_evaluate(args) -> int:
 
     denoiser = load_denoiser(args.model or shipped_model_dir(), select_device(args.device))
     result = evaluate_translation(denoiser, args.data, args.split, None if args.kind == "all" else args.kind,
-                                  sampler=args.sampler, steps=args.steps, seed=args.seed, max_cases=args.max_cases)
+                                  sampler=args.sampler, steps=args.steps, seed=args.seed, max_cases=args.max_cases,
+                                  crop_margin=_crop_margin(args))
     m = result["mean_std"]
     print(f"{result['direction']} {args.split}/{args.kind} ({result['cases']} cases, {args.sampler}-{args.steps}): "
           f"whole-brain PSNR {m['psnr'][0]:.2f} +- {m['psnr'][1]:.2f} dB, SSIM {m['ssim'][0]:.4f} +- "

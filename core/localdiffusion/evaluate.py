@@ -32,7 +32,7 @@ from .metrics import psnr, ssim_map
 from .readers import read_case
 from .slice_data import cases_in_split, has_manifest
 from .slices import prepare_case
-from .translate import translate_prepared
+from .translate import BRAIN_CROP_MARGIN, translate_prepared
 
 
 def axial_stack(volume: np.ndarray, ks: np.ndarray | None = None) -> torch.Tensor:
@@ -55,8 +55,10 @@ def volume_scores(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> di
 
 def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "test", kind: str | None = "healthy", *,
                          sampler: str = "ddim", steps: int | None = 25, seed: int = 0, batch_size: int = 8,
-                         max_cases: int | None = None) -> dict:
-    """Translate every case of ``split`` (phantom ``kind``) and score it against the truth."""
+                         max_cases: int | None = None, crop_margin: int | None = BRAIN_CROP_MARGIN) -> dict:
+    """Translate every case of ``split`` (phantom ``kind``) and score it against the truth.
+
+    ``crop_margin``: brain crops (the default) or None = whole slices (see :mod:`~localdiffusion.translate`)."""
     cfg = denoiser.config
     cases = cases_in_split(data, split, kind if has_manifest(data) else None)[:max_cases]
     per_case = []
@@ -64,7 +66,7 @@ def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "tes
         prepared = prepare_case(read_case(path, (cfg.source, cfg.target)), cfg.spacing_mm, cfg.in_plane)
         t0 = time.perf_counter()
         pred = translate_prepared(denoiser, prepared, sampler=sampler, steps=steps, seed=seed,
-                                  batch_size=batch_size, progress=False)
+                                  batch_size=batch_size, progress=False, crop_margin=crop_margin)
         seconds = time.perf_counter() - t0
         scores = volume_scores(pred, prepared.images[cfg.target], prepared.brain)
         per_case.append({"case_id": prepared.case_id, **scores, "seconds": seconds,
@@ -72,7 +74,7 @@ def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "tes
     summary = {k: (float(np.mean([c[k] for c in per_case])), float(np.std([c[k] for c in per_case])))
                for k in ("psnr", "ssim", "psnr_slice_mean", "psnr_range", "ssim_range", "seconds")}
     return {"direction": f"{cfg.source}->{cfg.target}", "split": split, "kind": kind, "sampler": sampler,
-            "steps": steps, "seed": seed, "cases": len(per_case), "mean_std": summary, "per_case": per_case}
+            "steps": steps, "seed": seed, "crop_margin": crop_margin, "cases": len(per_case), "mean_std": summary, "per_case": per_case}
 
 
 def write_report(result: dict, path: str | Path) -> None:

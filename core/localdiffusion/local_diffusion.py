@@ -27,7 +27,7 @@ Speed: the OOD branch runs on a crop around the OOD region of the batch's branch
 (bounding box + ``crop_margin`` pixels, rounded to the network's downsampling factor).
 Outside its mask the OOD branch's x0 is the background anyway; the crop only changes the
 network's context near the crop border (its receptive field, and the global attention at
-the lowest level), measured by ``benchmarks/crop_tolerance.py``.
+the lowest level), measured by ``benchmarks/ld_speed.py`` (docs/BENCHMARK.md, 4b).
 Images: conditions in [0, 1]; the network state in [-1, 1]; background 0 in [0, 1].
 """
 
@@ -39,12 +39,15 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 
+from .crop import Box, box_shape, crop_box, downsampling_factor, paste
 from .diffusion.sampling import SliceNoise, Step, StepHook, conditional_denoise, make_update, reverse_process
 
 
 class Gate(Protocol):
     def __call__(self, fused_x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """fused x0 (n, 1, H, W) in [0, 1], mask (n, 1, H, W) -> bool (n,): True = healed."""
+        """fused x0 (n, 1, H, W) in [0, 1], mask (n, 1, H, W) -> bool (n,): True = healed.
+
+        Always whole slices: crops (brain crops of a volume) are pasted back first."""
 
 
 @dataclass
@@ -96,24 +99,16 @@ class LocalDiffusion:
         self.rebranches = torch.zeros_like(self.branching, dtype=torch.long)
         self.fused_at = torch.full_like(self.rebranches, -1)
         self.crop = self._crop_box(denoiser)
+        #: (windows, plane) when the slices are crops of whole slices (the gate sees whole slices)
+        self.placement: tuple[list[Box], tuple[int, int]] | None = None
 
-    def _crop_box(self, denoiser) -> tuple[slice, slice] | None:
+    def _crop_box(self, denoiser) -> Box | None:
         """(rows, cols) of the OOD branch's crop; None = the full slice."""
-        margin = self.config.crop_margin
-        if margin is None or not self.branching.any():
+        if self.config.crop_margin is None or not self.branching.any():
             return None
-        h, w = self.weight.shape[-2:]
-        levels = len(getattr(getattr(denoiser, "config", None), "channels", (0,)))
-        factor = 2 ** (levels - 1)  # crops must stay divisible through the U-Net's downsamplings
         support = self.weight[self.branching].flatten(0, 1).amax(0) > 0
-        box = []
-        for axis, size in ((1, h), (0, w)):
-            idx = support.any(axis).nonzero().flatten()
-            lo, hi = max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, size)
-            length = min(-(-(hi - lo) // factor) * factor, size)
-            lo = max(min(lo, size - length), 0)
-            box.append(slice(lo, lo + length))
-        return None if (box[0].stop - box[0].start, box[1].stop - box[1].start) == (h, w) else tuple(box)
+        box = crop_box(support, self.config.crop_margin, downsampling_factor(denoiser))
+        return None if box_shape(box) == tuple(self.weight.shape[-2:]) else box
 
     def composite(self, state: torch.Tensor) -> torch.Tensor:
         """(B, 2, H, W) -> (B, 1, H, W): the S-composite (the fused value for fused slices)."""
@@ -152,7 +147,11 @@ class LocalDiffusion:
         if self.gate is not None and step.t_prev >= 0:
             healed = torch.zeros_like(due)
             idx = due.nonzero().flatten()
-            healed[idx] = self.gate(((fused_x0[idx] + 1) / 2).clamp(0, 1), w[idx]).to(torch.bool)
+            image, region = ((fused_x0[idx] + 1) / 2).clamp(0, 1), w[idx]
+            if self.placement is not None:
+                windows, plane = [self.placement[0][i] for i in idx.tolist()], self.placement[1]
+                image, region = paste(image, windows, plane, self.config.background), paste(region, windows, plane)
+            healed[idx] = self.gate(image, region).to(torch.bool)
             retry = due & healed & (self.rebranches < self.config.max_rebranch)
             self.rebranches += retry.long()
             fuse &= ~retry
@@ -166,12 +165,8 @@ class LocalDiffusion:
     def noise(self, base: SliceNoise) -> Callable:
         def draw(item_shape) -> torch.Tensor:
             c, h, w = item_shape
-            rows = []
-            for b, g in enumerate(base.generators):
-                if self.config.shared_noise or not bool(self.branching[b]):
-                    rows.append(torch.randn((1, h, w), generator=g).expand(c, h, w))
-                else:
-                    rows.append(torch.randn((c, h, w), generator=g))
+            rows = [base.draw(b, (1, h, w)).expand(c, h, w) if self.config.shared_noise or not bool(self.branching[b])
+                    else base.draw(b, (c, h, w)) for b in range(len(base))]
             return torch.stack(rows).to(base.device)
 
         return draw
@@ -184,12 +179,16 @@ def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: t
                            hooks: Iterable[StepHook] = ()) -> tuple[torch.Tensor, LocalDiffusion]:
     """Local Diffusion translation of conditions (B, 1, H, W) in [0, 1]; returns [-1, 1] x0.
 
+    ``seeds``: one per slice, or a :class:`~localdiffusion.diffusion.sampling.SliceNoise`.
+
     ``ood_probability`` (B, 1, H, W) in [0, 1]. Extra ``hooks`` (e.g. trajectory recording)
     run after the Local Diffusion hook as observers of the composite (B, 1, H, W) state
     (:meth:`LocalDiffusion.composite`); their return values are ignored.
     """
     ld = LocalDiffusion(denoiser, condition, ood_probability, config, gate)
-    base = SliceNoise(seeds, condition.device)
+    base = seeds if isinstance(seeds, SliceNoise) else SliceNoise(seeds, condition.device)
+    if base.windows is not None:
+        ld.placement = (list(base.windows), base.plane)
     noise = ld.noise(base)
     schedule = denoiser.schedule
     if not ld.branching.any():  # nothing out of distribution: the baseline, exactly
@@ -243,16 +242,13 @@ def local_diffusion_sampler(ood_probability_volume, config: LocalDiffusionConfig
     :func:`~localdiffusion.ood.volume.probability_volume`; it becomes the branching weight
     through :func:`branch_weight_volume` (``brain_volume`` limits the post-processing).
     """
-    import numpy as np
-
     config = config or LocalDiffusionConfig()
     weight = branch_weight_volume(ood_probability_volume, config, brain_volume)
     config = dataclasses.replace(config, threshold=1.0)  # the weight is final: a hard {0, 1} mask stays as it is
 
-    def sample(denoiser, cond01, seeds, ks, hooks=()):
-        prob = torch.as_tensor(np.moveaxis(weight[:, :, ks], 2, 0)[:, None]).to(cond01.device)
-        out, _ = local_diffusion_slices(denoiser, cond01, prob, seeds, config, gate, sampler=sampler, steps=steps,
-                                        hooks=hooks)
+    def sample(denoiser, cond01, batch, hooks=()):
+        out, _ = local_diffusion_slices(denoiser, cond01, batch.take(weight, cond01.device), batch.noise(cond01.device),
+                                        config, gate, sampler=sampler, steps=steps, hooks=hooks)
         return out
 
     return sample

@@ -58,15 +58,17 @@ class VolumeRecorder:
         self.variance = np.zeros(shape, np.float32)
         self.curvature = np.zeros(shape[2], np.float32)  # largest RODS H per slice (0: RODS off)
         self.flagged = np.zeros(shape[2], bool)  # any high-risk RODS step
-        self._batch: tuple[np.ndarray, TrajectoryVariance] | None = None
+        self._batch = None
 
-    def begin(self, ks: np.ndarray) -> TrajectoryVariance:
-        self._batch = (np.asarray(ks), TrajectoryVariance(self.last_k))
+    def begin(self, batch) -> TrajectoryVariance:
+        """Start recording a :class:`~localdiffusion.translate.SliceBatch` (slices ``ks`` on their windows)."""
+        self._batch = (batch, TrajectoryVariance(self.last_k))
         return self._batch[1]
 
     def end(self) -> None:
-        ks, hook = self._batch
-        self.variance[:, :, ks] = np.moveaxis(hook.variance()[:, 0].float().cpu().numpy(), 0, 2)
+        batch, hook = self._batch
+        ks = batch.ks
+        batch.put(self.variance, hook.variance())
         if hook.rods is not None and hook.rods.curvature:
             self.curvature[ks] = torch.stack(list(hook.rods.curvature.values())).amax(0).cpu().numpy()
             self.flagged[ks] = hook.rods.flagged_slices().cpu().numpy()

@@ -45,19 +45,40 @@ Update = Callable[[NoiseSchedule, torch.Tensor, torch.Tensor, int, int, "SliceNo
 
 
 class SliceNoise:
-    """Gaussian noise from one ``torch.Generator`` per slice (seeds: one int per slice)."""
+    """Gaussian noise from one ``torch.Generator`` per slice (seeds: one int per slice).
 
-    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu"):
+    ``windows`` (one (rows, cols) box per slice, all of one size) with ``plane`` (H, W):
+    every draw is made on the whole (H, W) slice and cropped to the slice's window, so a
+    slice cropped to its brain sees the same noise as the whole slice there.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu",
+                 windows: Sequence[tuple[slice, slice]] | None = None, plane: Sequence[int] | None = None):
         self.seeds = [int(s) for s in seeds]
         self.generators = [torch.Generator("cpu").manual_seed(s) for s in self.seeds]
         self.device = device
+        if (windows is None) != (plane is None) or (windows is not None and len(windows) != len(self.seeds)):
+            raise ValueError("windows need the plane (H, W) and one window per seed")
+        self.windows, self.plane = windows, None if plane is None else tuple(plane)
 
     def __len__(self) -> int:
         return len(self.generators)
 
+    def draw(self, b: int, item_shape: Sequence[int]) -> torch.Tensor:
+        """One standard normal draw of ``item_shape`` (..., h, w) from generator ``b`` (on the CPU)."""
+        item_shape = tuple(item_shape)
+        if self.windows is None:
+            return torch.randn(item_shape, generator=self.generators[b])
+        rows, cols = self.windows[b]
+        whole = torch.randn(item_shape[:-2] + self.plane, generator=self.generators[b])
+        crop = whole[..., rows, cols]
+        if crop.shape != item_shape:
+            raise ValueError(f"window {crop.shape[-2:]} of slice {b} does not match the drawn shape {item_shape}")
+        return crop
+
     def __call__(self, item_shape: Sequence[int]) -> torch.Tensor:
         """(B, *item_shape) standard normal noise, row b from generator b."""
-        return torch.stack([torch.randn(tuple(item_shape), generator=g) for g in self.generators]).to(self.device)
+        return torch.stack([self.draw(b, item_shape) for b in range(len(self))]).to(self.device)
 
 
 def ddpm_update(eta: float = 1.0) -> Update:
@@ -132,17 +153,19 @@ def conditional_denoise(denoiser, condition: torch.Tensor) -> Callable[[torch.Te
 
 
 @torch.no_grad()
-def translate_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int], *, sampler: str = "ddim",
+def translate_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int] | SliceNoise, *, sampler: str = "ddim",
                      steps: int | None = 25, eta: float | None = None, hooks: Iterable[StepHook] = (),
                      rods=None) -> torch.Tensor:
     """Baseline translation of a batch of condition slices (B, 1, H, W) in [-1, 1].
+
+    ``seeds``: one per slice, or a :class:`SliceNoise` (e.g. with crop windows).
 
     ``rods`` (a :class:`~localdiffusion.rods.RODSConfig`) wraps the denoiser in RODS; hooks
     with a ``watch_rods`` method are handed the :class:`~localdiffusion.rods.RODS` object
     (its per-step curvature and flags).
     """
     schedule = denoiser.schedule
-    noise = SliceNoise(seeds, condition.device)
+    noise = seeds if isinstance(seeds, SliceNoise) else SliceNoise(seeds, condition.device)
     x_T = noise(condition.shape[1:])
     timesteps = schedule.timesteps(steps)
     denoise = conditional_denoise(denoiser, condition)
