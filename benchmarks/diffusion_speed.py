@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--compare-attention", action="store_true",
                         help="also time MONAI's manual attention against torch SDPA (bf16, batch 8)")
     parser.add_argument("--whole-slices-too", action="store_true", help="also time volumes on whole slices")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler's operator table (bf16, batch 8)")
     args = parser.parse_args()
     denoiser = load_denoiser(args.model)
     result = {"threads": torch.get_num_threads(), "model": str(args.model),
@@ -59,6 +60,15 @@ def main() -> None:
             result["ms_per_slice_per_call"][key] = round(ms_per_slice(denoiser, batch, autocast), 1)
             print(key, result["ms_per_slice_per_call"][key], "ms", flush=True)
     denoiser.autocast = True
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        h, w = denoiser.config.in_plane
+        x, c = torch.randn(8, 1, h, w), torch.randn(8, 1, h, w)
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                denoiser(x, c, 50)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     if args.compare_attention:
         manual = load_denoiser(args.model)
         manual.config.use_flash_attention = False
