@@ -27,11 +27,16 @@ from localdiffusion.slices import prepare_case
 from localdiffusion.translate import BRAIN_CROP_MARGIN, translate_prepared
 
 
+def whole_slices(denoiser, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (x_t, condition) pairs of ``batch`` whole working-grid slices."""
+    h, w = denoiser.config.in_plane
+    return torch.randn(batch, 1, h, w), torch.randn(batch, 1, h, w)
+
+
 @torch.no_grad()
 def ms_per_slice(denoiser, batch: int, autocast: bool, repeats: int = 5) -> float:
     denoiser.autocast = autocast
-    h, w = denoiser.config.in_plane
-    x, c = torch.randn(batch, 1, h, w), torch.randn(batch, 1, h, w)
+    x, c = whole_slices(denoiser, batch)
     denoiser(x, c, 50)
     t0 = time.perf_counter()
     for _ in range(repeats):
@@ -63,8 +68,7 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        h, w = denoiser.config.in_plane
-        x, c = torch.randn(8, 1, h, w), torch.randn(8, 1, h, w)
+        x, c = whole_slices(denoiser, 8)
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(3):
                 denoiser(x, c, 50)

@@ -61,8 +61,8 @@ def main() -> None:
                "**Below the project's quality bar (PSNR 27 dB, SSIM 0.90)**, which no translator can meet on this "
                "phantom in either direction (oracle ceilings in docs/BENCHMARK.md section 1).")
     margin = report.get("crop_margin")
-    slices = ("each slice on its brain crop (margin " f"{margin} px, `translate`'s default)" if margin is not None
-              else "whole slices")
+    slices = f"each slice on its brain crop (margin {margin} px, `translate`'s default)" if margin is not None \
+        else "whole slices"
     text = f"""# Model card: {cfg['source'].upper()} -> {cfg['target'].upper()} conditional diffusion model
 
 **Research use only; not for diagnosis.**

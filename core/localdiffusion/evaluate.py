@@ -74,7 +74,8 @@ def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "tes
     summary = {k: (float(np.mean([c[k] for c in per_case])), float(np.std([c[k] for c in per_case])))
                for k in ("psnr", "ssim", "psnr_slice_mean", "psnr_range", "ssim_range", "seconds")}
     return {"direction": f"{cfg.source}->{cfg.target}", "split": split, "kind": kind, "sampler": sampler,
-            "steps": steps, "seed": seed, "crop_margin": crop_margin, "cases": len(per_case), "mean_std": summary, "per_case": per_case}
+            "steps": steps, "seed": seed, "crop_margin": crop_margin, "cases": len(per_case), "mean_std": summary,
+            "per_case": per_case}
 
 
 def write_report(result: dict, path: str | Path) -> None:

@@ -81,7 +81,8 @@ class LocalDiffusion:
     """Per-batch Local Diffusion state; see the module docstring."""
 
     def __init__(self, denoiser, condition: torch.Tensor, ood_probability: torch.Tensor,
-                 config: LocalDiffusionConfig | None = None, gate: Gate | None = None):
+                 config: LocalDiffusionConfig | None = None, gate: Gate | None = None,
+                 placement: tuple[list[Box], tuple[int, int]] | None = None):
         self.denoiser, self.config, self.gate = denoiser, config or LocalDiffusionConfig(), gate
         cfg = self.config
         T = denoiser.schedule.num_train_timesteps
@@ -100,7 +101,7 @@ class LocalDiffusion:
         self.fused_at = torch.full_like(self.rebranches, -1)
         self.crop = self._crop_box(denoiser)
         #: (windows, plane) when the slices are crops of whole slices (the gate sees whole slices)
-        self.placement: tuple[list[Box], tuple[int, int]] | None = None
+        self.placement = placement
 
     def _crop_box(self, denoiser) -> Box | None:
         """(rows, cols) of the OOD branch's crop; None = the full slice."""
@@ -185,10 +186,9 @@ def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: t
     run after the Local Diffusion hook as observers of the composite (B, 1, H, W) state
     (:meth:`LocalDiffusion.composite`); their return values are ignored.
     """
-    ld = LocalDiffusion(denoiser, condition, ood_probability, config, gate)
     base = seeds if isinstance(seeds, SliceNoise) else SliceNoise(seeds, condition.device)
-    if base.windows is not None:
-        ld.placement = (list(base.windows), base.plane)
+    placement = (list(base.windows), base.plane) if base.windows is not None else None
+    ld = LocalDiffusion(denoiser, condition, ood_probability, config, gate, placement)
     noise = ld.noise(base)
     schedule = denoiser.schedule
     if not ld.branching.any():  # nothing out of distribution: the baseline, exactly
