@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
+from localdiffusion.data.cohort import cases_in_split
+from localdiffusion.data.readers import read_case
+from localdiffusion.network.denoiser import build_network, load_denoiser
 from localdiffusion.shipped import shipped_model_dir
-from localdiffusion.diffusion.model import build_network, load_denoiser
-from localdiffusion.readers import read_case
-from localdiffusion.slice_data import cases_in_split
-from localdiffusion.slices import prepare_case
-from localdiffusion.translate import BRAIN_CROP_MARGIN, translate_prepared
+from localdiffusion.volume.batching import BRAIN_CROP_MARGIN, translate_prepared
+from localdiffusion.volume.grid import prepare_case
 
 
 def whole_slices(denoiser, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 Starts ``monailabel start_server`` on 127.0.0.1 with the shipped models, sends ``--requests``
 ``local_diffusion`` requests for one 2 mm phantom T1 volume one after another (DDIM-25, no
-extra outputs), and times the same job called directly (:func:`localdiffusion.pipeline.run_job`)
+extra outputs), and times the same job called directly (:func:`localdiffusion.jobs.run.run_job`)
 as many times in this process. Overhead = server time / direct time - 1 (target <= 10%).
 
     python benchmarks/label_throughput.py --input data/phantom/ld0_test_t0002/ld0_test_t0002_t1.nii.gz
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     args = ap.parse_args()
 
-    from localdiffusion.pipeline import JobOptions, run_job
+    from localdiffusion.jobs.run import JobOptions, run_job
 
     direct = []
     for seed in range(args.requests):

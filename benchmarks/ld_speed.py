@@ -22,16 +22,18 @@ import time
 import numpy as np
 import torch
 
-from localdiffusion.diffusion.model import load_denoiser
-from localdiffusion.local_diffusion import LocalDiffusionConfig, PatchCoreGate, branch_weight_volume, local_diffusion_sampler
+from localdiffusion.data.cohort import cases_in_split
+from localdiffusion.data.readers import read_case
+from localdiffusion.jobs.run import model_paths
+from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
+                                                    branch_weight_volume)
+from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.pipeline import DIRECTIONS, model_paths
-from localdiffusion.readers import read_case
+from localdiffusion.options import DIRECTIONS
 from localdiffusion.shipped import MODELS_ROOT
-from localdiffusion.slice_data import cases_in_split
-from localdiffusion.slices import prepare_case
-from localdiffusion.translate import translate_prepared
+from localdiffusion.volume.batching import batch_sampler, translate_prepared
+from localdiffusion.volume.grid import prepare_case
 
 
 def timed(fn):
@@ -64,8 +66,8 @@ def main() -> None:
         prob = probability_volume(bank, prepared)
         weight = branch_weight_volume(prob, config, prepared.brain) > 0
         run = lambda cfg, seed=0: translate_prepared(den, prepared, seed=seed, progress=False,  # noqa: E731
-                                                     sample_batch=local_diffusion_sampler(prob, cfg, gate, steps=25,
-                                                                                          brain_volume=prepared.brain))
+                                                     sample_batch=batch_sampler("ddim", 25, method=LocalDiffusionPlan(
+                                                         prob, cfg, gate, brain_volume=prepared.brain)))
         _, base_s = timed(lambda: translate_prepared(den, prepared, steps=25, seed=0, progress=False))
         crop, crop_s = timed(lambda: run(config))
         full, full_s = timed(lambda: run(full_config))

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from localdiffusion.diffusion.model import load_denoiser
-from localdiffusion.diffusion.sampling import translate_slices
-from localdiffusion.io import atomic_path
-from localdiffusion.pipeline import DIRECTIONS
-from localdiffusion.readers import read_case
-from localdiffusion.rods import RODS, RODSConfig
+from localdiffusion.data.cohort import cases_in_split
+from localdiffusion.data.io import atomic_path
+from localdiffusion.data.readers import read_case
+from localdiffusion.engine.assemble import sample_slices
+from localdiffusion.methods.rods import RODS, RODSConfig
+from localdiffusion.network.denoiser import load_denoiser
+from localdiffusion.options import DIRECTIONS
 from localdiffusion.shipped import MODELS_ROOT
-from localdiffusion.slice_data import cases_in_split
-from localdiffusion.slices import prepare_case
+from localdiffusion.volume.grid import prepare_case
 
 CONFIGS = {
     "CAS autograd, every step": RODSConfig(mode="cas", estimator="autograd", stride=1),
@@ -63,7 +63,7 @@ class CurvatureProbe:
 
     rods: RODS | None = None
 
-    def watch_rods(self, rods: RODS) -> None:
+    def watch_denoiser(self, rods: RODS) -> None:
         self.rods = rods
 
     def __call__(self, step):
@@ -88,7 +88,7 @@ def main() -> None:
     prepared = prepare_case(read_case(case, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
     ks = prepared.brain_slices()
     ks = ks[np.linspace(0, len(ks) - 1, args.slices).round().astype(int)]
-    cond = torch.as_tensor(np.moveaxis(prepared.images[cfg.source][:, :, ks], 2, 0)[:, None]) * 2 - 1
+    cond = torch.as_tensor(np.moveaxis(prepared.images[cfg.source][:, :, ks], 2, 0)[:, None])
     batches = [slice(i, i + args.batch_size) for i in range(0, len(ks), args.batch_size)]
 
     def run(rods: RODSConfig | None, model=denoiser, parts=batches):
@@ -96,7 +96,8 @@ def main() -> None:
         for b in parts:
             probe = CurvatureProbe()
             seeds = [args.seed * 1_000_003 + int(k) for k in ks[b]]
-            translate_slices(model, cond[b], seeds, sampler="ddim", steps=25, hooks=[probe], rods=rods)
+            sample_slices(model, cond[b], seeds, sampler="ddim", steps=25, hooks=[probe],
+                          wrappers=[rods] if rods is not None else [])
             if probe.rods is not None:
                 curvature.append({i: h.numpy() for i, h in probe.rods.curvature.items()})
         seconds = time.perf_counter() - t0

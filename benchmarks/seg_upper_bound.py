@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 
-from localdiffusion.benchmark import MIN_TUMOUR_FRACTION
-from localdiffusion.segmentation import load_segmenter, tumour_dice
+from localdiffusion.benchmark.matrix import MIN_TUMOUR_FRACTION
+from localdiffusion.data.cohort import load_slice_set
+from localdiffusion.network.segmenter import load_segmenter
 from localdiffusion.shipped import MODELS_ROOT
-from localdiffusion.slice_data import load_slice_set
+from localdiffusion.training.segmenter import tumour_dice
 
 
 def main() -> None:

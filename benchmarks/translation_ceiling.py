@@ -34,11 +34,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from localdiffusion.evaluate import volume_scores
+from localdiffusion.metrics import volume_scores
 from localdiffusion.phantom import generate
 from localdiffusion.phantom.generate import generate_case
-from localdiffusion.slices import normalise
-
+from localdiffusion.volume.grid import normalise
 
 KEYS = ("psnr", "ssim", "psnr_range", "ssim_range")
 TARGETS = ("flair", "t1")

@@ -43,7 +43,7 @@ def test_inference_workflow_writes_all_outputs_with_input_geometry(tiny_models, 
 
 
 def test_inference_cohort_from_folder_and_datalist(tiny_models, cohort, tmp_path):
-    from localdiffusion.bundle import resolve_inputs
+    from localdiffusion.jobs.cohort import resolve_inputs
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -73,7 +73,8 @@ def _cause_messages(exc):
 
 @pytest.mark.parametrize("problem", ["missing", "nan", "no_weights", "mismatched"])
 def test_inference_bad_inputs_give_clear_errors_and_no_outputs(tiny_models, cohort, tmp_path, problem):
-    from localdiffusion.io import InputError, save_volume
+    from localdiffusion.data.io import save_volume
+    from localdiffusion.errors import InputError
 
     out, models, source = tmp_path / "eval", tiny_models, tmp_path / "missing.nii.gz"
     expected = "input not found"

@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -9,12 +8,14 @@ import pytest
 import torch
 
 from localdiffusion.cli import main
-from localdiffusion.diffusion.model import DiffusionConfig, Denoiser, build_network, load_denoiser, save_model
-from localdiffusion.diffusion.sampling import (SliceNoise, ddim_update, ddpm_update, reverse_process,
-                                               translate_slices)
-from localdiffusion.diffusion.schedule import NoiseSchedule
-from localdiffusion.diffusion.train import TrainConfig, train
-from localdiffusion.io import InputError, save_volume
+from localdiffusion.data.io import save_volume
+from localdiffusion.engine.assemble import sample_slices
+from localdiffusion.engine.loop import SliceNoise, reverse_process
+from localdiffusion.engine.schedule import NoiseSchedule
+from localdiffusion.engine.updates import DDIM, DDPM
+from localdiffusion.errors import InputError
+from localdiffusion.network.denoiser import DiffusionConfig, build_network, load_denoiser, save_model
+from localdiffusion.training.diffusion import TrainConfig, train
 
 TINY = dict(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
             norm_num_groups=8, num_train_timesteps=20, spacing_mm=4.0, in_plane=(48, 56))
@@ -59,7 +60,7 @@ def test_schedule_ends_in_noise_and_respacing():
         s.timesteps(101)
 
 
-@pytest.mark.parametrize("update", [ddpm_update(), ddim_update(0.0), ddim_update(1.0)])
+@pytest.mark.parametrize("update", [DDPM(), DDIM(0.0), DDIM(1.0)])
 @pytest.mark.parametrize("steps", [100, 25, 7])
 def test_oracle_model_recovers_x0(update, steps):
     s = NoiseSchedule(100)
@@ -78,7 +79,7 @@ def test_ddpm_respaced_to_all_steps_equals_full_chain():
         return torch.tanh(weights[t] * x)
 
     noise_a, noise_b = SliceNoise([5, 6]), SliceNoise([5, 6])
-    ours = reverse_process(denoise, noise_a((1, 4, 4)), s, s.timesteps(50), ddpm_update(), noise_a)
+    ours = reverse_process(denoise, noise_a((1, 4, 4)), s, s.timesteps(50), DDPM(), noise_a)
     x = noise_b((1, 4, 4))
     for t in range(49, -1, -1):  # Ho et al. (2020) eq. 7 with x0 prediction
         x0 = denoise(x, t)
@@ -91,9 +92,9 @@ def test_ddpm_respaced_to_all_steps_equals_full_chain():
 
 def test_ddim_eta0_is_deterministic_and_seeds_differ_per_slice(tiny_model_dir):
     denoiser = load_denoiser(tiny_model_dir)
-    cond = torch.rand(2, 1, 48, 56) * 2 - 1
-    a = translate_slices(denoiser, cond, [1, 2], sampler="ddim", steps=5)
-    b = translate_slices(denoiser, cond, [1, 2], sampler="ddim", steps=5)
+    cond = torch.rand(2, 1, 48, 56)
+    a = sample_slices(denoiser, cond, [1, 2], sampler="ddim", steps=5)
+    b = sample_slices(denoiser, cond, [1, 2], sampler="ddim", steps=5)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     x_T = SliceNoise([1, 2])((1, 4, 4))
     assert not torch.equal(x_T[0], x_T[1])
@@ -101,9 +102,9 @@ def test_ddim_eta0_is_deterministic_and_seeds_differ_per_slice(tiny_model_dir):
 
 def test_results_do_not_depend_on_batch_composition(tiny_model_dir):
     denoiser = load_denoiser(tiny_model_dir, autocast=False)
-    cond = torch.rand(3, 1, 48, 56) * 2 - 1
-    together = translate_slices(denoiser, cond, [7, 8, 9], sampler="ddpm", steps=4)
-    alone = translate_slices(denoiser, cond[1:2], [8], sampler="ddpm", steps=4)
+    cond = torch.rand(3, 1, 48, 56)
+    together = sample_slices(denoiser, cond, [7, 8, 9], sampler="ddpm", steps=4)
+    alone = sample_slices(denoiser, cond[1:2], [8], sampler="ddpm", steps=4)
     torch.testing.assert_close(together[1:2], alone, atol=1e-5, rtol=0)
 
 
@@ -116,7 +117,7 @@ def test_hooks_see_every_step_and_can_replace_state():
         return step.x_t, torch.zeros_like(step.x0_hat)  # force x0_hat = 0
 
     noise = SliceNoise([0])
-    out = reverse_process(lambda x, t: torch.ones_like(x), noise((1, 2, 2)), s, s.timesteps(5), ddim_update(), noise, [record])
+    out = reverse_process(lambda x, t: torch.ones_like(x), noise((1, 2, 2)), s, s.timesteps(5), DDIM(), noise, [record])
     assert seen == list(zip(s.timesteps(5), s.timesteps(5)[1:] + [-1]))
     torch.testing.assert_close(out, torch.zeros(1, 1, 2, 2))
 
@@ -253,7 +254,8 @@ def test_translate_bad_inputs(tiny_model_dir, t1_file, tmp_path, capsys):
 
 
 def test_segmenter_trains_and_round_trips(cohort, tmp_path):
-    from localdiffusion.segmentation import SegConfig, load_segmenter, train_segmenter
+    from localdiffusion.network.segmenter import SegConfig, load_segmenter
+    from localdiffusion.training.segmenter import train_segmenter
 
     cfg = SegConfig(modality="flair", channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
     metrics = train_segmenter(cohort, tmp_path / "seg", cfg, steps=3, batch_size=4, progress=False)
@@ -278,7 +280,7 @@ def test_evaluate_cli_reports_whole_brain_scores(tiny_model_dir, cohort, tmp_pat
 
 
 def test_volume_scores_perfect_and_noisy():
-    from localdiffusion.evaluate import volume_scores
+    from localdiffusion.metrics import volume_scores
 
     rng = np.random.default_rng(0)
     truth = rng.random((16, 16, 4)).astype(np.float32)
@@ -290,7 +292,7 @@ def test_volume_scores_perfect_and_noisy():
 
 
 def test_range_matched_scores_do_not_depend_on_the_intensity_scale():
-    from localdiffusion.evaluate import volume_scores
+    from localdiffusion.metrics import volume_scores
 
     rng = np.random.default_rng(1)
     truth = rng.random((24, 24, 3)).astype(np.float32)
@@ -306,7 +308,7 @@ def test_range_matched_scores_do_not_depend_on_the_intensity_scale():
 
 
 def test_crop_box_grows_rounds_and_stays_inside():
-    from localdiffusion.crop import box_shape, crop_box
+    from localdiffusion.engine.crop import box_shape, crop_box
 
     support = np.zeros((48, 56), bool)
     support[10:20, 3:9] = True
@@ -332,15 +334,15 @@ def test_windowed_noise_is_the_whole_slice_noise_cropped():
 
 
 def _prepared_cohort_case(cohort):
-    from localdiffusion.readers import read_case
-    from localdiffusion.slice_data import cases_in_split
-    from localdiffusion.slices import prepare_case
+    from localdiffusion.data.cohort import cases_in_split
+    from localdiffusion.data.readers import read_case
+    from localdiffusion.volume.grid import prepare_case
 
     return prepare_case(read_case(cases_in_split(cohort, "test", "healthy")[0], ("t1",)), 4.0, (48, 56))
 
 
 def test_brain_crops_batch_by_size_and_do_not_depend_on_batch_size(tiny_model_dir, cohort):
-    from localdiffusion.translate import plan_batches, translate_prepared
+    from localdiffusion.volume.batching import plan_batches, translate_prepared
 
     prepared = _prepared_cohort_case(cohort)
     ks = prepared.brain_slices()
@@ -372,7 +374,7 @@ class PointwiseDenoiser(torch.nn.Module):
 
 
 def test_brain_crop_matches_whole_slices_for_a_network_without_context(cohort):
-    from localdiffusion.translate import translate_prepared
+    from localdiffusion.volume.batching import translate_prepared
 
     prepared = _prepared_cohort_case(cohort)
     denoiser = PointwiseDenoiser(tiny_config())

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from localdiffusion.diffusion.sampling import SliceNoise, Step, translate_slices
-from localdiffusion.diffusion.schedule import NoiseSchedule
-from localdiffusion.local_diffusion import LocalDiffusion, LocalDiffusionConfig, local_diffusion_slices
+from localdiffusion.engine.assemble import sample_slices
+from localdiffusion.engine.loop import SliceNoise, Step
+from localdiffusion.engine.schedule import NoiseSchedule
+from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, local_diffusion_slices
 
 
 class ClosedForm:
@@ -114,13 +115,13 @@ def test_closed_form_output_keeps_the_ood_region_from_the_ood_branch():
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_empty_ood_map_equals_baseline_exactly(sampler):
-    from localdiffusion.diffusion.model import Denoiser, DiffusionConfig
+    from localdiffusion.network.denoiser import Denoiser, DiffusionConfig
 
     torch.manual_seed(0)
     den = Denoiser(DiffusionConfig(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
                                    num_head_channels=8, norm_num_groups=8, num_train_timesteps=20)).eval()
     cond = torch.rand(3, 1, 16, 16)
-    base = translate_slices(den, cond * 2 - 1, [4, 5, 6], sampler=sampler, steps=6)
+    base = sample_slices(den, cond, [4, 5, 6], sampler=sampler, steps=6)
     ld, state = local_diffusion_slices(den, cond, torch.zeros_like(cond), [4, 5, 6], sampler=sampler, steps=6)
     assert torch.equal(base, ld)
     assert not state.branching.any()
@@ -130,8 +131,8 @@ def test_shared_and_independent_noise():
     cond, prob = _inputs()
     shared = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(shared_noise=True))
     indep = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(shared_noise=False))
-    a = shared.noise(SliceNoise([1, 2]))((2, 8, 8))
-    b = indep.noise(SliceNoise([1, 2]))((2, 8, 8))
+    a = shared.step_noise(SliceNoise([1, 2]))((2, 8, 8))
+    b = indep.step_noise(SliceNoise([1, 2]))((2, 8, 8))
     assert torch.equal(a[0, 0], a[0, 1]) and not torch.equal(b[0, 0], b[0, 1])
     assert torch.equal(b[1, 0], b[1, 1])  # a slice that does not branch always shares
 
@@ -147,9 +148,11 @@ def test_bad_parameters():
 
 
 def test_benchmark_runs_every_row_on_a_tiny_cohort(cohort):
-    from localdiffusion.benchmark import markdown_table, montage_figure, run_benchmark
-    from localdiffusion.diffusion.model import Denoiser, DiffusionConfig
-    from localdiffusion.segmentation import SegConfig, Segmenter
+    from localdiffusion.benchmark.figures import montage_figure
+    from localdiffusion.benchmark.matrix import run_benchmark
+    from localdiffusion.benchmark.report import markdown_table
+    from localdiffusion.network.denoiser import Denoiser, DiffusionConfig
+    from localdiffusion.network.segmenter import SegConfig, Segmenter
 
     torch.manual_seed(0)
     den = Denoiser(DiffusionConfig(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
@@ -216,7 +219,7 @@ def test_ood_branch_runs_on_a_crop_with_the_same_result_for_a_local_model():
 
 
 def test_crop_is_rounded_to_the_network_downsampling_factor(tiny_models):
-    from localdiffusion.diffusion.model import load_denoiser
+    from localdiffusion.network.denoiser import load_denoiser
 
     den = load_denoiser(tiny_models / "t1_to_flair")
     factor = 2 ** (len(den.config.channels) - 1)
@@ -231,7 +234,7 @@ def test_crop_is_rounded_to_the_network_downsampling_factor(tiny_models):
 def test_branch_weight_volume_drops_scattered_false_positives():
     import numpy as np
 
-    from localdiffusion.local_diffusion import branch_weight_volume
+    from localdiffusion.methods.local_diffusion import branch_weight_volume
 
     prob = np.zeros((32, 32, 3), np.float32)
     prob[10:16, 10:16, 0] = 1.0  # a lesion: kept
@@ -244,3 +247,52 @@ def test_branch_weight_volume_drops_scattered_false_positives():
     assert raw[:, :, 1].sum() == 3
     soft = branch_weight_volume(prob * 0.9 + 0.05, LocalDiffusionConfig(mask_mode="soft", threshold=0.9), brain)
     assert soft[:, :, 1].max() == 0 and soft[12, 12, 0] == pytest.approx(0.95)
+
+
+def test_local_diffusion_and_rods_combine():
+    """RODS wraps Local Diffusion's denoise like the plain one: with eps above every curvature the result
+    is Local Diffusion's exactly; with eps 0 every slice is flagged and corrected."""
+    from localdiffusion.methods.rods import RODSConfig
+    from localdiffusion.network.denoiser import Denoiser, DiffusionConfig
+
+    torch.manual_seed(0)
+    den = Denoiser(DiffusionConfig(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
+                                   num_head_channels=8, norm_num_groups=8, num_train_timesteps=20), autocast=False).eval()
+    for param in den.network.parameters():  # MONAI zero-initialises output layers: make the prediction depend on x
+        if not param.abs().sum():
+            param.data.normal_(0.0, 0.05)
+    cond = torch.rand(2, 1, 16, 16)
+    prob = torch.zeros_like(cond)
+    prob[0, :, 4:10, 4:10] = 1.0
+    plain, _ = local_diffusion_slices(den, cond, prob, [3, 4], steps=10)
+
+    class Watch:
+        rods = None
+
+        def watch_denoiser(self, d):
+            self.rods = d
+
+        def __call__(self, step):
+            return None
+
+    watch = Watch()
+    high, state = local_diffusion_slices(den, cond, prob, [3, 4], steps=10, wrappers=[RODSConfig(eps=1e12, stride=1)],
+                                         hooks=[watch])
+    assert torch.equal(plain, high) and state.fused_at[0] >= 0
+    assert watch.rods is not None and len(watch.rods.curvature) > 0 and not watch.rods.flagged_slices().any()
+    low, _ = local_diffusion_slices(den, cond, prob, [3, 4], steps=10, wrappers=[RODSConfig(eps=0.0, stride=1)])
+    assert low.shape == plain.shape and not torch.equal(plain, low)
+
+
+def test_samplers_come_from_one_registry():
+    from localdiffusion.engine.updates import UPDATE_RULES, make_update
+    from localdiffusion.options import OPTIONS
+
+    assert OPTIONS["sampler"].choices == tuple(UPDATE_RULES)
+    s = NoiseSchedule(20)
+    for name in UPDATE_RULES:  # every rule's stated coefficients reproduce its deterministic step
+        rule = make_update(name, 0.0)
+        x, x0 = torch.randn(1, 1, 4, 4, dtype=torch.float64), torch.randn(1, 1, 4, 4, dtype=torch.float64)
+        c_x0, c_xt, sigma = rule.coefficients(s, 12, 7)
+        assert sigma == 0.0
+        torch.testing.assert_close(rule(s, x, x0, 12, 7, None), c_x0 * x0 + c_xt * x)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from localdiffusion.cli import main
-from localdiffusion.io import InputError, save_volume
+from localdiffusion.data.io import save_volume
+from localdiffusion.errors import InputError
 from localdiffusion.ood.anomaly_map import Calibration
 from localdiffusion.ood.features import FeatureExtractor
 from localdiffusion.ood.memory_bank import MemoryBank, greedy_coreset

@@ -1,9 +1,11 @@
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from localdiffusion.cli import main
-from localdiffusion.io import save_volume
+from localdiffusion.data.io import save_volume
 
 
 @pytest.mark.parametrize("direction", ["t1_to_flair", "flair_to_t1"])
@@ -38,12 +40,60 @@ def test_run_bad_input_leaves_no_outputs(tiny_models, tmp_path, capsys):
 
 
 def test_demo_figure_from_job_outputs(tiny_models, cohort, tmp_path):
-    from localdiffusion.demo import comparison_figure
-    from localdiffusion.io import save_png
-    from localdiffusion.pipeline import JobOptions, run_job
+    from localdiffusion.data.io import save_png
+    from localdiffusion.jobs.demo import comparison_figure
+    from localdiffusion.jobs.run import JobOptions, run_job
 
     case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
     outputs = run_job(case / f"{case.name}_t1.nii.gz", tmp_path, JobOptions(steps=2, t_intermediate=5), tiny_models,
                       progress=False)
     png = save_png(tmp_path / "translation.png", comparison_figure(case, case.name, outputs))
     assert png.stat().st_size > 20_000
+
+
+def test_run_json_lines_report_progress_outputs_and_errors(tiny_models, cohort, tmp_path, capsys):
+    import json
+
+    from localdiffusion.cli import main
+
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    args = ["run", "--input", str(case / f"{case.name}_t1.nii.gz"), "--out-dir", str(tmp_path / "out"),
+            "--models", str(tiny_models), "--steps", "2", "--json"]
+    assert main(args) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["fraction"] for e in progress if e["phase"] == "local"][-1] == 1.0
+    assert [e["fraction"] for e in progress if e["phase"] == "baseline"][-1] == 1.0
+    outputs = {e["name"]: e["path"] for e in events if e["event"] == "output"}
+    assert set(outputs) == {"local", "baseline", "ood", "ood_mask"} and all(Path(p).is_file() for p in outputs.values())
+    assert main(args[:-3] + ["--steps", "0", "--json"]) == 2
+    error = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert error["event"] == "error" and "steps" in error["message"]
+
+
+def test_only_user_faults_become_exit_code_2(tiny_models, cohort, tmp_path, monkeypatch):
+    """A programming error keeps its traceback instead of being reported as bad input."""
+    import localdiffusion.jobs.run as run_module
+    from localdiffusion.cli import main
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not the user's fault")
+
+    monkeypatch.setattr(run_module, "run_job", broken)
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["run", "--input", str(case / f"{case.name}_t1.nii.gz"), "--out-dir", str(tmp_path),
+              "--models", str(tiny_models)])
+
+
+def test_options_table_checks_client_parameters():
+    from localdiffusion.errors import InputError
+    from localdiffusion.options import parse_params
+
+    assert parse_params({"steps": "10", "device": "cpu"}, ["steps", "device", "seed"]) == {"steps": 10, "device": "cpu",
+                                                                                        "seed": 0}
+    for bad in ({"steps": 0}, {"steps": "ten"}, {"steps": 2.5}, {"device": "tpu"}, {"seed": -1}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            parse_params(bad, ["steps", "device", "seed"])
+    with pytest.raises(InputError, match="JSON object"):
+        parse_params([1, 2], ["steps"])

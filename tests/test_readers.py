@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from localdiffusion.cli import main
-from localdiffusion.io import InputError, atomic_path, load_volume, save_volume
-from localdiffusion.readers import list_cases, read_case
-from localdiffusion.slices import prepare_case
+from localdiffusion.data.io import atomic_path, load_volume, save_volume
+from localdiffusion.data.readers import list_cases, read_case
+from localdiffusion.errors import InputError
+from localdiffusion.volume.grid import prepare_case
 
 
 @pytest.fixture()

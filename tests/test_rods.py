@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from localdiffusion.diffusion.sampling import SliceNoise, conditional_denoise, ddim_update, reverse_process
-from localdiffusion.diffusion.schedule import NoiseSchedule
-from localdiffusion.rods import (RODS, RODSConfig, affine_coefficients, curvature_index,
-                                 finite_difference_curvature)
-
+from localdiffusion.engine.assemble import conditional_denoise
+from localdiffusion.engine.loop import SliceNoise, reverse_process
+from localdiffusion.engine.schedule import NoiseSchedule
+from localdiffusion.engine.updates import DDIM
+from localdiffusion.methods.rods import RODS, RODSConfig, curvature_index, finite_difference_curvature
 
 
 def analytic_score(x):
@@ -35,7 +35,7 @@ def test_curvature_index_matches_finite_differences(mode):
 
 
 def _tiny_denoiser():
-    from localdiffusion.diffusion.model import Denoiser, DiffusionConfig
+    from localdiffusion.network.denoiser import Denoiser, DiffusionConfig
 
     torch.manual_seed(0)
     den = Denoiser(DiffusionConfig(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,
@@ -62,15 +62,15 @@ def test_rods_with_eps_above_every_h_equals_plain_sampler(estimator, stride, eva
     denoise = conditional_denoise(den, cond)
     cfg = dict(rho=0.05, estimator=estimator, stride=stride)
     noise_a, noise_b = SliceNoise([3, 4]), SliceNoise([3, 4])
-    plain = reverse_process(denoise, noise_a((1, 16, 16)), s, steps, ddim_update(), noise_a)
+    plain = reverse_process(denoise, noise_a((1, 16, 16)), s, steps, DDIM(), noise_a)
     rods = RODS(denoise, s, steps, RODSConfig(eps=1e12, **cfg))
-    robust = reverse_process(rods, noise_b((1, 16, 16)), s, steps, ddim_update(), noise_b)
+    robust = reverse_process(rods, noise_b((1, 16, 16)), s, steps, DDIM(), noise_b)
     assert torch.equal(plain, robust)
     assert sorted(rods.curvature) == evaluated  # 10%..50% of 10 steps, every stride-th
     assert not rods.flagged_slices().any()
     rods_all = RODS(denoise, s, steps, RODSConfig(eps=0.0, **cfg))
     noise_c = SliceNoise([3, 4])
-    corrected = reverse_process(rods_all, noise_c((1, 16, 16)), s, steps, ddim_update(), noise_c)
+    corrected = reverse_process(rods_all, noise_c((1, 16, 16)), s, steps, DDIM(), noise_c)
     assert rods_all.flagged_slices().all() and not torch.equal(plain, corrected)
 
 
@@ -118,7 +118,7 @@ def test_rods_reuses_its_evaluations_for_the_plain_and_the_shifted_prediction(es
     with torch.no_grad():
         v = -(x - abar**0.5 * base(x, t)) / (1 - abar)
         d = 0.05 * 16 * v / v.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        c_x0, c_xt = affine_coefficients(s, t, steps[5], "ddim")
+        c_x0, c_xt, _ = DDIM().coefficients(s, t, steps[5])
         expected = base(x + d, t) + (c_xt - 1) / c_x0 * d
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     calls.clear()
@@ -130,10 +130,10 @@ def test_direction_from_x_plus_d_is_applied_at_x():
     x, d = torch.randn(1, 1, 3, 3, dtype=torch.float64), 0.1 * torch.randn(1, 1, 3, 3, dtype=torch.float64)
     model = lambda z: torch.tanh(z) * 0.5  # noqa: E731
     t, t_prev = 12, 7
-    c_x0, c_xt = affine_coefficients(s, t, t_prev, "ddim")
+    c_x0, c_xt, _ = DDIM().coefficients(s, t, t_prev)
     x0_eff = model(x + d) + (c_xt - 1) / c_x0 * d
-    got = ddim_update()(s, x, x0_eff, t, t_prev, None)
-    expected = ddim_update()(s, x + d, model(x + d), t, t_prev, None) - d
+    got = DDIM()(s, x, x0_eff, t, t_prev, None)
+    expected = DDIM()(s, x + d, model(x + d), t, t_prev, None) - d
     torch.testing.assert_close(got, expected)
 
 

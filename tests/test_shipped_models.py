@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from localdiffusion.diffusion.model import load_denoiser
+from localdiffusion.data.readers import Case
+from localdiffusion.detectors.risk import RiskCalibration
+from localdiffusion.jobs.run import model_paths
 from localdiffusion.metrics import psnr
+from localdiffusion.network.denoiser import load_denoiser
+from localdiffusion.network.segmenter import load_segmenter
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.pipeline import DIRECTIONS, model_paths
-from localdiffusion.readers import Case
-from localdiffusion.risk import RiskCalibration
-from localdiffusion.segmentation import load_segmenter
+from localdiffusion.options import DIRECTIONS
 from localdiffusion.shipped import MODELS_ROOT
-from localdiffusion.slices import prepare_case
-from localdiffusion.translate import translate_prepared
+from localdiffusion.volume.batching import translate_prepared
+from localdiffusion.volume.grid import prepare_case
 
 
 def _prepared(phantom, modalities, spacing=2.0, in_plane=(96, 112)):

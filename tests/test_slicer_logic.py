@@ -7,6 +7,7 @@ the OOD map as a thresholded coloured overlay. The scene gets the layout and sli
 composite nodes that Slicer's application creates at start-up.
 """
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SlicerLocalDiffusi
 from SlicerLocalDiffusionLib import (LocalTranslation, ServerTranslation, TranslationRequest,  # noqa: E402
                                     nifti_to_node, node_to_nifti, run_translation, show_side_by_side,
                                     start_translation, style_overlay)
-from SlicerLocalDiffusionLib.jobs import run_progress  # noqa: E402
+from SlicerLocalDiffusionLib.jobs import read_events, run_progress, written_outputs  # noqa: E402
 
 
 def _tumour_case(cohort):
@@ -77,7 +78,7 @@ def test_local_translation_from_node_selection_to_the_views(tiny_models, cohort)
     while (status := job.poll()) == "running":
         time.sleep(0.2)
     assert status == "done" and job.progress == 1.0
-    assert run_progress("".join(job.log)) == 1.0  # both translation bars of the real output reached 100%
+    assert run_progress(read_events("".join(job.log))) == 1.0  # both translation phases of the real output finished
     nodes = job.load_results(scene)
     job.cleanup()
     assert not job.workdir.exists()
@@ -161,10 +162,14 @@ def test_cancel_stops_the_process_and_removes_the_temporary_folder(tiny_models, 
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # no partial results
 
 
-def test_progress_counts_the_local_diffusion_and_the_baseline_bars():
-    bar = "translate T1:  {p:>2}%|#   | {i}/10 [00:01<00:09,  1.0s/batch]\r"
-    first = "".join(bar.format(p=10 * i, i=i) for i in range(11))
-    assert run_progress("ood map: 50%|##  | 1/2\r") == 0.0
-    assert run_progress(first[: first.index("50%")]) == pytest.approx(0.2)
-    assert run_progress(first) == pytest.approx(0.5)
-    assert run_progress(first + bar.format(p=40, i=4)) == pytest.approx(0.7)
+def test_progress_counts_the_local_diffusion_and_the_baseline_phases(tmp_path):
+    progress = lambda phase, f: json.dumps({"event": "progress", "phase": phase, "fraction": f})  # noqa: E731
+    first = "\n".join(progress("local", i / 10) for i in range(11))
+    assert run_progress(read_events(progress("ood", 0.0))) == 0.0
+    assert run_progress(read_events("\n".join(progress("local", i / 10) for i in range(5)))) == pytest.approx(0.2)
+    assert run_progress(read_events(first)) == pytest.approx(0.5)
+    assert run_progress(read_events(first + "\nwarning: not JSON\n" + progress("baseline", 0.4))) == pytest.approx(0.7)
+    out = tmp_path / "x_flair_baseline.nii.gz"
+    out.write_bytes(b"")
+    events = read_events(json.dumps({"event": "output", "name": "baseline", "path": str(out)}) + "\n{\"event\": \"outp")
+    assert written_outputs(events) == {"baseline": out}

@@ -92,3 +92,56 @@ def test_module_compiles_under_python_312(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("3.12")
+
+
+#: Slicer parameter-node field -> option of localdiffusion.options (Slicer may run without the package)
+SLICER_OPTIONS = {"direction": "direction", "steps": "steps", "seed": "seed", "tIntermediate": "t_intermediate"}
+
+
+def _parameter_declarations() -> dict[str, dict]:
+    """Field -> {"default", "choices" or "range"} from the parameter node's annotations."""
+    tree = ast.parse(MODULE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SlicerLocalDiffusionParameterNode")
+    out = {}
+    for node in cls.body:
+        if not isinstance(node, ast.AnnAssign) or node.value is None:
+            continue
+        entry = {"default": ast.literal_eval(node.value)}
+        for call in ast.walk(node.annotation):
+            if isinstance(call, ast.Call) and call.func.id == "Choice":
+                entry["choices"] = ast.literal_eval(call.args[0])
+            if isinstance(call, ast.Call) and call.func.id == "WithinRange":
+                entry["range"] = tuple(ast.literal_eval(a) for a in call.args)
+        out[node.target.id] = entry
+    return out
+
+
+def test_slicer_parameters_agree_with_the_options_table():
+    from localdiffusion.options import OPTIONS
+
+    declared = _parameter_declarations()
+    for field, name in SLICER_OPTIONS.items():
+        option, slicer = OPTIONS[name], declared[field]
+        assert slicer["default"] == option.default, field
+        if option.choices is not None:
+            assert list(slicer["choices"]) == list(option.choices), field
+        if "range" in slicer:  # the panel may be stricter than the table, never wider
+            low, high = slicer["range"]
+            assert option.low <= low and high <= option.high, field
+
+
+def test_ui_widgets_agree_with_the_parameter_node():
+    declared = _parameter_declarations()
+    tree = ET.parse(UI)
+    for widget in tree.iter("widget"):
+        param = widget.find("./property[@name='SlicerParameterName']/string")
+        if param is None or param.text not in declared:
+            continue
+        entry = declared[param.text]
+        props = {p.get("name"): p[0].text for p in widget.findall("property") if len(p)}
+        if widget.get("class") == "QSpinBox":
+            assert int(props["value"]) == entry["default"], param.text
+            assert (int(props["minimum"]), int(props["maximum"])) == entry["range"], param.text
+        if widget.get("class") == "QComboBox":
+            items = [i.find("./property/string").text for i in widget.findall("item")]
+            assert items == list(entry["choices"]), param.text

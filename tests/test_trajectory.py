@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from localdiffusion.diffusion.sampling import SliceNoise, ddim_update, reverse_process
-from localdiffusion.diffusion.schedule import NoiseSchedule
-from localdiffusion.trajectory import TrajectoryVariance
+from localdiffusion.engine.loop import SliceNoise, reverse_process
+from localdiffusion.engine.schedule import NoiseSchedule
+from localdiffusion.engine.updates import DDIM
+from localdiffusion.methods.trajectory import TrajectoryVariance
 
 
 def test_variance_zero_for_constant_trajectory():
@@ -11,7 +12,7 @@ def test_variance_zero_for_constant_trajectory():
     rec = TrajectoryVariance(last_k=5)
     noise = SliceNoise([0, 1])
     x0 = torch.rand(2, 1, 4, 4) * 2 - 1
-    reverse_process(lambda x, t: x0, noise((1, 4, 4)), s, s.timesteps(12), ddim_update(), noise, [rec])
+    reverse_process(lambda x, t: x0, noise((1, 4, 4)), s, s.timesteps(12), DDIM(), noise, [rec])
     assert len(rec.history) == 5
     assert torch.equal(rec.variance(), torch.zeros(2, 1, 4, 4))
 
@@ -26,7 +27,7 @@ def test_variance_is_population_variance_on_unit_scale():
         values[t] = 1.0 if len(values) % 2 else -1.0
         return torch.full_like(x, values[t])
 
-    reverse_process(denoise, noise((1, 2, 2)), s, s.timesteps(8), ddim_update(), noise, [rec])
+    reverse_process(denoise, noise((1, 2, 2)), s, s.timesteps(8), DDIM(), noise, [rec])
     torch.testing.assert_close(rec.variance(), torch.full((1, 1, 2, 2), 0.25))
     assert rec.slice_score(torch.ones(1, 1, 2, 2)).item() == pytest.approx(0.25)
     with pytest.raises(ValueError):
@@ -36,42 +37,47 @@ def test_variance_is_population_variance_on_unit_scale():
 def test_risk_calibration_gives_stated_rate_on_held_out_normal_data(tmp_path):
     import numpy as np
 
-    from localdiffusion.risk import RiskCalibration
+    from localdiffusion.detectors.risk import RiskCalibration
 
     rng = np.random.default_rng(0)
 
     def healthy(n):
         return rng.uniform(0, 1, n).astype(np.float32), rng.gamma(2.0, 1e-4, n), rng.gamma(3.0, 1.0, n)
 
-    cal = RiskCalibration.fit(*healthy(200_000), false_positive_rate=0.01)
+    def maps(p_ood, var, curv):
+        return {"ood": p_ood, "variance": var, "curvature": curv}
+
+    cal = RiskCalibration.fit(maps(*healthy(200_000)), false_positive_rate=0.01)
     p_ood, var, curv = healthy(200_000)
-    rate = float((cal.risk(p_ood, var, curv) >= 0.99).mean())
+    rate = float((cal.risk(maps(p_ood, var, curv)) >= 0.99).mean())
     assert abs(rate - 0.01) < 0.002
     # an obvious hallucination (variance far above healthy levels) is flagged
-    assert cal.risk(np.array([0.2]), np.array([1.0]), np.array([1.0]))[0] == 1.0
+    assert cal.risk(maps(np.array([0.2]), np.array([1.0]), np.array([1.0])))[0] == 1.0
     cal.save(tmp_path / "risk.json")
     again = RiskCalibration.load(tmp_path / "risk.json")
-    np.testing.assert_allclose(again.risk(p_ood[:100], var[:100], curv[:100]), cal.risk(p_ood[:100], var[:100], curv[:100]))
+    head = maps(p_ood[:100], var[:100], curv[:100])
+    np.testing.assert_allclose(again.risk(head), cal.risk(head))
 
 
 def test_volume_recorder_fills_only_the_sampled_slices():
     import numpy as np
 
-    from localdiffusion.trajectory import VolumeRecorder
-    from localdiffusion.translate import SliceBatch
+    from localdiffusion.detectors.maps import VolumeRecorder
+    from localdiffusion.volume.batching import SliceBatch
 
     rec = VolumeRecorder((4, 4, 5), last_k=3)
     whole = (slice(0, 4), slice(0, 4))
     batch = SliceBatch(np.array([1, 3]), [0, 1], [whole, whole], (4, 4))
-    hook = rec.begin(batch)
+    hooks = rec.begin(batch)
     s = NoiseSchedule(20)
     noise = batch.noise()
     x0 = iter(torch.linspace(-1, 1, 12))
     reverse_process(lambda x, t: torch.full_like(x, float(next(x0))), noise((1, 4, 4)), s, s.timesteps(6),
-                    ddim_update(), noise, [hook])
+                    DDIM(), noise, hooks)
     rec.end()
-    assert rec.variance[:, :, [0, 2, 4]].max() == 0 and rec.variance[:, :, [1, 3]].min() > 0
-    assert not rec.flagged.any() and rec.curvature.max() == 0  # RODS off
+    variance = rec.maps["variance"]
+    assert variance[:, :, [0, 2, 4]].max() == 0 and variance[:, :, [1, 3]].min() > 0
+    assert "rods_flagged" not in rec.slices and "curvature" not in rec.volumes()  # RODS off
 
 
 def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path, capsys):
@@ -102,7 +108,7 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert "stride" in capsys.readouterr().err and not (tmp_path / "never.json").exists()
     legacy = {k: v for k, v in saved.items() if k != "rods"} | {"rods_eps": 0.5}  # a 0.2.0 file
     (tmp_path / "legacy.json").write_text(json.dumps(legacy))
-    from localdiffusion.risk import RiskCalibration
+    from localdiffusion.detectors.risk import RiskCalibration
 
     old = RiskCalibration.load(tmp_path / "legacy.json").rods
     assert (old.eps, old.mode, old.estimator, old.stride) == (0.5, "cas", "autograd", 1)

@@ -1,8 +1,9 @@
 """Translation jobs that run outside the GUI thread, with progress and cancel.
 
 * :class:`LocalTranslation`: the ``localdiffusion`` package in a background process; the
-  input is written to a temporary folder, ``localdiffusion run`` reports progress (tqdm) and
-  the written outputs (``name: path`` lines), results are read back and the folder removed.
+  input is written to a temporary folder, ``localdiffusion run --json`` reports progress,
+  the written outputs and any error as JSON lines (its documented machine interface),
+  results are read back and the folder removed.
 * :class:`ServerTranslation`: a MONAI Label server (``local_diffusion`` model) over HTTP in
   a background thread; needs nothing but the standard library on the Slicer side.
 
@@ -13,7 +14,7 @@ Both are polled (the widget does so from a QTimer): :meth:`poll` returns ``runni
 from __future__ import annotations
 
 import codecs
-import re
+import json
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,7 @@ class TranslationRequest:
         """``localdiffusion run`` for the local background process."""
         cmd = [self.python, "-m", "localdiffusion.cli", "run", "--input", str(input_path), "--out-dir", str(out_dir),
                "--direction", self.direction, "--steps", str(self.steps), "--seed", str(self.seed),
-               "--sampler", self.sampler]
+               "--sampler", self.sampler, "--json"]
         if self.t_intermediate >= 0:
             cmd += ["--t-intermediate", str(self.t_intermediate)]
         if self.models:
@@ -77,7 +78,8 @@ class TranslationJob:
 
     def error_message(self) -> str:
         text = "".join(self.log)
-        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        errors = [f"error: {e['message']}" for e in read_events(text) if e.get("event") == "error"]
+        errors += [line for line in text.splitlines() if line.startswith("error:")]
         return errors[-1] if errors else text[-2000:]
 
     def load_results(self, scene) -> dict[str, object]:
@@ -111,14 +113,14 @@ class LocalTranslation(TranslationJob):
 
     def poll(self) -> str:
         """``running``, ``done`` or ``failed``; updates :attr:`progress` (0..1)."""
-        self.progress = max(self.progress, run_progress("".join(self.log)))
+        self.progress = max(self.progress, run_progress(read_events("".join(self.log))))
         if self.process.poll() is None:
             return "running"
         self._reader.join()
         if self.process.returncode != 0:
             return "failed"
         if not self.volumes:
-            for name, path in written_outputs("".join(self.log)).items():
+            for name, path in written_outputs(read_events("".join(self.log))).items():
                 image = nib.load(str(path))
                 self.volumes[name] = (np.asarray(image.dataobj), image.affine)
         self.progress = 1.0
@@ -197,23 +199,32 @@ def start_translation(input_node, request: TranslationRequest) -> TranslationJob
     return job
 
 
-def written_outputs(log: str) -> dict[str, Path]:
-    """The ``name: path`` lines ``localdiffusion run`` prints for the files it wrote."""
-    found = {}
-    for name, path in re.findall(r"^(\w+): (.+\.nii\.gz)$", log, re.M):
-        if name in OUTPUTS and Path(path).is_file():
-            found[name] = Path(path)
-    return found
+def read_events(text: str) -> list[dict]:
+    """The JSON-line events of ``localdiffusion run --json`` in ``text`` (other lines, e.g. warnings, are skipped)."""
+    events = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line still being written
+            if isinstance(event, dict):
+                events.append(event)
+    return events
 
 
-def run_progress(text: str, phases: int = 2) -> float:
-    """Progress (0..1) of ``localdiffusion run`` from its tqdm output: the translation bars
-    (Local Diffusion, then the baseline) run one after the other, each from 0 to 100%."""
-    percents = [int(p) for p in re.findall(r"translate [^:\r\n]*:\s*(\d{1,3})%\|", text)]
-    if not percents:
-        return 0.0
-    finished = sum(1 for before, after in zip(percents, percents[1:]) if after < before)
-    return min(1.0, (finished + percents[-1] / 100.0) / phases)
+def written_outputs(events: list[dict]) -> dict[str, Path]:
+    """The files the job reported as written (``output`` events), known outputs only."""
+    return {e["name"]: Path(e["path"]) for e in events
+            if e.get("event") == "output" and e.get("name") in OUTPUTS and Path(e["path"]).is_file()}
+
+
+def run_progress(events: list[dict], phases: tuple[str, ...] = ("local", "baseline")) -> float:
+    """Progress (0..1) from the ``progress`` events: the translation phases (Local Diffusion,
+    then the baseline) count equally, each from 0 to 1."""
+    latest = {e["phase"]: float(e["fraction"]) for e in events if e.get("event") == "progress" and e.get("phase") in phases}
+    return min(1.0, sum(latest.values()) / len(phases))
 
 
 def run_translation(input_node, request: TranslationRequest, scene, timeout: float | None = None) -> dict[str, object]:

@@ -1,17 +1,21 @@
 """Command line: ``localdiffusion <command> ...``.
 
-Every command turns bad input (:class:`~localdiffusion.io.InputError`, ``ValueError``
-from parameter checks, missing files) into one ``error:`` line and exit code 2.
+User parameters come from the options table (:mod:`localdiffusion.options`). Every command
+turns a user fault (:class:`~localdiffusion.errors.InputError`, and only that) into one
+``error:`` line and exit code 2; any other exception is a programming error and keeps its
+traceback (exit code 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from .shipped import ood_bank_path, shipped_model_dir
-from .io import InputError
+from localdiffusion.errors import InputError
+from localdiffusion.options import DIRECTIONS, MODALITIES, add_options
+from localdiffusion.shipped import ood_bank_path, shipped_model_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -32,7 +36,7 @@ def _add_phantom(sub) -> None:
 
 
 def _run_phantom(args) -> int:
-    from .phantom.dataset import write_cohort
+    from localdiffusion.phantom.dataset import write_cohort
 
     entries = write_cohort(args.out, args.healthy, args.tumour, args.seed, spacing=args.spacing, split=args.split,
                            preview=args.preview, workers=args.workers, t1_sequence=args.t1_sequence)
@@ -48,7 +52,7 @@ def _add_demo(sub) -> None:
 
 
 def _run_demo(args) -> int:
-    from .demo import run_demo
+    from localdiffusion.jobs.demo import run_demo
 
     for line in run_demo(args.out, seed=args.seed):
         print(line)
@@ -63,8 +67,8 @@ def _add_check(sub) -> None:
 
 
 def _run_check(args) -> int:
-    from .readers import read_case
-    from .slices import prepare_case
+    from localdiffusion.data.readers import read_case
+    from localdiffusion.volume.grid import prepare_case
 
     case = read_case(args.case, args.modalities)
     prepared = prepare_case(case)
@@ -76,7 +80,7 @@ def _run_check(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from .diffusion.train import TrainConfig
+    from localdiffusion.training.diffusion import TrainConfig
 
     d = TrainConfig(data="", out="")
     p = sub.add_parser("train", help="train the conditional diffusion model on healthy slices")
@@ -104,8 +108,8 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .diffusion.model import DiffusionConfig
-    from .diffusion.train import TrainConfig, train
+    from localdiffusion.network.denoiser import DiffusionConfig
+    from localdiffusion.training.diffusion import TrainConfig, train
 
     n = len(args.channels)
     model_cfg = DiffusionConfig(source=args.source, target=args.target, channels=tuple(args.channels),
@@ -126,7 +130,7 @@ def _add_whole_slices_option(p) -> None:
 
 
 def _crop_margin(args) -> int | None:
-    from .translate import BRAIN_CROP_MARGIN
+    from localdiffusion.volume.batching import BRAIN_CROP_MARGIN
 
     return None if args.whole_slices else BRAIN_CROP_MARGIN
 
@@ -136,11 +140,7 @@ def _add_translate(sub) -> None:
     p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_options(p, ["sampler", "steps", "seed", "batch_size", "device"])
     p.add_argument("--risk-map", type=Path, default=None, help="also write the per-voxel hallucination risk here")
     p.add_argument("--ood-bank", type=Path, default=None, help="source-modality PatchCore bank for the risk map "
                    "(default: ood_<source>.pt beside the model folder)")
@@ -150,7 +150,7 @@ def _add_translate(sub) -> None:
 
 
 def _run_translate(args) -> int:
-    from .translate import translate_file
+    from localdiffusion.jobs.translate import translate_file
 
     model = args.model or shipped_model_dir()
     translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
@@ -172,17 +172,17 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--rods-stride", type=int, default=None, help="evaluate H on every n-th step of the window")
     p.add_argument("--rods-rho", type=float, default=None, help="RMS per-pixel size of the perturbation")
     p.add_argument("--max-cases", type=int, default=3)
-    p.add_argument("--steps", type=int, default=25, help="DDIM steps (translate with the same)")
+    add_options(p, ["steps"])
     p.add_argument("--fpr", type=float, default=0.01, help="healthy false-positive rate of the risk threshold")
     p.add_argument("--out", type=Path, default=None, help="default: <model>/risk_calibration.json")
     p.set_defaults(func=_run_calibrate_risk)
 
 
 def _run_calibrate_risk(args) -> int:
-    from .diffusion.model import load_denoiser
-    from .ood.patchcore import PatchCore
-    from .risk import calibrate_risk
-    from .rods import RODSConfig
+    from localdiffusion.jobs.calibrate import calibrate_risk
+    from localdiffusion.methods.rods import RODSConfig
+    from localdiffusion.network.denoiser import load_denoiser
+    from localdiffusion.ood.patchcore import PatchCore
 
     model = args.model or shipped_model_dir()
     denoiser = load_denoiser(model)
@@ -211,20 +211,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--kind", default="healthy", choices=["healthy", "tumour", "all"])
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, ["sampler", "steps", "seed", "device"])
     p.add_argument("--max-cases", type=int, default=None)
-    p.add_argument("--device", default="auto")
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     _add_whole_slices_option(p)
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
-    from .diffusion.model import load_denoiser
-    from .diffusion.train import select_device
-    from .evaluate import evaluate_translation, write_report
+    from localdiffusion.jobs.evaluate import evaluate_translation, write_report
+    from localdiffusion.network.denoiser import load_denoiser
+    from localdiffusion.network.device import select_device
 
     denoiser = load_denoiser(args.model or shipped_model_dir(), select_device(args.device))
     result = evaluate_translation(denoiser, args.data, args.split, None if args.kind == "all" else args.kind,
@@ -246,7 +243,7 @@ def _add_ood(sub) -> None:
     ood = p.add_subparsers(dest="ood_command", required=True)
     b = ood.add_parser("build", help="fit on healthy train slices, calibrate on healthy val slices")
     b.add_argument("--data", required=True, type=Path)
-    b.add_argument("--modality", required=True, choices=["t1", "t1ce", "t2", "flair"])
+    b.add_argument("--modality", required=True, choices=MODALITIES)
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--backbone", default=None,
                    help="timm backbone (default: resnet18 for random weights, wide_resnet50_2 otherwise)")
@@ -265,13 +262,14 @@ def _add_ood(sub) -> None:
     m.add_argument("--bank", required=True, type=Path)
     m.add_argument("--out", required=True, type=Path)
     m.add_argument("--mask-out", type=Path, default=None, help="default: OUT with _mask suffix")
-    m.add_argument("--modality", default=None, choices=["t1", "t1ce", "t2", "flair"],
+    m.add_argument("--modality", default=None, choices=MODALITIES,
                    help="the input's contrast; refused if the bank was built for another")
     m.set_defaults(func=_run_ood_map)
 
 
 def _run_ood_build(args) -> int:
-    from .ood.volume import build_bank, make_extractor
+    from localdiffusion.jobs.ood_bank import build_bank
+    from localdiffusion.ood.features import make_extractor
 
     extractor = make_extractor(args.backbone, args.weights, layers=args.layers,
                                projection_dim=args.projection_dim, seed=args.seed)
@@ -283,7 +281,7 @@ def _run_ood_build(args) -> int:
 
 
 def _run_ood_map(args) -> int:
-    from .ood.volume import map_volume
+    from localdiffusion.jobs.ood_map import map_volume
 
     prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out, args.modality)
     print(f"wrote {prob} and {mask}")
@@ -302,7 +300,8 @@ def _add_train_seg(sub) -> None:
 
 
 def _run_train_seg(args) -> int:
-    from .segmentation import SegConfig, train_segmenter
+    from localdiffusion.network.segmenter import SegConfig
+    from localdiffusion.training.segmenter import train_segmenter
 
     metrics = train_segmenter(args.data, args.out, SegConfig(modality=args.modality), steps=args.steps,
                               batch_size=args.batch_size, seed=args.seed)
@@ -310,40 +309,34 @@ def _run_train_seg(args) -> int:
     return 0
 
 
-def _add_run(sub) -> None:
-    from .pipeline import DIRECTIONS, JobOptions
+RUN_OPTIONS = ["direction", "sampler", "steps", "seed", "batch_size", "t_intermediate", "mask_mode", "ind_floor",
+               "shared_noise", "max_rebranch", "gate", "baseline", "device"]
 
-    d = JobOptions()
+
+def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the main job: OOD map, baseline and Local Diffusion translation of a volume")
     p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
     p.add_argument("--out-dir", required=True, type=Path)
-    p.add_argument("--direction", default=d.direction, choices=sorted(DIRECTIONS))
     p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
-    p.add_argument("--sampler", default=d.sampler, choices=["ddim", "ddpm"])
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--t-intermediate", type=int, default=None, help="fusion timestep (default 10%% of T)")
-    p.add_argument("--mask-mode", default=d.mask_mode, choices=["hard", "soft"])
-    p.add_argument("--ind-floor", type=float, default=d.ind_floor)
-    p.add_argument("--independent-noise", action="store_true", help="separate noise per branch")
-    p.add_argument("--max-rebranch", type=int, default=d.max_rebranch)
-    p.add_argument("--no-gate", action="store_true", help="disable the classifier gate")
-    p.add_argument("--no-baseline", action="store_true", help="skip the baseline translation")
-    p.add_argument("--device", default=d.device)
+    add_options(p, RUN_OPTIONS)
+    p.add_argument("--json", action="store_true",
+                   help="report progress and outputs as JSON lines on stdout (for programs, e.g. the Slicer module)")
     p.set_defaults(func=_run_run)
 
 
-def _run_run(args) -> int:
-    from .pipeline import JobOptions, run_job
+def _json_line(event: dict) -> None:
+    print(json.dumps(event), flush=True)
 
-    options = JobOptions(direction=args.direction, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                         batch_size=args.batch_size, t_intermediate=args.t_intermediate, mask_mode=args.mask_mode,
-                         ind_floor=args.ind_floor, shared_noise=not args.independent_noise,
-                         max_rebranch=args.max_rebranch, gate=not args.no_gate, baseline=not args.no_baseline,
-                         device=args.device)
-    for name, path in run_job(args.input, args.out_dir, options, args.models).items():
-        print(f"{name}: {path}")
+
+def _run_run(args) -> int:
+    from localdiffusion.jobs.run import JobOptions, run_job
+
+    options = JobOptions(**{name: getattr(args, name) for name in RUN_OPTIONS})
+    report = _json_line if args.json else None
+    outputs = run_job(args.input, args.out_dir, options, args.models, progress=not args.json, report=report)
+    if not args.json:
+        for name, path in outputs.items():
+            print(f"{name}: {path}")
     return 0
 
 
@@ -351,7 +344,7 @@ def _add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="hallucination benchmark: baselines against Local Diffusion on tumour cases")
     p.add_argument("--data", required=True, type=Path, help="cohort with tumour cases (phantom manifest)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--directions", nargs="+", default=["t1_to_flair", "flair_to_t1"])
+    p.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=list(DIRECTIONS))
     p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--max-cases", type=int, default=None)
@@ -367,7 +360,7 @@ def _run_benchmark(args) -> int:
 
     import torch
 
-    from .benchmark import benchmark_direction, render_section
+    from localdiffusion.jobs.benchmark import benchmark_direction, render_section
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -401,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return int(args.func(args) or 0)
-    except (InputError, ValueError, FileNotFoundError) as exc:
+    except InputError as exc:
+        if getattr(args, "json", False):
+            _json_line({"event": "error", "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -8,6 +8,7 @@ map over the region.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,3 +51,21 @@ def dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.T
     inter = (pred * target).sum(1)
     total = pred.sum(1) + target.sum(1)
     return torch.where(total > 0, 2 * inter / total.clamp_min(eps), torch.ones_like(total))
+
+
+def axial_stack(volume: np.ndarray, ks: np.ndarray | None = None) -> torch.Tensor:
+    """Working-grid volume (X, Y, Z) -> float32 slices (N, 1, X, Y) of ``ks`` (default all)."""
+    volume = volume if ks is None else volume[:, :, ks]
+    return torch.as_tensor(np.moveaxis(volume, 2, 0)[:, None].astype(np.float32))
+
+
+def volume_scores(pred: np.ndarray, truth: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """Whole-brain PSNR and SSIM of working-grid volumes (X, Y, Z) restricted to ``region``."""
+    keep = np.flatnonzero(region.any(axis=(0, 1)))
+    p, t, r = axial_stack(pred, keep), axial_stack(truth, keep), axial_stack(region, keep) > 0
+    mse = max(float(((p - t) ** 2)[r].mean()), 1e-12)
+    data_range = float(np.percentile(truth[region > 0], 99.5))
+    return {"psnr": 10.0 * np.log10(1.0 / mse), "ssim": float(ssim_map(p, t)[r].mean()),
+            "psnr_slice_mean": float(psnr(p, t, r).mean()),
+            "psnr_range": 10.0 * np.log10(data_range**2 / mse),
+            "ssim_range": float(ssim_map(p, t, data_range=data_range)[r].mean())}

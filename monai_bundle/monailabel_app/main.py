@@ -4,4 +4,4 @@ The app lives in the ``localdiffusion`` package (:mod:`localdiffusion.label`); s
 docstring for the start command.
 """
 
-from localdiffusion.label.app import LocalDiffusionLabelApp  # noqa: F401  (MONAI Label looks for the subclass)
+from localdiffusion.label.app import LocalDiffusionLabelApp

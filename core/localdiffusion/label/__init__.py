@@ -1,6 +1,6 @@
 """MONAI Label serving: an app with three inference tasks over the ``localdiffusion`` core.
 
-* ``local_diffusion`` (type ``others``): the main job (:func:`~localdiffusion.pipeline.run_job`);
+* ``local_diffusion`` (type ``others``): the main job (:func:`~localdiffusion.jobs.run.run_job`);
 * ``ood_map`` (type ``others``): the calibrated PatchCore OOD probability;
 * ``tumour_segmentation`` (type ``segmentation``, BraTS labels 1, 2, 4).
 

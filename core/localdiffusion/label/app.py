@@ -6,8 +6,8 @@ from pathlib import Path
 
 from monailabel.interfaces.app import MONAILabelApp
 
-from ..shipped import MODELS_ROOT
-from .tasks import LocalDiffusionTask, OodMapTask, TumourSegmentationTask
+from localdiffusion.label.tasks import LocalDiffusionTask, OodMapTask, TumourSegmentationTask
+from localdiffusion.shipped import MODELS_ROOT
 
 
 class LocalDiffusionLabelApp(MONAILabelApp):

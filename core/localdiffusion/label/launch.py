@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..shipped import MODELS_ROOT
+from localdiffusion.shipped import MODELS_ROOT
 
 LABEL_APP = MODELS_ROOT.parent / "monailabel_app"
 

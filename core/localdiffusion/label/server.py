@@ -1,8 +1,9 @@
 """MONAI Label's FastAPI app with client errors answered as 4xx (``--uvicorn_app`` target).
 
-MONAI Label answers a request without an image and an unknown model with 500. Here: bad
-input found by the core (:class:`~localdiffusion.io.InputError`, ``ValueError``) -> 400,
-an unknown model -> 404, no image -> 400, each with the message as ``detail``.
+MONAI Label answers a request without an image and an unknown model with 500. Here: a user
+fault found by the core (:class:`~localdiffusion.errors.InputError`, and only that) -> 400,
+an unknown model -> 404, no image -> 400, each with the message as ``detail``; any other
+exception stays a 500 with its traceback in the server log.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from monailabel.app import app
 from monailabel.interfaces.exception import MONAILabelException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..io import InputError
+from localdiffusion.errors import InputError
 
 NO_IMAGE = "Neither Image nor File"
 
@@ -39,7 +40,6 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 app.add_exception_handler(InputError, _bad_input)
-app.add_exception_handler(ValueError, _bad_input)
 app.add_exception_handler(MONAILabelException, _monailabel_error)
 app.add_exception_handler(StarletteHTTPException, _http_error)
 app.add_exception_handler(HTTPException, _http_error)

@@ -1,7 +1,7 @@
 """MONAI Label inference tasks: thin adapters from a request to the ``localdiffusion`` core.
 
 A request holds ``image`` (the uploaded NIfTI, saved by MONAI Label to a temporary file) and
-the client's ``params``. Each task validates its parameters (:class:`~localdiffusion.io.InputError`
+the client's ``params``. Each task validates its parameters (:class:`~localdiffusion.errors.InputError`
 names the problem; the server answers 400), runs the core on the file and returns
 ``(result NIfTI path, JSON)``; MONAI Label sends the file back and deletes it.
 """
@@ -18,31 +18,16 @@ import nibabel as nib
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from ..io import InputError, load_volume, save_volume
-from ..pipeline import DIRECTIONS, JobOptions, run_job
-from ..shipped import ood_bank_path
+from localdiffusion.data.io import load_volume, save_volume
+from localdiffusion.errors import InputError
+from localdiffusion.jobs.ood_map import probability_map
+from localdiffusion.jobs.run import JobOptions, run_job
+from localdiffusion.options import DIRECTIONS, EXTRA_OUTPUTS, OPTIONS, parse_params
+from localdiffusion.shipped import ood_bank_path
 
-OUTPUT_CHOICES = ("baseline", "ood", "ood_mask", "risk")
-
-
-def _int(params: dict, key: str, default, low: int, high: int) -> int | None:
-    value = params.get(key, default)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InputError(f"parameter {key!r} must be an integer, got {value!r}") from None
-    if not low <= number <= high:
-        raise InputError(f"parameter {key!r} must be between {low} and {high}, got {number}")
-    return number
-
-
-def _choice(params: dict, key: str, default: str, choices) -> str:
-    value = str(params.get(key, default))
-    if value not in choices:
-        raise InputError(f"parameter {key!r} must be one of {sorted(choices)}, got {value!r}")
-    return value
+#: the main job's parameters a MONAI Label client may set (validated by the options table)
+JOB_PARAMS = ("direction", "sampler", "steps", "seed", "t_intermediate", "mask_mode", "ind_floor", "device")
+OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair}))
 
 
 def _result_file() -> Path:
@@ -52,31 +37,33 @@ def _result_file() -> Path:
     return Path(path)
 
 
+def _modality(request: dict, default: str) -> str:
+    value = str(request.get("modality", default))
+    if value not in OOD_MODALITIES:
+        raise InputError(f"parameter 'modality' must be one of {list(OOD_MODALITIES)}, got {value!r}")
+    return value
+
+
 class LocalDiffusionTask(InferTask):
     """The main job; the result image is the Local Diffusion translation, or a 4D volume
     ``[local, *extra_outputs]`` (channels last) when ``extra_outputs`` asks for more."""
 
     def __init__(self, models_root: Path):
         super().__init__(InferType.OTHERS, None, 3, "Local Diffusion T1 <-> FLAIR translation (research use only)",
-                         {"direction": "t1_to_flair", "steps": 25, "seed": 0, "t_intermediate": -1, "sampler": "ddim",
-                          "extra_outputs": []})
+                         {**{name: OPTIONS[name].default for name in JOB_PARAMS}, "extra_outputs": []})
         self.models_root = Path(models_root)
 
     def is_valid(self) -> bool:
         return all((self.models_root / d).is_dir() for d in DIRECTIONS)
 
     def __call__(self, request: dict[str, Any]):
-        t_intermediate = _int(request, "t_intermediate", -1, -1, 10_000)
-        options = JobOptions(direction=_choice(request, "direction", "t1_to_flair", DIRECTIONS),
-                             sampler=_choice(request, "sampler", "ddim", ("ddim", "ddpm")),
-                             steps=_int(request, "steps", 25, 1, 1000), seed=_int(request, "seed", 0, 0, 2**31 - 1),
-                             t_intermediate=None if t_intermediate == -1 else t_intermediate, device="auto")
+        options = JobOptions(**parse_params(request, JOB_PARAMS))
         extras = request.get("extra_outputs", [])
         every = extras == "all"  # every output these models and settings produce
         if isinstance(extras, str):
-            extras = list(OUTPUT_CHOICES) if every else [e for e in extras.split(",") if e]
-        if not isinstance(extras, list) or any(e not in OUTPUT_CHOICES for e in extras):
-            raise InputError(f"parameter 'extra_outputs' must be 'all' or a list from {list(OUTPUT_CHOICES)}, "
+            extras = list(EXTRA_OUTPUTS) if every else [e for e in extras.split(",") if e]
+        if not isinstance(extras, list) or any(e not in EXTRA_OUTPUTS for e in extras):
+            raise InputError(f"parameter 'extra_outputs' must be 'all' or a list from {list(EXTRA_OUTPUTS)}, "
                              f"got {extras!r}")
         options.baseline = "baseline" in extras
         work = Path(tempfile.mkdtemp(prefix="ld_job_"))
@@ -108,20 +95,15 @@ class OodMapTask(InferTask):
         self.models_root = Path(models_root)
 
     def is_valid(self) -> bool:
-        return (self.models_root / "ood_t1.pt").exists() or (self.models_root / "ood_flair.pt").exists()
+        return any(ood_bank_path(self.models_root, m).exists() for m in OOD_MODALITIES)
 
     def __call__(self, request: dict[str, Any]):
-        from ..ood.patchcore import PatchCore
-        from ..ood.volume import bank_grid, probability_volume
-        from ..translate import prepare_input
-
-        modality = _choice(request, "modality", "t1", ("t1", "flair"))
-        bank = PatchCore.load(ood_bank_path(self.models_root, modality), modality=modality, model_root=self.models_root)
-        prepared = prepare_input(request["image"], modality, *bank_grid(bank))
-        prob = prepared.to_input_brain(probability_volume(bank, prepared))
+        modality = _modality(request, "t1")
+        bank_path = ood_bank_path(self.models_root, modality)
+        prob, affine, threshold = probability_map(request["image"], bank_path, modality, self.models_root)
         result = _result_file()
-        save_volume(result, prob, prepared.input_affine)
-        return str(result), {"modality": modality, "threshold": float(bank.threshold)}
+        save_volume(result, prob, affine)
+        return str(result), {"modality": modality, "threshold": threshold}
 
 
 class TumourSegmentationTask(InferTask):
@@ -138,9 +120,10 @@ class TumourSegmentationTask(InferTask):
         return (self.models_root / "seg_flair").is_dir()
 
     def __call__(self, request: dict[str, Any]):
-        from ..segmentation import load_segmenter, segment_volume
+        from localdiffusion.jobs.segment import segment_volume
+        from localdiffusion.network.segmenter import load_segmenter
 
-        modality = _choice(request, "modality", "flair", ("t1", "flair"))
+        modality = _modality(request, "flair")
         load_volume(request["image"])  # a clear error for a non-NIfTI or broken upload
         labels, affine = segment_volume(load_segmenter(self.models_root / f"seg_{modality}"), request["image"])
         result = _result_file()

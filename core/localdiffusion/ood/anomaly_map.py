@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .memory_bank import MemoryBank
+from localdiffusion.errors import InputError
+from localdiffusion.ood.memory_bank import MemoryBank
 
 REFERENCE_SIZE = 224
 REFERENCE_SIGMA = 4.0
@@ -70,10 +71,10 @@ class Calibration:
     @classmethod
     def fit(cls, healthy_scores: np.ndarray, false_positive_rate: float = 0.01, n_levels: int = 2001) -> "Calibration":
         if not 0 < false_positive_rate < 0.5:
-            raise ValueError(f"false_positive_rate must be in (0, 0.5), got {false_positive_rate}")
+            raise InputError(f"false_positive_rate must be in (0, 0.5), got {false_positive_rate}")
         scores = np.asarray(healthy_scores, dtype=np.float64).ravel()
         if scores.size < 100:
-            raise ValueError("calibration needs at least 100 healthy voxel scores")
+            raise InputError("calibration needs at least 100 healthy voxel scores")
         levels = np.linspace(0.0, 1.0, n_levels)
         quantiles = np.quantile(scores, levels)
         return cls(quantiles, levels, false_positive_rate, float(np.quantile(scores, 1 - false_positive_rate)))

@@ -1,8 +1,7 @@
 """Detection metrics for OOD maps against tumour labels (pDDPM-style protocol).
 
 Pixel AUROC and AUPRC over brain voxels; Dice of the binary map at a threshold chosen on
-the *validation* split (post-processing: brain-mask erosion by one voxel, 3 x 3 median
-filter, connected components smaller than ``min_component`` pixels removed); slice-level
+the *validation* split (post-processed as in production, :mod:`~localdiffusion.ood.postprocess`); slice-level
 AUROC of the image score (slice has any tumour label or not).
 """
 
@@ -12,19 +11,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-
-def postprocess(binary: np.ndarray, brain: np.ndarray, min_component: int = 8) -> np.ndarray:
-    """(N, H, W) binary maps: erode brain by 1, median 3 x 3, drop small components."""
-    out = np.empty_like(binary, dtype=bool)
-    for i in range(len(binary)):
-        inner = ndimage.binary_erosion(brain[i], iterations=1)
-        m = ndimage.median_filter(binary[i].astype(np.uint8), size=3).astype(bool) & inner
-        labels, n = ndimage.label(m)
-        if n:
-            sizes = ndimage.sum(m, labels, index=np.arange(1, n + 1))
-            m = np.isin(labels, np.flatnonzero(sizes >= min_component) + 1)
-        out[i] = m
-    return out
+from localdiffusion.ood.postprocess import postprocess
 
 
 def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -60,7 +47,7 @@ def intensity_outlier_scores(slices: np.ndarray, brain: np.ndarray) -> tuple[np.
 
     Returns pixel scores (N, H, W) and image scores (N,) = 99th percentile within the brain.
     """
-    from .anomaly_map import blur_sigma
+    from localdiffusion.ood.anomaly_map import blur_sigma
 
     pixel = np.zeros_like(slices, dtype=np.float32)
     image = np.zeros(len(slices), np.float32)

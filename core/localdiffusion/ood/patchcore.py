@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..io import InputError, atomic_path
-from .anomaly_map import Calibration, anomaly_map, image_score
-from .features import DiffusionEncoderExtractor, FeatureExtractor
-from .memory_bank import MemoryBank, greedy_coreset
+from localdiffusion.data.io import atomic_path
+from localdiffusion.errors import InputError
+from localdiffusion.ood.anomaly_map import Calibration, anomaly_map, image_score
+from localdiffusion.ood.features import DiffusionEncoderExtractor, FeatureExtractor
+from localdiffusion.ood.memory_bank import MemoryBank, greedy_coreset
 
 BANK_FORMAT = "localdiffusion.patchcore/1"
 
@@ -71,12 +72,13 @@ class PatchCore:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, slices: np.ndarray, brain: np.ndarray, batch_size: int = 32) -> SliceScores:
-        """Raw pixel maps and image scores for (N, H, W) slices."""
+    def score(self, slices: np.ndarray, brain: np.ndarray, batch_size: int = 32, image: bool = True) -> SliceScores:
+        """Raw pixel maps and image scores for (N, H, W) slices (``image=False``: pixel maps only,
+        the image scores are NaN; they cost a second search per patch)."""
         if tuple(slices.shape[1:]) != tuple(self.meta["slice_size"]):
             raise InputError(f"slice size {tuple(slices.shape[1:])} does not match the bank's "
                              f"{tuple(self.meta['slice_size'])}")
-        pixel, image = [], []
+        pixel, images = [], []
         for start in range(0, len(slices), batch_size):
             part, part_brain = slices[start:start + batch_size], brain[start:start + batch_size]
             f = self.extractor(torch.as_tensor(part[:, None], dtype=torch.float32))
@@ -86,9 +88,12 @@ class PatchCore:
             dist, idx = dist[:, 0].reshape(b, h * w), idx[:, 0].reshape(b, h * w)
             valid = _patch_brain(part_brain, (h, w)).reshape(b, h * w)
             pixel.append(anomaly_map(dist.reshape(b, h, w), part.shape[1:], part_brain))
-            feats = flat.reshape(b, h * w, d)
-            image += [image_score(feats[i], dist[i], idx[i], self.bank, valid[i]) for i in range(b)]
-        return SliceScores(np.concatenate(pixel), np.asarray(image, np.float32))
+            if image:
+                feats = flat.reshape(b, h * w, d)
+                images += [image_score(feats[i], dist[i], idx[i], self.bank, valid[i]) for i in range(b)]
+            else:
+                images += [np.nan] * b
+        return SliceScores(np.concatenate(pixel), np.asarray(images, np.float32))
 
     def calibrate(self, slices: np.ndarray, brain: np.ndarray, false_positive_rate: float = 0.01) -> None:
         """Fit the pixel and image calibrations on healthy validation slices."""
@@ -101,11 +106,20 @@ class PatchCore:
 
     def probability(self, slices: np.ndarray, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """OOD probability maps (N, H, W) and slice probabilities (N,)."""
-        if self.pixel_calibration is None:
-            raise InputError("the bank is not calibrated (run calibrate on healthy validation slices)")
+        self._require_calibration()
         scores = self.score(slices, brain)
         prob = self.pixel_calibration.probability(scores.pixel)
         return np.where(brain, prob, 0.0).astype(np.float32), self.image_calibration.probability(scores.image)
+
+    def pixel_probability(self, slices: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        """OOD probability maps (N, H, W) only (no image scores are computed)."""
+        self._require_calibration()
+        prob = self.pixel_calibration.probability(self.score(slices, brain, image=False).pixel)
+        return np.where(brain, prob, 0.0).astype(np.float32)
+
+    def _require_calibration(self) -> None:
+        if self.pixel_calibration is None:
+            raise InputError("the bank is not calibrated (run calibrate on healthy validation slices)")
 
     @property
     def threshold(self) -> float:

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..io import atomic_path, save_png, save_volume
-from .generate import PHANTOM_MODALITIES, PhantomCase, generate_case
+from localdiffusion.data.io import atomic_path, save_png, save_volume
+from localdiffusion.errors import InputError
+from localdiffusion.phantom.generate import PHANTOM_MODALITIES, PhantomCase, generate_case
 
 SPLITS = ("train", "val", "test")
 SPLIT_BASE = {"train": 0, "val": 100_000_000, "test": 200_000_000}
@@ -32,9 +33,9 @@ MANIFEST_CSV = "manifest.csv"
 
 def case_seed(seed: int, split: str, kind: str, index: int) -> int:
     if not 0 <= seed < MAX_SEED:
-        raise ValueError(f"--seed must be in [0, {MAX_SEED}), got {seed}")
+        raise InputError(f"--seed must be in [0, {MAX_SEED}), got {seed}")
     if not 0 <= index < MAX_CASES:
-        raise ValueError(f"at most {MAX_CASES} cases per split and kind")
+        raise InputError(f"at most {MAX_CASES} cases per split and kind")
     return SPLIT_BASE[split] + KIND_BASE[kind] + 10_000 * seed + index
 
 
@@ -42,7 +43,7 @@ def split_counts(n: int, split: str = "all") -> dict[str, int]:
     """Cases per split: 70/15/15 (validation and test first get one case each when n >= 3)."""
     if split != "all":
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}")
+            raise InputError(f"unknown split {split!r}")
         return {s: (n if s == split else 0) for s in SPLITS}
     val = int(round(n * SPLIT_FRACTIONS["val"]))
     test = int(round(n * SPLIT_FRACTIONS["test"]))
@@ -83,7 +84,7 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
                  split: str = "all", preview: bool = False, workers: int = 1, t1_sequence: str = "mprage") -> list[dict]:
     """Generate a cohort under ``out``; writes ``manifest.json`` and ``manifest.csv`` last."""
     if n_healthy < 0 or n_tumour < 0 or n_healthy + n_tumour == 0:
-        raise ValueError("need at least one case (--healthy and --tumour must be >= 0, not both 0)")
+        raise InputError("need at least one case (--healthy and --tumour must be >= 0, not both 0)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_cohort(n_healthy, n_tumour, seed, split)
@@ -127,7 +128,7 @@ def _manifest_csv(entries: list[dict]) -> str:
 def read_manifest(root: str | Path) -> list[dict]:
     path = Path(root) / MANIFEST_JSON
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no phantom manifest (generate data with `localdiffusion phantom`)")
+        raise InputError(f"{path}: no phantom manifest (generate data with `localdiffusion phantom`)")
     return json.loads(path.read_text())["cases"]
 
 

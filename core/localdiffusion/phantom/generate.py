@@ -13,10 +13,12 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import load_anatomy
-from .physics import TISSUE_ORDER, draw_protocol, draw_tissues, tissue_signals
-from .subject import bias_field, draw_pose, elastic_displacement, rician, smooth_noise, subject_to_template
-from .tumour import displace_for_mass_effect, draw_lesions, lesion_fractions
+from localdiffusion.errors import InputError
+from localdiffusion.phantom.anatomy import load_anatomy
+from localdiffusion.phantom.physics import TISSUE_ORDER, draw_protocol, draw_tissues, tissue_signals
+from localdiffusion.phantom.subject import (bias_field, draw_pose, elastic_displacement, rician, smooth_noise,
+                                            subject_to_template)
+from localdiffusion.phantom.tumour import displace_for_mass_effect, draw_lesions, lesion_fractions
 
 PHANTOM_MODALITIES = ("t1", "flair", "t2")
 #: BraTS 2021 label values
@@ -50,7 +52,7 @@ def output_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
 def generate_case(seed: int, *, tumour: bool, spacing: float = 2.0, t1_sequence: str = "mprage") -> PhantomCase:
     """Generate one subject fixed by ``seed``; ``tumour`` inserts one to three gliomas."""
     if not 0.5 <= spacing <= 4.0:
-        raise ValueError(f"spacing must be between 0.5 and 4 mm, got {spacing}")
+        raise InputError(f"spacing must be between 0.5 and 4 mm, got {spacing}")
     rng = np.random.default_rng(seed)
     anatomy = load_anatomy(smoothing_mm=0.4 * spacing if spacing > 1.0 else 0.0)
     shape, affine = output_grid(spacing)

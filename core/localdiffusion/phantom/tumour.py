@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .anatomy import tumour_seed_candidates
+from localdiffusion.phantom.anatomy import tumour_seed_candidates
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The hallucination benchmark: its run matrix, its metrics, its figure and its markdown report."""

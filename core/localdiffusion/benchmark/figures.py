@@ -1,0 +1,36 @@
+"""The benchmark's montage: per evaluated case, the condition with the branching masks, the
+baseline, every Local Diffusion row and the truth."""
+
+from __future__ import annotations
+
+
+def montage_figure(result: dict):
+    """Per evaluated case (rows): condition, masks, baseline DDIM-25, Local Diffusion rows, truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    source, target = result["direction"].split("->")
+    shown = result["montage"]
+    ld_rows = [n for n in result["rows"] if n.startswith("LD")]
+    columns = [f"{source} (condition)", "DDIM-25", *ld_rows, f"true {target}"]
+    fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.6 * len(columns), 2.7 * len(shown)), squeeze=False)
+    for r, case in enumerate(shown):
+        images = [case["condition"], case["pred"]["DDIM-25"], *[case["pred"][n] for n in ld_rows], case["truth"]]
+        for c, (title, image) in enumerate(zip(columns, images)):
+            ax = axes[r, c]
+            ax.imshow(image.T, cmap="gray", origin="lower", vmin=0, vmax=1)
+            ax.contour(case["tumour"].T, levels=[0.5], colors="c", linewidths=0.6, origin="lower")
+            if c == 0:
+                for kind, color in (("patchcore", "yellow"), ("unet", "magenta")):
+                    if kind in case["masks"]:
+                        ax.contour((case["masks"][kind] >= 0.5).T, levels=[0.5], colors=color, linewidths=0.6,
+                                   origin="lower")
+                ax.set_ylabel(f"{case['case_id']} z={case['z']}", fontsize=8)
+            if r == 0:
+                ax.set_title(title.replace(" (DDIM-25)", ""), fontsize=8)
+            ax.set_xticks([]), ax.set_yticks([])
+    fig.suptitle(f"{source} -> {target}, {result['split']} split, seed {result['seeds'][0]}: cyan = true tumour, "
+                 f"yellow = PatchCore branching mask, magenta = U-Net branching mask", fontsize=9)
+    return fig

@@ -1,0 +1,144 @@
+"""NIfTI input/output with validation and atomic writes.
+
+Every reader here raises :class:`InputError` naming the file and the problem; the CLI
+turns it into a message and a non-zero exit code. Every writer writes to a temporary
+file in the destination folder and renames it into place, so a crash never leaves a
+partial output, and refuses to overwrite a file that was an input of the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import nibabel as nib
+import numpy as np
+
+from localdiffusion.errors import InputError
+
+#: Two affines are "the same geometry" when every entry agrees within this (mm).
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+def load_volume(path: str | os.PathLike, *, expect_3d: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI volume as ``(float32 array, 4x4 affine)`` and validate it.
+
+    Raises :class:`InputError` for a missing, non-NIfTI or truncated file, a 4D volume
+    where 3D is expected, NaN or infinite voxels, and an all-zero volume.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        image = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for bad headers
+        raise InputError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from exc
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{path}: not a NIfTI file (read as {type(image).__name__})")
+    try:
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as exc:  # truncated gzip streams, short files
+        raise InputError(f"{path}: corrupt or truncated NIfTI data ({exc.__class__.__name__}: {exc})") from exc
+    if expect_3d:
+        data = _squeeze_to_3d(data, path)
+    validate_array(data, path)
+    return data, image.affine.astype(np.float64)
+
+
+def load_label(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """Read a label map that must share ``shape`` and ``affine``; zeros are allowed."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj)
+    except Exception as exc:
+        raise InputError(f"{path}: corrupt or unreadable label file ({exc.__class__.__name__}: {exc})") from exc
+    data = _squeeze_to_3d(data, path)
+    check_same_geometry(path, data.shape, image.affine, "image", shape, affine)
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: label map contains NaN or infinite values")
+    return np.rint(data).astype(np.uint8)
+
+
+def _squeeze_to_3d(data: np.ndarray, path: Path) -> np.ndarray:
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3D volume, got shape {tuple(data.shape)}")
+    return data
+
+
+def validate_array(data: np.ndarray, name: object) -> None:
+    """Reject NaN/inf voxels and an all-zero (empty) volume."""
+    finite = np.isfinite(data)
+    if not finite.all():
+        raise InputError(f"{name}: contains {int((~finite).sum())} NaN or infinite voxels")
+    if not np.any(data):
+        raise InputError(f"{name}: volume is empty (all voxels are zero)")
+
+
+def check_same_geometry(name_a: object, shape_a, affine_a, name_b: object, shape_b, affine_b) -> None:
+    """Raise :class:`InputError` unless two volumes share shape and affine."""
+    if tuple(shape_a)[:3] != tuple(shape_b)[:3]:
+        raise InputError(f"{name_a}: shape {tuple(shape_a)} does not match {name_b} shape {tuple(shape_b)}")
+    if not np.allclose(affine_a, affine_b, atol=AFFINE_TOLERANCE_MM):
+        raise InputError(f"{name_a}: affine does not match {name_b} (volumes are not on the same grid)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, protect: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place on success.
+
+    ``protect`` lists input files: writing onto one of them raises :class:`InputError`
+    before anything is written.
+    """
+    path = Path(path)
+    for p in protect:
+        if Path(p).exists() and path.exists() and path.resolve() == Path(p).resolve():
+            raise InputError(f"{path}: refusing to overwrite an input file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
+                protect: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``data`` as NIfTI with ``affine`` atomically (float32, or uint8 for labels)."""
+    data = np.asarray(data)
+    if data.dtype != np.uint8:
+        data = data.astype(np.float32)
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    with atomic_path(path, protect=protect) as tmp:
+        nib.save(image, str(tmp))
+    return Path(path)
+
+
+def save_png(path: str | os.PathLike, figure) -> Path:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        figure.savefig(str(tmp), format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return Path(path)

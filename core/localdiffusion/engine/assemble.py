@@ -1,0 +1,112 @@
+"""The one function that assembles a sampler call: :func:`sample_slices`.
+
+A call is (noise, x_T, timesteps, update rule, denoiser wrappers, hooks) around
+:func:`~localdiffusion.engine.loop.reverse_process`. What varies plugs in:
+
+* a *method* (:class:`Method`): how the state is laid out and denoised. :class:`Plain`
+  (one channel, the full condition) is the default; Local Diffusion
+  (:class:`~localdiffusion.methods.local_diffusion.LocalDiffusion`) carries one channel per
+  branch, its own denoise, a fusion hook and per-branch noise;
+* *wrappers* around the method's denoise (``wrapper.wrap(denoise, schedule, timesteps,
+  update) -> denoise``), e.g. RODS (:class:`~localdiffusion.methods.rods.RODSConfig`); hooks
+  with a ``watch_denoiser`` method are handed the wrapped denoiser (RODS's per-step record);
+* *hooks*: observers of the (B, 1, H, W) result state at every step (the method decides
+  what a multi-channel state looks like to them, e.g. the Local Diffusion composite).
+
+Conditions are (B, 1, h, w) in [0, 1]; the result is x0 (B, 1, h, w) in the model scale [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Protocol, Sequence
+
+import torch
+
+from localdiffusion.engine.loop import SliceNoise, StepHook, reverse_process
+from localdiffusion.engine.scale import to_model_scale
+from localdiffusion.engine.updates import UpdateRule, make_update
+
+Denoise = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class Method(Protocol):
+    """What a sampling method supplies to :func:`sample_slices`."""
+
+    def resolve(self) -> "Method":
+        """The method to run (Local Diffusion hands over to :class:`Plain` when nothing is OOD)."""
+
+    def initial(self, noise: SliceNoise, item_shape: Sequence[int]) -> torch.Tensor:
+        """x_T for conditions of ``item_shape`` (1, h, w)."""
+
+    def denoise(self, x: torch.Tensor, t: int) -> torch.Tensor: ...
+
+    def step_noise(self, noise: SliceNoise) -> Callable: ...
+
+    def hooks(self, observers: Sequence[StepHook]) -> list[StepHook]:
+        """The loop's hooks: the method's own, then the ``observers`` as the method presents them."""
+
+    def result(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) final state -> (B, 1, h, w)."""
+
+
+class DenoiserWrapper(Protocol):
+    def wrap(self, denoise: Denoise, schedule, timesteps: Sequence[int], update: UpdateRule) -> Denoise: ...
+
+
+def conditional_denoise(denoiser, condition: torch.Tensor) -> Denoise:
+    """Bind a condition (B, 1, H, W) in [-1, 1] to a :class:`~localdiffusion.network.denoiser.Denoiser`;
+    clip x0_hat to [-1, 1]."""
+
+    def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return denoiser(x_t, condition, t).clamp(-1.0, 1.0)
+
+    return denoise
+
+
+class Plain:
+    """The plain reverse process: one channel, the full condition."""
+
+    def __init__(self, denoiser, condition: torch.Tensor):
+        self.denoise = conditional_denoise(denoiser, to_model_scale(condition))
+
+    def resolve(self) -> "Plain":
+        return self
+
+    def initial(self, noise: SliceNoise, item_shape) -> torch.Tensor:
+        return noise(item_shape)
+
+    def step_noise(self, noise: SliceNoise) -> SliceNoise:
+        return noise
+
+    def hooks(self, observers):
+        return list(observers)
+
+    def result(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@torch.no_grad()
+def sample_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int] | SliceNoise, *, sampler: str = "ddim",
+                  steps: int | None = None, eta: float | None = None, method: Method | None = None,
+                  wrappers: Iterable[DenoiserWrapper] = (), hooks: Iterable[StepHook] = ()) -> torch.Tensor:
+    """Translate a batch of conditions (B, 1, h, w) in [0, 1]; returns x0 (B, 1, h, w) in [-1, 1].
+
+    ``seeds``: one per slice, or a :class:`SliceNoise` (e.g. with crop windows). ``steps``:
+    the respaced chain length (None: every training timestep). ``method``: default
+    :class:`Plain`. ``wrappers`` wrap the method's denoise, innermost first.
+    """
+    schedule = denoiser.schedule
+    noise = seeds if isinstance(seeds, SliceNoise) else SliceNoise(seeds, condition.device)
+    method = (method or Plain(denoiser, condition)).resolve()
+    timesteps = schedule.timesteps(steps)
+    update = make_update(sampler, eta)
+    hooks = list(hooks)
+    x_T = method.initial(noise, condition.shape[1:])
+    denoise = method.denoise
+    for wrapper in wrappers:
+        denoise = wrapper.wrap(denoise, schedule, timesteps, update)
+        for hook in hooks:
+            if hasattr(hook, "watch_denoiser"):
+                hook.watch_denoiser(denoise)
+    x = reverse_process(denoise, x_T, schedule, timesteps, update, method.step_noise(noise), method.hooks(hooks))
+    return method.result(x)

@@ -1,0 +1,93 @@
+"""Noise schedule and the exact posterior of a (respaced) DDPM chain.
+
+Everything is computed from ``alphas_cumprod`` (abar), so any increasing subsequence of
+the training timesteps is a valid chain: for a step ``t -> s`` (s < t) the effective
+``beta = 1 - abar_t / abar_s``. ``s = -1`` denotes the clean image (abar = 1).
+Tensors: images (B, C, H, W); timesteps are Python ints shared by the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.schedulers import NoiseSchedules
+
+
+class NoiseSchedule:
+    """MONAI beta schedule (default ``sigmoid_beta``) with T training steps.
+
+    ``beta_start``/``beta_end`` default to the 1000-step DDPM values (1e-4, 2e-2) scaled
+    by 1000 / T, so a short chain still ends in (almost) pure noise.
+    Attributes are float64 CPU tensors of length T: ``betas``, ``alphas_cumprod``.
+    """
+
+    def __init__(self, num_train_timesteps: int = 100, schedule: str = "sigmoid_beta",
+                 beta_start: float | None = None, beta_end: float | None = None, sig_range: float = 6.0):
+        if num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
+        scale = 1000.0 / num_train_timesteps
+        beta_start = 1e-4 * scale if beta_start is None else beta_start
+        beta_end = min(2e-2 * scale, 0.999) if beta_end is None else beta_end
+        kwargs = {"sig_range": sig_range} if schedule == "sigmoid_beta" else {}
+        self.num_train_timesteps = num_train_timesteps
+        self.betas = NoiseSchedules[schedule](num_train_timesteps, beta_start, beta_end, **kwargs).to(torch.float64)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+
+    def abar(self, t: int) -> float:
+        """abar_t; ``t = -1`` gives 1 (the clean image)."""
+        return 1.0 if t < 0 else float(self.alphas_cumprod[t])
+
+    def timesteps(self, num_steps: int | None = None) -> list[int]:
+        """Decreasing respaced timesteps from T - 1 to 0, evenly spaced (rounded linspace)."""
+        T = self.num_train_timesteps
+        n = T if num_steps is None else int(num_steps)
+        if not 1 <= n <= T:
+            raise ValueError(f"steps must be between 1 and {T}, got {num_steps}")
+        if n == 1:
+            return [T - 1]
+        steps = torch.round(torch.linspace(T - 1, 0, n, dtype=torch.float64)).long()
+        return [int(s) for s in steps]
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x0) sample: ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``; ``t`` is (B,)."""
+        abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def posterior_coefficients(self, t: int, s: int) -> tuple[float, float, float]:
+        """(coef_x0, coef_xt, variance) of q(x_s | x_t, x0) for the respaced step t -> s:
+        mean = coef_x0 x0 + coef_xt x_t. The one place these coefficients are computed."""
+        a_t, a_s = self.abar(t), self.abar(s)
+        beta = 1.0 - a_t / a_s
+        coef_x0 = a_s**0.5 * beta / (1.0 - a_t)
+        coef_xt = (1.0 - beta) ** 0.5 * (1.0 - a_s) / (1.0 - a_t)
+        variance = (1.0 - a_s) / (1.0 - a_t) * beta
+        return coef_x0, coef_xt, variance
+
+    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, s: int) -> tuple[torch.Tensor, float]:
+        """Mean and variance of q(x_s | x_t, x0) for the respaced step t -> s."""
+        coef_x0, coef_xt, variance = self.posterior_coefficients(t, s)
+        return coef_x0 * x0 + coef_xt * x_t, variance
+
+    def eps_from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
+        a_t = self.abar(t)
+        return (x_t - a_t**0.5 * x0) / (1.0 - a_t) ** 0.5
+
+    def x0_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+        """Convert a network output ("sample", "epsilon" or "v_prediction") to x0_hat; t is (B,)."""
+        if prediction_type == "sample":
+            return output
+        abar = self.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
+        if prediction_type == "epsilon":
+            return (x_t - (1 - abar).sqrt() * output) / abar.sqrt()
+        if prediction_type == "v_prediction":
+            return abar.sqrt() * x_t - (1 - abar).sqrt() * output
+        raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+        if prediction_type == "sample":
+            return x0
+        if prediction_type == "epsilon":
+            return noise
+        if prediction_type == "v_prediction":
+            abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+            return abar.sqrt() * noise - (1 - abar).sqrt() * x0
+        raise ValueError(f"unknown prediction_type {prediction_type!r}")

@@ -1,0 +1,103 @@
+"""Update rules: one step ``t -> s`` of a reverse process, as small objects in a registry.
+
+Every rule here is affine in (x_t, x0_hat) plus noise:
+
+    x_s = c_x0 x0_hat + c_xt x_t + sigma z,   z ~ N(0, I) from the slice's generator,
+
+and says so through :meth:`UpdateRule.coefficients`, so that a method that needs the
+step's shape (RODS applies the direction computed at a perturbed point) asks the rule
+instead of re-deriving it. ``s = -1`` is the clean image: every rule returns x0_hat there.
+
+Adding a sampler (for example DPM-Solver++) means adding a class here and registering it
+in :data:`UPDATE_RULES`; the CLI, the MONAI Label parameters and the bundle take their
+choices from this registry (:mod:`localdiffusion.options`). A multistep solver keeps its
+history on the instance (one instance per sampling run, made by :func:`make_update`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from localdiffusion.engine.schedule import NoiseSchedule
+
+#: ``noise(item_shape) -> (B, *item_shape)`` standard normal noise (a SliceNoise or a wrapper)
+Noise = Callable[[tuple], torch.Tensor]
+
+
+class UpdateRule:
+    """Base: ``rule(schedule, x_t, x0_hat, t, s, noise) -> x_s``; ``eta`` scales the step's noise."""
+
+    name = ""
+    default_eta = 0.0
+
+    def __init__(self, eta: float | None = None):
+        eta = self.default_eta if eta is None else float(eta)
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.eta = eta
+
+    def coefficients(self, schedule: NoiseSchedule, t: int, s: int) -> tuple[float, float, float]:
+        """(c_x0, c_xt, sigma) of the step t -> s."""
+        raise NotImplementedError
+
+    def __call__(self, schedule: NoiseSchedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: int, s: int,
+                 noise: Noise) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class DDPM(UpdateRule):
+    """Ancestral DDPM step on any respaced chain: sample q(x_s | x_t, x0_hat), noise scaled by ``eta``."""
+
+    name = "ddpm"
+    default_eta = 1.0
+
+    def coefficients(self, schedule, t, s):
+        coef_x0, coef_xt, variance = schedule.posterior_coefficients(t, s)
+        return coef_x0, coef_xt, self.eta * variance**0.5
+
+    def __call__(self, schedule, x_t, x0_hat, t, s, noise):
+        mean, variance = schedule.posterior(x_t, x0_hat, t, s)
+        if s < 0 or variance == 0.0 or self.eta == 0.0:
+            return mean
+        return mean + (self.eta * variance**0.5) * noise(x_t.shape[1:])
+
+
+class DDIM(UpdateRule):
+    """DDIM step (Song et al.) with stochasticity ``eta`` (0 = deterministic)."""
+
+    name = "ddim"
+
+    def _sigma(self, a_t: float, a_s: float) -> float:
+        return self.eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
+
+    def coefficients(self, schedule, t, s):
+        if s < 0:
+            return 1.0, 0.0, 0.0
+        a_t, a_s = schedule.abar(t), schedule.abar(s)
+        sigma = self._sigma(a_t, a_s)
+        c_xt = ((1 - a_s - sigma**2) / (1 - a_t)) ** 0.5
+        return a_s**0.5 - c_xt * a_t**0.5, c_xt, sigma
+
+    def __call__(self, schedule, x_t, x0_hat, t, s, noise):
+        if s < 0:
+            return x0_hat
+        a_t, a_s = schedule.abar(t), schedule.abar(s)
+        eps = schedule.eps_from_x0(x_t, x0_hat, t)
+        sigma = self._sigma(a_t, a_s)
+        x_s = a_s**0.5 * x0_hat + max(1 - a_s - sigma**2, 0.0) ** 0.5 * eps
+        if sigma > 0:
+            x_s = x_s + sigma * noise(x_t.shape[1:])
+        return x_s
+
+
+#: sampler name -> rule class; the only list of samplers in the package
+UPDATE_RULES: dict[str, type[UpdateRule]] = {rule.name: rule for rule in (DDIM, DDPM)}
+
+
+def make_update(sampler: str, eta: float | None = None) -> UpdateRule:
+    """A fresh rule instance (``eta`` None: the rule's default)."""
+    if sampler not in UPDATE_RULES:
+        raise ValueError(f"sampler must be one of {sorted(UPDATE_RULES)}, got {sampler!r}")
+    return UPDATE_RULES[sampler](eta)

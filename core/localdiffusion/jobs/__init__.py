@@ -1,0 +1,1 @@
+"""Jobs: the only code that reads inputs and writes outputs. The CLI, the MONAI bundle, the MONAI Label app and the Slicer module (through the CLI) all call these."""

@@ -1,0 +1,53 @@
+"""Fit the hallucination-risk calibration on healthy validation volumes (``localdiffusion calibrate-risk``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from localdiffusion.data.cohort import cases_in_split, has_manifest
+from localdiffusion.data.readers import read_case
+from localdiffusion.detectors.maps import VolumeRecorder
+from localdiffusion.detectors.risk import RiskCalibration
+from localdiffusion.errors import InputError
+from localdiffusion.jobs.inputs import check_sampling
+from localdiffusion.ood.volume import probability_volume
+from localdiffusion.options import default
+from localdiffusion.volume.batching import batch_sampler, translate_prepared
+from localdiffusion.volume.grid import prepare_case
+
+
+def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: str = "val", max_cases: int = 3,
+                   steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = 0.01,
+                   last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
+    """Fit a :class:`RiskCalibration` on the healthy cases of ``split`` (plain DDIM with ``steps``).
+
+    ``rods``: a :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with
+    ``eps`` out of reach, so the trajectory is the plain one) and its ``eps`` is fitted.
+    """
+    check_sampling(denoiser, steps)
+    cfg = denoiser.config
+    cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
+    if not cases:
+        raise InputError(f"{data}: no healthy {split} cases to calibrate the risk map on")
+    probe = dataclasses.replace(rods, eps=float("inf")) if rods is not None else None
+    voxels: dict[str, list] = {}
+    slice_curvature = []
+    for path in tqdm(cases, desc="risk calibration", unit="case"):
+        prepared = prepare_case(read_case(path, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
+        recorder = VolumeRecorder(prepared.grid.shape, last_k)
+        translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False, recorder=recorder,
+                           sample_batch=batch_sampler("ddim", steps, rods=probe))
+        brain = prepared.brain
+        for name, volume in recorder.volumes({"ood": probability_volume(ood_bank, prepared)}).items():
+            voxels.setdefault(name, []).append(volume[brain])
+        if probe is not None:
+            slice_curvature.append(recorder.slice_values("curvature")[prepared.brain_slices()])
+    fitted = None
+    if probe is not None:
+        fitted = dataclasses.replace(rods, eps=float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate)))
+    maps = {name: np.concatenate(parts) for name, parts in voxels.items()}
+    return RiskCalibration.fit(maps, false_positive_rate, last_k, fitted, steps)

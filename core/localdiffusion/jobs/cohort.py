@@ -1,0 +1,69 @@
+"""Cohorts of volumes: resolve inputs (a file, a folder, a MONAI datalist) and run the main job on each (the bundle's inference).
+
+No logic lives in the bundle: configs build these objects and call ``run()``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from localdiffusion.data.readers import NIFTI_SUFFIXES
+from localdiffusion.errors import InputError
+from localdiffusion.jobs.run import JobOptions, run_job
+
+
+def resolve_inputs(input_spec: str | Path | list) -> list[Path]:
+    """A NIfTI file, a folder of NIfTI files, a datalist JSON (list of paths or of
+    ``{"image": path}``, or ``{"testing": [...]}`` as in MONAI datalists), or a list."""
+    if isinstance(input_spec, (list, tuple)):
+        return [p for item in input_spec for p in resolve_inputs(item)]
+    if isinstance(input_spec, dict):
+        return resolve_inputs(input_spec["image"])
+    path = Path(str(input_spec))
+    if not str(input_spec):
+        raise InputError("no input given (override --input with a NIfTI file, a folder or a datalist JSON)")
+    if not path.exists():
+        raise InputError(f"{path}: input not found")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+        if not files:
+            raise InputError(f"{path}: folder holds no NIfTI files")
+        return files
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not a valid datalist JSON ({exc})") from exc
+        items = data.get("testing", data.get("data", [])) if isinstance(data, dict) else data
+        if not isinstance(items, list) or not items:
+            raise InputError(f"{path}: datalist holds no entries")
+        entries = [item["image"] if isinstance(item, dict) else item for item in items]
+        return resolve_inputs([e if Path(e).is_absolute() else str(path.parent / e) for e in entries])
+    return [path]
+
+
+class CohortTranslator:
+    """Runs :func:`~localdiffusion.jobs.run.run_job` on every input, with progress.
+
+    Every input is checked (readable, 3D, finite, non-empty) before any output is
+    written, so a bad case in a cohort stops the run without partial outputs.
+    """
+
+    def __init__(self, inputs, output_dir: str | Path, options: JobOptions, models_root: str | Path):
+        self.inputs = inputs
+        self.output_dir, self.options, self.models_root = Path(output_dir), options, Path(models_root)
+
+    def run(self) -> dict[str, dict[str, Path]]:
+        from localdiffusion.data.io import load_volume
+
+        inputs = resolve_inputs(self.inputs)
+        for path in inputs:
+            load_volume(path)
+        results = {}
+        for path in tqdm(inputs, desc="cohort", unit="volume", disable=len(inputs) < 2):
+            results[str(path)] = run_job(path, self.output_dir, self.options, self.models_root,
+                                         progress=len(inputs) < 2)
+        return results

@@ -1,0 +1,37 @@
+"""Map one volume file: the OOD probability map (input geometry) and the binary mask at the
+calibrated threshold (``localdiffusion ood map``, the MONAI Label ``ood_map`` model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from localdiffusion.data.io import save_volume
+from localdiffusion.jobs.inputs import prepare_input
+from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.volume import bank_grid, probability_volume
+
+
+def probability_map(input_path: str | Path, bank_path: str | Path, modality: str | None = None,
+                    model_root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """The OOD probability of one volume on its own grid: (probability, affine, calibrated threshold)."""
+    model = PatchCore.load(bank_path, modality=modality, model_root=model_root)
+    prepared = prepare_input(input_path, model.meta["modality"], *bank_grid(model))
+    return prepared.to_input_brain(probability_volume(model, prepared)), prepared.input_affine, float(model.threshold)
+
+
+def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Path,
+               mask_path: str | Path | None = None, modality: str | None = None) -> tuple[Path, Path]:
+    """Write the OOD probability map and the binary mask (``*_mask.nii.gz`` by default).
+
+    ``modality`` (optional) is the input's contrast; it must match the bank's.
+    """
+    prob, affine, threshold = probability_map(input_path, bank_path, modality)
+    out_path = Path(out_path)
+    if mask_path is None:
+        name = out_path.name.removesuffix(".nii.gz").removesuffix(".nii")
+        mask_path = out_path.with_name(f"{name}_mask.nii.gz")
+    save_volume(out_path, prob, affine, protect=[input_path])
+    save_volume(mask_path, (prob >= threshold).astype(np.uint8), affine, protect=[input_path])
+    return out_path, Path(mask_path)

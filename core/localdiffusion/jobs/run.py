@@ -1,0 +1,126 @@
+"""The main job on one volume: OOD map, baseline and Local Diffusion translations, risk map.
+
+``run_job`` is what the CLI (``localdiffusion run``), the MONAI bundle, the MONAI Label app
+and the Slicer module (through the CLI) call. Models come from one folder (default: the shipped
+``monai_bundle/models``): ``<source>_to_<target>/`` (diffusion model) and
+``ood_<modality>.pt`` (PatchCore banks; the target-modality bank is the gate's classifier);
+with ``<source>_to_<target>/risk_calibration.json`` the job also writes the per-voxel
+hallucination risk of the Local Diffusion translation (:mod:`localdiffusion.detectors.risk`),
+when the sampler is the calibration's DDIM step count (read from that file).
+Everything is computed before anything is written; outputs are written atomically, on the
+input's grid and affine, and never over the input. ``report`` (e.g. the CLI's JSON lines)
+is told the progress of each phase and every written output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from localdiffusion.data.io import save_volume
+from localdiffusion.detectors.maps import VolumeRecorder
+from localdiffusion.detectors.risk import RiskCalibration, risk_volume
+from localdiffusion.errors import InputError
+from localdiffusion.jobs.inputs import check_sampling, prepare_input
+from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
+                                                    branch_weight_volume)
+from localdiffusion.network.denoiser import load_denoiser
+from localdiffusion.network.device import select_device
+from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.volume import probability_volume
+from localdiffusion.options import DIRECTIONS, OPTIONS, default, output_suffix
+from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
+from localdiffusion.volume.batching import batch_sampler, translate_prepared
+
+#: ``report(event)``: ``{"event": "progress", "phase": ..., "fraction": ...}`` or ``{"event": "output", ...}``
+Report = Callable[[dict], None]
+
+
+@dataclass
+class JobOptions:
+    """The main job's parameters; defaults, ranges and choices come from :data:`~localdiffusion.options.OPTIONS`."""
+
+    direction: str = default("direction")
+    sampler: str = default("sampler")
+    steps: int = default("steps")
+    seed: int = default("seed")
+    batch_size: int = default("batch_size")
+    t_intermediate: int = default("t_intermediate")
+    mask_mode: str = default("mask_mode")
+    ind_floor: float = default("ind_floor")
+    shared_noise: bool = default("shared_noise")
+    max_rebranch: int = default("max_rebranch")
+    gate: bool = default("gate")
+    baseline: bool = default("baseline")
+    device: str = default("device")
+    risk_map: bool = True  # when the model folder holds risk_calibration.json
+
+    def __post_init__(self):
+        for f in fields(self):
+            if f.name in OPTIONS:
+                setattr(self, f.name, OPTIONS[f.name].check(getattr(self, f.name)))
+
+
+def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
+    source, target = DIRECTIONS[direction]
+    root = Path(models_root)
+    return {"diffusion": root / direction, "ood": ood_bank_path(root, source), "gate": ood_bank_path(root, target),
+            "risk": root / direction / "risk_calibration.json"}
+
+
+def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
+            models_root: str | Path | None = None, progress: bool = True, report: Report | None = None
+            ) -> dict[str, Path]:
+    """Translate one volume; returns the written paths keyed by output name."""
+    options = options or JobOptions()
+    report = report or (lambda event: None)
+    models_root = Path(models_root) if models_root else MODELS_ROOT
+    paths = model_paths(models_root, options.direction)
+    source, target = DIRECTIONS[options.direction]
+    denoiser = load_denoiser(paths["diffusion"], select_device(options.device))
+    if (denoiser.config.source, denoiser.config.target) != (source, target):
+        raise InputError(f"{paths['diffusion']}: model translates {denoiser.config.source} -> "
+                         f"{denoiser.config.target}, not {source} -> {target}")
+    ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root)
+    gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root)) if options.gate else None
+    calibration = RiskCalibration.load(paths["risk"]) if options.risk_map and paths["risk"].exists() else None
+    if calibration is not None and (options.sampler, options.steps) != ("ddim", calibration.steps):
+        calibration = None  # fitted for another sampler: no risk map rather than a miscalibrated one
+    prepared = prepare_input(input_path, source, denoiser.config.spacing_mm, denoiser.config.in_plane)
+    check_sampling(denoiser, options.steps, options.t_intermediate)
+
+    report({"event": "progress", "phase": "ood", "fraction": 0.0})
+    ood = probability_volume(ood_bank, prepared)
+    recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
+    common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress)
+    ld_config = LocalDiffusionConfig(mask_mode=options.mask_mode, threshold=ood_bank.threshold,
+                                     ind_floor=options.ind_floor, shared_noise=options.shared_noise,
+                                     t_intermediate=options.t_intermediate, max_rebranch=options.max_rebranch)
+    plan = LocalDiffusionPlan(ood, ld_config, gate, brain_volume=prepared.brain)
+    local = batch_sampler(options.sampler, options.steps, method=plan)
+    phase = lambda name: (lambda done, total: report({"event": "progress", "phase": name,  # noqa: E731
+                                                       "fraction": done / max(total, 1)}))
+    volumes = {"ood": ood, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
+                                                       sample_batch=local, on_batch=phase("local"))}
+    if recorder is not None:
+        volumes["risk"] = risk_volume(calibration, recorder.volumes({"ood": ood}), prepared.brain)
+    if options.baseline:
+        volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,
+                                                 **common, on_batch=phase("baseline"))
+    # where Local Diffusion branched (the hard mask; a soft plan's weight is the probability near it)
+    branch_mask = plan.weight if options.mask_mode == "hard" else branch_weight_volume(
+        ood, dataclasses.replace(ld_config, mask_mode="hard"), prepared.brain)
+    stem = Path(input_path).name.removesuffix(".nii.gz").removesuffix(".nii")
+    out_dir = Path(out_dir)
+    on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
+    on_input["ood_mask"] = (prepared.to_input_brain(branch_mask) >= 0.5).astype(np.uint8)
+    outputs = {}
+    for name, volume in on_input.items():
+        outputs[name] = out_dir / f"{stem}_{output_suffix(name, options.direction)}.nii.gz"
+        save_volume(outputs[name], volume, prepared.input_affine, protect=[input_path])
+        report({"event": "output", "name": name, "path": str(outputs[name])})
+    return outputs

@@ -1,0 +1,93 @@
+"""Translate one volume file (``localdiffusion translate``): NIfTI in, NIfTI out.
+
+normalise -> working grid -> brain slices in batches -> reverse process -> reassemble ->
+map back to the input grid -> write atomically. Output intensities are on the normalised
+[0, 1] scale of the target contrast (:data:`~localdiffusion.volume.grid.NORMALISATION`);
+voxels outside the input's foreground are 0. Optionally the calibrated hallucination-risk
+map and RODS sampling (both need ``<model>/risk_calibration.json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from localdiffusion.data.io import save_volume
+from localdiffusion.detectors.maps import VolumeRecorder
+from localdiffusion.detectors.risk import RiskCalibration, risk_volume
+from localdiffusion.errors import InputError
+from localdiffusion.jobs.inputs import check_sampling, prepare_input, refuse_overwriting_input
+from localdiffusion.network.denoiser import load_denoiser
+from localdiffusion.network.device import select_device
+from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.volume import probability_volume
+from localdiffusion.options import default
+from localdiffusion.shipped import ood_bank_path
+from localdiffusion.volume.batching import BRAIN_CROP_MARGIN, batch_sampler, translate_prepared
+from localdiffusion.volume.grid import PreparedCase
+
+
+@dataclass
+class Translation:
+    """A translated volume on the working grid and on the input grid."""
+
+    prepared: PreparedCase
+    working: np.ndarray  # (X, Y, Z) in [0, 1], working grid
+    output: np.ndarray  # input grid
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.prepared.input_affine
+
+
+def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str | Path, *,
+                   sampler: str = default("sampler"), steps: int = default("steps"), seed: int = default("seed"),
+                   batch_size: int = default("batch_size"), device: str = default("device"), progress: bool = True,
+                   risk_map: str | Path | None = None, ood_bank: str | Path | None = None, rods: bool = False,
+                   crop_margin: int | None = BRAIN_CROP_MARGIN) -> Translation:
+    """Translate one NIfTI volume with the model in ``model_dir`` and write ``out_path``.
+
+    ``risk_map``: also write the calibrated per-voxel hallucination risk (needs
+    ``<model_dir>/risk_calibration.json`` and the source-modality OOD bank, by default
+    ``ood_<source>.pt`` beside the model folder). ``rods``: sample with RODS at the
+    calibrated ``eps``. ``crop_margin``: see :func:`~localdiffusion.volume.batching.translate_prepared`.
+    Nothing is written unless everything succeeded.
+    """
+    refuse_overwriting_input(input_path, out_path, risk_map)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    denoiser = load_denoiser(model_dir, select_device(device))
+    cfg = denoiser.config
+    calibration, bank, rods_config = None, None, None
+    if risk_map is not None or rods:
+        calibration = RiskCalibration.load(Path(model_dir) / "risk_calibration.json")
+        if calibration.steps is not None and (sampler, steps) != ("ddim", calibration.steps):
+            raise InputError(f"{model_dir}/risk_calibration.json was fitted for DDIM-{calibration.steps}; "
+                             f"use --sampler ddim --steps {calibration.steps} with --risk-map/--rods")
+    if rods:
+        if calibration.rods is None:
+            raise InputError(f"{model_dir}/risk_calibration.json: fitted without RODS; "
+                             "run `localdiffusion calibrate-risk --rods` first")
+        rods_config = calibration.rods
+    if risk_map is not None:
+        bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
+        bank = PatchCore.load(bank_path, modality=cfg.source)
+    prepared = prepare_input(input_path, cfg.source, cfg.spacing_mm, cfg.in_plane)
+    check_sampling(denoiser, steps)
+    recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
+    working = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=progress,
+                                 sample_batch=batch_sampler(sampler, steps, rods=rods_config), recorder=recorder,
+                                 crop_margin=crop_margin)
+    output = prepared.to_input_brain(working)
+    risk_output = None
+    if risk_map is not None:
+        maps = recorder.volumes({"ood": probability_volume(bank, prepared)})
+        risk_output = prepared.to_input_brain(risk_volume(calibration, maps, prepared.brain))
+    save_volume(out_path, output, prepared.input_affine, protect=[input_path])
+    if risk_output is not None:
+        save_volume(risk_map, risk_output, prepared.input_affine, protect=[input_path, out_path])
+    return Translation(prepared, working, output)
+
+

@@ -1,0 +1,287 @@
+"""Local Diffusion (Kim, Jin et al., ECCV 2024): branching, fusion and a classifier gate.
+
+A method for :func:`~localdiffusion.engine.assemble.sample_slices` (no second loop; it
+combines with the denoiser wrappers there, RODS included). The state is (B, 2, H, W):
+channel 0 is the OOD branch, channel 1 the in-distribution (IND) branch.
+:class:`LocalDiffusion` supplies
+
+* ``denoise(x, t)``: one batched network call for every branch of every slice: branching
+  slices contribute two inputs (OOD branch with ``cond * w``, IND branch with
+  ``cond * max(1 - w, floor)``), fused slices one (the full condition). The OOD branch's
+  x0 is set to the background value outside the OOD region: ``w x0 + (1 - w) bg``.
+* ``hook``: at the first step with ``t <= t_intermediate`` a slice is fused (S-operator):
+  ``x0 = w x0_ood + (1 - w) x0_ind`` and ``x_t = w x_ood + (1 - w) x_ind``, both channels
+  then hold the fused state and ordinary posterior sampling continues to t = 0. The gate
+  scores the fused x0 first: if the OOD region has been healed the slice stays in (returns
+  to) branching from its branch states and tries again at the next step, at most
+  ``max_rebranch`` times; the last step always fuses. All state is per slice.
+* ``step_noise``: shared noise repeats one draw for both branches (as the reference code);
+  independent noise draws each branch separately. Fused slices always share.
+* ``hooks``: the fusion hook, then the caller's observers, who see the composite
+  (B, 1, H, W) state (:meth:`LocalDiffusion.composite`).
+
+Masks ``w`` (B, 1, H, W) come from the OOD probability: ``hard`` = (p >= threshold),
+``soft`` = p. On volumes, :func:`branch_weight_volume` first post-processes the hard mask
+(median filter, small components removed) so that scattered false-positive pixels do not
+make a healthy slice branch. A slice whose mask is empty is never branched, and a batch
+with no branching slice runs the plain process (:meth:`LocalDiffusion.resolve`), so with an
+empty OOD map the output equals the baseline sampler's for the same seeds, exactly.
+
+Speed: the OOD branch runs on a crop around the OOD region of the batch's branching slices
+(bounding box + ``crop_margin`` pixels, rounded to the network's downsampling factor).
+Outside its mask the OOD branch's x0 is the background anyway; the crop only changes the
+network's context near the crop border (its receptive field, and the global attention at
+the lowest level), measured by ``benchmarks/ld_speed.py`` (docs/BENCHMARK.md, 4b).
+Images: conditions in [0, 1]; the network state in [-1, 1]; background 0 in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import torch
+
+from localdiffusion.engine.assemble import Plain, sample_slices
+from localdiffusion.engine.crop import Box, box_shape, crop_box, downsampling_factor, paste
+from localdiffusion.engine.loop import SliceNoise, Step, StepHook
+from localdiffusion.engine.scale import to_model_scale
+from localdiffusion.options import default
+
+
+class Gate(Protocol):
+    def __call__(self, fused_x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """fused x0 (n, 1, H, W) in [0, 1], mask (n, 1, H, W) -> bool (n,): True = healed.
+
+        Always whole slices: crops (brain crops of a volume) are pasted back first."""
+
+
+@dataclass
+class LocalDiffusionConfig:
+    mask_mode: str = default("mask_mode")  # "hard": p >= threshold; "soft": p
+    threshold: float = 0.99  # OOD probability threshold for the hard mask (the calibrated one)
+    ind_floor: float = default("ind_floor")  # IND branch keeps max(1 - w, floor) of the condition (paper 0, reference 0.95)
+    shared_noise: bool = default("shared_noise")  # same x_T and per-step noise for both branches
+    t_intermediate: int = default("t_intermediate")  # training-timestep units; -1: round(0.1 T) (paper: 10 of 100)
+    max_rebranch: int = default("max_rebranch")
+    background: float = 0.0  # target background value in [0, 1]
+    min_component: int = 8  # post-processing of volume masks: drop OOD components below this (pixels); 0 = off
+    crop_margin: int | None = 16  # OOD branch on a crop with this margin (pixels); None = full slices
+
+    def __post_init__(self):
+        if self.mask_mode not in ("hard", "soft"):
+            raise ValueError(f"mask_mode must be 'hard' or 'soft', got {self.mask_mode!r}")
+        if not 0.0 <= self.ind_floor <= 1.0:
+            raise ValueError(f"ind_floor must be in [0, 1], got {self.ind_floor}")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.max_rebranch < 0:
+            raise ValueError("max_rebranch must be >= 0")
+        if self.min_component < 0:
+            raise ValueError(f"min_component must be >= 0, got {self.min_component}")
+        if self.crop_margin is not None and self.crop_margin < 0:
+            raise ValueError(f"crop_margin must be >= 0 or None, got {self.crop_margin}")
+
+
+class LocalDiffusion:
+    """Per-batch Local Diffusion state; see the module docstring."""
+
+    def __init__(self, denoiser, condition: torch.Tensor, ood_probability: torch.Tensor,
+                 config: LocalDiffusionConfig | None = None, gate: Gate | None = None,
+                 placement: tuple[list[Box], tuple[int, int]] | None = None):
+        self.denoiser, self.config, self.gate = denoiser, config or LocalDiffusionConfig(), gate
+        cfg = self.config
+        T = denoiser.schedule.num_train_timesteps
+        self.t_intermediate = round(0.1 * T) if cfg.t_intermediate == -1 else int(cfg.t_intermediate)
+        if not 0 <= self.t_intermediate < T:
+            raise ValueError(f"t_intermediate must be in [0, {T - 1}], got {self.t_intermediate}")
+        p = ood_probability.float().clamp(0, 1)
+        self.weight = (p >= cfg.threshold).float() if cfg.mask_mode == "hard" else p
+        self.condition = condition
+        self.cond = to_model_scale(condition)
+        self.cond_ood = to_model_scale(condition * self.weight)
+        self.cond_ind = to_model_scale(condition * torch.clamp(1.0 - self.weight, min=cfg.ind_floor))
+        self.bg = to_model_scale(cfg.background)
+        self.branching = self.weight.flatten(1).amax(1) > 0  # (B,) bool
+        self.rebranches = torch.zeros_like(self.branching, dtype=torch.long)
+        self.fused_at = torch.full_like(self.rebranches, -1)
+        self.crop = self._crop_box(denoiser)
+        #: (windows, plane) when the slices are crops of whole slices (the gate sees whole slices)
+        self.placement = placement
+
+    def _crop_box(self, denoiser) -> Box | None:
+        """(rows, cols) of the OOD branch's crop; None = the full slice."""
+        if self.config.crop_margin is None or not self.branching.any():
+            return None
+        support = self.weight[self.branching].flatten(0, 1).amax(0) > 0
+        box = crop_box(support, self.config.crop_margin, downsampling_factor(denoiser))
+        return None if box_shape(box) == tuple(self.weight.shape[-2:]) else box
+
+    def composite(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, 2, H, W) -> (B, 1, H, W): the S-composite (the fused value for fused slices)."""
+        return self.weight * state[:, 0:1] + (1 - self.weight) * state[:, 1:2]
+
+    # -- the three parts that plug into reverse_process
+    def _network(self, inputs: torch.Tensor, conds: torch.Tensor, t: int) -> torch.Tensor:
+        return self.denoiser(inputs, conds, t).clamp(-1.0, 1.0) if len(inputs) else inputs
+
+    def denoise(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        br = self.branching
+        n = int(br.sum())
+        w = self.weight[br]
+        x0 = torch.empty_like(x)
+        if self.crop is None:  # one call for every branch
+            x0_all = self._network(torch.cat([x[br, 0:1], x[br, 1:2], x[~br, 0:1]]),
+                                   torch.cat([self.cond_ood[br], self.cond_ind[br], self.cond[~br]]), t)
+            x0_ood, x0_rest = x0_all[:n], x0_all[n:]
+        else:  # the OOD branch on its crop, everything else on full slices
+            rows, cols = self.crop
+            x0_ood = torch.full_like(x[br, 0:1], self.bg)
+            x0_ood[..., rows, cols] = self._network(x[br, 0:1, rows, cols], self.cond_ood[br, :, rows, cols], t)
+            x0_rest = self._network(torch.cat([x[br, 1:2], x[~br, 0:1]]), torch.cat([self.cond_ind[br], self.cond[~br]]), t)
+        x0[br, 0:1] = w * x0_ood + (1 - w) * self.bg
+        x0[br, 1:2] = x0_rest[:n]
+        x0[~br] = x0_rest[n:].expand(-1, 2, -1, -1)
+        return x0
+
+    def hook(self, step: Step):
+        due = self.branching & torch.tensor(step.t <= self.t_intermediate)
+        if not due.any():
+            return None
+        w = self.weight
+        fused_x0, fused_x = self.composite(step.x0_hat), self.composite(step.x_t)
+        fuse = due.clone()
+        if self.gate is not None and step.t_prev >= 0:
+            healed = torch.zeros_like(due)
+            idx = due.nonzero().flatten()
+            image, region = ((fused_x0[idx] + 1) / 2).clamp(0, 1), w[idx]
+            if self.placement is not None:
+                windows, plane = [self.placement[0][i] for i in idx.tolist()], self.placement[1]
+                image, region = paste(image, windows, plane, self.config.background), paste(region, windows, plane)
+            healed[idx] = self.gate(image, region).to(torch.bool)
+            retry = due & healed & (self.rebranches < self.config.max_rebranch)
+            self.rebranches += retry.long()
+            fuse &= ~retry
+        x_t, x0_hat = step.x_t.clone(), step.x0_hat.clone()
+        x_t[fuse] = fused_x[fuse].expand(-1, 2, -1, -1)
+        x0_hat[fuse] = fused_x0[fuse].expand(-1, 2, -1, -1)
+        self.branching = self.branching & ~fuse
+        self.fused_at[fuse] = step.t
+        return x_t, x0_hat
+
+    def step_noise(self, base: SliceNoise) -> Callable:
+        def draw(item_shape) -> torch.Tensor:
+            c, h, w = item_shape
+            rows = [base.draw(b, (1, h, w)).expand(c, h, w) if self.config.shared_noise or not bool(self.branching[b])
+                    else base.draw(b, (c, h, w)) for b in range(len(base))]
+            return torch.stack(rows).to(base.device)
+
+        return draw
+
+    # -- the rest of the Method protocol (localdiffusion.engine.assemble)
+    def resolve(self):
+        """Nothing out of distribution in this batch: the plain process, exactly."""
+        return self if self.branching.any() else Plain(self.denoiser, self.condition)
+
+    def initial(self, noise: SliceNoise, item_shape) -> torch.Tensor:
+        return self.step_noise(noise)((2, *item_shape[1:]))
+
+    def hooks(self, observers) -> list:
+        observers = list(observers)
+
+        def observe(step: Step) -> None:
+            if observers:
+                seen = dataclasses.replace(step, x_t=self.composite(step.x_t), x0_hat=self.composite(step.x0_hat))
+                for hook in observers:
+                    hook(seen)
+
+        return [self.hook, observe]
+
+    def result(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0:1]
+
+
+def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: torch.Tensor, seeds,
+                           config: LocalDiffusionConfig | None = None, gate: Gate | None = None, *,
+                           sampler: str = default("sampler"), steps: int | None = default("steps"),
+                           eta: float | None = None, wrappers=(), hooks: Iterable[StepHook] = ()
+                           ) -> tuple[torch.Tensor, LocalDiffusion]:
+    """Local Diffusion translation of conditions (B, 1, H, W) in [0, 1]; returns ([-1, 1] x0, its state).
+
+    ``seeds``: one per slice, or a :class:`~localdiffusion.engine.loop.SliceNoise`;
+    ``ood_probability`` (B, 1, H, W) in [0, 1]; ``wrappers`` e.g. RODS. A convenience over
+    :func:`~localdiffusion.engine.assemble.sample_slices` that keeps the Local Diffusion object
+    (rebranch counts, fusion steps).
+    """
+    base = seeds if isinstance(seeds, SliceNoise) else SliceNoise(seeds, condition.device)
+    placement = (list(base.windows), base.plane) if base.windows is not None else None
+    ld = LocalDiffusion(denoiser, condition, ood_probability, config, gate, placement)
+    out = sample_slices(denoiser, condition, base, sampler=sampler, steps=steps, eta=eta, method=ld,
+                        wrappers=wrappers, hooks=hooks)
+    return out, ld
+
+
+def branch_weight_volume(ood_probability_volume, config: LocalDiffusionConfig, brain_volume=None):
+    """Working-grid (X, Y, Z) OOD probability -> the branching weight per voxel in [0, 1].
+
+    hard: the thresholded mask, post-processed per axial slice (3 x 3 median, components
+    under ``min_component`` pixels dropped, inside the brain) unless ``min_component`` is 0;
+    soft: the probability, zeroed away from the post-processed mask (dilated by 2 pixels).
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    from localdiffusion.ood.postprocess import postprocess
+
+    prob = np.clip(np.asarray(ood_probability_volume, np.float32), 0.0, 1.0)
+    mask = prob >= config.threshold
+    if config.min_component > 0:
+        brain = np.ones_like(mask) if brain_volume is None else np.asarray(brain_volume) > 0
+        mask = np.moveaxis(postprocess(np.moveaxis(mask, 2, 0), np.moveaxis(brain, 2, 0), config.min_component), 0, 2)
+    if config.mask_mode == "hard":
+        return mask.astype(np.float32)
+    near = ndimage.binary_dilation(mask, structure=np.ones((5, 5, 1), bool))
+    return np.where(near, prob, 0.0).astype(np.float32)
+
+
+class LocalDiffusionPlan:
+    """Local Diffusion over a volume: a method plan for :func:`~localdiffusion.volume.batching.batch_sampler`.
+
+    ``ood_probability_volume`` (X, Y, Z) on the working grid, e.g. from
+    :func:`~localdiffusion.ood.volume.probability_volume`; it becomes the branching weight
+    (:attr:`weight`) once, through :func:`branch_weight_volume` (``brain_volume`` limits the
+    post-processing); each batch then gets a :class:`LocalDiffusion` on its slices' windows.
+    """
+
+    def __init__(self, ood_probability_volume, config: LocalDiffusionConfig | None = None, gate: Gate | None = None,
+                 brain_volume=None):
+        config = config or LocalDiffusionConfig()
+        self.weight = branch_weight_volume(ood_probability_volume, config, brain_volume)
+        self.config = dataclasses.replace(config, threshold=1.0)  # the weight is final: a {0, 1} mask stays as it is
+        self.gate = gate
+
+    def __call__(self, denoiser, condition: torch.Tensor, batch, noise: SliceNoise) -> LocalDiffusion:
+        placement = (list(noise.windows), noise.plane) if noise.windows is not None else None
+        return LocalDiffusion(denoiser, condition, batch.take(self.weight, condition.device), self.config, self.gate,
+                              placement)
+
+
+class PatchCoreGate:
+    """Default classifier gate: a PatchCore bank on the *target* modality.
+
+    The OOD region counts as healed when fewer than ``min_abnormal_fraction`` of its pixels
+    are flagged abnormal (calibrated probability >= the bank's threshold) in the fused x0.
+    """
+
+    def __init__(self, patchcore, min_abnormal_fraction: float = 0.25):
+        self.patchcore, self.min_abnormal_fraction = patchcore, float(min_abnormal_fraction)
+
+    def __call__(self, fused_x0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        slices = fused_x0[:, 0].cpu().numpy()
+        brain = slices > 0.02
+        prob = self.patchcore.pixel_probability(slices, brain)
+        region = mask[:, 0].cpu().numpy() > 0.5
+        flagged = (prob >= self.patchcore.threshold) & region
+        fraction = flagged.reshape(len(slices), -1).sum(1) / region.reshape(len(slices), -1).sum(1).clip(min=1)
+        return torch.as_tensor(fraction < self.min_abnormal_fraction)

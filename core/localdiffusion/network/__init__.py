@@ -1,0 +1,1 @@
+"""Networks and their configurations: the conditional diffusion denoiser, the tumour segmenter, device choice."""

@@ -1,0 +1,135 @@
+"""The conditional denoiser: MONAI ``DiffusionModelUNet`` (2D) + its configuration.
+
+Channel order (used everywhere): the network input is ``cat([x_t, condition], dim=1)``,
+the noisy target first and the condition second, as in MONAI's ``DiffusionInferer``
+"concat" mode. Images are in the model scale [-1, 1] (= 2 * normalised - 1).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+
+from localdiffusion.engine.schedule import NoiseSchedule
+from localdiffusion.errors import InputError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.pt"
+
+
+@dataclass
+class DiffusionConfig:
+    """Everything needed to rebuild the network and its schedule."""
+
+    source: str = "t1"
+    target: str = "flair"
+    channels: tuple[int, ...] = (32, 64, 128)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = 2
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+    num_train_timesteps: int = 100
+    schedule: str = "sigmoid_beta"
+    prediction_type: str = "sample"  # x0; "epsilon" and "v_prediction" also supported
+    use_flash_attention: bool = True  # torch SDPA kernels; no effect on the weights
+    spacing_mm: float = 2.0
+    in_plane: tuple[int, int] = (96, 112)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.channels = tuple(self.channels)
+        self.attention_levels = tuple(self.attention_levels)
+        self.in_plane = tuple(self.in_plane)
+        if self.prediction_type not in ("sample", "epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be sample, epsilon or v_prediction, got {self.prediction_type!r}")
+        if len(self.channels) != len(self.attention_levels):
+            raise ValueError("channels and attention_levels must have the same length")
+
+    @property
+    def min_size(self) -> int:
+        """Smallest in-plane size the U-Net accepts (it halves len(channels) - 1 times)."""
+        return 2 ** (len(self.channels) - 1)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DiffusionConfig":
+        return cls(**json.loads(text))
+
+
+def build_network(config: DiffusionConfig) -> DiffusionModelUNet:
+    return DiffusionModelUNet(
+        spatial_dims=2, in_channels=2, out_channels=1, channels=config.channels,
+        attention_levels=config.attention_levels, num_res_blocks=config.num_res_blocks,
+        num_head_channels=config.num_head_channels, norm_num_groups=config.norm_num_groups,
+        use_flash_attention=config.use_flash_attention,
+    )
+
+
+class Denoiser(torch.nn.Module):
+    """Wraps the U-Net: ``denoiser(x_t, condition, t) -> x0_hat``, all (B, 1, H, W) in [-1, 1].
+
+    ``t`` is an int or a (B,) tensor. Handles the prediction type, channels_last and
+    autocast (bf16 on CPU, fp16 on CUDA) so callers only see x0 predictions in fp32.
+    """
+
+    def __init__(self, config: DiffusionConfig, network: torch.nn.Module | None = None, autocast: bool = True):
+        super().__init__()
+        self.config = config
+        self.network = network if network is not None else build_network(config)
+        self.schedule = NoiseSchedule(config.num_train_timesteps, config.schedule)
+        self.autocast = autocast
+
+    def forward(self, x_t: torch.Tensor, condition: torch.Tensor, t) -> torch.Tensor:
+        if x_t.shape[-1] % self.config.min_size or x_t.shape[-2] % self.config.min_size:
+            raise InputError(f"slice size {tuple(x_t.shape[-2:])} must be divisible by {self.config.min_size}")
+        if not torch.is_tensor(t):
+            t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
+        inputs = torch.cat([x_t, condition], dim=1).contiguous(memory_format=torch.channels_last)
+        device_type = x_t.device.type
+        dtype = torch.bfloat16 if device_type == "cpu" else torch.float16
+        with torch.autocast(device_type, dtype=dtype, enabled=self.autocast):
+            output = self.network(inputs, timesteps=t)
+        return self.schedule.x0_from_output(output.float(), x_t, t, self.config.prediction_type)
+
+
+def save_model(folder: str | Path, config: DiffusionConfig, state_dict: dict) -> Path:
+    from localdiffusion.data.io import atomic_path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        torch.save(state_dict, tmp)
+    with atomic_path(folder / CONFIG_FILE) as tmp:
+        tmp.write_text(config.to_json())
+    return folder
+
+
+def load_denoiser(folder: str | Path, device: str | torch.device = "cpu", autocast: bool = True) -> Denoiser:
+    """Load ``config.json`` + ``model.pt``; clear errors for missing or mismatched weights."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.exists():
+        raise InputError(f"{config_path}: model configuration not found (is --model a trained model folder?)")
+    if not weights_path.exists():
+        raise InputError(f"{weights_path}: model weights not found")
+    try:
+        config = DiffusionConfig.from_json(config_path.read_text())
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{config_path}: invalid model configuration ({exc})") from exc
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{weights_path}: corrupt weights file ({exc.__class__.__name__}: {exc})") from exc
+    denoiser = Denoiser(config, autocast=autocast)
+    try:
+        denoiser.network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"{weights_path}: weights do not match {config_path} ({str(exc).splitlines()[0]})") from exc
+    denoiser.network.to(memory_format=torch.channels_last)
+    return denoiser.to(device).eval()

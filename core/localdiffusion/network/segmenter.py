@@ -1,0 +1,75 @@
+"""Downstream tumour segmentation: a MONAI 2D U-Net on one contrast (FLAIR or T1).
+
+Measures hallucination as lost tumour: Dice of the segmentation of a translated image
+against the segmentation of the true image (or the label). Classes: 0 background,
+1 necrosis, 2 oedema, 3 enhancing (BraTS 1, 2, 4); "tumour" = any class > 0.
+Training: :mod:`localdiffusion.training.segmenter`; segmenting a file:
+:mod:`localdiffusion.jobs.segment`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.networks.nets import UNet
+
+from localdiffusion.errors import InputError
+
+BRATS_TO_CLASS = np.zeros(256, np.int64)
+BRATS_TO_CLASS[[1, 2, 4]] = [1, 2, 3]
+CLASS_WEIGHTS = (0.1, 1.0, 1.0, 1.0)
+
+
+@dataclass
+class SegConfig:
+    modality: str = "flair"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    in_plane: tuple[int, int] = (96, 112)
+    spacing_mm: float = 2.0
+
+    def __post_init__(self):
+        self.channels, self.strides, self.in_plane = tuple(self.channels), tuple(self.strides), tuple(self.in_plane)
+
+
+def build_segmenter(cfg: SegConfig) -> UNet:
+    return UNet(spatial_dims=2, in_channels=1, out_channels=4, channels=cfg.channels, strides=cfg.strides,
+                num_res_units=cfg.num_res_units)
+
+
+class Segmenter(torch.nn.Module):
+    """``segmenter(slices (B, 1, H, W) in [0, 1]) -> class map (B, H, W)``."""
+
+    def __init__(self, cfg: SegConfig, network: torch.nn.Module | None = None):
+        super().__init__()
+        self.config = cfg
+        self.network = network or build_segmenter(cfg)
+
+    @torch.no_grad()
+    def forward(self, slices: torch.Tensor) -> torch.Tensor:
+        return self.network(slices.float()).argmax(1)
+
+    def tumour(self, slices: torch.Tensor) -> torch.Tensor:
+        return self(slices) > 0
+
+
+def load_segmenter(folder: str | Path) -> Segmenter:
+    folder = Path(folder)
+    cfg_path, weights = folder / "config.json", folder / "model.pt"
+    if not cfg_path.exists() or not weights.exists():
+        raise InputError(f"{folder}: segmentation model not found (need config.json and model.pt)")
+    cfg = SegConfig(**json.loads(cfg_path.read_text()))
+    seg = Segmenter(cfg)
+    try:
+        seg.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise InputError(f"{weights}: weights do not match {cfg_path} ({exc.__class__.__name__})") from exc
+    return seg.eval()
+
+
+CLASS_TO_BRATS = np.array([0, 1, 2, 4], np.uint8)

@@ -1,0 +1,135 @@
+"""One table of user options: default, range or choices, and help for every parameter a user sets.
+
+The CLI (:mod:`localdiffusion.cli`), the main job's :class:`~localdiffusion.jobs.run.JobOptions`
+and the MONAI Label parameter validation (:mod:`localdiffusion.label.tasks`) are built from
+:data:`OPTIONS`; a test checks that the Slicer module's parameter node and ``.ui`` agree with
+it (Slicer may run without this package, against a server, so it cannot import it).
+The facts that several layers name live here too: the translation directions, the
+contrasts, and the main job's outputs and their file-name suffixes. Sampler names come
+from the update-rule registry (:data:`~localdiffusion.engine.updates.UPDATE_RULES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from localdiffusion.engine.updates import UPDATE_RULES
+from localdiffusion.errors import InputError
+
+#: direction name -> (source contrast, target contrast)
+DIRECTIONS = {"t1_to_flair": ("t1", "flair"), "flair_to_t1": ("flair", "t1")}
+#: contrasts the readers know (OOD banks can be built for any of them)
+MODALITIES = ("t1", "t1ce", "t2", "flair")
+#: outputs of the main job, in the order a client lists them
+OUTPUTS = ("local", "baseline", "ood", "ood_mask", "risk")
+#: outputs a client may ask for beside the Local Diffusion translation
+EXTRA_OUTPUTS = OUTPUTS[1:]
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def output_suffix(name: str, direction: str) -> str:
+    """File-name suffix of the main job's output ``name``: ``<input stem>_<suffix>.nii.gz``."""
+    target = DIRECTIONS[direction][1]
+    return {"ood": "ood_probability", "ood_mask": "ood_mask", "local": f"{target}_local_diffusion",
+            "baseline": f"{target}_baseline", "risk": "hallucination_risk"}[name]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A user parameter. ``flag``: the CLI flag (a ``--no-x`` / ``--independent-noise`` flag
+    for a boolean whose default is True stores False)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    flag: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to the option's type; :class:`InputError` naming the option if it is not valid."""
+        if value is None:
+            return self.default
+        try:
+            if self.type is bool:
+                if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                    value = value.lower() in ("true", "1")
+                elif not isinstance(value, (bool, int)):
+                    raise TypeError
+                converted = bool(value)
+            elif self.type is int:
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise TypeError
+                converted = int(value)
+            else:
+                converted = self.type(value)
+        except (TypeError, ValueError):
+            raise InputError(f"parameter {self.name!r} must be {self.type.__name__}, got {value!r}") from None
+        if self.choices is not None and converted not in self.choices:
+            raise InputError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {converted!r}")
+        if (self.low is not None and converted < self.low) or (self.high is not None and converted > self.high):
+            raise InputError(f"parameter {self.name!r} must be between {self.low} and {self.high}, got {converted}")
+        return converted
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        if self.type is bool:
+            action = "store_false" if self.default else "store_true"
+            parser.add_argument(self.cli_flag, dest=self.name, action=action, help=self.help)
+            return
+        parser.add_argument(self.cli_flag, dest=self.name, type=self.type, default=self.default,
+                            choices=self.choices, help=self._help())
+
+    def _help(self) -> str:
+        bounds = ""
+        if self.low is not None or self.high is not None:
+            bounds = f", {self.low if self.low is not None else '-inf'} to {self.high if self.high is not None else 'inf'}"
+        return f"{self.help} (default {self.default}{bounds})"
+
+
+_TABLE = [
+    Option("direction", str, "t1_to_flair", "translation direction", choices=tuple(DIRECTIONS)),
+    Option("sampler", str, "ddim", "reverse-process update rule", choices=tuple(UPDATE_RULES)),
+    Option("steps", int, 25, "reverse-process steps (at most the model's training timesteps, 100 for the "
+           "shipped models; the risk map needs the step count of its calibration)", low=1, high=1000),
+    Option("seed", int, 0, "random seed (slice k uses seed * 1000003 + k)", low=0, high=2**31 - 1),
+    Option("batch_size", int, 8, "slices per network call", low=1, high=4096),
+    Option("t_intermediate", int, -1, "Local Diffusion fusion timestep in training-timestep units; "
+           "-1 = 10%% of the model's training timesteps (the paper's 10 of 100)", low=-1, high=100_000),
+    Option("mask_mode", str, "hard", "Local Diffusion branching mask: hard (thresholded) or soft (probability)",
+           choices=("hard", "soft")),
+    Option("ind_floor", float, 0.95, "the in-distribution branch keeps max(1 - w, floor) of the condition "
+           "(paper 0, reference code 0.95)", low=0.0, high=1.0),
+    Option("shared_noise", bool, True, "separate noise for each Local Diffusion branch", flag="--independent-noise"),
+    Option("max_rebranch", int, 2, "how often the gate may send a slice back to branching", low=0, high=1000),
+    Option("gate", bool, True, "disable the classifier gate", flag="--no-gate"),
+    Option("baseline", bool, True, "skip the baseline translation", flag="--no-baseline"),
+    Option("device", str, "auto", "where the networks run", choices=DEVICES),
+]
+#: name -> :class:`Option`
+OPTIONS: dict[str, Option] = {o.name: o for o in _TABLE}
+
+
+def default(name: str) -> Any:
+    return OPTIONS[name].default
+
+
+def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add the CLI flags of ``names`` (in the table's wording) to ``parser``."""
+    for name in names:
+        OPTIONS[name].add_to(parser)
+
+
+def parse_params(params: dict, names: Iterable[str]) -> dict[str, Any]:
+    """Validate a client's parameters (MONAI Label ``params``) against the table:
+    every one of ``names`` is converted or set to its default; unknown keys are left alone."""
+    if not isinstance(params, dict):
+        raise InputError(f"parameters must be a JSON object, got {type(params).__name__}")
+    return {name: OPTIONS[name].check(params.get(name)) for name in names}

@@ -1,0 +1,147 @@
+"""Batching a volume's slices through a sampler: the volume-sampling engine.
+
+:func:`translate_prepared` takes a case on its working grid (:mod:`~localdiffusion.volume.grid`),
+plans its brain slices into batches, hands each batch to a *batch sampler* (the plain
+reverse process, Local Diffusion, with or without RODS: :func:`batch_sampler`) and puts the
+results back into a working-grid volume in [0, 1]. Slices without brain are left as
+background and never sampled. No file is read or written here (that is :mod:`localdiffusion.jobs`).
+
+Slice ``k`` of the working grid is sampled with seed ``seed * 1_000_003 + k`` on its brain
+crop (:data:`BRAIN_CROP_MARGIN`): the bounding box of its brain plus a margin, sides rounded
+up to :data:`BRAIN_CROP_MULTIPLE` pixels; slices whose crops have one size are batched
+together. The network was trained on 64 x 64 crops, so a crop is nothing new to it; it
+skips the background, and the global attention at the lowest level costs the square of
+the crop's area. Noise is drawn on the whole slice and cropped (the same x_T as without
+the crop, there). A slice's window and noise depend on the slice alone: results do not
+depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from localdiffusion.engine.assemble import Method, sample_slices
+from localdiffusion.engine.crop import Box, box_shape, crop_box, downsampling_factor
+from localdiffusion.engine.loop import SliceNoise
+from localdiffusion.engine.scale import from_model_scale
+from localdiffusion.network.denoiser import Denoiser
+from localdiffusion.options import default
+from localdiffusion.volume.grid import PreparedCase
+
+#: pixels of background kept around each slice's brain; None = sample whole slices
+BRAIN_CROP_MARGIN: int | None = 4
+#: crop sides are multiples of this (few distinct shapes, so slices batch together)
+BRAIN_CROP_MULTIPLE = 16
+
+
+def slice_seed(seed: int, k: int) -> int:
+    return int(seed) * 1_000_003 + int(k)
+
+
+@dataclass
+class SliceBatch:
+    """Slices ``ks`` of a working-grid volume, each on its own window (all of one size) with its own seed."""
+
+    ks: np.ndarray
+    seeds: list[int]
+    windows: list[Box]
+    plane: tuple[int, int]  # (H, W) of a whole slice
+
+    def take(self, volume: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Working-grid volume (X, Y, Z) -> float32 (B, 1, h, w): each slice's window."""
+        return torch.stack([torch.as_tensor(np.ascontiguousarray(volume[rows, cols, k]), dtype=torch.float32)
+                            for k, (rows, cols) in zip(self.ks, self.windows)])[:, None].to(device)
+
+    def put(self, volume: np.ndarray, values: torch.Tensor) -> None:
+        """Write (B, 1, h, w) ``values`` into each slice's window of ``volume`` (X, Y, Z)."""
+        values = values[:, 0].float().cpu().numpy()
+        for b, (k, (rows, cols)) in enumerate(zip(self.ks, self.windows)):
+            volume[rows, cols, k] = values[b]
+
+    def noise(self, device: str | torch.device = "cpu") -> SliceNoise:
+        return SliceNoise(self.seeds, device, self.windows, self.plane)
+
+
+def plan_batches(brain: np.ndarray, ks: np.ndarray, seed: int, batch_size: int, multiple: int,
+                 margin: int | None = BRAIN_CROP_MARGIN) -> list[SliceBatch]:
+    """Batches of the slices ``ks`` of ``brain`` (X, Y, Z): grouped by crop size, in slice order."""
+    plane = tuple(brain.shape[:2])
+    whole = (slice(0, plane[0]), slice(0, plane[1]))
+    windows = {int(k): whole if margin is None else crop_box(brain[:, :, k], margin, multiple) for k in ks}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k in ks:
+        groups.setdefault(box_shape(windows[int(k)]), []).append(int(k))
+    batches = []
+    for members in groups.values():
+        for i in range(0, len(members), batch_size):
+            chunk = np.asarray(members[i:i + batch_size])
+            batches.append(SliceBatch(chunk, [slice_seed(seed, k) for k in chunk], [windows[k] for k in chunk], plane))
+    return batches
+
+
+#: ``sample_batch(denoiser, condition01 (B, 1, h, w), batch: SliceBatch, hooks) -> x0 (B, 1, h, w) in [-1, 1]``;
+#: ``hooks`` are observers of the (B, 1, h, w) trajectory (e.g. trajectory-variance recording)
+SampleBatch = Callable[[Denoiser, torch.Tensor, SliceBatch, list], torch.Tensor]
+
+
+class MethodPlan(Protocol):
+    """Makes a batch's sampling method (e.g. :class:`~localdiffusion.methods.local_diffusion.LocalDiffusionPlan`)."""
+
+    def __call__(self, denoiser: Denoiser, condition: torch.Tensor, batch: SliceBatch, noise: SliceNoise) -> Method: ...
+
+
+def batch_sampler(sampler: str = default("sampler"), steps: int | None = default("steps"), *,
+                  method: MethodPlan | None = None, rods=None) -> SampleBatch:
+    """A batch sampler for :func:`translate_prepared`: the plain reverse process, or ``method``
+    (e.g. Local Diffusion), optionally wrapped in RODS (a :class:`~localdiffusion.methods.rods.RODSConfig`)."""
+    wrappers = [rods] if rods is not None else []
+
+    def sample(denoiser, cond01, batch, hooks=()):
+        noise = batch.noise(cond01.device)
+        plugin = method(denoiser, cond01, batch, noise) if method is not None else None
+        return sample_slices(denoiser, cond01, noise, sampler=sampler, steps=steps, method=plugin, wrappers=wrappers,
+                             hooks=hooks)
+
+    return sample
+
+
+@torch.no_grad()
+def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: str = default("sampler"),
+                       steps: int | None = default("steps"), seed: int = default("seed"),
+                       batch_size: int = default("batch_size"), progress: bool = True,
+                       sample_batch: SampleBatch | None = None, slices: np.ndarray | None = None,
+                       recorder=None, crop_margin: int | None = BRAIN_CROP_MARGIN,
+                       on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Translate every brain slice of ``prepared``; returns the working-grid volume in [0, 1].
+
+    ``sample_batch`` (:func:`batch_sampler`) replaces the plain ``sampler``/``steps``; the batching,
+    seeding and reassembly stay here. ``slices`` restricts sampling to those indices k
+    (evaluation); the other slices stay 0. ``recorder`` (e.g.
+    :class:`~localdiffusion.detectors.maps.VolumeRecorder`) records every batch's detector maps.
+    ``crop_margin``: each slice runs on its brain crop with this margin; None = whole slices.
+    ``on_batch(done, total)`` is called after every batch (progress reports).
+    """
+    sample_batch = sample_batch or batch_sampler(sampler, steps)
+    source = prepared.images[denoiser.config.source]
+    device = next(denoiser.parameters()).device
+    result = np.zeros(prepared.grid.shape, np.float32)
+    ks = prepared.brain_slices() if slices is None else np.asarray(slices)
+    multiple = int(np.lcm(BRAIN_CROP_MULTIPLE, downsampling_factor(denoiser)))
+    batches = plan_batches(prepared.brain, ks, seed, batch_size, multiple, crop_margin)
+    for done, batch in enumerate(tqdm(batches, desc=f"translate {prepared.case_id}", unit="batch",
+                                      disable=not progress), 1):
+        cond = batch.take(source, device)
+        hooks = recorder.begin(batch) if recorder is not None else []
+        pred = sample_batch(denoiser, cond, batch, hooks)
+        if recorder is not None:
+            recorder.end()
+        batch.put(result, from_model_scale(pred))
+        if on_batch is not None:
+            on_batch(done, len(batches))
+    result[~prepared.brain] = 0.0
+    return result
