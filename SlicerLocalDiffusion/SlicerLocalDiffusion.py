@@ -55,7 +55,7 @@ class SlicerLocalDiffusionParameterNode:
     direction: Annotated[str, Choice(["t1_to_flair", "flair_to_t1"])] = "t1_to_flair"
     steps: Annotated[int, WithinRange(1, 100)] = 25
     seed: Annotated[int, WithinRange(0, 1_000_000)] = 0
-    tIntermediate: Annotated[int, WithinRange(-1, 99)] = -1
+    tIntermediate: Annotated[int, WithinRange(-1, 99)] = 0
     oodOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     oodThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.99
     showLocalDiffusion: bool = True

@@ -72,7 +72,7 @@ def main() -> None:
   first, condition second); output x0 (`prediction_type` "{cfg['prediction_type']}"); sigmoid beta
   schedule, T = {cfg['num_train_timesteps']}. Weights: EMA, `model.pt` ({size_mb:.1f} MB), `config.json`.
 * Working grid: {cfg['spacing_mm']} mm axial slices, {cfg['in_plane'][0]} x {cfg['in_plane'][1]}; intensities
-  normalised by contrast (`slices.NORMALISATION`: T1 99.5th foreground percentile -> 1, FLAIR median -> 0.5),
+  normalised by contrast (`volume/grid.py` NORMALISATION: T1 99.5th foreground percentile -> 1, FLAIR median -> 0.5),
   clipped to [0, 1] (network scale [-1, 1]).
 * Data: healthy cases of the physics phantom's *train* split
   (`localdiffusion phantom --out data/phantom --healthy 60 --tumour 40 --seed 0`: 42 healthy
@@ -95,7 +95,10 @@ def main() -> None:
   `localdiffusion evaluate --data data/phantom --model {args.out} --split test --kind healthy`.
 * Limitations: trained on healthy synthetic brains only. Like every healthy-trained
   translator it may paint healthy tissue over lesions (structural hallucination); use the
-  OOD map, Local Diffusion and the risk map, and never use the output for diagnosis.
+  OOD map, Local Diffusion and the risk map, and never use the output for diagnosis. Local
+  Diffusion runs with the defaults chosen on tumour *validation* cases (no classifier gate,
+  the two branches fused at the last step); what it does and does not do with these weights:
+  docs/BENCHMARK.md section 4 (hallucination benchmark v2).
 """
     (args.out / "MODEL_CARD.md").write_text(text)
     print(text)

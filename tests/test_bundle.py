@@ -169,3 +169,26 @@ def test_evaluate_config_runs_the_benchmark(tiny_models, cohort, tmp_path):
     assert result["split"] == "test" and result["evaluated_slices"] > 0
     assert "### FLAIR -> T1" in (out / "BENCHMARK.md").read_text()
     assert (out / "hallucination_flair_to_t1.png").exists()
+
+
+def test_bundle_user_fault_from_the_terminal_is_one_line_and_exit_code_2(tiny_models, tmp_path):
+    missing = tmp_path / "missing_t1.nii.gz"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json"),
+           "--input", str(missing), "--output_dir", str(tmp_path / "eval"), "--models_root", str(tiny_models)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {missing}: input not found"] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "eval").exists()
+
+
+def test_one_version_for_package_bundle_and_label_app():
+    import tomllib
+
+    import localdiffusion
+
+    pyproject = tomllib.loads((BUNDLE.parent / "pyproject.toml").read_text())
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    assert pyproject["project"]["version"] == localdiffusion.__version__ == metadata["version"]
+    assert metadata["required_packages_version"]["localdiffusion"] == localdiffusion.__version__
+    assert "version=__version__" in (BUNDLE.parent / "core" / "localdiffusion" / "label" / "app.py").read_text()

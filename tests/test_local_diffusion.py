@@ -147,10 +147,12 @@ def test_bad_parameters():
         LocalDiffusion(ClosedForm(20), cond, prob, LocalDiffusionConfig(t_intermediate=20))
 
 
-def test_benchmark_runs_every_row_on_a_tiny_cohort(cohort):
+def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort):
     from localdiffusion.benchmark.figures import montage_figure
-    from localdiffusion.benchmark.matrix import run_benchmark
-    from localdiffusion.benchmark.report import markdown_table
+    from localdiffusion.benchmark.matrix import MemoryCache, run_benchmark
+    from localdiffusion.benchmark.reference import HealthyLookup
+    from localdiffusion.benchmark.report import differences_table, markdown_table
+    from localdiffusion.data.cohort import load_slice_set
     from localdiffusion.network.denoiser import Denoiser, DiffusionConfig
     from localdiffusion.network.segmenter import SegConfig, Segmenter
 
@@ -159,46 +161,66 @@ def test_benchmark_runs_every_row_on_a_tiny_cohort(cohort):
                                    num_head_channels=8, norm_num_groups=8, num_train_timesteps=10,
                                    spacing_mm=4.0, in_plane=(48, 56))).eval()
     seg = Segmenter(SegConfig(channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)).eval()
-    result = run_benchmark(den, cohort, seg, split="test", source_segmenter=seg, seeds=(0, 1), progress=False)
-    assert set(result["rows"]) == {"DDPM-100", "DDIM-25", "DDIM-50", "LD oracle mask (DDIM-25)",
-                                   "LD U-Net mask (DDIM-25)"}
-    assert result["evaluated_slices"] > 0
-    assert len(result["per_case"]["DDIM-25"]) == 2 * result["cases"]  # every (case, seed)
+    healthy = load_slice_set(cohort, "train", ("t1", "flair"), kind="healthy", spacing=4.0, in_plane=(48, 56))
+    lookup = HealthyLookup.fit(healthy.images["t1"], healthy.images["flair"], healthy.brain)
+    cache = MemoryCache()
+    result = run_benchmark(den, cohort, seg, lookup, split="test", source_segmenter=seg, seeds=(0, 1), progress=False,
+                           max_slices=2, cache=cache)
+    assert set(result["rows"]) == {"true target (upper bound)", "local healthy mapping (lookup)", "DDIM-25",
+                                   "DDPM-100", "LD oracle mask, IND floor 0.95", "LD oracle mask, IND floor 0",
+                                   "LD unet mask, IND floor 0.95", "LD unet mask, IND floor 0"}
+    assert 0 < result["evaluated_slices"] <= 2 * result["cases"]
+    assert len(result["cells"]["DDIM-25"]) == 2 * result["cases"]  # every (case, seed)
+    assert len(result["cells"]["DDPM-100"]) == result["cases"]  # the first seed only
     for metrics in result["rows"].values():
-        assert 0 <= metrics["tumour_dice"][0] <= 1 and metrics["seconds_per_slice"][0] > 0
-    assert "upper bound" in markdown_table(result)
+        assert 0 <= metrics["tumour_dice"][0] <= 1 and 0 <= metrics["healing_rate"][0] <= 1
+    truth = result["rows"]["true target (upper bound)"]
+    assert truth["psnr_ood"][0] > 60 and truth["mean_oedema"][0] == truth["truth_mean_oedema"][0]
+    lookup_row = result["cells"]["local healthy mapping (lookup)"]
+    assert all(c["local_error"] == 0 for c in lookup_row)  # the lookup is its own local mapping
+    diff = result["differences"]["LD oracle mask, IND floor 0"]["healing_rate"]
+    assert diff["cases"] == result["cases"] == 1 and not diff["claim"]  # one case: no interval, no claim
+    assert result["ld_records"]["LD oracle mask, IND floor 0.95"]["branched"] > 0
+    assert "upper bound" in markdown_table(result) and "DDIM-25" in differences_table(result)
     assert montage_figure(result) is not None
+    again = run_benchmark(den, cohort, seg, lookup, split="test", source_segmenter=seg, seeds=(0, 1), progress=False,
+                          max_slices=2, cache=cache)
+    assert again["computed_cells"] == 0 and again["rows"] == result["rows"]  # a re-run computes nothing
+
+
+def test_paired_bootstrap_claims_only_when_the_interval_excludes_zero():
+    from localdiffusion.benchmark.scoring import paired_bootstrap
+
+    cases = [f"c{i}" for i in range(20)]
+    base = {c: 0.5 for c in cases}
+    shifted = {c: 0.6 + 0.01 * (i % 3) for i, c in enumerate(cases)}
+    noisy = {c: 0.5 + (0.1 if i % 2 else -0.1) for i, c in enumerate(cases)}
+    up = paired_bootstrap(shifted, base)
+    assert up["claim"] and up["low"] > 0 and up["mean"] == pytest.approx(0.61 - 0.5, abs=0.01)
+    assert not paired_bootstrap(noisy, base)["claim"]
+    assert not paired_bootstrap(base, base)["claim"]
 
 
 def test_benchmark_command_writes_json_png_and_the_markdown_section(cohort, tiny_models, tmp_path):
     import json
-    import shutil
 
     from localdiffusion.cli import main
 
-    models = tmp_path / "models"
-    shutil.copytree(tiny_models, models)
-    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
-                 "--rods", "--steps", "10"]) == 0
     md = tmp_path / "docs" / "BENCHMARK.md"
     md.parent.mkdir()
     md.write_text("# Benchmarks\n\nkept above\n")
-    code = main(["benchmark", "--data", str(cohort), "--models", str(models), "--out-dir", str(tmp_path / "docs" / "b"),
-                 "--markdown", str(md), "--max-cases", "1"])
-    assert code == 0
+    args = ["benchmark", "--data", str(cohort), "--models", str(tiny_models), "--out-dir", str(tmp_path / "docs" / "b"),
+            "--markdown", str(md), "--max-cases", "1", "--max-slices", "1", "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0
     for direction in ("t1_to_flair", "flair_to_t1"):
         result = json.loads((tmp_path / "docs" / "b" / f"hallucination_{direction}.json").read_text())
-        assert "LD PatchCore mask (DDIM-25)" in result["rows"] and result["gate"]
-        assert ("DDIM-25 + RODS" in result["rows"]) == (direction == "t1_to_flair")  # only it has a calibration
+        assert "LD patchcore mask, IND floor 0.95" in result["rows"] and result["gate"] is False  # gate off by default
         assert (tmp_path / "docs" / "b" / f"hallucination_{direction}.png").stat().st_size > 1000
-    det = json.loads((tmp_path / "docs" / "b" / "hallucination_t1_to_flair.json").read_text())["detection"]
-    assert det["slices"] > 0 and 0 <= det["rods_detected_pct"] <= 100
     text = md.read_text()
     assert "kept above" in text and "### T1 -> FLAIR" in text and "### FLAIR -> T1" in text
-    assert "paper (BraTS)" in text and "](b/hallucination_t1_to_flair.png)" in text
-    assert "Hallucination detection" in text and "RODS (" in text and "autograd H" in text
-    main(["benchmark", "--data", str(cohort), "--models", str(models), "--out-dir", str(tmp_path / "docs" / "b"),
-          "--markdown", str(md), "--max-cases", "1", "--directions", "flair_to_t1"])
+    assert "paper (BraTS)" in text and "](b/hallucination_t1_to_flair.png)" in text and "bootstrap" in text
+    assert len(list((tmp_path / "cache").glob("*.json"))) > 0
+    main(args + ["--directions", "flair_to_t1"])
     assert md.read_text().count("hallucination-benchmark:start") == 1  # the section is replaced, not appended
 
 
@@ -296,3 +318,83 @@ def test_samplers_come_from_one_registry():
         c_x0, c_xt, sigma = rule.coefficients(s, 12, 7)
         assert sigma == 0.0
         torch.testing.assert_close(rule(s, x, x0, 12, 7, None), c_x0 * x0 + c_xt * x)
+
+
+def test_soft_mask_equal_to_a_hard_mask_gives_the_hard_result():
+    cond, prob = _inputs()
+    binary = (prob >= 0.99).float()  # a soft mask whose values are already 0 or 1
+    hard, _ = local_diffusion_slices(ClosedForm(), cond, binary, [0, 1], LocalDiffusionConfig(mask_mode="hard"), steps=10)
+    soft, _ = local_diffusion_slices(ClosedForm(), cond, binary, [0, 1], LocalDiffusionConfig(mask_mode="soft"), steps=10)
+    assert torch.equal(hard, soft)
+
+
+def test_soft_fusion_selects_once_so_the_mask_edge_stays_between_the_branches():
+    """Eq. 8: the fused x0 is w x0_ood + (1 - w) x0_ind. Blending the OOD branch with the background first
+    (the old double composite) put the soft edge below both branches: a dark ring."""
+    cond = torch.full((1, 1, 16, 16), 0.6)
+    prob = torch.zeros(1, 1, 16, 16)
+    prob[0, 0, 4:12, 4:12] = 1.0
+    prob = torch.nn.functional.avg_pool2d(prob, 5, stride=1, padding=2)  # a soft edge
+    ld = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(mask_mode="soft", ind_floor=0.0, t_intermediate=5))
+    x0 = ld.denoise(torch.zeros(1, 2, 16, 16), 5)
+    _, fused = ld.hook(Step(0, 5, 3, torch.zeros(1, 2, 16, 16), x0, 3))
+    low, high = x0.amin(1, keepdim=True), x0.amax(1, keepdim=True)
+    edge = (prob > 0) & (prob < 1)
+    assert edge.any()
+    assert (fused[:, 0:1][edge] >= low[edge] - 1e-6).all() and (fused[:, 0:1][edge] <= high[edge] + 1e-6).all()
+
+
+def test_dilated_ood_branch_sees_a_ring_that_fusion_discards():
+    cond, prob = _inputs()
+    ld = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(ind_floor=0.0, ood_dilation=1, t_intermediate=5))
+    ring = (ld.branch_weight > 0) & (ld.weight == 0)
+    assert ring[0].sum() == 5 * 5 - 3 * 3  # the 3 x 3 region grown by one pixel
+    torch.testing.assert_close((ld.cond_ood + 1)[ring] / 2, cond[ring])  # the OOD branch sees the ring
+    x0 = ld.denoise(torch.zeros(2, 2, 8, 8), 5)
+    _, fused = ld.hook(Step(0, 5, 3, torch.zeros(2, 2, 8, 8), x0, 3))
+    torch.testing.assert_close(fused[:, 0:1][ring], x0[:, 1:2][ring])  # ... and fusion takes the ring from IND
+
+
+def test_gate_judges_at_least_once_and_the_plan_records_it():
+    """With a gate, fusion starts no later than the second-to-last step, whatever t_intermediate says."""
+    cond, prob = _inputs()
+    verdicts = []
+
+    def gate(image, mask):
+        verdicts.append(len(image))
+        return torch.ones(len(image), dtype=torch.bool)  # always "healed": re-branch while allowed
+
+    out, ld = local_diffusion_slices(ClosedForm(), cond, prob, [0, 1], LocalDiffusionConfig(t_intermediate=0), gate,
+                                     steps=10)
+    assert verdicts == [1] and ld.judged.tolist() == [1, 0] and ld.rebranches.tolist() == [1, 0]
+    assert ld.fused_at.tolist() == [0, -1]  # slice 0 fused at the last step, slice 1 never branched
+
+
+def test_healing_rate_reads_1_for_a_healed_lesion_and_0_for_the_local_mapping():
+    """The metric on its references: a lesion painted with the surrounding tissue is healed, the local
+    healthy mapping itself never is."""
+    import numpy as np
+
+    from localdiffusion.benchmark.scoring import row_metrics
+
+    class NoTumour:
+        def tumour(self, slices):
+            return torch.zeros(slices.shape[0], *slices.shape[2:], dtype=torch.bool)
+
+    rng = np.random.default_rng(0)
+    brain = np.zeros((40, 40, 3), bool)
+    brain[5:35, 5:35] = True
+    labels = np.zeros((40, 40, 3), np.uint8)
+    labels[15:25, 15:25, 1] = 2
+    labels[18:22, 18:22, 1] = 1
+    truth = np.where(brain, 0.5 + 0.02 * rng.standard_normal(brain.shape), 0).astype(np.float32)
+    truth[labels > 0] = 0.9
+    local = np.where(brain, 0.3, 0.0).astype(np.float32)  # what the lesion's source intensity maps to when healthy
+    healed = truth.copy()
+    healed[labels > 0] = truth[5:35, 5:35, 1][labels[5:35, 5:35, 1] == 0].mean()
+    ks = np.array([1])
+    assert row_metrics(healed, truth, brain, labels, ks, NoTumour(), local)["healing_rate"] > 0.99
+    as_local = row_metrics(local, truth, brain, labels, ks, NoTumour(), local)
+    assert as_local["healing_rate"] == 0 and as_local["local_error"] == 0
+    kept = row_metrics(truth, truth, brain, labels, ks, NoTumour(), local)
+    assert kept["mean_oedema"] == pytest.approx(0.9) and kept["truth_edge_mean"] == pytest.approx(0.9)

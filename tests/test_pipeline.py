@@ -97,3 +97,36 @@ def test_options_table_checks_client_parameters():
             parse_params(bad, ["steps", "device", "seed"])
     with pytest.raises(InputError, match="JSON object"):
         parse_params([1, 2], ["steps"])
+
+
+def test_output_faults_fail_before_any_work(tiny_models, cohort, tmp_path, capsys):
+    """Every output path is checked before a network runs: one line, exit 2, nothing written, in seconds."""
+    import time
+
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    t1 = str(case / f"{case.name}_t1.nii.gz")
+    model = str(tiny_models / "t1_to_flair")
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    out = str(tmp_path / "out.nii.gz")
+    faults = {
+        "must end in .nii.gz": ["translate", "--input", t1, "--model", model, "--out", str(tmp_path / "flair")],
+        "existing folder": ["translate", "--input", t1, "--model", model, "--out", str(folder)],
+        "name the same file": ["translate", "--input", t1, "--model", model, "--out", out, "--risk-map", out],
+        "is a file, not a folder": ["translate", "--input", t1, "--model", model,
+                                    "--out", str(a_file / "flair.nii.gz")],
+        "overwrite the input": ["translate", "--input", t1, "--model", model, "--out", t1],
+        "--out-dir is a file": ["run", "--input", t1, "--models", str(tiny_models), "--out-dir", str(a_file)],
+        "--mask-out and --out": ["ood", "map", "--input", t1, "--bank", str(tiny_models / "ood_t1.pt"), "--out", out,
+                                 "--mask-out", out],
+    }
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for message, args in faults.items():
+        start = time.monotonic()
+        assert main(args) == 2, message
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and message in err[0], (message, err)
+        assert time.monotonic() - start < 5, message
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, inputs untouched

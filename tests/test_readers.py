@@ -213,3 +213,51 @@ def test_written_files_get_the_usual_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_misleading_messages_name_the_real_problem(tmp_path, brats21):
+    """Each of these used to be reported as something else (a bare "Singular matrix", NaN, "file not
+    found", "volume too small", PyTorch's weights_only advice, BraTS labels 0-6 accepted)."""
+    from localdiffusion.jobs.inputs import prepare_input
+    from localdiffusion.network.denoiser import load_denoiser
+
+    data = np.random.default_rng(0).uniform(1, 100, (20, 20, 20)).astype(np.float32)
+    singular = tmp_path / "singular.nii.gz"
+    header = nib.Nifti1Header()  # nibabel refuses to build a singular affine itself: write the header by hand
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(np.float32)
+    header["qform_code"], header["sform_code"] = 0, 1
+    header["srow_x"], header["srow_y"], header["srow_z"] = [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]
+    nib.save(nib.Nifti1Image(data, None, header=header), str(singular))
+    huge = tmp_path / "huge.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((20, 20, 20), 1e300, np.float64), np.eye(4)), str(huge))
+    loop = tmp_path / "loop.nii.gz"
+    loop.symlink_to(tmp_path / "loop.nii.gz")
+    labels = tmp_path / "labels.nii.gz"
+    seg = np.zeros((40, 40, 40), np.float32)
+    seg[10:30, 10:30, 10:30] = 2
+    seg[15:25, 15:25, 15:25] = 4
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(labels))
+    cases = {singular: "singular", huge: "exceed the float32 range", loop: "cannot be opened"}
+    for path, message in cases.items():
+        with pytest.raises(InputError, match=message) as info:
+            load_volume(path)
+        assert str(path) in str(info.value)
+    with pytest.raises(InputError, match="looks like a label map"):
+        prepare_input(labels, "t1", 2.0, (96, 112))
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    (weights / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="corrupt weights file") as info:
+        load_denoiser(weights)
+    assert "weights_only" not in str(info.value)
+    folder = tmp_path / brats21.name
+    shutil.copytree(brats21, folder)
+    seg_path = folder / f"{brats21.name}_seg.nii.gz"
+    bad = nib.load(str(seg_path))
+    values = np.asarray(bad.dataobj).copy()
+    values[values == 4] = 6
+    nib.save(nib.Nifti1Image(values, bad.affine), str(seg_path))
+    with pytest.raises(InputError, match="unexpected label values"):
+        read_case(folder)

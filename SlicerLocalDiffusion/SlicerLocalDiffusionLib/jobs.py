@@ -36,7 +36,7 @@ class TranslationRequest:
     direction: str = "t1_to_flair"
     steps: int = 25
     seed: int = 0
-    t_intermediate: int = -1  # -1: the default (10% of T)
+    t_intermediate: int = 0  # 0: fuse at the last step (the default); -1: 10% of T (the paper)
     sampler: str = "ddim"
     python: str = field(default_factory=lambda: sys.executable)
     models: str = ""  # empty: the package's shipped models
@@ -47,8 +47,7 @@ class TranslationRequest:
         cmd = [self.python, "-m", "localdiffusion.cli", "run", "--input", str(input_path), "--out-dir", str(out_dir),
                "--direction", self.direction, "--steps", str(self.steps), "--seed", str(self.seed),
                "--sampler", self.sampler, "--json"]
-        if self.t_intermediate >= 0:
-            cmd += ["--t-intermediate", str(self.t_intermediate)]
+        cmd += ["--t-intermediate", str(self.t_intermediate)]
         if self.models:
             cmd += ["--models", self.models]
         return cmd

@@ -348,7 +348,14 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--max-cases", type=int, default=None)
-    p.add_argument("--no-gate", action="store_true", help="Local Diffusion without the classifier gate")
+    p.add_argument("--max-slices", type=int, default=4, help="evaluated slices per case (evenly spread, the largest "
+                   "tumour slice included; 0 = every slice with at least 1%% tumour)")
+    p.add_argument("--lookup-data", type=Path, default=None,
+                   help="cohort whose healthy train/val cases fit the local healthy mapping (default: --data)")
+    p.add_argument("--cache", type=Path, default=None, help="keep every (row, case, seed) result here between runs")
+    p.add_argument("--rows", nargs="+", default=None, help="run only these rows (names as in the table)")
+    add_options(p, ["gate", "t_intermediate"])
+    p.add_argument("--ood-dilation", type=int, default=0, help="Local Diffusion OOD-branch dilation (pixels)")
     p.add_argument("--out-dir", type=Path, default=Path("docs/benchmark"), help="JSON and PNG montages")
     p.add_argument("--markdown", type=Path, default=Path("docs/BENCHMARK.md"), help="file whose benchmark section is rewritten")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -361,15 +368,19 @@ def _run_benchmark(args) -> int:
     import torch
 
     from localdiffusion.jobs.benchmark import benchmark_direction, render_section
+    from localdiffusion.methods.local_diffusion import LocalDiffusionConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "localdiffusion " + " ".join(shlex.quote(a) for a in args.argv)
+    ld_config = LocalDiffusionConfig(t_intermediate=args.t_intermediate, ood_dilation=args.ood_dilation)
     for direction in args.directions:
         result = benchmark_direction(direction, args.data, args.out_dir, models_root=args.models, split=args.split,
-                                     seeds=tuple(args.seeds), max_cases=args.max_cases, gate=not args.no_gate,
-                                     command=command)
-        print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices -> {args.out_dir}")
+                                     seeds=tuple(args.seeds), max_cases=args.max_cases,
+                                     max_slices=args.max_slices or None, gate=args.gate, lookup_data=args.lookup_data,
+                                     cache_dir=args.cache, ld_config=ld_config, rows=args.rows, command=command)
+        print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices, "
+              f"{result['computed_cells']} cells computed -> {args.out_dir}")
     render_section(args.out_dir, args.markdown)
     print(f"updated {args.markdown}")
     return 0

@@ -38,8 +38,8 @@ def output_suffix(name: str, direction: str) -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """A user parameter. ``flag``: the CLI flag (a ``--no-x`` / ``--independent-noise`` flag
-    for a boolean whose default is True stores False)."""
+    """A user parameter. A boolean becomes ``--x`` / ``--no-x`` on the command line, or only
+    ``flag`` when one is given (it stores the opposite of the default, e.g. ``--independent-noise``)."""
 
     name: str
     type: type
@@ -81,8 +81,12 @@ class Option:
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         if self.type is bool:
-            action = "store_false" if self.default else "store_true"
-            parser.add_argument(self.cli_flag, dest=self.name, action=action, help=self.help)
+            if self.flag:
+                action = "store_false" if self.default else "store_true"
+                parser.add_argument(self.flag, dest=self.name, action=action, help=self.help)
+            else:
+                parser.add_argument(self.cli_flag, dest=self.name, action=argparse.BooleanOptionalAction,
+                                    default=self.default, help=f"{self.help} (default: {'on' if self.default else 'off'})")
             return
         parser.add_argument(self.cli_flag, dest=self.name, type=self.type, default=self.default,
                             choices=self.choices, help=self._help())
@@ -101,16 +105,18 @@ _TABLE = [
            "shipped models; the risk map needs the step count of its calibration)", low=1, high=1000),
     Option("seed", int, 0, "random seed (slice k uses seed * 1000003 + k)", low=0, high=2**31 - 1),
     Option("batch_size", int, 8, "slices per network call", low=1, high=4096),
-    Option("t_intermediate", int, -1, "Local Diffusion fusion timestep in training-timestep units; "
-           "-1 = 10%% of the model's training timesteps (the paper's 10 of 100)", low=-1, high=100_000),
+    Option("t_intermediate", int, 0, "Local Diffusion fusion timestep in training-timestep units; 0 = fuse at the "
+           "last step (chosen on validation, docs/BENCHMARK.md 4a), -1 = 10%% of the model's training timesteps "
+           "(the paper's 10 of 100)", low=-1, high=100_000),
     Option("mask_mode", str, "hard", "Local Diffusion branching mask: hard (thresholded) or soft (probability)",
            choices=("hard", "soft")),
     Option("ind_floor", float, 0.95, "the in-distribution branch keeps max(1 - w, floor) of the condition "
            "(paper 0, reference code 0.95)", low=0.0, high=1.0),
     Option("shared_noise", bool, True, "separate noise for each Local Diffusion branch", flag="--independent-noise"),
     Option("max_rebranch", int, 2, "how often the gate may send a slice back to branching", low=0, high=1000),
-    Option("gate", bool, True, "disable the classifier gate", flag="--no-gate"),
-    Option("baseline", bool, True, "skip the baseline translation", flag="--no-baseline"),
+    Option("gate", bool, False, "Local Diffusion's classifier gate (a target-modality PatchCore that can send a "
+           "slice back to branching; off by default: on validation it only delayed fusion, docs/BENCHMARK.md 4a)"),
+    Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("device", str, "auto", "where the networks run", choices=DEVICES),
 ]
 #: name -> :class:`Option`

@@ -4,7 +4,7 @@ baseline, every Local Diffusion row and the truth."""
 from __future__ import annotations
 
 
-def montage_figure(result: dict):
+def montage_figure(result: dict, max_cases: int = 6):
     """Per evaluated case (rows): condition, masks, baseline DDIM-25, Local Diffusion rows, truth."""
     import matplotlib
 
@@ -12,12 +12,14 @@ def montage_figure(result: dict):
     import matplotlib.pyplot as plt
 
     source, target = result["direction"].split("->")
-    shown = result["montage"]
+    shown = result["montage"][:max_cases]
     ld_rows = [n for n in result["rows"] if n.startswith("LD")]
-    columns = [f"{source} (condition)", "DDIM-25", *ld_rows, f"true {target}"]
+    lookup = [n for n in result["rows"] if n.startswith("local healthy mapping")]
+    columns = [f"{source} (condition)", "DDIM-25", *ld_rows, *lookup, f"true {target}"]
     fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.6 * len(columns), 2.7 * len(shown)), squeeze=False)
     for r, case in enumerate(shown):
-        images = [case["condition"], case["pred"]["DDIM-25"], *[case["pred"][n] for n in ld_rows], case["truth"]]
+        images = [case["condition"], case["pred"]["DDIM-25"], *[case["pred"][n] for n in ld_rows + lookup],
+                  case["truth"]]
         for c, (title, image) in enumerate(zip(columns, images)):
             ax = axes[r, c]
             ax.imshow(image.T, cmap="gray", origin="lower", vmin=0, vmax=1)
@@ -29,7 +31,7 @@ def montage_figure(result: dict):
                                    origin="lower")
                 ax.set_ylabel(f"{case['case_id']} z={case['z']}", fontsize=8)
             if r == 0:
-                ax.set_title(title.replace(" (DDIM-25)", ""), fontsize=8)
+                ax.set_title(title.replace(", IND floor", "\nfloor"), fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
     fig.suptitle(f"{source} -> {target}, {result['split']} split, seed {result['seeds'][0]}: cyan = true tumour, "
                  f"yellow = PatchCore branching mask, magenta = U-Net branching mask", fontsize=9)

@@ -1,48 +1,105 @@
-"""Hallucination benchmark: baseline samplers against Local Diffusion with three masks.
+"""Hallucination benchmark v2: the run matrix (rows x cases x seeds), cached per cell.
 
-The run matrix: rows (samplers, RODS, Local Diffusion with three masks) x seeds x the tumour
-cases of a split, on slices whose tumour covers at least 1% of the slice (as in the paper).
-Per row, case and seed: the metrics of :mod:`~localdiffusion.benchmark.scoring` and the
-sampling seconds per evaluated slice. Summaries are mean and standard deviation over
-(case, seed) pairs. Loading models and writing results: :mod:`localdiffusion.jobs.benchmark`.
+Rows (:func:`benchmark_rows`): the local healthy mapping (a pixel-wise lookup, no context),
+the plain samplers (DDIM-25 on every seed, DDPM-100 on the first), and Local Diffusion
+(DDIM-25, every seed) with the oracle mask (the tumour label), the source-modality U-Net's
+mask and the product's PatchCore mask, each with the IND floor of the paper (0) and of the
+reference code (0.95). Every cell (row, case, seed) is computed once and kept in a cache
+(:class:`Cache`, keyed by the row's settings, the model files, the case and the seed), so
+a re-run computes only what changed.
 
-Hallucination detection (on the DDIM-25 row; defined before measuring): a slice is
-*hallucinated* when the tumour Dice between the segmentation U-Net on the translation and
-the same U-Net on the true target is below 0.5. Slice scores: mean over brain voxels of the
-x0-trajectory variance (last K steps), of the OOD probability and of the calibrated risk;
-their AUROC for hallucinated slices. With a RODS calibration, the row "DDIM-25 + RODS"
-gives RODS's detected % (hallucinated plain slices that RODS flagged), corrected % (of
-those, no longer hallucinated with RODS), new-hallucination % (plain slices fine, RODS
-slices hallucinated) and its time against the plain sampler.
+Cases are the tumour cases of a split; a case's evaluated slices are those whose tumour
+covers at least 1% of the slice (as in the paper), at most ``max_slices`` of them, evenly
+spread and always including the slice with the most tumour. Summaries are mean and
+standard deviation over (case, seed); differences against DDIM-25 are paired per case
+(seeds averaged) with bootstrap intervals (:func:`~localdiffusion.benchmark.scoring.paired_bootstrap`).
 
-Masks: the oracle is the tumour label as it is; the PatchCore mask is the source-modality
-bank's calibrated threshold, post-processed (:func:`~localdiffusion.methods.local_diffusion.branch_weight_volume`);
-the U-Net mask is the source-modality segmenter's tumour prediction, post-processed the same way.
+Masks: the oracle is the label as it is; the PatchCore mask is the source bank's calibrated
+threshold and the U-Net mask the source segmenter's tumour prediction, both post-processed
+(:func:`~localdiffusion.methods.local_diffusion.branch_weight_volume`). Loading models and
+writing files: :mod:`localdiffusion.jobs.benchmark`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from localdiffusion.benchmark.scoring import COLUMNS, detection_records, detection_summary, row_metrics
+from localdiffusion.benchmark.reference import HealthyLookup
+from localdiffusion.benchmark.scoring import COMPARED, paired_bootstrap, row_metrics
 from localdiffusion.data.cohort import cases_in_split
 from localdiffusion.data.readers import read_case
-from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.methods.local_diffusion import LocalDiffusionConfig, LocalDiffusionPlan, branch_weight_volume
 from localdiffusion.metrics import axial_stack
+from localdiffusion.methods.local_diffusion import LocalDiffusionConfig, LocalDiffusionPlan, branch_weight_volume
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
 from localdiffusion.volume.grid import prepare_case
 
+BENCHMARK_VERSION = 2
 MIN_TUMOUR_FRACTION = 0.01
+BASELINE = "DDIM-25"
 
 
-def evaluation_slices(seg: np.ndarray, min_fraction: float = MIN_TUMOUR_FRACTION) -> np.ndarray:
+@dataclass(frozen=True)
+class Row:
+    kind: str  # "truth" (the upper bound), "lookup", "baseline" or "ld"
+    sampler: str = "ddim"
+    steps: int = 25
+    mask: str | None = None  # ld: "oracle", "unet" or "patchcore"
+    ind_floor: float | None = None
+    all_seeds: bool = True  # False: the first seed only
+
+    def key(self, ld_config: LocalDiffusionConfig, gate: bool) -> dict:
+        extra = {"ld": dataclasses.asdict(ld_config), "gate": gate} if self.kind == "ld" else {}
+        return {**dataclasses.asdict(self), **extra}
+
+
+def benchmark_rows(T: int, with_patchcore: bool = True, with_unet: bool = True) -> dict[str, Row]:
+    rows = {"true target (upper bound)": Row("truth", all_seeds=False),
+            "local healthy mapping (lookup)": Row("lookup", all_seeds=False),
+            BASELINE: Row("baseline", "ddim", min(25, T)),
+            "DDPM-100": Row("baseline", "ddpm", min(100, T), all_seeds=False)}
+    masks = ["oracle"] + (["unet"] if with_unet else []) + (["patchcore"] if with_patchcore else [])
+    for mask in masks:
+        for floor in (0.95, 0.0):
+            rows[f"LD {mask} mask, IND floor {floor:g}"] = Row("ld", "ddim", min(25, T), mask, floor)
+    return rows
+
+
+def evaluation_slices(seg: np.ndarray, max_slices: int | None = None,
+                      min_fraction: float = MIN_TUMOUR_FRACTION) -> np.ndarray:
+    """Slices with at least ``min_fraction`` tumour; at most ``max_slices``, evenly spread, with the largest."""
     area = (seg > 0).mean(axis=(0, 1))
-    return np.flatnonzero(area >= min_fraction)
+    ks = np.flatnonzero(area >= min_fraction)
+    if max_slices is None or len(ks) <= max_slices:
+        return ks
+    picked = set(ks[np.linspace(0, len(ks) - 1, max_slices).round().astype(int)].tolist())
+    largest = int(ks[np.argmax(area[ks])])
+    if largest not in picked:
+        picked.discard(min(picked, key=lambda k: abs(k - largest)))
+        picked.add(largest)
+    return np.array(sorted(picked))
+
+
+class Cache(Protocol):
+    def get(self, key: str) -> dict | None: ...
+
+    def put(self, key: str, value: dict) -> None: ...
+
+
+class MemoryCache(dict):
+    def put(self, key: str, value: dict) -> None:
+        self[key] = value
+
+
+def cell_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=None) -> dict[str, tuple]:
@@ -60,88 +117,125 @@ def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=N
     return masks
 
 
-def benchmark_rows(T: int, with_patchcore: bool, with_unet: bool, with_rods: bool = False) -> dict[str, tuple]:
-    rows = {"DDPM-100": ("baseline", "ddpm", 100), "DDIM-25": ("baseline", "ddim", 25),
-            "DDIM-50": ("baseline", "ddim", 50)}
-    if with_rods:
-        rows["DDIM-25 + RODS"] = ("rods", "ddim", 25)
-    rows["LD oracle mask (DDIM-25)"] = ("oracle", "ddim", 25)
-    if with_patchcore:
-        rows["LD PatchCore mask (DDIM-25)"] = ("patchcore", "ddim", 25)
-    if with_unet:
-        rows["LD U-Net mask (DDIM-25)"] = ("unet", "ddim", 25)
-    return {name: (kind, sampler, min(steps, T)) for name, (kind, sampler, steps) in rows.items()}
-
-
-def run_benchmark(denoiser, data: str | Path, segmenter, *, split: str = "test", ood_bank=None, source_segmenter=None,
-                  gate=None, seeds=(0,), max_cases: int | None = None, ld_config: LocalDiffusionConfig | None = None,
-                  risk_calibration=None, batch_size: int = 8, progress: bool = True) -> dict:
-    """Rows x seeds x cases; returns per-row mean and std over (case, seed) and the per-case values.
-
-    ``montage`` in the result holds, per case, the seed-0 predictions at its slice with the
-    most tumour (for :func:`montage_figure`).
-    """
+def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, *, split: str = "test",
+                  ood_bank=None, source_segmenter=None, gate=None, seeds=(0,), max_cases: int | None = None,
+                  max_slices: int | None = 4, ld_config: LocalDiffusionConfig | None = None,
+                  rows: dict[str, Row] | None = None, cache: Cache | None = None, model_id: str = "",
+                  batch_size: int = 8, progress: bool = True) -> dict:
+    """Every (row, case, seed) cell, from ``cache`` where it is there; returns summaries,
+    per-case values, paired differences against DDIM-25 and the montage slices."""
     cfg = denoiser.config
-    cases = cases_in_split(data, split, "tumour")[:max_cases]
+    cache = cache if cache is not None else MemoryCache()
+    cases = cases_in_split(data, split, "tumour")
     ld_config = ld_config or LocalDiffusionConfig()
-    rods = getattr(risk_calibration, "rods", None)
-    rows = benchmark_rows(denoiser.schedule.num_train_timesteps, ood_bank is not None, source_segmenter is not None,
-                          rods is not None)
-    per_case = {name: [] for name in rows}
-    upper, montage, evaluated, records = [], [], 0, []
+    rows = rows or benchmark_rows(denoiser.schedule.num_train_timesteps, ood_bank is not None,
+                                  source_segmenter is not None)
+    cells = {name: [] for name in rows}
+    montage, evaluated, computed = [], 0, 0
     for path in cases:
+        if max_cases is not None and len(montage) >= max_cases:
+            break  # max_cases counts evaluated cases (a case may have no slice with enough tumour)
         prepared = prepare_case(read_case(path, (cfg.source, cfg.target)), cfg.spacing_mm, cfg.in_plane)
-        ks = evaluation_slices(prepared.seg)
+        ks = evaluation_slices(prepared.seg, max_slices)
         if ks.size == 0:
             continue
         evaluated += len(ks)
-        tumour = prepared.seg > 0
-        masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks)
-        mask_configs = {kind: dataclasses.replace(ld_config, **overrides) for kind, (_, overrides) in masks.items()}
-        upper.append(row_metrics(prepared.images[cfg.target], prepared.images[cfg.target], prepared.brain, tumour,
-                                 ks, segmenter))
-        z = int(ks[np.argmax(tumour[:, :, ks].sum(axis=(0, 1)))])
-        shown = {"case_id": prepared.case_id, "z": z, "condition": prepared.images[cfg.source][:, :, z],
-                 "truth": prepared.images[cfg.target][:, :, z], "tumour": tumour[:, :, z], "pred": {}}
-        for seed in seeds:
-            recorders = {}
-            for name, (kind, sampler, steps) in rows.items():
-                if kind == "baseline":
-                    sample = batch_sampler(sampler, steps)
-                elif kind == "rods":
-                    sample = batch_sampler(sampler, steps, rods=rods)
-                else:
-                    sample = batch_sampler(sampler, steps, method=LocalDiffusionPlan(
-                        masks[kind][0], mask_configs[kind], gate, brain_volume=prepared.brain))
-                recorder = None
-                if risk_calibration is not None and name in ("DDIM-25", "DDIM-25 + RODS"):
-                    recorder = VolumeRecorder(prepared.grid.shape, risk_calibration.last_k)
-                t0 = time.perf_counter()
-                pred = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False,
-                                          sample_batch=sample, slices=ks, recorder=recorder)
-                seconds = time.perf_counter() - t0
-                if recorder is not None:
-                    recorders[name] = (recorder, pred)
-                metrics = row_metrics(pred, prepared.images[cfg.target], prepared.brain, tumour, ks, segmenter)
-                per_case[name].append({"case_id": prepared.case_id, "seed": seed, **metrics,
-                                       "seconds_per_slice": seconds / len(ks)})
+        truth, source = prepared.images[cfg.target], prepared.images[cfg.source]
+        local = np.where(prepared.brain, lookup(source), 0.0).astype(np.float32)
+        masks = None
+        z = int(ks[np.argmax((prepared.seg[:, :, ks] > 0).sum(axis=(0, 1)))])
+        shown = {"case_id": prepared.case_id, "z": z, "condition": source[:, :, z], "truth": truth[:, :, z],
+                 "tumour": prepared.seg[:, :, z] > 0, "pred": {}, "masks": {}}
+        for name, row in rows.items():
+            for seed in (seeds if row.all_seeds else seeds[:1]):
+                key = cell_key(BENCHMARK_VERSION, model_id, row.key(ld_config, gate is not None), prepared.case_id,
+                               seed, ks.tolist())
+                cell = cache.get(key)
+                if cell is None:
+                    if masks is None and row.kind == "ld":
+                        masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks)
+                    pred, seconds, records = _translate(denoiser, prepared, row, masks, ld_config, gate, seed, ks,
+                                                        local, truth, batch_size)
+                    cell = {"case_id": prepared.case_id, "seed": seed, "slices": len(ks),
+                            **row_metrics(pred, truth, prepared.brain, prepared.seg, ks, segmenter, local),
+                            "seconds_per_slice": seconds / len(ks), "ld": records,
+                            "montage": pred[:, :, z].astype(np.float16).tolist()}
+                    cache.put(key, cell)
+                    computed += 1
+                    if progress:
+                        print(f"{prepared.case_id} seed {seed} {name}: {len(ks)} slices, {seconds:.0f} s, "
+                              f"healing {cell['healing_rate']:.3f}, tumour Dice {cell['tumour_dice']:.3f}", flush=True)
                 if seed == seeds[0]:
-                    shown["pred"][name] = pred[:, :, z]
-                if progress:
-                    print(f"{prepared.case_id} seed {seed} {name}: {len(ks)} slices, {seconds:.0f} s, "
-                          f"PSNR {metrics['psnr_brain']:.2f}, tumour Dice {metrics['tumour_dice']:.3f}", flush=True)
-            if "DDIM-25" in recorders and "patchcore" in masks:
-                records += detection_records(recorders, masks["patchcore"][0], prepared, ks, cfg.target, segmenter,
-                                             risk_calibration, seed)
-        shown["masks"] = {kind: branch_weight_volume(volume, mask_configs[kind], prepared.brain)[:, :, z]
-                          for kind, (volume, _) in masks.items()}
+                    shown["pred"][name] = np.asarray(cell["montage"], np.float32)
+                cells[name].append({k: v for k, v in cell.items() if k != "montage"})
+        if masks is not None:
+            shown["masks"] = {kind: branch_weight_volume(volume, dataclasses.replace(ld_config, **overrides),
+                                                         prepared.brain)[:, :, z] for kind, (volume, overrides)
+                              in masks.items()}
         montage.append(shown)
-    summary = {name: {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
-                      for k in COLUMNS} for name, runs in per_case.items()}
-    upper_summary = {k: float(np.mean([u[k] for u in upper])) for k in ("tumour_dice", "misdiagnosis_rate")}
-    return {"direction": f"{cfg.source}->{cfg.target}", "split": split, "seeds": list(seeds),
-            "cases": len(montage), "evaluated_slices": evaluated, "min_tumour_fraction": MIN_TUMOUR_FRACTION,
-            "rows": summary, "per_case": per_case, "upper_bound_true_target": upper_summary,
-            "ld_config": dataclasses.asdict(ld_config), "gate": gate is not None, "montage": montage,
-            "detection": detection_summary(records), "detection_slices": records,
-            "rods": dataclasses.asdict(rods) if rods is not None else None}
+    return {"direction": f"{cfg.source}->{cfg.target}", "split": split, "seeds": list(seeds), "cases": len(montage),
+            "evaluated_slices": evaluated, "max_slices": max_slices, "min_tumour_fraction": MIN_TUMOUR_FRACTION,
+            "rows": summarise(cells), "differences": differences(cells), "ld_records": ld_summary(cells),
+            "cells": cells, "ld_config": dataclasses.asdict(ld_config), "gate": gate is not None,
+            "computed_cells": computed, "montage": montage, "version": BENCHMARK_VERSION}
+
+
+def _translate(denoiser, prepared, row: Row, masks, ld_config, gate, seed, ks, local, truth, batch_size):
+    t0 = time.perf_counter()
+    if row.kind in ("lookup", "truth"):
+        return (local if row.kind == "lookup" else truth), time.perf_counter() - t0, None
+    plan = None
+    if row.kind == "baseline":
+        sample = batch_sampler(row.sampler, row.steps)
+    else:
+        volume, overrides = masks[row.mask]
+        config = dataclasses.replace(ld_config, ind_floor=row.ind_floor, **overrides)
+        plan = LocalDiffusionPlan(volume, config, gate, brain_volume=prepared.brain)
+        sample = batch_sampler(row.sampler, row.steps, method=plan)
+    pred = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False,
+                              sample_batch=sample, slices=ks)
+    records = list(plan.slice_records().values()) if plan is not None else None
+    return pred, time.perf_counter() - t0, records
+
+
+def _per_case(runs: list[dict], column: str) -> dict[str, float]:
+    """Case -> the column's mean over that case's seeds."""
+    by_case: dict[str, list] = {}
+    for r in runs:
+        by_case.setdefault(r["case_id"], []).append(r[column])
+    return {c: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for c, v in by_case.items()}
+
+
+def summarise(cells: dict[str, list[dict]]) -> dict:
+    columns = [c for c in cells[next(iter(cells))][0] if c not in ("case_id", "seed", "slices", "ld")] if cells else []
+    out = {}
+    for name, runs in cells.items():
+        out[name] = {}
+        for column in columns:
+            values = np.array([r[column] for r in runs], np.float64)
+            finite = values[np.isfinite(values)]
+            out[name][column] = (float(finite.mean()), float(finite.std())) if len(finite) else (float("nan"),) * 2
+    return out
+
+
+def differences(cells: dict[str, list[dict]], columns=COMPARED) -> dict:
+    """Row -> column -> paired difference against DDIM-25 (per case, seeds averaged) with its interval."""
+    if BASELINE not in cells:
+        return {}
+    base = {c: _per_case(cells[BASELINE], c) for c in columns}
+    return {name: {c: paired_bootstrap(_per_case(runs, c), base[c]) for c in columns}
+            for name, runs in cells.items() if name != BASELINE}
+
+
+def ld_summary(cells: dict[str, list[dict]]) -> dict:
+    """Per Local Diffusion row: how many evaluated slices branched, were judged by the gate, re-branched."""
+    out = {}
+    for name, runs in cells.items():
+        records = [rec for r in runs if r.get("ld") for rec in r["ld"]]
+        if records:
+            out[name] = {"slices": len(records), "branched": sum(r["branched"] for r in records),
+                         "judged": sum(r["judged"] > 0 for r in records),
+                         "rebranched": sum(r["rebranches"] > 0 for r in records),
+                         "fused_at": sorted({r["fused_at"] for r in records if r["branched"]})}
+    return out
+

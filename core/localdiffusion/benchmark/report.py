@@ -1,11 +1,10 @@
-"""The benchmark's markdown: its table, its detection paragraph and its section of docs/BENCHMARK.md."""
+"""The benchmark's markdown: its tables and its section of docs/BENCHMARK.md."""
 
 from __future__ import annotations
 
-from localdiffusion.benchmark.scoring import COLUMNS
-from localdiffusion.detectors.risk import rods_config_from
+from localdiffusion.benchmark.scoring import COLUMNS, COMPARED, LABELS
 
-#: Kim, Jin et al. (ECCV 2024), BraTS T1 -> FLAIR, 224 px, GPU (DESIGN.md section 2); None = not reported
+#: Kim, Jin et al. (ECCV 2024), BraTS T1 -> FLAIR, 224 px, GPU (DESIGN.md section 2)
 PAPER_T1_TO_FLAIR = {"DDPM": {"psnr_brain": 19.5, "ssim_brain": 0.709, "tumour_dice": 0.194},
                      "LD PatchCore mask": {"psnr_brain": 21.2, "ssim_brain": 0.720, "tumour_dice": 0.590},
                      "LD ground-truth mask": {"tumour_dice": 0.670},
@@ -13,23 +12,62 @@ PAPER_T1_TO_FLAIR = {"DDPM": {"psnr_brain": 19.5, "ssim_brain": 0.709, "tumour_d
 SECTION_START, SECTION_END = "<!-- hallucination-benchmark:start -->", "<!-- hallucination-benchmark:end -->"
 
 
-def _cell(value: tuple[float, float], column: str) -> str:
-    digits = 2 if column.startswith("psnr") or column.startswith("seconds") else 3
-    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+def _digits(column: str) -> int:
+    return 2 if column.startswith("psnr") or column.startswith("seconds") else 3
+
+
+def _cell(value, column: str) -> str:
+    d = _digits(column)
+    if value[0] != value[0]:
+        return "-"
+    if column.startswith("psnr") and value[0] >= 100:  # the truth against itself (MSE floored at 1e-12)
+        return "∞"
+    return f"{value[0]:.{d}f} ± {value[1]:.{d}f}"
 
 
 def markdown_table(result: dict) -> str:
     head = "| method | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS) + "\n"
     lines = [f"| {name} | " + " | ".join(_cell(m[c], c) for c in COLUMNS) + " |" for name, m in result["rows"].items()]
-    up = result["upper_bound_true_target"]
-    blanks = " - |" * 6
-    lines.append(f"| true {result['direction'].split('->')[1]} (upper bound) |{blanks} "
-                 f"{up['tumour_dice']:.3f} | {up['misdiagnosis_rate']:.3f} | - |")
     if result["direction"] == "t1->flair":
         for name, paper in PAPER_T1_TO_FLAIR.items():
             cells = [f"{paper[c]}" if c in paper else "-" for c in COLUMNS]
             lines.append(f"| *paper (BraTS): {name}* | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def differences_table(result: dict) -> str:
+    """Paired differences against DDIM-25: mean [95% interval]; bold where the interval excludes 0."""
+    head = "| method - DDIM-25 | " + " | ".join(COMPARED) + " |\n|---|" + "---|" * len(COMPARED) + "\n"
+    lines = []
+    for name, diffs in result["differences"].items():
+        if name.startswith("true target"):
+            continue  # the upper bound is in the main table
+        cells = []
+        for c in COMPARED:
+            d, digits = diffs[c], _digits(c)
+            text = "-" if d["mean"] != d["mean"] else f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+            cells.append(f"**{text}**" if d["claim"] else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def labels_table(result: dict) -> str:
+    """Per tumour label: healing rate and mean intensity (truth beside it)."""
+    names = list(LABELS.values())
+    head = ("| method | " + " | ".join(f"healing {n}" for n in names) + " | "
+            + " | ".join(f"mean {n} (truth)" for n in names) + " |\n|---|" + "---|" * (2 * len(names)) + "\n")
+    lines = []
+    for name, m in result["rows"].items():
+        heal = [_cell(m[f"healing_{n}"], "healing") for n in names]
+        means = [f"{m[f'mean_{n}'][0]:.3f} ({m[f'truth_mean_{n}'][0]:.3f})" for n in names]
+        lines.append(f"| {name} | " + " | ".join(heal + means) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def ld_records_line(result: dict) -> str:
+    parts = [f"{name}: {r['branched']}/{r['slices']} slices branched, {r['judged']} judged by the gate, "
+             f"{r['rebranched']} re-branched, fused at t in {r['fused_at']}" for name, r in result["ld_records"].items()]
+    return "Local Diffusion per slice (all seeds): " + "; ".join(parts) + "."
 
 
 def json_ready(result: dict) -> dict:
@@ -39,43 +77,25 @@ def json_ready(result: dict) -> dict:
 
 def markdown_section(results: list[dict], command: str, figures: list[str]) -> str:
     """The benchmark section of docs/BENCHMARK.md (between the section markers)."""
-    parts = [SECTION_START, "## 4. Hallucination benchmark: Local Diffusion against the baselines", "",
-             f"Reproduce: `{command}` (writes this section, the JSON files and the montages).", ""]
+    parts = [SECTION_START, "## 4. Hallucination benchmark v2: Local Diffusion against the baselines", "",
+             f"Reproduce: `{command}` (writes this section, the JSON files and the montages; cells are cached, "
+             "so a re-run computes only what changed).", ""]
     for result, figure in zip(results, figures):
         source, target = (m.upper() for m in result["direction"].split("->"))
         ld = result["ld_config"]
         parts += [f"### {source} -> {target}", "",
                   f"Tumour cases of the *{result['split']}* split: {result['cases']} cases, "
-                  f"{result['evaluated_slices']} slices with at least {result['min_tumour_fraction']:.0%} tumour area; "
-                  f"seeds {result['seeds']}; mean ± sd over (case, seed). Local Diffusion: {ld['mask_mode']} mask, "
-                  f"IND floor {ld['ind_floor']}, t_intermediate {ld['t_intermediate'] or 'default (0.1 T)'}, "
-                  f"gate {'on (target-modality PatchCore)' if result['gate'] else 'off'}, "
-                  f"OOD-branch crop margin {ld['crop_margin']} px. Seconds are sampling time per evaluated "
-                  f"(tumour) slice on the 2-core CPU with the torch threads of the command above (default: all).",
-                  "",
-                  markdown_table(result), f"![{source} to {target} montage]({figure})", "",
-                  *detection_markdown(result)]
+                  f"{result['evaluated_slices']} slices (at most {result['max_slices']} per case with at least "
+                  f"{result['min_tumour_fraction']:.0%} tumour area, the largest included); seeds {result['seeds']} "
+                  f"(DDPM-100, the lookup and the truth: the first seed); mean ± sd over (case, seed). "
+                  f"Local Diffusion: {ld['mask_mode']} mask, t_intermediate {ld['t_intermediate']} (-1: 10% of T), "
+                  f"gate {'on (target-modality PatchCore)' if result['gate'] else 'off'}, OOD-branch dilation "
+                  f"{ld['ood_dilation']} px, crop margin {ld['crop_margin']} px. Seconds: sampling time per evaluated "
+                  "slice on the 2-core CPU.", "",
+                  markdown_table(result),
+                  "Paired differences against DDIM-25 over cases (seeds averaged within a case), mean and 95% "
+                  "bootstrap interval (10,000 resamples); **bold**: the interval excludes 0.", "",
+                  differences_table(result), labels_table(result), ld_records_line(result), "",
+                  f"![{source} to {target} montage]({figure})", ""]
     parts.append(SECTION_END)
     return "\n".join(parts) + "\n"
-
-
-def detection_markdown(result: dict) -> list[str]:
-    det = result.get("detection") or {}
-    if not det:
-        return []
-    fmt = lambda v: "n/a (one class only)" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = [f"Hallucination detection on the DDIM-25 translations ({det['slices']} evaluated slices, "
-             f"{det['hallucinated']} hallucinated: {det['definition']}). Slice-score AUROC: trajectory variance "
-             f"{fmt(det['auroc_variance'])}, OOD probability {fmt(det['auroc_ood'])}, calibrated risk "
-             f"{fmt(det['auroc_risk'])}.", ""]
-    if "rods_detected_pct" in det:
-        rods, plain = result["rows"]["DDIM-25 + RODS"], result["rows"]["DDIM-25"]
-        overhead = rods["seconds_per_slice"][0] / plain["seconds_per_slice"][0]
-        rc = rods_config_from(result)
-        lines += [f"RODS ({rc.describe()}, eps {rc.eps:.4g} = healthy-validation "
-                  f"99th percentile of the slice curvature index): flagged {det['rods_flagged_pct']:.1f}% of slices; "
-                  f"detected {det['rods_detected_pct']:.1f}% of hallucinated slices, corrected "
-                  f"{det['rods_corrected_pct']:.1f}%, new hallucinations {det['rods_new_hallucination_pct']:.1f}% of "
-                  f"the others; time {overhead:.2f}x the plain DDIM-25 (paper: detects > 70%, corrects > 25%, "
-                  f"1.78x; target <= 1.5x).", ""]
-    return lines

@@ -30,8 +30,7 @@ def load_volume(path: str | os.PathLike, *, expect_3d: bool = True) -> tuple[np.
     where 3D is expected, NaN or infinite voxels, and an all-zero volume.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
+    _check_exists(path)
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     try:
@@ -40,14 +39,34 @@ def load_volume(path: str | os.PathLike, *, expect_3d: bool = True) -> tuple[np.
         raise InputError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"{path}: not a NIfTI file (read as {type(image).__name__})")
+    affine = image.affine.astype(np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(f"{path}: the header's voxel-to-world matrix is singular or not finite (no usable geometry)")
     try:
-        data = np.asarray(image.dataobj, dtype=np.float32)
+        raw = np.asanyarray(image.dataobj)
     except Exception as exc:  # truncated gzip streams, short files
         raise InputError(f"{path}: corrupt or truncated NIfTI data ({exc.__class__.__name__}: {exc})") from exc
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
+        big = np.isfinite(raw) & (np.abs(raw) > np.finfo(np.float32).max)
+        if big.any():
+            raise InputError(f"{path}: {int(big.sum())} voxels exceed the float32 range (largest {np.abs(raw[big]).max():.3g})")
+    data = raw.astype(np.float32)
     if expect_3d:
         data = _squeeze_to_3d(data, path)
     validate_array(data, path)
-    return data, image.affine.astype(np.float64)
+    return data, affine
+
+
+def _check_exists(path: Path) -> None:
+    """A clear message for a missing file and for a symbolic link that leads nowhere."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise InputError(f"{path}: broken symbolic link (its target does not exist)") from None
+        raise InputError(f"{path}: file not found") from None
+    except OSError as exc:  # e.g. a symbolic-link loop
+        raise InputError(f"{path}: cannot be opened ({exc.strerror})") from None
 
 
 def load_label(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ BRATS2021_SUFFIX = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
 BRATS2023_SUFFIX = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 MSD_CHANNEL = {"flair": 0, "t1": 1, "t1ce": 2, "t2": 3}
 #: label maps to the BraTS 2021 convention
+BRATS2021_LABELS = {0: 0, 1: 1, 2: 2, 4: 4}  # already ours: 1 necrosis, 2 oedema, 4 enhancing
 BRATS2023_LABELS = {0: 0, 1: 1, 2: 2, 3: 4}
 MSD_LABELS = {0: 0, 1: 2, 2: 1, 3: 4}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -109,8 +110,7 @@ def _read_brats_folder(folder: Path, modalities: Sequence[str], with_seg: bool, 
         p = _find(folder, f"{name}{sep}seg")
         if p is not None:
             seg = load_label(p, shape, affine)
-            if layout == "brats2023":
-                seg = _remap(seg, BRATS2023_LABELS, p)
+            seg = _remap(seg, BRATS2023_LABELS if layout == "brats2023" else BRATS2021_LABELS, p)
             paths["seg"] = p
     return Case(name, images, affine, seg, layout, paths)
 

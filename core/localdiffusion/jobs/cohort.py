@@ -6,6 +6,8 @@ No logic lives in the bundle: configs build these objects and call ``run()``.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -67,3 +69,27 @@ class CohortTranslator:
             results[str(path)] = run_job(path, self.output_dir, self.options, self.models_root,
                                          progress=len(inputs) < 2)
         return results
+
+
+def report_user_faults() -> None:
+    """Make an *uncaught* user fault end the process with one ``error:`` line and exit code 2.
+
+    For ``python -m monai.bundle run``, which would otherwise print MONAI's wrapped traceback
+    (the :class:`InputError` sits in the exception's cause chain). Only the interpreter's
+    last-resort handler changes: code that calls the workflow and catches exceptions sees them
+    unchanged, and any other exception keeps its traceback.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        fault = exc
+        while fault is not None and not isinstance(fault, InputError):
+            fault = fault.__cause__ or fault.__context__
+        if fault is None:
+            return previous(kind, exc, tb)
+        print(f"error: {fault}", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(2)  # the exit code of a user fault; outputs are written atomically, nothing is pending
+
+    sys.excepthook = hook

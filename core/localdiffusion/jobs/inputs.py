@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import numpy as np
 
 from localdiffusion.data.io import load_volume
 from localdiffusion.data.readers import Case
@@ -13,6 +16,7 @@ from localdiffusion.volume.grid import PreparedCase, prepare_case
 def prepare_input(path: str | Path, modality: str, spacing: float, in_plane: tuple[int, int]) -> PreparedCase:
     """Load one 3D input volume and put it on its working grid."""
     data, affine = load_volume(path)
+    refuse_label_map(data, path)
     case = Case(Path(path).name.split(".")[0], {modality: data}, affine, None, "volume", {modality: Path(path)})
     prepared = prepare_case(case, spacing, in_plane)
     if prepared.brain_slices().size == 0:
@@ -21,11 +25,64 @@ def prepare_input(path: str | Path, modality: str, spacing: float, in_plane: tup
     return prepared
 
 
-def refuse_overwriting_input(input_path: str | Path, *outputs: str | Path | None) -> None:
-    """Before any work: no output may be the input file."""
-    for path in outputs:
-        if path is not None and Path(path).exists() and Path(path).resolve() == Path(input_path).resolve():
+OUTPUT_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _writable_folder(path: Path) -> str | None:
+    """Why files cannot be created in folder ``path`` (created on demand), or None."""
+    folder = path
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"folder {folder} is not writable"
+    return None
+
+
+def check_outputs(inputs: list[str | Path], outputs: dict[str, str | Path | None]) -> None:
+    """Before any work: every output (``{option name: path}``) can be written, is not a folder,
+    not an input, and no two outputs share a path. One :class:`InputError` naming the first fault."""
+    seen: dict[Path, str] = {}
+    resolved_inputs = {Path(p).resolve() for p in inputs}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path}: {option} is an existing folder, not a file name")
+        if not path.name.endswith(OUTPUT_SUFFIXES):
+            raise InputError(f"{path}: {option} must end in .nii.gz or .nii")
+        if path.resolve() in resolved_inputs:
             raise InputError(f"{path}: refusing to overwrite the input volume")
+        if path.resolve() in seen:
+            raise InputError(f"{path}: {option} and {seen[path.resolve()]} name the same file")
+        seen[path.resolve()] = option
+        problem = _writable_folder(path.parent)
+        if problem:
+            raise InputError(f"{path}: cannot write {option} ({problem})")
+
+
+def check_out_dir(path: str | Path) -> None:
+    """Before any work: ``path`` is (or can become) a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: --out-dir is a file, not a folder")
+    problem = _writable_folder(path)
+    if problem:
+        raise InputError(f"{path}: cannot write outputs there ({problem})")
+
+
+def refuse_label_map(data: np.ndarray, path: str | Path, max_labels: int = 8) -> None:
+    """An input whose voxels take a handful of integer values is a segmentation, not an MR image."""
+    sample = data[::3, ::3, ::3]
+    foreground = sample[sample != 0]
+    if foreground.size < 100:
+        return  # too small to tell (and too small for the network: prepare_input says so)
+    values = np.unique(foreground)
+    if len(values) <= max_labels and np.all(values == np.round(values)):
+        raise InputError(f"{path}: looks like a label map ({len(values)} distinct integer values "
+                         f"{values[:8].astype(int).tolist()}), not an MR image")
 
 
 def check_sampling(denoiser, steps: int | None, t_intermediate: int = -1) -> None:

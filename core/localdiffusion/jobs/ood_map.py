@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from localdiffusion.data.io import save_volume
-from localdiffusion.jobs.inputs import prepare_input
+from localdiffusion.jobs.inputs import check_outputs, prepare_input
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid, probability_volume
 
@@ -27,11 +27,12 @@ def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Pa
 
     ``modality`` (optional) is the input's contrast; it must match the bank's.
     """
-    prob, affine, threshold = probability_map(input_path, bank_path, modality)
     out_path = Path(out_path)
     if mask_path is None:
         name = out_path.name.removesuffix(".nii.gz").removesuffix(".nii")
         mask_path = out_path.with_name(f"{name}_mask.nii.gz")
+    check_outputs([input_path], {"--out": out_path, "--mask-out": mask_path})
+    prob, affine, threshold = probability_map(input_path, bank_path, modality)
     save_volume(out_path, prob, affine, protect=[input_path])
     save_volume(mask_path, (prob >= threshold).astype(np.uint8), affine, protect=[input_path])
     return out_path, Path(mask_path)

@@ -25,14 +25,14 @@ from localdiffusion.data.io import save_volume
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
-from localdiffusion.jobs.inputs import check_sampling, prepare_input
+from localdiffusion.jobs.inputs import check_out_dir, check_outputs, check_sampling, prepare_input
 from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
                                                     branch_weight_volume)
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.options import DIRECTIONS, OPTIONS, default, output_suffix
+from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
 
@@ -78,6 +78,11 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     """Translate one volume; returns the written paths keyed by output name."""
     options = options or JobOptions()
     report = report or (lambda event: None)
+    stem = Path(input_path).name.removesuffix(".nii.gz").removesuffix(".nii")
+    out_dir = Path(out_dir)
+    planned = {name: out_dir / f"{stem}_{output_suffix(name, options.direction)}.nii.gz" for name in OUTPUTS}
+    check_out_dir(out_dir)
+    check_outputs([input_path], planned)
     models_root = Path(models_root) if models_root else MODELS_ROOT
     paths = model_paths(models_root, options.direction)
     source, target = DIRECTIONS[options.direction]
@@ -114,13 +119,11 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     # where Local Diffusion branched (the hard mask; a soft plan's weight is the probability near it)
     branch_mask = plan.weight if options.mask_mode == "hard" else branch_weight_volume(
         ood, dataclasses.replace(ld_config, mask_mode="hard"), prepared.brain)
-    stem = Path(input_path).name.removesuffix(".nii.gz").removesuffix(".nii")
-    out_dir = Path(out_dir)
     on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
     on_input["ood_mask"] = (prepared.to_input_brain(branch_mask) >= 0.5).astype(np.uint8)
     outputs = {}
     for name, volume in on_input.items():
-        outputs[name] = out_dir / f"{stem}_{output_suffix(name, options.direction)}.nii.gz"
+        outputs[name] = planned[name]
         save_volume(outputs[name], volume, prepared.input_affine, protect=[input_path])
         report({"event": "output", "name": name, "path": str(outputs[name])})
     return outputs

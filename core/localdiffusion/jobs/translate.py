@@ -18,7 +18,7 @@ from localdiffusion.data.io import save_volume
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
-from localdiffusion.jobs.inputs import check_sampling, prepare_input, refuse_overwriting_input
+from localdiffusion.jobs.inputs import check_outputs, check_sampling, prepare_input
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
@@ -55,7 +55,7 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     calibrated ``eps``. ``crop_margin``: see :func:`~localdiffusion.volume.batching.translate_prepared`.
     Nothing is written unless everything succeeded.
     """
-    refuse_overwriting_input(input_path, out_path, risk_map)
+    check_outputs([input_path], {"--out": out_path, "--risk-map": risk_map})
     if batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     denoiser = load_denoiser(model_dir, select_device(device))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from monailabel.interfaces.app import MONAILabelApp
 
+from localdiffusion import __version__
 from localdiffusion.label.tasks import LocalDiffusionTask, OodMapTask, TumourSegmentationTask
 from localdiffusion.shipped import MODELS_ROOT
 
@@ -17,7 +18,7 @@ class LocalDiffusionLabelApp(MONAILabelApp):
         self.models_root = Path((conf or {}).get("models_root") or MODELS_ROOT)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="SlicerLocalDiffusion",
                          description="Hallucination-aware T1 <-> FLAIR translation, OOD maps and tumour segmentation "
-                                     "(research use only, not for diagnosis)", version="0.2.0")
+                                     "(research use only, not for diagnosis)", version=__version__)
 
     def init_infers(self):
         return {"local_diffusion": LocalDiffusionTask(self.models_root), "ood_map": OodMapTask(self.models_root),

@@ -8,6 +8,7 @@ names the problem; the server answers 400), runs the core on the file and return
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -37,6 +38,22 @@ def _result_file() -> Path:
     return Path(path)
 
 
+def _messages_name_the_upload(call):
+    """A user-fault message names "the uploaded image", not the server's temporary copy of it."""
+
+    @functools.wraps(call)
+    def wrapped(self, request: dict[str, Any]):
+        try:
+            return call(self, request)
+        except InputError as exc:
+            image = str(request.get("image", ""))
+            if image and image in str(exc):
+                raise InputError(str(exc).replace(image, "the uploaded image")) from exc
+            raise
+
+    return wrapped
+
+
 def _modality(request: dict, default: str) -> str:
     value = str(request.get("modality", default))
     if value not in OOD_MODALITIES:
@@ -56,6 +73,7 @@ class LocalDiffusionTask(InferTask):
     def is_valid(self) -> bool:
         return all((self.models_root / d).is_dir() for d in DIRECTIONS)
 
+    @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
         options = JobOptions(**parse_params(request, JOB_PARAMS))
         extras = request.get("extra_outputs", [])
@@ -97,6 +115,7 @@ class OodMapTask(InferTask):
     def is_valid(self) -> bool:
         return any(ood_bank_path(self.models_root, m).exists() for m in OOD_MODALITIES)
 
+    @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
         modality = _modality(request, "t1")
         bank_path = ood_bank_path(self.models_root, modality)
@@ -119,6 +138,7 @@ class TumourSegmentationTask(InferTask):
     def is_valid(self) -> bool:
         return (self.models_root / "seg_flair").is_dir()
 
+    @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
         from localdiffusion.jobs.segment import segment_volume
         from localdiffusion.network.segmenter import load_segmenter

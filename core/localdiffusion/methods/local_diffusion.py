@@ -6,15 +6,21 @@ channel 0 is the OOD branch, channel 1 the in-distribution (IND) branch.
 :class:`LocalDiffusion` supplies
 
 * ``denoise(x, t)``: one batched network call for every branch of every slice: branching
-  slices contribute two inputs (OOD branch with ``cond * w``, IND branch with
-  ``cond * max(1 - w, floor)``), fused slices one (the full condition). The OOD branch's
-  x0 is set to the background value outside the OOD region: ``w x0 + (1 - w) bg``.
-* ``hook``: at the first step with ``t <= t_intermediate`` a slice is fused (S-operator):
-  ``x0 = w x0_ood + (1 - w) x0_ind`` and ``x_t = w x_ood + (1 - w) x_ind``, both channels
-  then hold the fused state and ordinary posterior sampling continues to t = 0. The gate
-  scores the fused x0 first: if the OOD region has been healed the slice stays in (returns
-  to) branching from its branch states and tries again at the next step, at most
-  ``max_rebranch`` times; the last step always fuses. All state is per slice.
+  slices contribute two inputs (OOD branch with ``cond * w_b``, IND branch with
+  ``cond * max(1 - w, floor)``), fused slices one (the full condition). ``w_b`` is the OOD
+  weight dilated by ``ood_dilation`` pixels (0: ``w``): a ring of healthy context so that the
+  OOD branch does not render the lesion's border as the brain's surface; the ring is
+  discarded at fusion. The OOD branch's x0 is the background outside ``w_b > 0`` and its own
+  prediction inside (a selection, not a blend: a soft mask is applied once, at fusion).
+* ``hook``: at the first step with ``t <= t_intermediate`` a slice is fused (S-operator,
+  Eq. 8): ``x0 = w x0_ood + (1 - w) x0_ind`` and ``x_t = w x_ood + (1 - w) x_ind``, both
+  channels then hold the fused state and ordinary posterior sampling continues to t = 0.
+  The gate scores the fused x0 first: if the OOD region has been healed the slice stays in
+  (returns to) branching from its branch states and tries again at the next step, at most
+  ``max_rebranch`` times; the last step always fuses. With a gate, fusion starts no later
+  than the second-to-last step, so that the gate judges at least once at any sampler
+  length (at DDIM-25, T = 100, t_intermediate 10 gives t = 8, 4, 0 anyway). Per slice:
+  ``fused_at`` (t of the fusion), ``rebranches`` and ``judged`` (gate verdicts).
 * ``step_noise``: shared noise repeats one draw for both branches (as the reference code);
   independent noise draws each branch separately. Fused slices always share.
 * ``hooks``: the fusion hook, then the caller's observers, who see the composite
@@ -42,6 +48,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from localdiffusion.engine.assemble import Plain, sample_slices
 from localdiffusion.engine.crop import Box, box_shape, crop_box, downsampling_factor, paste
@@ -68,6 +75,7 @@ class LocalDiffusionConfig:
     background: float = 0.0  # target background value in [0, 1]
     min_component: int = 8  # post-processing of volume masks: drop OOD components below this (pixels); 0 = off
     crop_margin: int | None = 16  # OOD branch on a crop with this margin (pixels); None = full slices
+    ood_dilation: int = 0  # OOD branch sees w dilated by this many pixels; the ring is discarded at fusion
 
     def __post_init__(self):
         if self.mask_mode not in ("hard", "soft"):
@@ -80,6 +88,8 @@ class LocalDiffusionConfig:
             raise ValueError("max_rebranch must be >= 0")
         if self.min_component < 0:
             raise ValueError(f"min_component must be >= 0, got {self.min_component}")
+        if self.ood_dilation < 0:
+            raise ValueError(f"ood_dilation must be >= 0, got {self.ood_dilation}")
         if self.crop_margin is not None and self.crop_margin < 0:
             raise ValueError(f"crop_margin must be >= 0 or None, got {self.crop_margin}")
 
@@ -98,13 +108,16 @@ class LocalDiffusion:
             raise ValueError(f"t_intermediate must be in [0, {T - 1}], got {self.t_intermediate}")
         p = ood_probability.float().clamp(0, 1)
         self.weight = (p >= cfg.threshold).float() if cfg.mask_mode == "hard" else p
+        r = cfg.ood_dilation
+        self.branch_weight = self.weight if r == 0 else F.max_pool2d(self.weight, 2 * r + 1, stride=1, padding=r)
         self.condition = condition
         self.cond = to_model_scale(condition)
-        self.cond_ood = to_model_scale(condition * self.weight)
+        self.cond_ood = to_model_scale(condition * self.branch_weight)
         self.cond_ind = to_model_scale(condition * torch.clamp(1.0 - self.weight, min=cfg.ind_floor))
         self.bg = to_model_scale(cfg.background)
         self.branching = self.weight.flatten(1).amax(1) > 0  # (B,) bool
         self.rebranches = torch.zeros_like(self.branching, dtype=torch.long)
+        self.judged = torch.zeros_like(self.rebranches)
         self.fused_at = torch.full_like(self.rebranches, -1)
         self.crop = self._crop_box(denoiser)
         #: (windows, plane) when the slices are crops of whole slices (the gate sees whole slices)
@@ -114,7 +127,7 @@ class LocalDiffusion:
         """(rows, cols) of the OOD branch's crop; None = the full slice."""
         if self.config.crop_margin is None or not self.branching.any():
             return None
-        support = self.weight[self.branching].flatten(0, 1).amax(0) > 0
+        support = self.branch_weight[self.branching].flatten(0, 1).amax(0) > 0
         box = crop_box(support, self.config.crop_margin, downsampling_factor(denoiser))
         return None if box_shape(box) == tuple(self.weight.shape[-2:]) else box
 
@@ -129,7 +142,7 @@ class LocalDiffusion:
     def denoise(self, x: torch.Tensor, t: int) -> torch.Tensor:
         br = self.branching
         n = int(br.sum())
-        w = self.weight[br]
+        support = self.branch_weight[br] > 0
         x0 = torch.empty_like(x)
         if self.crop is None:  # one call for every branch
             x0_all = self._network(torch.cat([x[br, 0:1], x[br, 1:2], x[~br, 0:1]]),
@@ -140,13 +153,14 @@ class LocalDiffusion:
             x0_ood = torch.full_like(x[br, 0:1], self.bg)
             x0_ood[..., rows, cols] = self._network(x[br, 0:1, rows, cols], self.cond_ood[br, :, rows, cols], t)
             x0_rest = self._network(torch.cat([x[br, 1:2], x[~br, 0:1]]), torch.cat([self.cond_ind[br], self.cond[~br]]), t)
-        x0[br, 0:1] = w * x0_ood + (1 - w) * self.bg
+        x0[br, 0:1] = torch.where(support, x0_ood, torch.full_like(x0_ood, self.bg))
         x0[br, 1:2] = x0_rest[:n]
         x0[~br] = x0_rest[n:].expand(-1, 2, -1, -1)
         return x0
 
     def hook(self, step: Step):
-        due = self.branching & torch.tensor(step.t <= self.t_intermediate)
+        room = self.gate is not None and step.index >= step.num_steps - 2  # the gate judges at least once
+        due = self.branching & torch.tensor(step.t <= self.t_intermediate or room)
         if not due.any():
             return None
         w = self.weight
@@ -160,6 +174,7 @@ class LocalDiffusion:
                 windows, plane = [self.placement[0][i] for i in idx.tolist()], self.placement[1]
                 image, region = paste(image, windows, plane, self.config.background), paste(region, windows, plane)
             healed[idx] = self.gate(image, region).to(torch.bool)
+            self.judged += due.long()
             retry = due & healed & (self.rebranches < self.config.max_rebranch)
             self.rebranches += retry.long()
             fuse &= ~retry
@@ -260,11 +275,24 @@ class LocalDiffusionPlan:
         self.weight = branch_weight_volume(ood_probability_volume, config, brain_volume)
         self.config = dataclasses.replace(config, threshold=1.0)  # the weight is final: a {0, 1} mask stays as it is
         self.gate = gate
+        self._runs: list[tuple] = []  # (slice indices, LocalDiffusion) of every batch sampled with this plan
 
     def __call__(self, denoiser, condition: torch.Tensor, batch, noise: SliceNoise) -> LocalDiffusion:
         placement = (list(noise.windows), noise.plane) if noise.windows is not None else None
-        return LocalDiffusion(denoiser, condition, batch.take(self.weight, condition.device), self.config, self.gate,
-                              placement)
+        ld = LocalDiffusion(denoiser, condition, batch.take(self.weight, condition.device), self.config, self.gate,
+                            placement)
+        self._runs.append((batch.ks, ld))
+        return ld
+
+    def slice_records(self) -> dict[int, dict]:
+        """Per sampled slice k: whether it branched, the t it fused at (-1: never branched), how often
+        the gate judged it and sent it back to branching."""
+        records = {}
+        for ks, ld in self._runs:
+            for b, k in enumerate(ks):
+                records[int(k)] = {"branched": bool(ld.fused_at[b] >= 0), "fused_at": int(ld.fused_at[b]),
+                                   "judged": int(ld.judged[b]), "rebranches": int(ld.rebranches[b])}
+        return records
 
 
 class PatchCoreGate:

@@ -125,7 +125,8 @@ def load_denoiser(folder: str | Path, device: str | torch.device = "cpu", autoca
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{weights_path}: corrupt weights file ({exc.__class__.__name__}: {exc})") from exc
+        raise InputError(f"{weights_path}: corrupt weights file (not a tensor state dict: "
+                         f"{exc.__class__.__name__})") from exc
     denoiser = Denoiser(config, autocast=autocast)
     try:
         denoiser.network.load_state_dict(state)
