@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from localdiffusion.data.cohort import cases_in_split
 from localdiffusion.data.readers import read_case
 from localdiffusion.network.denoiser import build_network, load_denoiser
 from localdiffusion.shipped import shipped_model_dir
 from localdiffusion.volume.batching import BRAIN_CROP_MARGIN, translate_prepared
+from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 
 

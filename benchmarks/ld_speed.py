@@ -22,7 +22,6 @@ import time
 import numpy as np
 import torch
 
-from localdiffusion.data.cohort import cases_in_split
 from localdiffusion.data.readers import read_case
 from localdiffusion.jobs.run import model_paths
 from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
@@ -33,6 +32,7 @@ from localdiffusion.ood.volume import probability_volume
 from localdiffusion.options import DIRECTIONS
 from localdiffusion.shipped import MODELS_ROOT
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
+from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from localdiffusion.data.cohort import load_slice_set
 from localdiffusion.jobs.ood_bank import build_bank
 from localdiffusion.ood.evaluation import best_threshold, detection_metrics, intensity_outlier_scores
 from localdiffusion.ood.features import make_extractor
+from localdiffusion.volume.cohort import load_slice_set
 
 CANDIDATE_PROBABILITIES = np.array([0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999])
 

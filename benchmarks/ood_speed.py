@@ -17,10 +17,10 @@ import time
 import numpy as np
 import torch
 
-from localdiffusion.data.cohort import load_slice_set
 from localdiffusion.jobs.ood_bank import build_bank
 from localdiffusion.ood.features import make_extractor
 from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.volume.cohort import load_slice_set
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from localdiffusion.data.cohort import cases_in_split
 from localdiffusion.data.io import atomic_path
 from localdiffusion.data.readers import read_case
 from localdiffusion.engine.assemble import sample_slices
@@ -36,6 +35,7 @@ from localdiffusion.methods.rods import RODS, RODSConfig
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.options import DIRECTIONS
 from localdiffusion.shipped import MODELS_ROOT
+from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 
 CONFIGS = {

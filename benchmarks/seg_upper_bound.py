@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 
 from localdiffusion.benchmark.matrix import MIN_TUMOUR_FRACTION
-from localdiffusion.data.cohort import load_slice_set
 from localdiffusion.network.segmenter import load_segmenter
 from localdiffusion.shipped import MODELS_ROOT
 from localdiffusion.training.segmenter import tumour_dice
+from localdiffusion.volume.cohort import load_slice_set
 
 
 def main() -> None:

@@ -44,11 +44,11 @@ def tiny_models(tmp_path_factory, cohort):
     """A models folder like monai_bundle/models with tiny random weights (4 mm grid), segmenters included."""
     import torch
 
-    from localdiffusion.data.cohort import load_slice_set
     from localdiffusion.network.denoiser import DiffusionConfig, build_network, save_model
     from localdiffusion.network.segmenter import SegConfig, Segmenter
     from localdiffusion.ood.features import FeatureExtractor
     from localdiffusion.ood.patchcore import PatchCore
+    from localdiffusion.volume.cohort import load_slice_set
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)

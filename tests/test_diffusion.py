@@ -334,8 +334,8 @@ def test_windowed_noise_is_the_whole_slice_noise_cropped():
 
 
 def _prepared_cohort_case(cohort):
-    from localdiffusion.data.cohort import cases_in_split
     from localdiffusion.data.readers import read_case
+    from localdiffusion.volume.cohort import cases_in_split
     from localdiffusion.volume.grid import prepare_case
 
     return prepare_case(read_case(cases_in_split(cohort, "test", "healthy")[0], ("t1",)), 4.0, (48, 56))

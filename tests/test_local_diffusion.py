@@ -152,9 +152,9 @@ def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort)
     from localdiffusion.benchmark.matrix import MemoryCache, run_benchmark
     from localdiffusion.benchmark.reference import HealthyLookup
     from localdiffusion.benchmark.report import differences_table, markdown_table
-    from localdiffusion.data.cohort import load_slice_set
     from localdiffusion.network.denoiser import Denoiser, DiffusionConfig
     from localdiffusion.network.segmenter import SegConfig, Segmenter
+    from localdiffusion.volume.cohort import load_slice_set
 
     torch.manual_seed(0)
     den = Denoiser(DiffusionConfig(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1,

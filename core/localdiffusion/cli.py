@@ -309,16 +309,14 @@ def _run_train_seg(args) -> int:
     return 0
 
 
-RUN_OPTIONS = ["direction", "sampler", "steps", "seed", "batch_size", "t_intermediate", "mask_mode", "ind_floor",
-               "shared_noise", "max_rebranch", "gate", "baseline", "device"]
-
-
 def _add_run(sub) -> None:
+    from localdiffusion.jobs.run import JOB_OPTIONS
+
     p = sub.add_parser("run", help="the main job: OOD map, baseline and Local Diffusion translation of a volume")
     p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
-    add_options(p, RUN_OPTIONS)
+    add_options(p, JOB_OPTIONS)
     p.add_argument("--json", action="store_true",
                    help="report progress and outputs as JSON lines on stdout (for programs, e.g. the Slicer module)")
     p.set_defaults(func=_run_run)
@@ -329,9 +327,9 @@ def _json_line(event: dict) -> None:
 
 
 def _run_run(args) -> int:
-    from localdiffusion.jobs.run import JobOptions, run_job
+    from localdiffusion.jobs.run import JOB_OPTIONS, JobOptions, run_job
 
-    options = JobOptions(**{name: getattr(args, name) for name in RUN_OPTIONS})
+    options = JobOptions(**{name: getattr(args, name) for name in JOB_OPTIONS})
     report = _json_line if args.json else None
     outputs = run_job(args.input, args.out_dir, options, args.models, progress=not args.json, report=report)
     if not args.json:

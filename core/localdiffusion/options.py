@@ -133,6 +133,12 @@ def add_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
         OPTIONS[name].add_to(parser)
 
 
+def check_values(**values: Any) -> None:
+    """Check keyword values against their rows of the table (:class:`InputError` for the first bad one)."""
+    for name, value in values.items():
+        OPTIONS[name].check(value)
+
+
 def parse_params(params: dict, names: Iterable[str]) -> dict[str, Any]:
     """Validate a client's parameters (MONAI Label ``params``) against the table:
     every one of ``names`` is converted or set to its default; unknown keys are left alone."""

@@ -34,11 +34,11 @@ import numpy as np
 
 from localdiffusion.benchmark.reference import HealthyLookup
 from localdiffusion.benchmark.scoring import COMPARED, paired_bootstrap, row_metrics
-from localdiffusion.data.cohort import cases_in_split
 from localdiffusion.data.readers import read_case
-from localdiffusion.metrics import axial_stack
 from localdiffusion.methods.local_diffusion import LocalDiffusionConfig, LocalDiffusionPlan, branch_weight_volume
+from localdiffusion.metrics import axial_stack
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
+from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 
 BENCHMARK_VERSION = 2

@@ -1,1 +1,1 @@
-"""Files in, arrays out: volume I/O with validation and atomic writes, case layouts (BraTS, MSD, phantom), cohort splits and slice sets."""
+"""Files in, arrays out: volume I/O with validation and atomic writes, and case layouts (BraTS, MSD, phantom)."""

@@ -69,6 +69,12 @@ def _check_exists(path: Path) -> None:
         raise InputError(f"{path}: cannot be opened ({exc.strerror})") from None
 
 
+def nifti_stem(path: str | os.PathLike) -> str:
+    """The file name without its NIfTI suffix: ``CASE_t1.nii.gz`` -> ``CASE_t1``."""
+    name = Path(path).name
+    return name.removesuffix(".nii.gz").removesuffix(".nii")
+
+
 def load_label(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """Read a label map that must share ``shape`` and ``affine``; zeros are allowed."""
     path = Path(path)

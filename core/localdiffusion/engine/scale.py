@@ -20,4 +20,3 @@ def to_model_scale(x):
 def from_model_scale(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] -> [0, 1], clipped."""
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
-

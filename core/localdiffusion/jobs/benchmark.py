@@ -13,7 +13,6 @@ from localdiffusion.benchmark.figures import montage_figure
 from localdiffusion.benchmark.matrix import BENCHMARK_VERSION, benchmark_rows, run_benchmark
 from localdiffusion.benchmark.reference import HealthyLookup
 from localdiffusion.benchmark.report import SECTION_END, SECTION_START, json_ready, markdown_section
-from localdiffusion.data.cohort import load_slice_set
 from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.run import model_paths
@@ -23,6 +22,7 @@ from localdiffusion.network.segmenter import load_segmenter
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.options import DIRECTIONS, default
 from localdiffusion.shipped import MODELS_ROOT
+from localdiffusion.volume.cohort import load_slice_set
 
 
 def write_results(result: dict, out_json: str | Path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from localdiffusion.data.cohort import cases_in_split, has_manifest
 from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration
@@ -17,6 +16,7 @@ from localdiffusion.jobs.inputs import check_sampling
 from localdiffusion.ood.volume import probability_volume
 from localdiffusion.options import default
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
+from localdiffusion.volume.cohort import cases_in_split, has_manifest
 from localdiffusion.volume.grid import prepare_case
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from localdiffusion.data.cohort import cases_in_split, has_manifest
 from localdiffusion.data.io import atomic_path
 from localdiffusion.data.readers import read_case
 from localdiffusion.jobs.inputs import check_sampling
@@ -34,6 +33,7 @@ from localdiffusion.metrics import volume_scores
 from localdiffusion.network.denoiser import Denoiser
 from localdiffusion.options import default
 from localdiffusion.volume.batching import BRAIN_CROP_MARGIN, translate_prepared
+from localdiffusion.volume.cohort import cases_in_split, has_manifest
 from localdiffusion.volume.grid import prepare_case
 
 

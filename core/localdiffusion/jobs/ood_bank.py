@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from localdiffusion.data.cohort import has_manifest, load_slice_set
 from localdiffusion.errors import InputError
 from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.volume.cohort import has_manifest, load_slice_set
 from localdiffusion.volume.grid import DEFAULT_IN_PLANE, DEFAULT_SPACING_MM
 
 

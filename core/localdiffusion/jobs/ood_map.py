@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localdiffusion.data.io import save_volume
+from localdiffusion.data.io import nifti_stem, save_volume
 from localdiffusion.jobs.inputs import check_outputs, prepare_input
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid, probability_volume
@@ -29,8 +29,7 @@ def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Pa
     """
     out_path = Path(out_path)
     if mask_path is None:
-        name = out_path.name.removesuffix(".nii.gz").removesuffix(".nii")
-        mask_path = out_path.with_name(f"{name}_mask.nii.gz")
+        mask_path = out_path.with_name(f"{nifti_stem(out_path)}_mask.nii.gz")
     check_outputs([input_path], {"--out": out_path, "--mask-out": mask_path})
     prob, affine, threshold = probability_map(input_path, bank_path, modality)
     save_volume(out_path, prob, affine, protect=[input_path])

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from localdiffusion.data.io import save_volume
+from localdiffusion.data.io import nifti_stem, save_volume
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
@@ -60,9 +60,12 @@ class JobOptions:
     risk_map: bool = True  # when the model folder holds risk_calibration.json
 
     def __post_init__(self):
-        for f in fields(self):
-            if f.name in OPTIONS:
-                setattr(self, f.name, OPTIONS[f.name].check(getattr(self, f.name)))
+        for name in JOB_OPTIONS:
+            setattr(self, name, OPTIONS[name].check(getattr(self, name)))
+
+
+#: the main job's user options (the fields that are rows of the options table), in field order
+JOB_OPTIONS = tuple(f.name for f in fields(JobOptions) if f.name in OPTIONS)
 
 
 def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
@@ -78,7 +81,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     """Translate one volume; returns the written paths keyed by output name."""
     options = options or JobOptions()
     report = report or (lambda event: None)
-    stem = Path(input_path).name.removesuffix(".nii.gz").removesuffix(".nii")
+    stem = nifti_stem(input_path)
     out_dir = Path(out_dir)
     planned = {name: out_dir / f"{stem}_{output_suffix(name, options.direction)}.nii.gz" for name in OUTPUTS}
     check_out_dir(out_dir)

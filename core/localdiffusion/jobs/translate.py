@@ -23,7 +23,7 @@ from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.options import default
+from localdiffusion.options import check_values, default
 from localdiffusion.shipped import ood_bank_path
 from localdiffusion.volume.batching import BRAIN_CROP_MARGIN, batch_sampler, translate_prepared
 from localdiffusion.volume.grid import PreparedCase
@@ -56,8 +56,7 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     Nothing is written unless everything succeeded.
     """
     check_outputs([input_path], {"--out": out_path, "--risk-map": risk_map})
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    check_values(sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, device=device)
     denoiser = load_denoiser(model_dir, select_device(device))
     cfg = denoiser.config
     calibration, bank, rods_config = None, None, None

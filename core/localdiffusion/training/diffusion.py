@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from localdiffusion.data.cohort import SliceSet, has_manifest, load_slice_set
 from localdiffusion.data.io import atomic_path
 from localdiffusion.engine.assemble import sample_slices
 from localdiffusion.engine.scale import from_model_scale, to_model_scale
@@ -29,6 +28,7 @@ from localdiffusion.errors import InputError
 from localdiffusion.metrics import psnr, ssim
 from localdiffusion.network.denoiser import Denoiser, DiffusionConfig, build_network, save_model
 from localdiffusion.network.device import select_device
+from localdiffusion.volume.cohort import SliceSet, has_manifest, load_slice_set
 
 CHECKPOINT_FILE = "checkpoint.pt"
 

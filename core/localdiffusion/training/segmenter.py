@@ -16,10 +16,10 @@ import torch
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from localdiffusion.data.cohort import load_slice_set
 from localdiffusion.data.io import atomic_path
 from localdiffusion.metrics import dice
 from localdiffusion.network.segmenter import BRATS_TO_CLASS, CLASS_WEIGHTS, SegConfig, Segmenter, build_segmenter
+from localdiffusion.volume.cohort import load_slice_set
 
 
 def train_segmenter(data: str | Path, out: str | Path, cfg: SegConfig, *, steps: int = 1500, batch_size: int = 16,
