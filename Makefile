@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test install install-test install-label clean
+.PHONY: demo test install install-test install-label wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,9 @@ demo: install
 test: install-test
 	$(BIN)/python -m pytest -q tests
 
+# a wheel that carries the shipped bundle (for the Slicer module's Resources/wheels or pip)
+wheel: | $(BIN)/python
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist .
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs build dist

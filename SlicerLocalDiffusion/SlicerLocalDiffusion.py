@@ -8,7 +8,6 @@ package, or a MONAI Label server) and Test. Research use only.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import qt
@@ -23,13 +22,6 @@ from slicer.util import VTKObservationMixin
 from SlicerLocalDiffusionLib import (TranslationJob, TranslationRequest, show_side_by_side, start_translation,
                                     style_overlay)
 
-
-
-def localdiffusionRequirement() -> str:
-    """What ``pip install`` gets for the ``localdiffusion`` package: the clone this module runs
-    from (its root holds ``pyproject.toml``), else the package name."""
-    root = Path(__file__).resolve().parents[1]
-    return str(root) if (root / "pyproject.toml").is_file() else "localdiffusion"
 
 
 class SlicerLocalDiffusion(ScriptedLoadableModule):
@@ -56,6 +48,7 @@ class SlicerLocalDiffusionParameterNode:
     steps: Annotated[int, WithinRange(1, 100)] = 25
     seed: Annotated[int, WithinRange(0, 1_000_000)] = 0
     tIntermediate: Annotated[int, WithinRange(-1, 99)] = 0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     oodOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     oodThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.99
     showLocalDiffusion: bool = True
@@ -135,7 +128,8 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
 
     def onTranslate(self):
         p = self._parameterNode
-        request = self.logic.request(p.direction, p.steps, p.seed, p.tIntermediate, p.serverUrl.strip())
+        request = self.logic.request(p.direction, p.steps, p.seed, p.tIntermediate, p.serverUrl.strip(), p.device,
+                                     self.ui.serverTokenLineEdit.text.strip())
         if not request.server and not self.logic.ensureDependencies():
             return
         try:
@@ -199,33 +193,34 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
         return SlicerLocalDiffusionParameterNode(super().getParameterNode())
 
     @staticmethod
-    def request(direction: str, steps: int, seed: int, tIntermediate: int, serverUrl: str = "") -> TranslationRequest:
+    def request(direction: str, steps: int, seed: int, tIntermediate: int, serverUrl: str = "",
+                device: str = "auto", token: str = "") -> TranslationRequest:
         """The job for the panel's choices; an empty ``serverUrl`` runs the local package."""
         python = os.environ.get("SLICER_LOCALDIFFUSION_PYTHON",
                                 slicer.app.pythonExecutable if hasattr(slicer, "app") else "python")
         return TranslationRequest(direction=direction, steps=steps, seed=seed, t_intermediate=tIntermediate,
-                                  python=python, server=serverUrl)
+                                  device=device, python=python, server=serverUrl, token=token)
 
     @staticmethod
     def ensureDependencies() -> bool:
-        """Offer to install ``localdiffusion`` (torch through the PyTorch extension) on first use."""
-        try:
-            import localdiffusion  # noqa: F401
-            return True
-        except ImportError:
-            pass
-        if not slicer.util.confirmOkCancelDisplay("Local Diffusion needs the 'localdiffusion' Python package "
-                                                  "(and PyTorch from the PyTorch extension). Install now?"):
-            return False
-        try:
-            import PyTorchUtils
+        """Install or upgrade ``localdiffusion`` (pinned version) and PyTorch (minimum version,
+        through the PyTorch extension so that it picks the CUDA build) on first use."""
+        from SlicerLocalDiffusionLib.dependencies import DependencyError, ensure
 
-            PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
-        except ImportError:
-            slicer.util.errorDisplay("Please install the PyTorch extension first.")
+        def installTorch(requirement: str) -> None:
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise DependencyError("the PyTorch extension is not installed (Extensions Manager: PyTorch)") from None
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                             torchVersionRequirement=requirement) is None:
+                raise DependencyError(f"PyTorch {requirement} could not be installed")
+
+        try:
+            return ensure(slicer.util.confirmOkCancelDisplay, installTorch, slicer.util.pip_install)
+        except DependencyError as exc:
+            slicer.util.errorDisplay(f"Local Diffusion cannot run locally: {exc}")
             return False
-        slicer.util.pip_install(localdiffusionRequirement())
-        return True
 
     @staticmethod
     def start(inputNode, request: TranslationRequest) -> TranslationJob:

@@ -190,5 +190,8 @@ def test_one_version_for_package_bundle_and_label_app():
     pyproject = tomllib.loads((BUNDLE.parent / "pyproject.toml").read_text())
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
     assert pyproject["project"]["version"] == localdiffusion.__version__ == metadata["version"]
-    assert metadata["required_packages_version"]["localdiffusion"] == localdiffusion.__version__
+    sys.path.insert(0, str(BUNDLE.parent / "SlicerLocalDiffusion"))
+    from SlicerLocalDiffusionLib.dependencies import LOCALDIFFUSION_VERSION
+
+    assert LOCALDIFFUSION_VERSION == localdiffusion.__version__  # the Slicer module's pinned package
     assert "version=__version__" in (BUNDLE.parent / "core" / "localdiffusion" / "label" / "app.py").read_text()

@@ -31,13 +31,53 @@ def _same_geometry(content: bytes, reference: Path, tmp_path: Path, name: str):
     return np.asarray(img.dataobj)
 
 
-def test_info_lists_the_three_models(server):
+def test_info_lists_the_four_models(server):
     from monailabel.client import MONAILabelClient
 
+    import localdiffusion
+
     info = MONAILabelClient(server).info()
-    assert {"local_diffusion", "ood_map", "tumour_segmentation"} <= set(info["models"])
+    assert {"local_diffusion", "ood_map", "ood_segmentation", "tumour_segmentation"} <= set(info["models"])
     assert info["models"]["tumour_segmentation"]["type"] == "segmentation"
     assert info["models"]["tumour_segmentation"]["labels"] == {"necrosis": 1, "oedema": 2, "enhancing": 4}
+    # the stock Slicer MONAILabel plugin lists segmentation models only: the OOD region is one
+    assert info["models"]["ood_segmentation"]["type"] == "segmentation"
+    assert info["models"]["ood_segmentation"]["labels"] == {"out_of_distribution": 1}
+    assert info["version"] == localdiffusion.__version__
+
+
+def test_results_come_in_the_requested_format_and_uploads_in_any_format(server, cohort, tmp_path):
+    """What the stock Slicer plugin does: ask a segmentation model for result_extension .nrrd, uint8."""
+    import SimpleITK as sitk
+    from monailabel.client import MONAILabelClient
+
+    from localdiffusion.data.formats import sitk_affine
+    from localdiffusion.data.io import load_volume, save_volume
+
+    case = _case(cohort)
+    t1 = case / f"{case.name}_t1.nii.gz"
+    data, affine = load_volume(t1)
+    out_file, params = MONAILabelClient(server, tmpdir=str(tmp_path)).infer(
+        "ood_segmentation", "", {"result_extension": ".nrrd", "result_dtype": "uint8"}, file=str(t1))
+    assert Path(out_file).read_bytes()[:4] == b"NRRD" and params["labels"] == {"out_of_distribution": 1}
+    nrrd_copy = tmp_path / "label.nrrd"
+    nrrd_copy.write_bytes(Path(out_file).read_bytes())
+    image = sitk.ReadImage(str(nrrd_copy))
+    assert image.GetPixelID() == sitk.sitkUInt8 and image.GetSize() == data.shape
+    assert np.allclose(sitk_affine(image), affine, atol=1e-4)
+    assert set(np.unique(sitk.GetArrayViewFromImage(image))) <= {0, 1}
+    # an NRRD upload, a MetaImage result with float channels
+    upload = save_volume(tmp_path / "case_t1.nrrd", data, affine)
+    answer = _infer(server, "ood_map", upload, {"modality": "t1", "result_extension": ".mha"})
+    assert answer.status_code == 200, answer.text
+    result = tmp_path / "prob.mha"
+    result.write_bytes(answer.content)
+    prob, prob_affine = load_volume(result)
+    assert prob.shape == data.shape and np.allclose(prob_affine, affine, atol=1e-4) and prob.max() <= 1
+    bad = _infer(server, "ood_map", t1, {"result_extension": ".jpg"})
+    assert bad.status_code == 400 and "result_extension" in bad.json()["detail"]
+    bad = _infer(server, "ood_map", t1, {"result_dtype": "complex64"})
+    assert bad.status_code == 400 and "result_dtype" in bad.json()["detail"]
 
 
 def test_every_model_returns_a_volume_on_the_input_grid(server, cohort, tmp_path):

@@ -112,7 +112,7 @@ def test_output_faults_fail_before_any_work(tiny_models, cohort, tmp_path, capsy
     a_file.write_text("x")
     out = str(tmp_path / "out.nii.gz")
     faults = {
-        "must end in .nii.gz": ["translate", "--input", t1, "--model", model, "--out", str(tmp_path / "flair")],
+        "must end in one of .nii.gz": ["translate", "--input", t1, "--model", model, "--out", str(tmp_path / "flair")],
         "existing folder": ["translate", "--input", t1, "--model", model, "--out", str(folder)],
         "name the same file": ["translate", "--input", t1, "--model", model, "--out", out, "--risk-map", out],
         "is a file, not a folder": ["translate", "--input", t1, "--model", model,

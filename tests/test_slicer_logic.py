@@ -173,3 +173,47 @@ def test_progress_counts_the_local_diffusion_and_the_baseline_phases(tmp_path):
     out.write_bytes(b"")
     events = read_events(json.dumps({"event": "output", "name": "baseline", "path": str(out)}) + "\n{\"event\": \"outp")
     assert written_outputs(events) == {"baseline": out}
+
+
+def test_the_server_client_sends_the_access_token(cohort, tmp_path):
+    """MONAI Label's authentication needs a Keycloak realm, which a test cannot run offline; a
+    stand-in on 127.0.0.1 answers like FastAPI's OAuth2 dependency (401 without a valid bearer
+    token) and records what the client sent."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from SlicerLocalDiffusionLib.label_client import infer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Authorization"))
+            good = self.headers.get("Authorization") == "Bearer s3cret"
+            body = json.dumps({"detail": "bad params" if good else "Not authenticated"}).encode()
+            self.send_response(400 if good else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    case = _tumour_case(cohort)
+    image = case / f"{case.name}_t1.nii.gz"
+    try:
+        with pytest.raises(RuntimeError, match="requires authentication: enter its access token"):
+            infer(url, "local_diffusion", image, {}, tmp_path)
+        with pytest.raises(RuntimeError, match="rejected the token"):
+            infer(url, "local_diffusion", image, {}, tmp_path, token="wrong")
+        with pytest.raises(RuntimeError, match="answered 400: bad params"):
+            infer(url, "local_diffusion", image, {}, tmp_path, token="s3cret")
+    finally:
+        httpd.shutdown()
+    assert seen == [None, "Bearer wrong", "Bearer s3cret"]
+    assert "s3cret" not in repr(TranslationRequest(token="s3cret"))  # not in logs or reprs

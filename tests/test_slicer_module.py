@@ -95,7 +95,8 @@ def test_module_compiles_under_python_312(tmp_path):
 
 
 #: Slicer parameter-node field -> option of localdiffusion.options (Slicer may run without the package)
-SLICER_OPTIONS = {"direction": "direction", "steps": "steps", "seed": "seed", "tIntermediate": "t_intermediate"}
+SLICER_OPTIONS = {"direction": "direction", "steps": "steps", "seed": "seed", "tIntermediate": "t_intermediate",
+                  "device": "device"}
 
 
 def _parameter_declarations() -> dict[str, dict]:

@@ -38,15 +38,17 @@ class TranslationRequest:
     seed: int = 0
     t_intermediate: int = 0  # 0: fuse at the last step (the default); -1: 10% of T (the paper)
     sampler: str = "ddim"
+    device: str = "auto"  # auto: CUDA when available; cpu / cuda force the choice
     python: str = field(default_factory=lambda: sys.executable)
     models: str = ""  # empty: the package's shipped models
     server: str = ""  # MONAI Label server URL; empty: run locally
+    token: str = field(default="", repr=False)  # the server's access token (never stored in the scene)
 
     def command(self, input_path: Path, out_dir: Path) -> list[str]:
         """``localdiffusion run`` for the local background process."""
         cmd = [self.python, "-m", "localdiffusion.cli", "run", "--input", str(input_path), "--out-dir", str(out_dir),
                "--direction", self.direction, "--steps", str(self.steps), "--seed", str(self.seed),
-               "--sampler", self.sampler, "--json"]
+               "--sampler", self.sampler, "--device", self.device, "--json"]
         cmd += ["--t-intermediate", str(self.t_intermediate)]
         if self.models:
             cmd += ["--models", self.models]
@@ -55,7 +57,8 @@ class TranslationRequest:
     def server_params(self) -> dict:
         """Parameters of the MONAI Label ``local_diffusion`` model (every available output)."""
         return {"direction": self.direction, "steps": self.steps, "seed": self.seed,
-                "t_intermediate": self.t_intermediate, "sampler": self.sampler, "extra_outputs": "all"}
+                "t_intermediate": self.t_intermediate, "sampler": self.sampler, "device": self.device,
+                "extra_outputs": "all"}
 
 
 class TranslationJob:
@@ -161,7 +164,8 @@ class ServerTranslation(TranslationJob):
 
         try:
             image_path, params = infer(self.request.server, "local_diffusion", self.input_path,
-                                       self.request.server_params(), self.workdir, self.timeout)
+                                       self.request.server_params(), self.workdir, self.timeout,
+                                       token=self.request.token)
             image = nib.load(str(image_path))
             data = np.asarray(image.dataobj)
             channels = params.get("channels", ["local"])

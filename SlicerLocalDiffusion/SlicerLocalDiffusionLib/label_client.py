@@ -44,15 +44,20 @@ def decode_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | No
 
 
 def infer(server: str, model: str, image: Path, params: dict, out_dir: Path,
-          timeout: float = 3600.0) -> tuple[Path, dict]:
+          timeout: float = 3600.0, token: str = "") -> tuple[Path, dict]:
     """Run ``model`` on ``image``; returns (result image written into ``out_dir``, result JSON).
 
-    Errors name the problem: an unreachable server, the server's own message for a bad
+    ``token``: the access token of a server that requires authentication (MONAI Label's
+    ``/auth/token``), sent as ``Authorization: Bearer``. Errors name the problem: an
+    unreachable server, a missing or rejected token, the server's own message for a bad
     request (HTTP 4xx/5xx), or an answer without an image.
     """
     url = f"{server.rstrip('/')}/infer/{urllib.parse.quote(model)}?output=all"
     body, content_type = encode_multipart({"params": json.dumps(params)}, {"file": Path(image)})
-    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             parts = decode_multipart(answer.read(), answer.headers.get("Content-Type", ""))
@@ -62,6 +67,9 @@ def infer(server: str, model: str, image: Path, params: dict, out_dir: Path,
             detail = json.loads(detail).get("detail", detail)
         except (ValueError, AttributeError):
             pass
+        if exc.code in (401, 403):
+            need = "rejected the token" if token else "requires authentication: enter its access token"
+            raise RuntimeError(f"MONAI Label server {server} {need} (HTTP {exc.code}: {detail})") from None
         raise RuntimeError(f"MONAI Label server {server} answered {exc.code}: {detail}") from None
     except urllib.error.URLError as exc:
         raise RuntimeError(f"MONAI Label server {server} is not reachable: {exc.reason}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from localdiffusion.options import DIRECTIONS, MODALITIES, add_options
 from localdiffusion.shipped import ood_bank_path, shipped_model_dir
 
 EXIT_BAD_INPUT = 2
+MODELS_HELP = "models folder (default: $LOCALDIFFUSION_MODELS, else the shipped models)"
+INPUT_HELP = ("3D volume of the source contrast: NIfTI, NRRD, MetaImage (.mha/.mhd), MGZ, or a folder holding a "
+              "DICOM series")
 
 
 def _add_phantom(sub) -> None:
@@ -137,7 +141,7 @@ def _crop_margin(args) -> int | None:
 
 def _add_translate(sub) -> None:
     p = sub.add_parser("translate", help="translate a volume (e.g. T1 -> FLAIR) with a trained model")
-    p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
+    p.add_argument("--input", required=True, type=Path, help=INPUT_HELP)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     add_options(p, ["sampler", "steps", "seed", "batch_size", "device"])
@@ -313,9 +317,9 @@ def _add_run(sub) -> None:
     from localdiffusion.jobs.run import JOB_OPTIONS
 
     p = sub.add_parser("run", help="the main job: OOD map, baseline and Local Diffusion translation of a volume")
-    p.add_argument("--input", required=True, type=Path, help="3D NIfTI of the source contrast")
+    p.add_argument("--input", required=True, type=Path, help=INPUT_HELP)
     p.add_argument("--out-dir", required=True, type=Path)
-    p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
+    p.add_argument("--models", type=Path, default=None, help=MODELS_HELP)
     add_options(p, JOB_OPTIONS)
     p.add_argument("--json", action="store_true",
                    help="report progress and outputs as JSON lines on stdout (for programs, e.g. the Slicer module)")
@@ -343,7 +347,7 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--data", required=True, type=Path, help="cohort with tumour cases (phantom manifest)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=list(DIRECTIONS))
-    p.add_argument("--models", type=Path, default=None, help="models folder (default: shipped monai_bundle/models)")
+    p.add_argument("--models", type=Path, default=None, help=MODELS_HELP)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--max-slices", type=int, default=4, help="evaluated slices per case (evenly spread, the largest "
@@ -401,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    # the readers' notes (which DICOM series was taken) go to stderr, one line each
+    logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

@@ -27,10 +27,12 @@ OUTPUTS = ("local", "baseline", "ood", "ood_mask", "risk")
 #: outputs a client may ask for beside the Local Diffusion translation
 EXTRA_OUTPUTS = OUTPUTS[1:]
 DEVICES = ("auto", "cpu", "cuda")
+#: output file formats ("input": the input's own, NIfTI for a DICOM series); suffixes in data/formats.py
+OUTPUT_FORMATS = ("input", "nifti", "nrrd", "metaimage", "mgz")
 
 
 def output_suffix(name: str, direction: str) -> str:
-    """File-name suffix of the main job's output ``name``: ``<input stem>_<suffix>.nii.gz``."""
+    """File-name suffix of the main job's output ``name``: ``<input stem>_<suffix>.<format suffix>``."""
     target = DIRECTIONS[direction][1]
     return {"ood": "ood_probability", "ood_mask": "ood_mask", "local": f"{target}_local_diffusion",
             "baseline": f"{target}_baseline", "risk": "hallucination_risk"}[name]
@@ -118,6 +120,8 @@ _TABLE = [
            "slice back to branching; off by default: on validation it only delayed fusion, docs/BENCHMARK.md 4a)"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("device", str, "auto", "where the networks run", choices=DEVICES),
+    Option("output_format", str, "input", "output file format: the input's own (NIfTI for a DICOM series), nifti, "
+           "nrrd, metaimage (.mha) or mgz", choices=OUTPUT_FORMATS),
 ]
 #: name -> :class:`Option`
 OPTIONS: dict[str, Option] = {o.name: o for o in _TABLE}

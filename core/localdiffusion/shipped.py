@@ -1,17 +1,43 @@
-"""Where the shipped weights live: ``monai_bundle/models`` of this repository.
+"""Where the shipped bundle (weights, configs, MONAI Label app) lives.
+
+Three places, first match wins:
+
+1. ``$LOCALDIFFUSION_MODELS`` (or a command's ``--models``): a models folder elsewhere;
+2. ``monai_bundle/`` of the clone this package runs from (an editable install, ``make``);
+3. ``localdiffusion/bundle/`` inside an installed package: ``pip install .`` (non-editable,
+   the Slicer module's first run, a wheel) copies ``monai_bundle/{models,configs,
+   monailabel_app}`` there (see ``setup.py``), so the weights are found after any install.
 
 Kept free of heavy imports: the CLI and the bundle configs resolve it at start-up.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-MODELS_ROOT = Path(__file__).resolve().parents[2] / "monai_bundle" / "models"
+#: environment variable naming a models folder that replaces the shipped one
+MODELS_ENV = "LOCALDIFFUSION_MODELS"
+
+_PACKAGE = Path(__file__).resolve().parent
+_CLONE_BUNDLE = _PACKAGE.parents[1] / "monai_bundle"
+#: the bundle folder: the clone's ``monai_bundle`` or the installed copy
+BUNDLE_ROOT = _CLONE_BUNDLE if (_CLONE_BUNDLE / "models").is_dir() else _PACKAGE / "bundle"
+
+
+def _models_root() -> Path:
+    override = os.environ.get(MODELS_ENV, "").strip()
+    return Path(override).expanduser() if override else BUNDLE_ROOT / "models"
+
+
+#: the models folder every command uses unless given ``--models``/``--model``
+MODELS_ROOT = _models_root()
+#: the MONAI Label app folder (``monailabel start_server --app``)
+LABEL_APP = BUNDLE_ROOT / "monailabel_app"
 
 
 def shipped_model_dir(source: str = "t1", target: str = "flair") -> Path:
-    """``monai_bundle/models/<source>_to_<target>``."""
+    """``<models root>/<source>_to_<target>``."""
     return MODELS_ROOT / f"{source}_to_{target}"
 
 

@@ -1,4 +1,4 @@
-"""NIfTI input/output with validation and atomic writes.
+"""Volume input/output with validation and atomic writes (formats: :mod:`.formats`).
 
 Every reader here raises :class:`InputError` naming the file and the problem; the CLI
 turns it into a message and a non-zero exit code. Every writer writes to a temporary
@@ -14,9 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import nibabel as nib
 import numpy as np
 
+from localdiffusion.data.formats import (FOLDER_FORMAT, SUFFIX_FORMATS, read_image, split_suffix, volume_format,
+                                         write_image)
 from localdiffusion.errors import InputError
 
 #: Two affines are "the same geometry" when every entry agrees within this (mm).
@@ -24,28 +25,19 @@ AFFINE_TOLERANCE_MM = 1e-3
 
 
 def load_volume(path: str | os.PathLike, *, expect_3d: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI volume as ``(float32 array, 4x4 affine)`` and validate it.
+    """Read a volume (NIfTI, MGZ, NRRD, MetaImage or a DICOM series folder) as ``(float32
+    array, 4x4 RAS affine)`` and validate it.
 
-    Raises :class:`InputError` for a missing, non-NIfTI or truncated file, a 4D volume
-    where 3D is expected, NaN or infinite voxels, and an all-zero volume.
+    Raises :class:`InputError` for a missing, unreadable or truncated file, a 4D volume
+    where 3D is expected, a singular geometry, NaN or infinite voxels, and an all-zero volume.
     """
     path = Path(path)
     _check_exists(path)
-    if not path.is_file():
+    if not path.is_file() and volume_format(path) != FOLDER_FORMAT:
         raise InputError(f"{path}: not a file")
-    try:
-        image = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for bad headers
-        raise InputError(f"{path}: not a readable NIfTI file ({exc.__class__.__name__}: {exc})") from exc
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(f"{path}: not a NIfTI file (read as {type(image).__name__})")
-    affine = image.affine.astype(np.float64)
+    raw, affine = read_image(path)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(f"{path}: the header's voxel-to-world matrix is singular or not finite (no usable geometry)")
-    try:
-        raw = np.asanyarray(image.dataobj)
-    except Exception as exc:  # truncated gzip streams, short files
-        raise InputError(f"{path}: corrupt or truncated NIfTI data ({exc.__class__.__name__}: {exc})") from exc
     if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
         big = np.isfinite(raw) & (np.abs(raw) > np.finfo(np.float32).max)
         if big.any():
@@ -69,24 +61,18 @@ def _check_exists(path: Path) -> None:
         raise InputError(f"{path}: cannot be opened ({exc.strerror})") from None
 
 
-def nifti_stem(path: str | os.PathLike) -> str:
-    """The file name without its NIfTI suffix: ``CASE_t1.nii.gz`` -> ``CASE_t1``."""
-    name = Path(path).name
-    return name.removesuffix(".nii.gz").removesuffix(".nii")
+def volume_stem(path: str | os.PathLike) -> str:
+    """The name without its image suffix: ``CASE_t1.nii.gz`` -> ``CASE_t1``; a DICOM folder's name."""
+    return split_suffix(path)[0]
 
 
 def load_label(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """Read a label map that must share ``shape`` and ``affine``; zeros are allowed."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    try:
-        image = nib.load(str(path))
-        data = np.asarray(image.dataobj)
-    except Exception as exc:
-        raise InputError(f"{path}: corrupt or unreadable label file ({exc.__class__.__name__}: {exc})") from exc
+    _check_exists(path)
+    data, label_affine = read_image(path)
     data = _squeeze_to_3d(data, path)
-    check_same_geometry(path, data.shape, image.affine, "image", shape, affine)
+    check_same_geometry(path, data.shape, label_affine, "image", shape, affine)
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path}: label map contains NaN or infinite values")
     return np.rint(data).astype(np.uint8)
@@ -145,17 +131,18 @@ def atomic_path(path: str | os.PathLike, *, protect: Iterable[str | os.PathLike]
 
 
 def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
-                protect: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write ``data`` as NIfTI with ``affine`` atomically (float32, or uint8 for labels)."""
+                protect: Iterable[str | os.PathLike] = (), dtype: str | np.dtype | None = None) -> Path:
+    """Write ``data`` with ``affine`` atomically in the format its suffix names (NIfTI when the
+    suffix names none), as ``dtype`` (default: float32, or uint8 for labels; a 4D array is
+    written with its last axis as channels)."""
     data = np.asarray(data)
-    if data.dtype != np.uint8:
+    if dtype is not None:
+        data = data.astype(dtype)
+    elif data.dtype != np.uint8:
         data = data.astype(np.float32)
-    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
+    suffix = split_suffix(path)[1].lower()
     with atomic_path(path, protect=protect) as tmp:
-        nib.save(image, str(tmp))
+        write_image(tmp, data, np.asarray(affine, dtype=np.float64), SUFFIX_FORMATS.get(suffix, "nifti"))
     return Path(path)
 
 

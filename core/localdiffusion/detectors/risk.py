@@ -74,7 +74,7 @@ class RiskCalibration:
         for name, cal in {**self.components, "combined": self.combined}.items():
             payload[name] = {k: np.asarray(v).tolist() for k, v in cal.as_arrays("c").items()}
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(payload))
+            tmp.write_text(json.dumps(payload), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "RiskCalibration":
@@ -82,7 +82,7 @@ class RiskCalibration:
         if not path.exists():
             raise InputError(f"{path}: risk calibration not found")
         try:
-            payload = json.loads(path.read_text())
+            payload = json.loads(path.read_text(encoding="utf-8"))
             read = lambda name: Calibration.from_arrays({k: np.asarray(v) for k, v in payload[name].items()}, "c")  # noqa: E731
             components = {name: read(name) for name in DETECTORS if name in payload}
             combined = read("combined")

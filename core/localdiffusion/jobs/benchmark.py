@@ -27,20 +27,20 @@ from localdiffusion.volume.cohort import load_slice_set
 
 def write_results(result: dict, out_json: str | Path) -> None:
     with atomic_path(out_json) as tmp:
-        Path(tmp).write_text(json.dumps(json_ready(result), indent=1))
+        Path(tmp).write_text(json.dumps(json_ready(result), indent=1), encoding="utf-8")
 
 
 def update_markdown(path: str | Path, section: str) -> None:
     """Replace (or append) the benchmark section of ``path`` atomically."""
     path = Path(path)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if SECTION_START in text and SECTION_END in text:
         before, rest = text.split(SECTION_START, 1)
         text = before + section.rstrip("\n") + rest.split(SECTION_END, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 class DirCache:
@@ -51,12 +51,12 @@ class DirCache:
 
     def get(self, key: str) -> dict | None:
         path = self.root / f"{key}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
     def put(self, key: str, value: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.root / f"{key}.json") as tmp:
-            Path(tmp).write_text(json.dumps(value))
+            Path(tmp).write_text(json.dumps(value), encoding="utf-8")
 
 
 def files_id(*paths: Path) -> str:
@@ -128,7 +128,7 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
 def render_section(out_dir: str | Path, markdown: str | Path) -> None:
     """Rebuild the benchmark section of ``markdown`` from every JSON result in ``out_dir``."""
     out_dir, markdown = Path(out_dir), Path(markdown)
-    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("hallucination_*.json"), reverse=True)]
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out_dir.glob("hallucination_*.json"), reverse=True)]
     results = [r for r in results if r.get("version") == BENCHMARK_VERSION]  # older results lack v2's columns
     figures = [str((out_dir / r["figure"]).resolve().relative_to(markdown.parent.resolve())) for r in results]
     commands = sorted({r.get("command") or "localdiffusion benchmark" for r in results})

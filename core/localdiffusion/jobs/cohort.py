@@ -12,31 +12,34 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from localdiffusion.data.readers import NIFTI_SUFFIXES
+from localdiffusion.data.formats import holds_dicom_series, split_suffix
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.run import JobOptions, run_job
 
 
 def resolve_inputs(input_spec: str | Path | list) -> list[Path]:
-    """A NIfTI file, a folder of NIfTI files, a datalist JSON (list of paths or of
-    ``{"image": path}``, or ``{"testing": [...]}`` as in MONAI datalists), or a list."""
+    """An image file, a folder of image files (NIfTI, NRRD, MetaImage, MGZ), a folder holding
+    one DICOM series, a datalist JSON (list of paths or of ``{"image": path}``, or
+    ``{"testing": [...]}`` as in MONAI datalists), or a list."""
     if isinstance(input_spec, (list, tuple)):
         return [p for item in input_spec for p in resolve_inputs(item)]
     if isinstance(input_spec, dict):
         return resolve_inputs(input_spec["image"])
     path = Path(str(input_spec))
     if not str(input_spec):
-        raise InputError("no input given (override --input with a NIfTI file, a folder or a datalist JSON)")
+        raise InputError("no input given (override --input with an image file, a folder or a datalist JSON)")
     if not path.exists():
         raise InputError(f"{path}: input not found")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
-        if not files:
-            raise InputError(f"{path}: folder holds no NIfTI files")
-        return files
+        files = sorted(p for p in path.iterdir() if p.is_file() and split_suffix(p)[1] and not p.name.startswith("."))
+        if files:
+            return files
+        if holds_dicom_series(path):
+            return [path]
+        raise InputError(f"{path}: folder holds no image files (NIfTI, NRRD, MetaImage, MGZ) and no DICOM series")
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not a valid datalist JSON ({exc})") from exc
         items = data.get("testing", data.get("data", [])) if isinstance(data, dict) else data

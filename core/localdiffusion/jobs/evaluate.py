@@ -66,4 +66,4 @@ def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "tes
 
 def write_report(result: dict, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(result, indent=1))
+        tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from localdiffusion.data.io import load_volume
+from localdiffusion.data.formats import DETACHED_SUFFIXES, SUFFIX_FORMATS, split_suffix
+from localdiffusion.data.io import load_volume, volume_stem
 from localdiffusion.data.readers import Case
 from localdiffusion.errors import InputError
 from localdiffusion.volume.grid import PreparedCase, prepare_case
@@ -17,7 +18,7 @@ def prepare_input(path: str | Path, modality: str, spacing: float, in_plane: tup
     """Load one 3D input volume and put it on its working grid."""
     data, affine = load_volume(path)
     refuse_label_map(data, path)
-    case = Case(Path(path).name.split(".")[0], {modality: data}, affine, None, "volume", {modality: Path(path)})
+    case = Case(volume_stem(path), {modality: data}, affine, None, "volume", {modality: Path(path)})
     prepared = prepare_case(case, spacing, in_plane)
     if prepared.brain_slices().size == 0:
         raise InputError(f"{path}: no slice holds enough brain for the {in_plane} working grid "
@@ -25,7 +26,6 @@ def prepare_input(path: str | Path, modality: str, spacing: float, in_plane: tup
     return prepared
 
 
-OUTPUT_SUFFIXES = (".nii.gz", ".nii")
 
 
 def _writable_folder(path: Path) -> str | None:
@@ -51,8 +51,10 @@ def check_outputs(inputs: list[str | Path], outputs: dict[str, str | Path | None
         path = Path(path)
         if path.is_dir():
             raise InputError(f"{path}: {option} is an existing folder, not a file name")
-        if not path.name.endswith(OUTPUT_SUFFIXES):
-            raise InputError(f"{path}: {option} must end in .nii.gz or .nii")
+        suffix = split_suffix(path)[1].lower()
+        if not suffix or suffix in DETACHED_SUFFIXES:
+            writable = [s for s in SUFFIX_FORMATS if s not in DETACHED_SUFFIXES]
+            raise InputError(f"{path}: {option} must end in one of {', '.join(writable)}")
         if path.resolve() in resolved_inputs:
             raise InputError(f"{path}: refusing to overwrite the input volume")
         if path.resolve() in seen:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from localdiffusion.data.io import nifti_stem, save_volume
+from localdiffusion.data.formats import split_suffix
+from localdiffusion.data.io import save_volume
 from localdiffusion.jobs.inputs import check_outputs, prepare_input
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid, probability_volume
@@ -23,13 +24,14 @@ def probability_map(input_path: str | Path, bank_path: str | Path, modality: str
 
 def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Path,
                mask_path: str | Path | None = None, modality: str | None = None) -> tuple[Path, Path]:
-    """Write the OOD probability map and the binary mask (``*_mask.nii.gz`` by default).
+    """Write the OOD probability map and the binary mask (``<out stem>_mask<out suffix>`` by default).
 
     ``modality`` (optional) is the input's contrast; it must match the bank's.
     """
     out_path = Path(out_path)
     if mask_path is None:
-        mask_path = out_path.with_name(f"{nifti_stem(out_path)}_mask.nii.gz")
+        stem, suffix = split_suffix(out_path)
+        mask_path = out_path.with_name(f"{stem}_mask{suffix or '.nii.gz'}")
     check_outputs([input_path], {"--out": out_path, "--mask-out": mask_path})
     prob, affine, threshold = probability_map(input_path, bank_path, modality)
     save_volume(out_path, prob, affine, protect=[input_path])

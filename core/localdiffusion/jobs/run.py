@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from localdiffusion.data.io import nifti_stem, save_volume
+from localdiffusion.data.formats import output_suffix_for
+from localdiffusion.data.io import save_volume, volume_stem
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
@@ -57,6 +58,7 @@ class JobOptions:
     gate: bool = default("gate")
     baseline: bool = default("baseline")
     device: str = default("device")
+    output_format: str = default("output_format")
     risk_map: bool = True  # when the model folder holds risk_calibration.json
 
     def __post_init__(self):
@@ -81,9 +83,9 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     """Translate one volume; returns the written paths keyed by output name."""
     options = options or JobOptions()
     report = report or (lambda event: None)
-    stem = nifti_stem(input_path)
+    stem, suffix = volume_stem(input_path), output_suffix_for(input_path, options.output_format)
     out_dir = Path(out_dir)
-    planned = {name: out_dir / f"{stem}_{output_suffix(name, options.direction)}.nii.gz" for name in OUTPUTS}
+    planned = {name: out_dir / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in OUTPUTS}
     check_out_dir(out_dir)
     check_outputs([input_path], planned)
     models_root = Path(models_root) if models_root else MODELS_ROOT

@@ -17,9 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from localdiffusion.shipped import MODELS_ROOT
-
-LABEL_APP = MODELS_ROOT.parent / "monailabel_app"
+from localdiffusion.shipped import LABEL_APP
 
 
 def free_port() -> int:
@@ -52,7 +50,7 @@ def local_server(studies: str | Path, log: str | Path, *, models_root: str | Pat
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"MONAI Label server exited early:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"MONAI Label server exited early:\n{log.read_text(encoding='utf-8')[-3000:]}")
             try:
                 if requests.get(f"{url}/info/", timeout=2).status_code == 200:
                     break
@@ -60,7 +58,7 @@ def local_server(studies: str | Path, log: str | Path, *, models_root: str | Pat
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"MONAI Label server did not answer /info/ in {timeout:.0f} s:\n"
-                                   f"{log.read_text()[-3000:]}")
+                                   f"{log.read_text(encoding='utf-8')[-3000:]}")
             time.sleep(0.5)
         yield url
     finally:

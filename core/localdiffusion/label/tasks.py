@@ -1,9 +1,12 @@
 """MONAI Label inference tasks: thin adapters from a request to the ``localdiffusion`` core.
 
-A request holds ``image`` (the uploaded NIfTI, saved by MONAI Label to a temporary file) and
-the client's ``params``. Each task validates its parameters (:class:`~localdiffusion.errors.InputError`
-names the problem; the server answers 400), runs the core on the file and returns
-``(result NIfTI path, JSON)``; MONAI Label sends the file back and deletes it.
+A request holds ``image`` (the uploaded volume in any format the readers take, saved by
+MONAI Label to a temporary file with the upload's suffix) and the client's ``params``. Each
+task validates its parameters (:class:`~localdiffusion.errors.InputError` names the problem;
+the server answers 400), runs the core on the file and returns ``(result path, JSON)``;
+MONAI Label sends the file back and deletes it. The result is written as the client's
+``result_extension`` and ``result_dtype`` ask (MONAI Label's own parameters; the stock Slicer
+plugin asks for ``.nrrd``), NIfTI otherwise.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from localdiffusion.data.formats import DETACHED_SUFFIXES, SUFFIX_FORMATS, read_image, split_suffix
 from localdiffusion.data.io import load_volume, save_volume
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.ood_map import probability_map
@@ -31,11 +34,24 @@ JOB_PARAMS = ("direction", "sampler", "steps", "seed", "t_intermediate", "mask_m
 OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair}))
 
 
-def _result_file() -> Path:
-    """A temporary result path; MONAI Label deletes the file after sending it (no folder left behind)."""
-    handle, path = tempfile.mkstemp(prefix="ld_label_", suffix=".nii.gz")
+#: ``result_dtype`` values a client may ask for
+RESULT_DTYPES = ("uint8", "int16", "uint16", "int32", "float32", "float64")
+
+
+def _write_result(request: dict, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write the result where MONAI Label expects it: a temporary file it deletes after sending
+    (no folder left behind), in the requested ``result_extension`` and ``result_dtype``."""
+    suffix = str(request.get("result_extension") or ".nii.gz")
+    suffix = suffix if suffix.startswith(".") else "." + suffix
+    if split_suffix("result" + suffix)[1].lower() != suffix.lower() or suffix.lower() in DETACHED_SUFFIXES:
+        writable = [s for s in SUFFIX_FORMATS if s not in DETACHED_SUFFIXES]
+        raise InputError(f"parameter 'result_extension' must be one of {writable}, got {suffix!r}")
+    dtype = request.get("result_dtype") or None
+    if dtype is not None and str(dtype) not in RESULT_DTYPES:
+        raise InputError(f"parameter 'result_dtype' must be one of {list(RESULT_DTYPES)}, got {dtype!r}")
+    handle, path = tempfile.mkstemp(prefix="ld_label_", suffix=suffix)
     os.close(handle)
-    return Path(path)
+    return save_volume(path, data, affine, dtype=dtype)
 
 
 def _messages_name_the_upload(call):
@@ -84,6 +100,7 @@ class LocalDiffusionTask(InferTask):
             raise InputError(f"parameter 'extra_outputs' must be 'all' or a list from {list(EXTRA_OUTPUTS)}, "
                              f"got {extras!r}")
         options.baseline = "baseline" in extras
+        options.output_format = "nifti"  # the job's own files; the result follows result_extension
         work = Path(tempfile.mkdtemp(prefix="ld_job_"))
         try:
             outputs = run_job(request["image"], work, options, self.models_root, progress=False)
@@ -94,11 +111,10 @@ class LocalDiffusionTask(InferTask):
                 raise InputError(f"{missing} not available for these models or settings (risk needs the calibrated "
                                  "DDIM step count)")
             names = ["local", *extras]
-            images = [nib.load(str(outputs[n])) for n in names]
-            data = images[0].get_fdata(dtype=np.float32) if len(names) == 1 else np.stack(
-                [im.get_fdata(dtype=np.float32) for im in images], axis=-1)
-            result = _result_file()
-            save_volume(result, data, images[0].affine)
+            volumes = [read_image(outputs[n]) for n in names]
+            affine = volumes[0][1]
+            data = volumes[0][0] if len(names) == 1 else np.stack([v[0].astype(np.float32) for v in volumes], axis=-1)
+            result = _write_result(request, data, affine)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return str(result), {"channels": names, "direction": options.direction, "steps": options.steps,
@@ -120,9 +136,29 @@ class OodMapTask(InferTask):
         modality = _modality(request, "t1")
         bank_path = ood_bank_path(self.models_root, modality)
         prob, affine, threshold = probability_map(request["image"], bank_path, modality, self.models_root)
-        result = _result_file()
-        save_volume(result, prob, affine)
-        return str(result), {"modality": modality, "threshold": threshold}
+        return str(_write_result(request, prob, affine)), {"modality": modality, "threshold": threshold}
+
+
+class OodSegmentationTask(OodMapTask):
+    """The OOD region as a label (probability >= the bank's calibrated threshold): a segmentation
+    model, so that clients that list only segmentation models (the stock Slicer MONAILabel
+    plugin) show where the input is out of distribution."""
+
+    LABELS = {"out_of_distribution": 1}
+
+    def __init__(self, models_root: Path):
+        InferTask.__init__(self, InferType.SEGMENTATION, dict(self.LABELS), 3,
+                           "Where the input is out of distribution (thresholded PatchCore map)", {"modality": "t1"})
+        self.models_root = Path(models_root)
+
+    @_messages_name_the_upload
+    def __call__(self, request: dict[str, Any]):
+        modality = _modality(request, "t1")
+        prob, affine, threshold = probability_map(request["image"], ood_bank_path(self.models_root, modality),
+                                                  modality, self.models_root)
+        labels = (prob >= threshold).astype(np.uint8)
+        return str(_write_result(request, labels, affine)), {"modality": modality, "threshold": threshold,
+                                                             "labels": self.LABELS}
 
 
 class TumourSegmentationTask(InferTask):
@@ -144,8 +180,6 @@ class TumourSegmentationTask(InferTask):
         from localdiffusion.network.segmenter import load_segmenter
 
         modality = _modality(request, "flair")
-        load_volume(request["image"])  # a clear error for a non-NIfTI or broken upload
+        load_volume(request["image"])  # a clear error for an unreadable or broken upload
         labels, affine = segment_volume(load_segmenter(self.models_root / f"seg_{modality}"), request["image"])
-        result = _result_file()
-        save_volume(result, labels, affine)
-        return str(result), {"modality": modality, "labels": self.LABELS}
+        return str(_write_result(request, labels, affine)), {"modality": modality, "labels": self.LABELS}

@@ -16,6 +16,7 @@ from monai.networks.nets import DiffusionModelUNet
 
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.errors import InputError
+from localdiffusion.shipped import MODELS_ENV
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
@@ -106,7 +107,7 @@ def save_model(folder: str | Path, config: DiffusionConfig, state_dict: dict) ->
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         torch.save(state_dict, tmp)
     with atomic_path(folder / CONFIG_FILE) as tmp:
-        tmp.write_text(config.to_json())
+        tmp.write_text(config.to_json(), encoding="utf-8")
     return folder
 
 
@@ -115,11 +116,12 @@ def load_denoiser(folder: str | Path, device: str | torch.device = "cpu", autoca
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.exists():
-        raise InputError(f"{config_path}: model configuration not found (is --model a trained model folder?)")
+        raise InputError(f"{config_path}: model configuration not found (is --model a trained model folder? "
+                         f"--models or ${MODELS_ENV} name a folder holding <direction>/config.json)")
     if not weights_path.exists():
         raise InputError(f"{weights_path}: model weights not found")
     try:
-        config = DiffusionConfig.from_json(config_path.read_text())
+        config = DiffusionConfig.from_json(config_path.read_text(encoding="utf-8"))
     except (TypeError, ValueError) as exc:
         raise InputError(f"{config_path}: invalid model configuration ({exc})") from exc
     try:

@@ -63,7 +63,7 @@ def load_segmenter(folder: str | Path) -> Segmenter:
     cfg_path, weights = folder / "config.json", folder / "model.pt"
     if not cfg_path.exists() or not weights.exists():
         raise InputError(f"{folder}: segmentation model not found (need config.json and model.pt)")
-    cfg = SegConfig(**json.loads(cfg_path.read_text()))
+    cfg = SegConfig(**json.loads(cfg_path.read_text(encoding="utf-8")))
     seg = Segmenter(cfg)
     try:
         seg.network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

@@ -96,9 +96,9 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
         entries = [write_case(*job) for job in tqdm(jobs, desc="phantom", unit="case")]
     entries = merge_manifest(out, entries)
     with atomic_path(out / MANIFEST_JSON) as tmp:
-        tmp.write_text(json.dumps({"generator": "localdiffusion.phantom", "cases": entries}, indent=1))
+        tmp.write_text(json.dumps({"generator": "localdiffusion.phantom", "cases": entries}, indent=1), encoding="utf-8")
     with atomic_path(out / MANIFEST_CSV) as tmp:
-        tmp.write_text(_manifest_csv(entries))
+        tmp.write_text(_manifest_csv(entries), encoding="utf-8")
     return entries
 
 
@@ -108,7 +108,7 @@ def merge_manifest(out: Path, entries: list[dict]) -> list[dict]:
     if not path.exists():
         return entries
     new_ids = {e["case_id"] for e in entries}
-    old = [e for e in json.loads(path.read_text())["cases"] if e["case_id"] not in new_ids]
+    old = [e for e in json.loads(path.read_text(encoding="utf-8"))["cases"] if e["case_id"] not in new_ids]
     return sorted(old + entries, key=lambda e: (e["kind"], SPLITS.index(e["split"]), e["case_id"]))
 
 
@@ -129,7 +129,7 @@ def read_manifest(root: str | Path) -> list[dict]:
     path = Path(root) / MANIFEST_JSON
     if not path.exists():
         raise InputError(f"{path}: no phantom manifest (generate data with `localdiffusion phantom`)")
-    return json.loads(path.read_text())["cases"]
+    return json.loads(path.read_text(encoding="utf-8"))["cases"]
 
 
 def preview_figure(case: PhantomCase, title: str):

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +227,23 @@ def train(cfg: TrainConfig, model_cfg: DiffusionConfig, resume: bool = False, pr
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return out
+
+
+@dataclass
+class BundleTrainer:
+    """``train#trainer`` of the bundle's train config, named as MONAI's train-workflow properties
+    expect (``train#trainer#max_epochs``; ``train#dataset`` is the data folder the slices are
+    drawn from and ``train#inferer`` the validation sampler). One "epoch" here is one optimiser
+    step: training draws random crops, it does not sweep a dataset."""
+
+    config: TrainConfig
+    model_config: DiffusionConfig
+    max_epochs: int
+    resume: bool = True
+
+    def run(self) -> Path:
+        return train(replace(self.config, steps=int(self.max_epochs)), self.model_config,
+                     resume=self.resume)
 
 
 def _save_checkpoint(path: Path, network, ema, optimizer, step: int, model_cfg: DiffusionConfig) -> None:

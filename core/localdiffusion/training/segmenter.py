@@ -56,9 +56,9 @@ def train_segmenter(data: str | Path, out: str | Path, cfg: SegConfig, *, steps:
     with atomic_path(out / "model.pt") as tmp:
         torch.save(net.state_dict(), tmp)
     with atomic_path(out / "config.json") as tmp:
-        tmp.write_text(json.dumps(asdict(cfg), indent=1))
+        tmp.write_text(json.dumps(asdict(cfg), indent=1), encoding="utf-8")
     with atomic_path(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=1))
+        tmp.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
 
 

@@ -60,7 +60,7 @@ def cases_in_split(root: str | Path, split: str, kind: str | None = None) -> lis
     root = Path(root)
     manifest = root / "manifest.json"
     if manifest.exists():
-        entries = json.loads(manifest.read_text())["cases"]
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["cases"]
         return [root / e["case_id"] for e in entries if e["split"] == split and (kind is None or e["kind"] == kind)]
     if kind is not None:
         raise InputError(f"{root}: no manifest.json, cannot select {kind} cases")

@@ -8,7 +8,7 @@ Y: posterior-anterior).
 
 Intensities are normalised per volume, by contrast (:data:`NORMALISATION`), and clipped to
 [0, 1]; background stays 0. Contrasts where lesions are bright (FLAIR, T2, T1ce): the
-foreground median (non-zero voxels of the skull-stripped input) is mapped to 0.5. A high
+foreground median (brain voxels of the skull-stripped input, see brain_mask.py) is mapped to 0.5. A high
 percentile would be set by the lesion itself and darken all healthy tissue (on the phantom,
 p99.5/median is 1.28 +- 0.07 for healthy FLAIR volumes and up to 2.1 with a glioma).
 Native T1, where gliomas are dark and the top percentiles stay healthy white matter: the
@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from localdiffusion.data.readers import Case
 from localdiffusion.errors import InputError
+from localdiffusion.volume.brain_mask import STRIP_ADVICE, brain_mask, check_stripped
 
 DEFAULT_SPACING_MM = 2.0
 DEFAULT_IN_PLANE = (96, 112)
@@ -49,11 +50,6 @@ class WorkingGrid:
         return float(self.affine[0, 0])
 
 
-def foreground_mask(volume: np.ndarray) -> np.ndarray:
-    """Foreground of a skull-stripped volume: non-zero voxels."""
-    return volume > 0
-
-
 def working_grid(input_affine: np.ndarray, input_shape: tuple[int, ...], foreground: np.ndarray,
                  spacing: float = DEFAULT_SPACING_MM, in_plane: tuple[int, int] = DEFAULT_IN_PLANE,
                  name: object = "input") -> WorkingGrid:
@@ -71,7 +67,8 @@ def working_grid(input_affine: np.ndarray, input_shape: tuple[int, ...], foregro
     fov = np.array(in_plane) * spacing
     if np.any(extent > fov - 2 * spacing):
         raise InputError(f"{name}: brain extent {extent.round(1).tolist()} mm does not fit the "
-                         f"{fov.tolist()} mm working field of view")
+                         f"{fov.tolist()} mm working field of view (a skull-stripped adult brain does; {STRIP_ADVICE} "
+                         f"if the scan still holds the head)")
     z_lo, z_hi = world_corners[:, 2].min(), world_corners[:, 2].max()
     nz = int(np.floor((z_hi - z_lo) / spacing)) + 1
     centre_xy = (fg_lo[:2] + fg_hi[:2]) / 2.0
@@ -166,7 +163,8 @@ def prepare_case(case: Case, spacing: float = DEFAULT_SPACING_MM, in_plane: tupl
     """Resample every image of ``case`` to its working grid and normalise it."""
     foreground = np.zeros(case.shape, bool)
     for image in case.images.values():
-        foreground |= foreground_mask(image)
+        foreground |= brain_mask(image)
+    check_stripped(foreground, case.affine, case.case_id)
     grid = working_grid(case.affine, case.shape, foreground, spacing, in_plane, name=case.case_id)
     images, scales = {}, {}
     brain = resample(foreground.astype(np.float32), case.affine, grid.affine, grid.shape, order=1) >= 0.5
