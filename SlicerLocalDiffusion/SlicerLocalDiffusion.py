@@ -153,7 +153,7 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if status == "done":
             self.logic.storeResults(self._parameterNode, job.load_results(slicer.mrmlScene))
             self.showResults()
-            self.ui.statusLabel.text = "Done."
+            self.ui.statusLabel.text = "Done." + "".join(f" Warning: {w}" for w in job.warnings)
         else:
             self.ui.statusLabel.text = "Failed."
             slicer.util.errorDisplay(f"Translation failed:\n{job.error_message()}")

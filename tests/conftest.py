@@ -70,6 +70,20 @@ def tiny_models(tmp_path_factory, cohort):
     return root
 
 
+DATASTORE_IMAGE = "datastore_t1"
+
+
+def _datastore_image(studies):
+    """One small T1 in the server's datastore (image id ``DATASTORE_IMAGE``)."""
+    import numpy as np
+
+    from localdiffusion.data.io import save_volume
+    from localdiffusion.phantom.generate import generate_case
+
+    case = generate_case(300_000_001, tumour=True, spacing=4.0)
+    save_volume(studies / f"{DATASTORE_IMAGE}.nii.gz", case.images["t1"].astype(np.float32), case.affine)
+
+
 @pytest.fixture(scope="session")
 def server(tiny_models, tmp_path_factory):
     """URL of a real MONAI Label server on 127.0.0.1 serving the app with the tiny models."""
@@ -77,8 +91,10 @@ def server(tiny_models, tmp_path_factory):
     from localdiffusion.label.launch import local_server
 
     log = tmp_path_factory.mktemp("label_log") / "server.log"
+    studies = tmp_path_factory.mktemp("studies")
+    _datastore_image(studies)
     try:
-        with local_server(tmp_path_factory.mktemp("studies"), log, models_root=tiny_models, threads=1) as url:
+        with local_server(studies, log, models_root=tiny_models, threads=1) as url:
             yield url
     except RuntimeError as exc:
         pytest.fail(str(exc))

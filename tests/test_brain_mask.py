@@ -59,5 +59,5 @@ def test_a_head_that_was_not_skull_stripped_is_refused_with_advice(tumour_case, 
     with pytest.raises(InputError) as info:
         prepare_input(path, "t1", 2.0, (96, 112))
     message = str(info.value)
-    assert message.startswith(f"{path.name.split('.')[0]}: ") and "not skull-stripped" in message
+    assert message.startswith(f"{path}: ") and "not skull-stripped" in message
     assert "SynthStrip" in message and "HD-BET" in message

@@ -77,7 +77,7 @@ def test_inference_bad_inputs_give_clear_errors_and_no_outputs(tiny_models, coho
     from localdiffusion.errors import InputError
 
     out, models, source = tmp_path / "eval", tiny_models, tmp_path / "missing.nii.gz"
-    expected = "input not found"
+    expected = "file not found"
     if problem in ("nan", "no_weights"):
         source = tmp_path / "nan.nii.gz"
         data = np.ones((20, 20, 20), np.float32)
@@ -178,7 +178,7 @@ def test_bundle_user_fault_from_the_terminal_is_one_line_and_exit_code_2(tiny_mo
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {missing}: input not found"] and "Traceback" not in proc.stderr
+    assert errors == [f"error: {missing}: file not found"] and "Traceback" not in proc.stderr
     assert not (tmp_path / "eval").exists()
 
 

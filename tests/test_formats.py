@@ -105,3 +105,13 @@ def test_the_output_format_option_lists_exactly_the_writable_formats():
 
     assert OUTPUT_FORMATS[0] == "input" and set(OUTPUT_FORMATS[1:]) == set(OUTPUT_SUFFIX)
     assert OPTIONS["output_format"].choices == OUTPUT_FORMATS
+
+
+def test_several_outputs_are_written_all_or_nothing(tmp_path, volume):
+    from localdiffusion.data.io import save_volumes
+
+    sheared = _oblique_affine()
+    sheared[0, 1] += 0.5  # NRRD stores orthogonal directions only: the second write fails
+    with pytest.raises(InputError, match="sheared"):
+        save_volumes({tmp_path / "first.nii.gz": (volume, sheared), tmp_path / "second.nrrd": (volume, sheared)})
+    assert sorted(tmp_path.iterdir()) == []  # neither output, no temporary file

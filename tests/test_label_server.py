@@ -90,6 +90,7 @@ def test_every_model_returns_a_volume_on_the_input_grid(server, cohort, tmp_path
         "local_diffusion", "", {"steps": 3, "t_intermediate": 5, "extra_outputs": ["baseline", "ood"]}, file=str(t1))
     data = _same_geometry(Path(out_file).read_bytes(), t1, tmp_path, "ld")
     assert params["channels"] == ["local", "baseline", "ood"] and data.shape[-1] == 3
+    assert any("not checked" in w for w in params["warnings"])  # the tiny models carry no input gate
     # plain HTTP
     answer = _infer(server, "ood_map", t1, {"modality": "t1"})
     assert answer.status_code == 200, answer.text
@@ -127,5 +128,49 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, cohort,
                           ({"extra_outputs": "every"}, "extra_outputs"), ({"seed": "x"}, "seed")):
         bad = _infer(server, "local_diffusion", t1, params)
         assert bad.status_code == 400 and words in bad.json()["detail"], bad.text
+    for raw in ("[1, 2]", "{bad", '"text"'):  # params that are not a JSON object
+        bad = requests.post(f"{server}/infer/ood_map", params={"output": "image"}, timeout=60,
+                            files={"file": (t1.name, t1.read_bytes())}, data={"params": raw})
+        assert bad.status_code == 400 and "params" in bad.json()["detail"], (raw, bad.text)
     assert requests.get(f"{server}/info/", timeout=10).status_code == 200
     assert _infer(server, "ood_map", t1).status_code == 200
+
+
+def _by_id(url, model, image_id, params=None):
+    return requests.post(f"{url}/infer/{model}", params={"output": "image", "image": image_id}, timeout=600,
+                         data={"params": json.dumps(params or {})})
+
+
+def test_images_come_only_from_the_datastore(server, cohort):
+    from conftest import DATASTORE_IMAGE
+
+    assert _by_id(server, "ood_map", DATASTORE_IMAGE).status_code == 200
+    outside = _case(cohort) / f"{_case(cohort).name}_t1.nii.gz"  # a real image on the server, not in --studies
+    for image_id in (str(outside), "/etc/passwd", "../" + DATASTORE_IMAGE, "no_such_image"):
+        answer = _by_id(server, "ood_map", image_id)
+        assert answer.status_code == 404, (image_id, answer.text)
+        assert answer.json()["detail"] == f"image id {image_id!r} is not in this server's datastore"
+
+
+def test_info_answers_within_a_second_while_the_server_translates(server, cohort):
+    import threading
+    import time
+
+    t1 = _case(cohort) / f"{_case(cohort).name}_t1.nii.gz"
+    done = threading.Event()
+    answers = []
+
+    def translate():
+        answers.append(_infer(server, "local_diffusion", t1, {"steps": 10, "extra_outputs": "all"}))
+        done.set()
+
+    threading.Thread(target=translate).start()
+    latencies = []
+    while not done.is_set():
+        start = time.monotonic()
+        assert requests.get(f"{server}/info/", timeout=10).status_code == 200
+        latencies.append(time.monotonic() - start)
+        time.sleep(0.05)
+    assert answers[0].status_code == 200, answers[0].text
+    assert len(latencies) >= 3 and max(latencies) < 1.0, latencies
+

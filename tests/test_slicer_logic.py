@@ -140,12 +140,18 @@ def test_server_errors_name_the_problem(server, cohort):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # no partial results
 
 
-def test_failed_translation_reports_the_error(tiny_models):
+@pytest.mark.parametrize("content, words", [("zeros", "empty"), ("labels", "looks like a label map")])
+def test_failed_translation_reports_the_error(tiny_models, content, words):
+    """User faults reach the panel as the job's one error line (the input node's file is named)."""
     scene = slicer.vtkMRMLScene()
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
-    slicer.util.updateVolumeFromArray(node, np.zeros((8, 8, 8), np.float32))
-    with pytest.raises(RuntimeError, match="empty"):
-        run_translation(node, TranslationRequest(models=str(tiny_models)), scene, timeout=300)
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", content)
+    data = {"zeros": np.zeros((30, 30, 30)), "labels": (np.indices((30, 30, 30))[0] // 10).astype(float) + 1.0}[content]
+    slicer.util.updateVolumeFromArray(node, data.astype(np.float32))
+    with pytest.raises(RuntimeError) as info:
+        run_translation(node, TranslationRequest(models=str(tiny_models), steps=2), scene, timeout=300)
+    message = str(info.value)
+    assert words in message and "input.nii.gz" in message and "Traceback" not in message, message
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # no partial results
 
 
 def test_cancel_stops_the_process_and_removes_the_temporary_folder(tiny_models, cohort):

@@ -39,6 +39,7 @@ class TranslationRequest:
     t_intermediate: int = 0  # 0: fuse at the last step (the default); -1: 10% of T (the paper)
     sampler: str = "ddim"
     device: str = "auto"  # auto: CUDA when available; cpu / cuda force the choice
+    force: bool = False  # translate even an input the input gate refuses (with a warning)
     python: str = field(default_factory=lambda: sys.executable)
     models: str = ""  # empty: the package's shipped models
     server: str = ""  # MONAI Label server URL; empty: run locally
@@ -49,6 +50,8 @@ class TranslationRequest:
         cmd = [self.python, "-m", "localdiffusion.cli", "run", "--input", str(input_path), "--out-dir", str(out_dir),
                "--direction", self.direction, "--steps", str(self.steps), "--seed", str(self.seed),
                "--sampler", self.sampler, "--device", self.device, "--json"]
+        if self.force:
+            cmd.append("--force")
         cmd += ["--t-intermediate", str(self.t_intermediate)]
         if self.models:
             cmd += ["--models", self.models]
@@ -58,6 +61,7 @@ class TranslationRequest:
         """Parameters of the MONAI Label ``local_diffusion`` model (every available output)."""
         return {"direction": self.direction, "steps": self.steps, "seed": self.seed,
                 "t_intermediate": self.t_intermediate, "sampler": self.sampler, "device": self.device,
+                "force": self.force,
                 "extra_outputs": "all"}
 
 
@@ -71,6 +75,7 @@ class TranslationJob:
         self.progress = 0.0
         self.log: list[str] = []
         self.volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # output name -> (array, affine), when done
+        self.warnings: list[str] = []  # the input gate's warnings (a borderline input), when done
 
     def start(self) -> None:
         node_to_nifti(self.input_node, self.input_path)
@@ -122,7 +127,9 @@ class LocalTranslation(TranslationJob):
         if self.process.returncode != 0:
             return "failed"
         if not self.volumes:
-            for name, path in written_outputs(read_events("".join(self.log))).items():
+            events = read_events("".join(self.log))
+            self.warnings = [e["message"] for e in events if e.get("event") == "warning"]
+            for name, path in written_outputs(events).items():
                 image = nib.load(str(path))
                 self.volumes[name] = (np.asarray(image.dataobj), image.affine)
         self.progress = 1.0
@@ -173,6 +180,7 @@ class ServerTranslation(TranslationJob):
             if data.shape[-1] != len(channels):
                 raise ValueError(f"server returned {data.shape[-1]} channels for {channels}")
             self.volumes = {name: (data[..., i], image.affine) for i, name in enumerate(channels)}
+            self.warnings = list(params.get("warnings", []))
         except Exception as exc:  # reported through error_message(), never raised in the thread
             self.log.append(f"error: {exc}\n")
             self._failed = True

@@ -144,7 +144,7 @@ def _add_translate(sub) -> None:
     p.add_argument("--input", required=True, type=Path, help=INPUT_HELP)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
-    add_options(p, ["sampler", "steps", "seed", "batch_size", "device"])
+    add_options(p, ["sampler", "steps", "seed", "batch_size", "device", "force"])
     p.add_argument("--risk-map", type=Path, default=None, help="also write the per-voxel hallucination risk here")
     p.add_argument("--ood-bank", type=Path, default=None, help="source-modality PatchCore bank for the risk map "
                    "(default: ood_<source>.pt beside the model folder)")
@@ -159,8 +159,32 @@ def _run_translate(args) -> int:
     model = args.model or shipped_model_dir()
     translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
                    batch_size=args.batch_size, device=args.device, risk_map=args.risk_map, ood_bank=args.ood_bank,
-                   rods=args.rods, crop_margin=_crop_margin(args))
+                   rods=args.rods, crop_margin=_crop_margin(args), force=args.force)
     print(f"wrote {args.out}" + (f" and {args.risk_map}" if args.risk_map else ""))
+    return 0
+
+
+def _add_calibrate_gate(sub) -> None:
+    p = sub.add_parser("calibrate-gate", help="fit the input gate (contrast and distribution checks) on healthy "
+                       "validation cases")
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--models", type=Path, default=None, help=MODELS_HELP + "; the gate is written there")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-cases", type=int, default=10)
+    p.set_defaults(func=_run_calibrate_gate)
+
+
+def _run_calibrate_gate(args) -> int:
+    from localdiffusion.detectors.input_gate import GATE_FILE
+    from localdiffusion.jobs.calibrate import calibrate_gate
+    from localdiffusion.shipped import MODELS_ROOT
+
+    models = args.models or MODELS_ROOT
+    gate = calibrate_gate(args.data, models, split=args.split, max_cases=args.max_cases)
+    path = gate.save(Path(models) / GATE_FILE)
+    ranges = ", ".join(f"{c}: correlation {lo:+.3f} to {hi:+.3f}, flagged <= {gate.flagged[c]:.3f}"
+                       for c, (lo, hi) in gate.correlation.items())
+    print(f"wrote {path} ({gate.cases} healthy {gate.split} cases; {ranges})")
     return 0
 
 
@@ -389,7 +413,7 @@ def _run_benchmark(args) -> int:
 
 
 COMMANDS = [_add_run, _add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg,
-            _add_calibrate_risk, _add_benchmark, _add_demo]
+            _add_calibrate_risk, _add_calibrate_gate, _add_benchmark, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    # the readers' notes (which DICOM series was taken) go to stderr, one line each
-    logging.basicConfig(level=logging.WARNING, format="note: %(message)s", stream=sys.stderr)
+    # notes and warnings (which DICOM series was taken, a borderline input) go to stderr, one line each
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

@@ -9,4 +9,8 @@ keeps its traceback.
 
 
 class InputError(ValueError):
-    """Bad user input: the message names the file (or parameter) and the problem."""
+    """Bad user input: the message names the file (or parameter) and the problem, on one line
+    (a library's multi-line text quoted in it is joined)."""
+
+    def __init__(self, message: object):
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines() if line.strip()))

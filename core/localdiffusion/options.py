@@ -120,6 +120,8 @@ _TABLE = [
            "slice back to branching; off by default: on validation it only delayed fusion, docs/BENCHMARK.md 4a)"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("device", str, "auto", "where the networks run", choices=DEVICES),
+    Option("force", bool, False, "translate even an input the input gate refuses (wrong contrast, not a brain "
+           "scan like the training data); it is then translated with a warning", flag="--force"),
     Option("output_format", str, "input", "output file format: the input's own (NIfTI for a DICOM series), nifti, "
            "nrrd, metaimage (.mha) or mgz", choices=OUTPUT_FORMATS),
 ]

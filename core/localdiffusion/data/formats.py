@@ -12,8 +12,10 @@ most slices, and says which it took.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,13 @@ def _read_nibabel(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{path}: not a readable {label} file ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(image, kind):
         raise InputError(f"{path}: not a {label} file (read as {type(image).__name__})")
+    declared = int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize
+    if not str(path).endswith((".gz", ".mgz")) and hasattr(image.header, "get_data_offset"):
+        available = path.stat().st_size - int(image.header.get_data_offset())
+        if declared > available:  # a header promising more voxels than the file holds (checked before reading)
+            shape = " x ".join(map(str, image.shape))
+            raise InputError(f"{path}: corrupt or truncated {label} data (the header declares {shape} voxels, "
+                             f"{declared} bytes; the file holds {available})")
     try:
         raw = np.asanyarray(image.dataobj)
     except Exception as exc:  # truncated gzip streams, short files
@@ -97,7 +106,8 @@ def _read_sitk(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
     try:
-        image = _read_dicom_series(path) if fmt == FOLDER_FORMAT else sitk.ReadImage(str(path))
+        with _quiet_stderr():
+            image = _read_dicom_series(path) if fmt == FOLDER_FORMAT else sitk.ReadImage(str(path))
     except InputError:
         raise
     except Exception as exc:  # ITK raises RuntimeError with a long C++ trace; keep its first line
@@ -115,7 +125,23 @@ def _read_sitk(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
 def holds_dicom_series(folder: Path) -> bool:
     import SimpleITK as sitk
 
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    with _quiet_stderr():
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """ITK, GDCM and MetaIO print their own diagnostics on the C-level stderr; the reader's one
+    error line says what matters, so those are dropped while SimpleITK reads."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _read_dicom_series(folder: Path):
@@ -129,7 +155,7 @@ def _read_dicom_series(folder: Path):
     chosen = max(series, key=lambda uid: len(files[uid]))
     if len(series) > 1:
         others = ", ".join(f"{uid} ({len(files[uid])} files)" for uid in series if uid != chosen)
-        log.warning("%s: %d DICOM series; took %s (%d files), not %s", folder, len(series), chosen,
+        log.warning("note: %s: %d DICOM series; took %s (%d files), not %s", folder, len(series), chosen,
                     len(files[chosen]), others)
     if len(files[chosen]) < 2:
         raise InputError(f"{folder}: DICOM series {chosen} has one slice (a 2D image, not a volume)")

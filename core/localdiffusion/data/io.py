@@ -32,12 +32,15 @@ def load_volume(path: str | os.PathLike, *, expect_3d: bool = True) -> tuple[np.
     where 3D is expected, a singular geometry, NaN or infinite voxels, and an all-zero volume.
     """
     path = Path(path)
-    _check_exists(path)
+    check_exists(path)
     if not path.is_file() and volume_format(path) != FOLDER_FORMAT:
         raise InputError(f"{path}: not a file")
     raw, affine = read_image(path)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError(f"{path}: the header's voxel-to-world matrix is singular or not finite (no usable geometry)")
+    if raw.dtype.names is not None or raw.dtype.kind not in "biuf":
+        raise InputError(f"{path}: voxels of type {raw.dtype.names or raw.dtype} (a colour, vector or complex image, "
+                         "not an MR magnitude volume)")
     if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
         big = np.isfinite(raw) & (np.abs(raw) > np.finfo(np.float32).max)
         if big.any():
@@ -49,7 +52,7 @@ def load_volume(path: str | os.PathLike, *, expect_3d: bool = True) -> tuple[np.
     return data, affine
 
 
-def _check_exists(path: Path) -> None:
+def check_exists(path: Path) -> None:
     """A clear message for a missing file and for a symbolic link that leads nowhere."""
     try:
         path.stat()
@@ -69,7 +72,7 @@ def volume_stem(path: str | os.PathLike) -> str:
 def load_label(path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """Read a label map that must share ``shape`` and ``affine``; zeros are allowed."""
     path = Path(path)
-    _check_exists(path)
+    check_exists(path)
     data, label_affine = read_image(path)
     data = _squeeze_to_3d(data, path)
     check_same_geometry(path, data.shape, label_affine, "image", shape, affine)
@@ -135,15 +138,25 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
     """Write ``data`` with ``affine`` atomically in the format its suffix names (NIfTI when the
     suffix names none), as ``dtype`` (default: float32, or uint8 for labels; a 4D array is
     written with its last axis as channels)."""
-    data = np.asarray(data)
-    if dtype is not None:
-        data = data.astype(dtype)
-    elif data.dtype != np.uint8:
-        data = data.astype(np.float32)
-    suffix = split_suffix(path)[1].lower()
-    with atomic_path(path, protect=protect) as tmp:
-        write_image(tmp, data, np.asarray(affine, dtype=np.float64), SUFFIX_FORMATS.get(suffix, "nifti"))
+    save_volumes({path: (data, affine)}, protect=protect, dtype=dtype)
     return Path(path)
+
+
+def save_volumes(volumes: dict[str | os.PathLike, tuple[np.ndarray, np.ndarray]], *,
+                 protect: Iterable[str | os.PathLike] = (), dtype: str | np.dtype | None = None) -> None:
+    """Write several volumes all-or-nothing: each goes to a temporary file beside its target,
+    and only when every one is written are they renamed into place; a failure removes them all."""
+    protect = list(protect)
+    with contextlib.ExitStack() as stack:
+        for path, (data, affine) in volumes.items():
+            tmp = stack.enter_context(atomic_path(path, protect=protect))
+            data = np.asarray(data)
+            if dtype is not None:
+                data = data.astype(dtype)
+            elif data.dtype != np.uint8:
+                data = data.astype(np.float32)
+            suffix = split_suffix(path)[1].lower()
+            write_image(tmp, data, np.asarray(affine, dtype=np.float64), SUFFIX_FORMATS.get(suffix, "nifti"))
 
 
 def save_png(path: str | os.PathLike, figure) -> Path:

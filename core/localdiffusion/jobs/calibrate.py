@@ -1,4 +1,5 @@
-"""Fit the hallucination-risk calibration on healthy validation volumes (``localdiffusion calibrate-risk``)."""
+"""Fit calibrations on healthy validation volumes: the hallucination risk (``localdiffusion
+calibrate-risk``) and the input gate (``localdiffusion calibrate-gate``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.data.readers import read_case
+from localdiffusion.detectors.input_gate import InputGate, depth_correlation, flagged_fraction
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration
 from localdiffusion.errors import InputError
@@ -51,3 +53,27 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: st
         fitted = dataclasses.replace(rods, eps=float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate)))
     maps = {name: np.concatenate(parts) for name, parts in voxels.items()}
     return RiskCalibration.fit(maps, false_positive_rate, last_k, fitted, steps)
+
+
+def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "val", max_cases: int = 10,
+                   contrasts: tuple[str, ...] = ("t1", "flair")) -> InputGate:
+    """Fit the input gate on the healthy cases of ``split``: per contrast the range of the
+    depth-intensity correlation and the largest fraction of brain its bank flags."""
+    from localdiffusion.ood.patchcore import PatchCore
+    from localdiffusion.ood.volume import bank_grid
+    from localdiffusion.shipped import ood_bank_path
+
+    cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
+    if len(cases) < 3:
+        raise InputError(f"{data}: {len(cases)} healthy {split} cases; the input gate needs at least 3")
+    correlation, flagged = {}, {}
+    for contrast in contrasts:
+        bank = PatchCore.load(ood_bank_path(models_root, contrast), modality=contrast, model_root=models_root)
+        values, fractions = [], []
+        for path in tqdm(cases, desc=f"input gate {contrast}", unit="case"):
+            prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
+            values.append(depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing))
+            fractions.append(flagged_fraction(probability_volume(bank, prepared), prepared.brain, bank.threshold))
+        correlation[contrast] = (float(np.min(values)), float(np.max(values)))
+        flagged[contrast] = float(np.max(fractions))
+    return InputGate(correlation, flagged, len(cases), split)

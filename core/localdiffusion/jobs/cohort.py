@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from localdiffusion.data.formats import holds_dicom_series, split_suffix
+from localdiffusion.data.io import check_exists
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.run import JobOptions, run_job
 
@@ -28,8 +29,7 @@ def resolve_inputs(input_spec: str | Path | list) -> list[Path]:
     path = Path(str(input_spec))
     if not str(input_spec):
         raise InputError("no input given (override --input with an image file, a folder or a datalist JSON)")
-    if not path.exists():
-        raise InputError(f"{path}: input not found")
+    check_exists(path)  # names a broken link or a link loop as such
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and split_suffix(p)[1] and not p.name.startswith("."))
         if files:

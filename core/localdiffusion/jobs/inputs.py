@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,13 +14,20 @@ from localdiffusion.data.readers import Case
 from localdiffusion.errors import InputError
 from localdiffusion.volume.grid import PreparedCase, prepare_case
 
+log = logging.getLogger("localdiffusion")
+
 
 def prepare_input(path: str | Path, modality: str, spacing: float, in_plane: tuple[int, int]) -> PreparedCase:
     """Load one 3D input volume and put it on its working grid."""
     data, affine = load_volume(path)
     refuse_label_map(data, path)
     case = Case(volume_stem(path), {modality: data}, affine, None, "volume", {modality: Path(path)})
-    prepared = prepare_case(case, spacing, in_plane)
+    try:
+        prepared = prepare_case(case, spacing, in_plane)
+    except InputError as exc:  # the grid's messages name the case; the user knows the file
+        message = str(exc)
+        raise InputError(f"{path}{message[len(case.case_id):]}" if message.startswith(case.case_id) else
+                         f"{path}: {message}") from None
     if prepared.brain_slices().size == 0:
         raise InputError(f"{path}: no slice holds enough brain for the {in_plane} working grid "
                          f"at {spacing} mm (volume too small for the network)")
@@ -40,11 +48,19 @@ def _writable_folder(path: Path) -> str | None:
     return None
 
 
+def _resolved(path: str | Path) -> Path:
+    """``path`` with links followed; a link loop is the reader's to report, not a crash here."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):
+        return Path(os.path.abspath(path))
+
+
 def check_outputs(inputs: list[str | Path], outputs: dict[str, str | Path | None]) -> None:
     """Before any work: every output (``{option name: path}``) can be written, is not a folder,
     not an input, and no two outputs share a path. One :class:`InputError` naming the first fault."""
     seen: dict[Path, str] = {}
-    resolved_inputs = {Path(p).resolve() for p in inputs}
+    resolved_inputs = {_resolved(p) for p in inputs}
     for option, path in outputs.items():
         if path is None:
             continue
@@ -55,11 +71,11 @@ def check_outputs(inputs: list[str | Path], outputs: dict[str, str | Path | None
         if not suffix or suffix in DETACHED_SUFFIXES:
             writable = [s for s in SUFFIX_FORMATS if s not in DETACHED_SUFFIXES]
             raise InputError(f"{path}: {option} must end in one of {', '.join(writable)}")
-        if path.resolve() in resolved_inputs:
+        if _resolved(path) in resolved_inputs:
             raise InputError(f"{path}: refusing to overwrite the input volume")
-        if path.resolve() in seen:
-            raise InputError(f"{path}: {option} and {seen[path.resolve()]} name the same file")
-        seen[path.resolve()] = option
+        if _resolved(path) in seen:
+            raise InputError(f"{path}: {option} and {seen[_resolved(path)]} name the same file")
+        seen[_resolved(path)] = option
         problem = _writable_folder(path.parent)
         if problem:
             raise InputError(f"{path}: cannot write {option} ({problem})")
@@ -82,6 +98,8 @@ def refuse_label_map(data: np.ndarray, path: str | Path, max_labels: int = 8) ->
     if foreground.size < 100:
         return  # too small to tell (and too small for the network: prepare_input says so)
     values = np.unique(foreground)
+    if len(values) == 1:
+        raise InputError(f"{path}: constant volume (every non-zero voxel is {values[0]:g}), not an MR image")
     if len(values) <= max_labels and np.all(values == np.round(values)):
         raise InputError(f"{path}: looks like a label map ({len(values)} distinct integer values "
                          f"{values[:8].astype(int).tolist()}), not an MR image")
@@ -94,3 +112,37 @@ def check_sampling(denoiser, steps: int | None, t_intermediate: int = -1) -> Non
         raise InputError(f"steps must be between 1 and the model's {T} training timesteps, got {steps}")
     if not -1 <= int(t_intermediate) < T:
         raise InputError(f"t_intermediate must be -1 (10% of T) or between 0 and {T - 1}, got {t_intermediate}")
+
+
+def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_root: str | Path, *,
+               probability: np.ndarray | None = None, bank=None, force: bool = False) -> list[str]:
+    """The input gate (:mod:`~localdiffusion.detectors.input_gate`) before a translation.
+
+    A refusal raises :class:`InputError` naming ``path`` unless ``force``; warnings (and a
+    forced refusal) are logged and returned. ``probability``: the OOD map already computed on
+    the working grid; else, with a ``bank``, every third brain slice is mapped for the gate.
+    A models folder without ``input_gate.json`` is not gated, and says so.
+    """
+    from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, flagged_fraction
+
+    gate_path = Path(models_root) / GATE_FILE
+    if not gate_path.exists():
+        warnings = [f"{gate_path} not found: the input was not checked for contrast and distribution"]
+    else:
+        gate = InputGate.load(gate_path)
+        correlation = depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing)
+        flagged = None
+        if probability is not None and bank is not None:
+            flagged = flagged_fraction(probability, prepared.brain, bank.threshold)
+        elif bank is not None:
+            ks = prepared.brain_slices()[::3]
+            slices = np.moveaxis(prepared.images[contrast][:, :, ks], 2, 0)
+            brain = np.moveaxis(prepared.brain[:, :, ks], 2, 0)
+            flagged = flagged_fraction(bank.pixel_probability(slices, brain), brain, bank.threshold)
+        report = gate.judge(contrast, correlation, flagged)
+        if report.refusal and not force:
+            raise InputError(f"{path}: {report.refusal} (--force translates anyway)")
+        warnings = report.warnings + ([f"translated although {report.refusal} (--force)"] if report.refusal else [])
+    for warning in warnings:
+        log.warning("warning: %s: %s", path, warning)
+    return warnings

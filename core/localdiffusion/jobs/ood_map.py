@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from localdiffusion.data.formats import split_suffix
-from localdiffusion.data.io import save_volume
+from localdiffusion.data.io import save_volumes
 from localdiffusion.jobs.inputs import check_outputs, prepare_input
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid, probability_volume
@@ -34,6 +34,6 @@ def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Pa
         mask_path = out_path.with_name(f"{stem}_mask{suffix or '.nii.gz'}")
     check_outputs([input_path], {"--out": out_path, "--mask-out": mask_path})
     prob, affine, threshold = probability_map(input_path, bank_path, modality)
-    save_volume(out_path, prob, affine, protect=[input_path])
-    save_volume(mask_path, (prob >= threshold).astype(np.uint8), affine, protect=[input_path])
+    save_volumes({out_path: (prob, affine), mask_path: ((prob >= threshold).astype(np.uint8), affine)},
+                 protect=[input_path])
     return out_path, Path(mask_path)

@@ -22,11 +22,11 @@ from typing import Callable
 import numpy as np
 
 from localdiffusion.data.formats import output_suffix_for
-from localdiffusion.data.io import save_volume, volume_stem
+from localdiffusion.data.io import save_volumes, volume_stem
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
-from localdiffusion.jobs.inputs import check_out_dir, check_outputs, check_sampling, prepare_input
+from localdiffusion.jobs.inputs import check_out_dir, check_outputs, check_sampling, gate_input, prepare_input
 from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
                                                     branch_weight_volume)
 from localdiffusion.network.denoiser import load_denoiser
@@ -58,6 +58,7 @@ class JobOptions:
     gate: bool = default("gate")
     baseline: bool = default("baseline")
     device: str = default("device")
+    force: bool = default("force")
     output_format: str = default("output_format")
     risk_map: bool = True  # when the model folder holds risk_calibration.json
 
@@ -105,6 +106,9 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
 
     report({"event": "progress", "phase": "ood", "fraction": 0.0})
     ood = probability_volume(ood_bank, prepared)
+    for warning in gate_input(input_path, prepared, source, models_root, probability=ood, bank=ood_bank,
+                              force=options.force):
+        report({"event": "warning", "message": warning})
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress)
     ld_config = LocalDiffusionConfig(mask_mode=options.mask_mode, threshold=ood_bank.threshold,
@@ -126,9 +130,9 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
         ood, dataclasses.replace(ld_config, mask_mode="hard"), prepared.brain)
     on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
     on_input["ood_mask"] = (prepared.to_input_brain(branch_mask) >= 0.5).astype(np.uint8)
-    outputs = {}
-    for name, volume in on_input.items():
-        outputs[name] = planned[name]
-        save_volume(outputs[name], volume, prepared.input_affine, protect=[input_path])
-        report({"event": "output", "name": name, "path": str(outputs[name])})
+    outputs = {name: planned[name] for name in on_input}
+    save_volumes({outputs[name]: (volume, prepared.input_affine) for name, volume in on_input.items()},
+                 protect=[input_path])
+    for name, path in outputs.items():
+        report({"event": "output", "name": name, "path": str(path)})
     return outputs

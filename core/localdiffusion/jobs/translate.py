@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from localdiffusion.data.io import save_volume
+from localdiffusion.data.io import save_volumes
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
-from localdiffusion.jobs.inputs import check_outputs, check_sampling, prepare_input
+from localdiffusion.jobs.inputs import check_outputs, check_sampling, gate_input, prepare_input
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
@@ -46,14 +46,15 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
                    sampler: str = default("sampler"), steps: int = default("steps"), seed: int = default("seed"),
                    batch_size: int = default("batch_size"), device: str = default("device"), progress: bool = True,
                    risk_map: str | Path | None = None, ood_bank: str | Path | None = None, rods: bool = False,
-                   crop_margin: int | None = BRAIN_CROP_MARGIN) -> Translation:
+                   crop_margin: int | None = BRAIN_CROP_MARGIN, force: bool = default("force")) -> Translation:
     """Translate one NIfTI volume with the model in ``model_dir`` and write ``out_path``.
 
     ``risk_map``: also write the calibrated per-voxel hallucination risk (needs
     ``<model_dir>/risk_calibration.json`` and the source-modality OOD bank, by default
     ``ood_<source>.pt`` beside the model folder). ``rods``: sample with RODS at the
     calibrated ``eps``. ``crop_margin``: see :func:`~localdiffusion.volume.batching.translate_prepared`.
-    Nothing is written unless everything succeeded.
+    The input gate runs first (``force``: translate a refused input with a warning). Nothing
+    is written unless everything succeeded.
     """
     check_outputs([input_path], {"--out": out_path, "--risk-map": risk_map})
     check_values(sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, device=device)
@@ -70,11 +71,12 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
             raise InputError(f"{model_dir}/risk_calibration.json: fitted without RODS; "
                              "run `localdiffusion calibrate-risk --rods` first")
         rods_config = calibration.rods
-    if risk_map is not None:
-        bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
+    bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
+    if risk_map is not None or bank_path.exists():  # the gate uses the bank when there is one
         bank = PatchCore.load(bank_path, modality=cfg.source)
     prepared = prepare_input(input_path, cfg.source, cfg.spacing_mm, cfg.in_plane)
     check_sampling(denoiser, steps)
+    gate_input(input_path, prepared, cfg.source, Path(model_dir).parent, bank=bank, force=force)
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     working = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=progress,
                                  sample_batch=batch_sampler(sampler, steps, rods=rods_config), recorder=recorder,
@@ -84,9 +86,10 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     if risk_map is not None:
         maps = recorder.volumes({"ood": probability_volume(bank, prepared)})
         risk_output = prepared.to_input_brain(risk_volume(calibration, maps, prepared.brain))
-    save_volume(out_path, output, prepared.input_affine, protect=[input_path])
+    written = {out_path: (output, prepared.input_affine)}
     if risk_output is not None:
-        save_volume(risk_map, risk_output, prepared.input_affine, protect=[input_path, out_path])
+        written[risk_map] = (risk_output, prepared.input_affine)
+    save_volumes(written, protect=[input_path])
     return Translation(prepared, working, output)
 
 

@@ -28,12 +28,15 @@ def free_port() -> int:
 
 @contextmanager
 def local_server(studies: str | Path, log: str | Path, *, models_root: str | Path | None = None,
-                 threads: int | None = None, timeout: float = 120.0) -> Iterator[str]:
+                 threads: int | None = None, timeout: float = 120.0, env: dict | None = None,
+                 process: dict | None = None) -> Iterator[str]:
     """Yield the URL of a running server; ``RuntimeError`` (with the log's tail) if it
-    exits early or does not answer within ``timeout`` seconds."""
+    exits early or does not answer within ``timeout`` seconds. ``env``: extra environment
+    variables (e.g. ``TMPDIR``, ``LOCALDIFFUSION_LABEL_QUEUE``); ``process``, if given, receives
+    the server's ``pid``."""
     import requests
 
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     port = free_port()
@@ -46,6 +49,8 @@ def local_server(studies: str | Path, log: str | Path, *, models_root: str | Pat
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    if process is not None:
+        process["pid"] = proc.pid
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -30,7 +30,7 @@ from localdiffusion.options import DIRECTIONS, EXTRA_OUTPUTS, OPTIONS, parse_par
 from localdiffusion.shipped import ood_bank_path
 
 #: the main job's parameters a MONAI Label client may set (validated by the options table)
-JOB_PARAMS = ("direction", "sampler", "steps", "seed", "t_intermediate", "mask_mode", "ind_floor", "device")
+JOB_PARAMS = ("direction", "sampler", "steps", "seed", "t_intermediate", "mask_mode", "ind_floor", "device", "force")
 OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair}))
 
 
@@ -103,7 +103,9 @@ class LocalDiffusionTask(InferTask):
         options.output_format = "nifti"  # the job's own files; the result follows result_extension
         work = Path(tempfile.mkdtemp(prefix="ld_job_"))
         try:
-            outputs = run_job(request["image"], work, options, self.models_root, progress=False)
+            warnings = []
+            report = lambda event: warnings.append(event["message"]) if event["event"] == "warning" else None  # noqa: E731
+            outputs = run_job(request["image"], work, options, self.models_root, progress=False, report=report)
             if every:
                 extras = [e for e in extras if e in outputs]
             missing = [e for e in extras if e not in outputs]
@@ -118,7 +120,7 @@ class LocalDiffusionTask(InferTask):
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return str(result), {"channels": names, "direction": options.direction, "steps": options.steps,
-                             "sampler": options.sampler, "seed": options.seed}
+                             "sampler": options.sampler, "seed": options.seed, "warnings": warnings}
 
 
 class OodMapTask(InferTask):

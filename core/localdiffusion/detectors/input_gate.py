@@ -1,0 +1,140 @@
+"""Is the input a skull-stripped brain scan of the contrast the model expects? Asked before any
+translation, because a valid file of the wrong kind is translated without complaint: a FLAIR
+given to the T1 -> FLAIR model loses its lesion, a checkerboard comes back as a brain.
+
+Two whole-volume measurements, both calibrated on healthy validation volumes
+(``localdiffusion calibrate-gate``; the numbers live in ``input_gate.json`` beside the models,
+not here):
+
+* **contrast** - the rank correlation of intensity with depth below the brain surface (3-15
+  mm, the darkest 30% - CSF - left out). White matter lies deeper than the cortex: on T1 it is
+  brighter than grey matter (positive correlation), on FLAIR darker (negative). On the
+  phantom's healthy validation volumes T1 gives +0.26 to +0.36 and FLAIR -0.15 to -0.02,
+  tumours included (docs/BENCHMARK.md section 6). A value past the midpoint between the two
+  contrasts' ranges is refused ("looks like a FLAIR"); one outside the own range by more than
+  a fifth of the gap is translated with a warning. No depth structure at all (a constant or
+  two-valued image) is refused.
+* **distribution** - the fraction of brain voxels the expected contrast's PatchCore bank flags
+  at its calibrated threshold (healthy validation: at most a few percent). Above
+  :data:`REFUSE_FLAGGED` the map has nothing left to say and the scan is refused; above
+  :data:`WARN_FLAGGED` it is translated with a warning.
+
+``force`` turns every refusal into a warning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage, stats
+
+from localdiffusion.errors import InputError
+
+GATE_FILE = "input_gate.json"
+#: depth window (mm below the brain surface) and the dark fraction (CSF) left out
+DEPTH_MM = (3.0, 15.0)
+DARK_FRACTION = 0.3
+#: fractions of the brain flagged out of distribution that warn / refuse (product policy; the
+#: healthy validation maxima are recorded beside them for the messages)
+WARN_FLAGGED = 0.25
+REFUSE_FLAGGED = 0.5
+#: how far outside its own validation range (as a fraction of the gap to the other contrast)
+#: a value may lie before it is called borderline
+BORDERLINE = 0.2
+NAMES = {"t1": "T1", "flair": "FLAIR", "t2": "T2", "t1ce": "T1ce"}
+
+
+def depth_correlation(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> float:
+    """Spearman correlation of intensity with depth below the brain surface (NaN if undefined)."""
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing_mm)
+    window = brain & (depth >= DEPTH_MM[0]) & (depth <= DEPTH_MM[1])
+    values, depths = image[window], depth[window]
+    if values.size < 100:
+        return float("nan")
+    keep = values > np.percentile(values, 100 * DARK_FRACTION)
+    if keep.sum() < 100 or np.ptp(values[keep]) == 0:
+        return float("nan")
+    return float(stats.spearmanr(values[keep], depths[keep])[0])
+
+
+def flagged_fraction(probability: np.ndarray, brain: np.ndarray, threshold: float) -> float:
+    """The fraction of brain voxels at or above the bank's calibrated threshold."""
+    return float((probability[brain] >= threshold).mean()) if brain.any() else 0.0
+
+
+@dataclass
+class GateReport:
+    """What the gate measured and concluded; ``warnings`` are for the user, ``refusal`` ends the job."""
+
+    contrast: str
+    correlation: float
+    flagged: float | None
+    warnings: list[str] = field(default_factory=list)
+    refusal: str | None = None
+
+
+@dataclass
+class InputGate:
+    """Healthy-validation ranges: contrast -> (min, max) depth correlation and max flagged fraction."""
+
+    correlation: dict[str, tuple[float, float]]
+    flagged: dict[str, float]
+    cases: int
+    split: str = "val"
+
+    def judge(self, contrast: str, correlation: float, flagged: float | None) -> GateReport:
+        report = GateReport(contrast, correlation, flagged)
+        name = NAMES.get(contrast, contrast)
+        if flagged is not None and flagged > WARN_FLAGGED:
+            message = (f"{100 * flagged:.0f}% of the brain is out of distribution for the {name} model (healthy "
+                       f"validation scans: at most {100 * self.flagged[contrast]:.0f}%)")
+            if flagged > REFUSE_FLAGGED:
+                report.refusal = (f"{message}: this does not look like a skull-stripped {name} brain scan the model "
+                                  f"can translate")
+            else:
+                report.warnings.append(f"{message}; trust the translation less than usual")
+        low, high = self.correlation[contrast]
+        if not np.isfinite(correlation):
+            report.refusal = report.refusal or (f"intensity does not vary with depth below the brain surface as in "
+                                                f"any brain scan: this does not look like a {name} brain scan")
+            return report
+        others = {c: r for c, r in self.correlation.items() if c != contrast}
+        for other, (o_low, o_high) in others.items():
+            above = o_low > high  # the other contrast's range lies above ours
+            gap = (o_low - high) if above else (low - o_high)
+            midpoint = (high + gap / 2) if above else (low - gap / 2)
+            past = correlation > midpoint if above else correlation < midpoint
+            if past:
+                report.refusal = report.refusal or (
+                    f"this looks like a {NAMES.get(other, other)}, not a {name} (depth-intensity correlation "
+                    f"{correlation:+.2f}; {name} validation scans {low:+.2f} to {high:+.2f}, "
+                    f"{NAMES.get(other, other)} {o_low:+.2f} to {o_high:+.2f}): the model needs a {name}")
+                return report
+        margin = BORDERLINE * min(abs(o[0] - high) if o[0] > high else abs(low - o[1]) for o in others.values())
+        if not low - margin <= correlation <= high + margin:
+            report.warnings.append(f"the contrast is unlike the {name} validation scans (depth-intensity correlation "
+                                   f"{correlation:+.2f}, validation {low:+.2f} to {high:+.2f}); check the input is "
+                                   f"a {name}")
+        return report
+
+    def save(self, path: str | Path) -> Path:
+        from localdiffusion.data.io import atomic_path
+
+        payload = {**asdict(self), "definition": {"depth_mm": DEPTH_MM, "dark_fraction": DARK_FRACTION,
+                                                  "warn_flagged": WARN_FLAGGED, "refuse_flagged": REFUSE_FLAGGED,
+                                                  "borderline": BORDERLINE}}
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> InputGate:
+        try:
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls({k: tuple(v) for k, v in payload["correlation"].items()}, dict(payload["flagged"]),
+                       int(payload["cases"]), payload.get("split", "val"))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: not a valid input-gate calibration ({exc.__class__.__name__}: {exc})") from None
