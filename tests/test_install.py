@@ -41,6 +41,7 @@ def test_the_installed_package_uses_its_own_copy_of_the_weights(installed, tmp_p
     assert (models / "t1_to_flair" / "model.pt").stat().st_size > 1e6 and (app / "main.py").is_file()
     assert not (installed / "localdiffusion" / "bundle" / "models" / "t1_to_flair" / "__pycache__").exists()
     # a models folder elsewhere, named by the environment variable
+    save_volume(tmp_path / "x.nrrd", np.ones((40, 40, 40), np.float32), np.eye(4))
     elsewhere = _run(installed, tmp_path, "run", "--input", str(tmp_path / "x.nrrd"), "--out-dir", str(tmp_path),
                      LOCALDIFFUSION_MODELS=str(tmp_path / "no_models"))
     assert elsewhere.returncode == 2 and "no_models" in elsewhere.stderr

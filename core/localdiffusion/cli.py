@@ -200,7 +200,7 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--rods-stride", type=int, default=None, help="evaluate H on every n-th step of the window")
     p.add_argument("--rods-rho", type=float, default=None, help="RMS per-pixel size of the perturbation")
     p.add_argument("--max-cases", type=int, default=3)
-    add_options(p, ["steps"])
+    add_options(p, ["steps", "device"])
     p.add_argument("--fpr", type=float, default=0.01, help="healthy false-positive rate of the risk threshold")
     p.add_argument("--out", type=Path, default=None, help="default: <model>/risk_calibration.json")
     p.set_defaults(func=_run_calibrate_risk)
@@ -210,10 +210,11 @@ def _run_calibrate_risk(args) -> int:
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
     from localdiffusion.network.denoiser import load_denoiser
+    from localdiffusion.network.device import select_device
     from localdiffusion.ood.patchcore import PatchCore
 
     model = args.model or shipped_model_dir()
-    denoiser = load_denoiser(model)
+    denoiser = load_denoiser(model, select_device(args.device))
     bank = PatchCore.load(args.ood_bank or ood_bank_path(model.parent, denoiser.config.source),
                           modality=denoiser.config.source)
     rods = None
@@ -292,6 +293,7 @@ def _add_ood(sub) -> None:
     m.add_argument("--mask-out", type=Path, default=None, help="default: OUT with _mask suffix")
     m.add_argument("--modality", default=None, choices=MODALITIES,
                    help="the input's contrast; refused if the bank was built for another")
+    add_options(m, ["device"])
     m.set_defaults(func=_run_ood_map)
 
 
@@ -311,7 +313,7 @@ def _run_ood_build(args) -> int:
 def _run_ood_map(args) -> int:
     from localdiffusion.jobs.ood_map import map_volume
 
-    prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out, args.modality)
+    prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out, args.modality, device=args.device)
     print(f"wrote {prob} and {mask}")
     return 0
 
@@ -340,8 +342,10 @@ def _run_train_seg(args) -> int:
 def _add_run(sub) -> None:
     from localdiffusion.jobs.run import JOB_OPTIONS
 
-    p = sub.add_parser("run", help="the main job: OOD map, baseline and Local Diffusion translation of a volume")
-    p.add_argument("--input", required=True, type=Path, help=INPUT_HELP)
+    p = sub.add_parser("run", help="the main job: OOD map, baseline and Local Diffusion translation of a volume "
+                       "or a cohort (resumable; shards across torchrun ranks)")
+    p.add_argument("--input", required=True, type=Path, help=INPUT_HELP + "; or a cohort: a folder of volumes, a "
+                   "MONAI datalist JSON, a BraTS 2020/2021/2023 release or an MSD Task01 folder")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--models", type=Path, default=None, help=MODELS_HELP)
     add_options(p, JOB_OPTIONS)
@@ -355,9 +359,22 @@ def _json_line(event: dict) -> None:
 
 
 def _run_run(args) -> int:
+    import os
+
+    from localdiffusion.jobs.cohort import CohortTranslator, resolve_cohort
     from localdiffusion.jobs.run import JOB_OPTIONS, JobOptions, run_job
 
     options = JobOptions(**{name: getattr(args, name) for name in JOB_OPTIONS})
+    items = resolve_cohort(args.input, DIRECTIONS[options.direction][0])
+    if len(items) > 1 or items[0].channel is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        translator = CohortTranslator(args.input, args.out_dir, options, args.models)
+        translator.run()
+        counts = {}
+        for result in translator.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        print(f"cohort: {len(translator.results)} cases on this process, " +
+              ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; report: {args.out_dir}/cohort_report.json")
+        return translator.exit_code
     report = _json_line if args.json else None
     outputs = run_job(args.input, args.out_dir, options, args.models, progress=not args.json, report=report)
     if not args.json:

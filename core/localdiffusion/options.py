@@ -106,7 +106,8 @@ _TABLE = [
     Option("steps", int, 25, "reverse-process steps (at most the model's training timesteps, 100 for the "
            "shipped models; the risk map needs the step count of its calibration)", low=1, high=1000),
     Option("seed", int, 0, "random seed (slice k uses seed * 1000003 + k)", low=0, high=2**31 - 1),
-    Option("batch_size", int, 8, "slices per network call", low=1, high=4096),
+    Option("batch_size", int, 0, "slices per network call; 0 = automatic (8 on the CPU, from the free memory on "
+           "a GPU)", low=0, high=4096),
     Option("t_intermediate", int, 0, "Local Diffusion fusion timestep in training-timestep units; 0 = fuse at the "
            "last step (chosen on validation, docs/BENCHMARK.md 4a), -1 = 10%% of the model's training timesteps "
            "(the paper's 10 of 100)", low=-1, high=100_000),

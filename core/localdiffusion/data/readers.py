@@ -77,6 +77,15 @@ def detect_layout(path: str | Path) -> str:
     raise InputError(f"{path}: no BraTS 2020/2021 (CASE_t1.nii.gz) or 2023 (CASE-t1n.nii.gz) files found")
 
 
+def source_file(folder: str | Path, modality: str) -> Path:
+    """The file of ``modality`` in a BraTS case folder (2020/2021 or 2023 naming); when it is
+    missing, the path it should have (reading it then names the problem for this case only)."""
+    folder = Path(folder)
+    sep, suffixes = ("_", BRATS2021_SUFFIX) if detect_layout(folder) == "brats2021" else ("-", BRATS2023_SUFFIX)
+    stem = f"{folder.name}{sep}{suffixes[modality]}"
+    return _find(folder, stem) or folder / f"{stem}.nii.gz"
+
+
 def read_case(path: str | Path, modalities: Sequence[str] = ("t1", "flair"), *, with_seg: bool = True) -> Case:
     """Read ``modalities`` (and the label map) of one case in any supported layout."""
     for m in modalities:

@@ -1,21 +1,42 @@
-"""Cohorts of volumes: resolve inputs (a file, a folder, a MONAI datalist) and run the main job on each (the bundle's inference).
+"""Cohorts of volumes: resolve the inputs (a file, a folder, a MONAI datalist, a BraTS or MSD
+release) and run the main job on each, on one process or sharded across ``torchrun`` ranks.
 
 No logic lives in the bundle: configs build these objects and call ``run()``.
+
+A cohort run is resumable and keeps going: a case whose outputs all exist is skipped (outputs
+are written all-or-nothing, so existing means complete), a failing case is recorded and the
+others still run, and ``cohort_report.json`` / ``.csv`` in the output folder list every case
+with its status (``done``, ``skipped``, ``failed`` for a user fault, ``error`` for anything
+else), error and seconds. Under ``torchrun`` each rank takes a disjoint shard (case ``i`` goes
+to rank ``i % world``), on GPU ``r`` when there are GPUs; rank 0 merges the reports.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import logging
 import os
+import shutil
 import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.data.formats import holds_dicom_series, split_suffix
-from localdiffusion.data.io import check_exists
+from localdiffusion.data.io import atomic_path, check_exists
 from localdiffusion.errors import InputError
-from localdiffusion.jobs.run import JobOptions, run_job
+from localdiffusion.jobs.run import JobOptions, planned_outputs, run_job
+from localdiffusion.options import DIRECTIONS
+
+log = logging.getLogger("localdiffusion")
+REPORT = "cohort_report"
 
 
 def resolve_inputs(input_spec: str | Path | list) -> list[Path]:
@@ -50,28 +71,161 @@ def resolve_inputs(input_spec: str | Path | list) -> list[Path]:
     return [path]
 
 
-class CohortTranslator:
-    """Runs :func:`~localdiffusion.jobs.run.run_job` on every input, with progress.
+@dataclass(frozen=True)
+class CohortItem:
+    """One volume of a cohort: a 3D file or DICOM folder, or channel ``channel`` of an MSD 4D image."""
 
-    Every input is checked (readable, 3D, finite, non-empty) before any output is
-    written, so a bad case in a cohort stops the run without partial outputs.
+    case: str
+    path: Path
+    channel: int | None = None
+
+
+def resolve_cohort(input_spec, source: str) -> list[CohortItem]:
+    """The volumes of the source contrast in ``input_spec``: a BraTS 2020/2021/2023 release
+    (case folders), an MSD Task01 folder (``imagesTr/``), or anything :func:`resolve_inputs` takes."""
+    from localdiffusion.data.readers import MSD_CHANNEL, detect_layout, list_cases, source_file
+
+    root = Path(str(input_spec)) if isinstance(input_spec, (str, Path)) else None
+    if root is not None and root.is_dir():
+        if (root / "imagesTr").is_dir():
+            return [CohortItem(split_suffix(p)[0], p, MSD_CHANNEL[source]) for p in list_cases(root)]
+        cases = [p for p in list_cases(root) if detect_layout(p) != "msd"]
+        if cases:
+            return [CohortItem(case.name, source_file(case, source)) for case in cases]
+    return [CohortItem(split_suffix(p)[0], p) for p in resolve_inputs(input_spec)]
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world) under ``torchrun`` (process group: NCCL on GPU, gloo on CPU), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch
+
+    if not torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), world
+
+
+@dataclass
+class CaseResult:
+    case: str
+    input: str
+    status: str  # done | skipped | failed (a user fault) | error (anything else)
+    error: str
+    seconds: float
+    rank: int
+
+
+class CohortTranslator:
+    """Runs :func:`~localdiffusion.jobs.run.run_job` on every case of this process's shard.
+
+    ``run()`` returns the written paths by input; :attr:`exit_code` is 0 when every case is
+    done or skipped, 2 when a case failed on a user fault, 1 when one failed otherwise. A
+    single input (not a cohort) keeps the one-volume behaviour: its user fault is raised.
     """
 
-    def __init__(self, inputs, output_dir: str | Path, options: JobOptions, models_root: str | Path):
-        self.inputs = inputs
-        self.output_dir, self.options, self.models_root = Path(output_dir), options, Path(models_root)
+    def __init__(self, inputs, output_dir: str | Path, options: JobOptions, models_root: str | Path | None = None,
+                 report: bool = True):
+        self.inputs, self.options, self.report = inputs, options, report
+        self.output_dir, self.models_root = Path(output_dir), Path(models_root) if models_root else None
+        self.exit_code = 0
+        self.results: list[CaseResult] = []
 
     def run(self) -> dict[str, dict[str, Path]]:
-        from localdiffusion.data.io import load_volume
+        rank, world = distributed_context()
+        items = resolve_cohort(self.inputs, DIRECTIONS[self.options.direction][0])
+        if len(items) == 1 and world == 1 and items[0].channel is None:
+            outputs = run_job(items[0].path, self.output_dir, self.options, self.models_root, progress=True)
+            return {str(items[0].path): outputs}
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        mine = items[rank::world]
+        written = {}
+        for item in tqdm(mine, desc=f"cohort (rank {rank} of {world})" if world > 1 else "cohort", unit="case"):
+            outputs = self._one(item, rank)
+            if outputs:
+                written[str(item.path)] = outputs
+        self._write_report(rank, world)
+        return written
 
-        inputs = resolve_inputs(self.inputs)
-        for path in inputs:
-            load_volume(path)
-        results = {}
-        for path in tqdm(inputs, desc="cohort", unit="volume", disable=len(inputs) < 2):
-            results[str(path)] = run_job(path, self.output_dir, self.options, self.models_root,
-                                         progress=len(inputs) < 2)
-        return results
+    def _one(self, item: CohortItem, rank: int) -> dict[str, Path] | None:
+        start = time.monotonic()
+        status, error, outputs = "done", "", None
+        workdir = None
+        try:
+            source = item.path
+            if item.channel is not None:  # an MSD 4D image: its source channel as a 3D file of its own
+                source, workdir = _extract_channel(item, DIRECTIONS[self.options.direction][0])
+            planned = planned_outputs(source, self.output_dir, self.options, self.models_root)
+            if all(p.is_file() and p.stat().st_size > 0 for p in planned.values()):
+                status, outputs = "skipped", planned
+            else:
+                outputs = run_job(source, self.output_dir, self.options, self.models_root, progress=False)
+        except InputError as exc:
+            status, error = "failed", str(exc)
+        except Exception as exc:  # not the user's fault: its traceback goes to the log, the cohort goes on
+            status, error = "error", f"{exc.__class__.__name__}: {exc}"
+            log.error("%s: %s", item.path, traceback.format_exc())
+        finally:
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        if status in ("failed", "error"):
+            log.warning("error: %s", error if error.startswith(str(item.path)) else f"{item.path}: {error}")
+        self.results.append(CaseResult(item.case, str(item.path), status, error,
+                                       round(time.monotonic() - start, 2), rank))
+        return outputs
+
+    def _write_report(self, rank: int, world: int) -> None:
+        part = self.output_dir / f".{REPORT}.rank{rank}.json"
+        with atomic_path(part) as tmp:
+            tmp.write_text(json.dumps([asdict(r) for r in self.results]), encoding="utf-8")
+        if world > 1:
+            import torch
+
+            torch.distributed.barrier()
+        rows = []
+        for r in range(world):
+            rows += json.loads((self.output_dir / f".{REPORT}.rank{r}.json").read_text(encoding="utf-8"))
+        rows.sort(key=lambda row: row["case"])
+        statuses = {row["status"] for row in rows}
+        self.exit_code = 1 if "error" in statuses else 2 if "failed" in statuses else 0
+        if world > 1:
+            torch.distributed.barrier()  # every rank has read every part
+        if rank != 0 or not self.report:
+            return
+        with atomic_path(self.output_dir / f"{REPORT}.json") as tmp:
+            tmp.write_text(json.dumps({"cases": rows, "world_size": world,
+                                       "counts": {s: sum(r["status"] == s for r in rows) for s in sorted(statuses)}},
+                                      indent=1), encoding="utf-8")
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(CaseResult.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(rows)
+        with atomic_path(self.output_dir / f"{REPORT}.csv") as tmp:
+            tmp.write_text(text.getvalue(), encoding="utf-8")
+        for r in range(world):
+            (self.output_dir / f".{REPORT}.rank{r}.json").unlink(missing_ok=True)
+
+
+def _extract_channel(item: CohortItem, source: str) -> tuple[Path, Path]:
+    from localdiffusion.data.io import load_volume, save_volume
+
+    data, affine = load_volume(item.path, expect_3d=False)
+    if data.ndim != 4 or data.shape[3] <= item.channel:
+        raise InputError(f"{item.path}: MSD Task01 expects a 4D volume with 4 channels, got {data.shape}")
+    workdir = Path(tempfile.mkdtemp(prefix="ld_msd_"))
+    return save_volume(workdir / f"{item.case}_{source}.nii.gz", np.ascontiguousarray(data[..., item.channel]),
+                       affine), workdir
+
+
+def exit_with(code: int) -> None:
+    """End a bundle run with the cohort's exit code (0 when every case is done or skipped)."""
+    if code:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def report_user_faults() -> None:

@@ -132,7 +132,9 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
         gate = InputGate.load(gate_path)
         correlation = depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing)
         flagged = None
-        if probability is not None and bank is not None:
+        if gate.judge(contrast, correlation, None).refusal and not force:
+            pass  # the wrong contrast is clear already: refuse without mapping the volume
+        elif probability is not None and bank is not None:
             flagged = flagged_fraction(probability, prepared.brain, bank.threshold)
         elif bank is not None:
             ks = prepared.brain_slices()[::3]

@@ -10,20 +10,22 @@ import numpy as np
 from localdiffusion.data.formats import split_suffix
 from localdiffusion.data.io import save_volumes
 from localdiffusion.jobs.inputs import check_outputs, prepare_input
+from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid, probability_volume
 
 
 def probability_map(input_path: str | Path, bank_path: str | Path, modality: str | None = None,
-                    model_root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                    model_root: str | Path | None = None, device: str = "auto") -> tuple[np.ndarray, np.ndarray, float]:
     """The OOD probability of one volume on its own grid: (probability, affine, calibrated threshold)."""
-    model = PatchCore.load(bank_path, modality=modality, model_root=model_root)
+    model = PatchCore.load(bank_path, modality=modality, model_root=model_root).to(select_device(device))
     prepared = prepare_input(input_path, model.meta["modality"], *bank_grid(model))
     return prepared.to_input_brain(probability_volume(model, prepared)), prepared.input_affine, float(model.threshold)
 
 
 def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Path,
-               mask_path: str | Path | None = None, modality: str | None = None) -> tuple[Path, Path]:
+               mask_path: str | Path | None = None, modality: str | None = None, device: str = "auto"
+               ) -> tuple[Path, Path]:
     """Write the OOD probability map and the binary mask (``<out stem>_mask<out suffix>`` by default).
 
     ``modality`` (optional) is the input's contrast; it must match the bank's.
@@ -33,7 +35,7 @@ def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Pa
         stem, suffix = split_suffix(out_path)
         mask_path = out_path.with_name(f"{stem}_mask{suffix or '.nii.gz'}")
     check_outputs([input_path], {"--out": out_path, "--mask-out": mask_path})
-    prob, affine, threshold = probability_map(input_path, bank_path, modality)
+    prob, affine, threshold = probability_map(input_path, bank_path, modality, device=device)
     save_volumes({out_path: (prob, affine), mask_path: ((prob >= threshold).astype(np.uint8), affine)},
                  protect=[input_path])
     return out_path, Path(mask_path)

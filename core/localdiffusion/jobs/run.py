@@ -78,26 +78,49 @@ def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
             "risk": root / direction / "risk_calibration.json"}
 
 
+def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOptions,
+                    models_root: str | Path | None = None) -> dict[str, Path]:
+    """The files :func:`run_job` writes for ``input_path`` with ``options``: every output it
+    produces (no baseline when ``options.baseline`` is off, no risk map without a calibration
+    fitted for this sampler and step count), named ``<input stem>_<suffix><format suffix>``."""
+    names = [name for name in OUTPUTS if name != "baseline" or options.baseline]
+    risk = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)["risk"]
+    if not (options.risk_map and risk.exists() and (options.sampler, options.steps) == ("ddim", _calibrated_steps(risk))):
+        names.remove("risk")
+    return output_paths(input_path, out_dir, options, names)
+
+
+def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOptions, names) -> dict[str, Path]:
+    """The naming rule: ``<out_dir>/<input stem>_<output suffix><format suffix>`` for each name."""
+    stem, suffix = volume_stem(input_path), output_suffix_for(input_path, options.output_format)
+    return {name: Path(out_dir) / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in names}
+
+
+def _calibrated_steps(path: Path) -> int | None:
+    return RiskCalibration.load(path).steps
+
+
 def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
             models_root: str | Path | None = None, progress: bool = True, report: Report | None = None
             ) -> dict[str, Path]:
     """Translate one volume; returns the written paths keyed by output name."""
     options = options or JobOptions()
     report = report or (lambda event: None)
-    stem, suffix = volume_stem(input_path), output_suffix_for(input_path, options.output_format)
     out_dir = Path(out_dir)
-    planned = {name: out_dir / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in OUTPUTS}
+    planned = output_paths(input_path, out_dir, options, OUTPUTS)
     check_out_dir(out_dir)
     check_outputs([input_path], planned)
     models_root = Path(models_root) if models_root else MODELS_ROOT
     paths = model_paths(models_root, options.direction)
     source, target = DIRECTIONS[options.direction]
-    denoiser = load_denoiser(paths["diffusion"], select_device(options.device))
+    device = select_device(options.device)
+    denoiser = load_denoiser(paths["diffusion"], device)
     if (denoiser.config.source, denoiser.config.target) != (source, target):
         raise InputError(f"{paths['diffusion']}: model translates {denoiser.config.source} -> "
                          f"{denoiser.config.target}, not {source} -> {target}")
-    ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root)
-    gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root)) if options.gate else None
+    ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
+    gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
+                         ) if options.gate else None
     calibration = RiskCalibration.load(paths["risk"]) if options.risk_map and paths["risk"].exists() else None
     if calibration is not None and (options.sampler, options.steps) != ("ddim", calibration.steps):
         calibration = None  # fitted for another sampler: no risk map rather than a miscalibrated one

@@ -58,7 +58,8 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     """
     check_outputs([input_path], {"--out": out_path, "--risk-map": risk_map})
     check_values(sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, device=device)
-    denoiser = load_denoiser(model_dir, select_device(device))
+    device = select_device(device)
+    denoiser = load_denoiser(model_dir, device)
     cfg = denoiser.config
     calibration, bank, rods_config = None, None, None
     if risk_map is not None or rods:
@@ -73,7 +74,7 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
         rods_config = calibration.rods
     bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
     if risk_map is not None or bank_path.exists():  # the gate uses the bank when there is one
-        bank = PatchCore.load(bank_path, modality=cfg.source)
+        bank = PatchCore.load(bank_path, modality=cfg.source).to(device)
     prepared = prepare_input(input_path, cfg.source, cfg.spacing_mm, cfg.in_plane)
     check_sampling(denoiser, steps)
     gate_input(input_path, prepared, cfg.source, Path(model_dir).parent, bank=bank, force=force)

@@ -16,6 +16,7 @@ from monai.networks.nets import DiffusionModelUNet
 
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.errors import InputError
+from localdiffusion.network.device import autocast_dtype
 from localdiffusion.shipped import MODELS_ENV
 
 CONFIG_FILE = "config.json"
@@ -76,7 +77,7 @@ class Denoiser(torch.nn.Module):
     """Wraps the U-Net: ``denoiser(x_t, condition, t) -> x0_hat``, all (B, 1, H, W) in [-1, 1].
 
     ``t`` is an int or a (B,) tensor. Handles the prediction type, channels_last and
-    autocast (bf16 on CPU, fp16 on CUDA) so callers only see x0 predictions in fp32.
+    autocast (bf16 on CPU and bf16-capable GPUs, else fp16) so callers only see x0 predictions in fp32.
     """
 
     def __init__(self, config: DiffusionConfig, network: torch.nn.Module | None = None, autocast: bool = True):
@@ -93,8 +94,7 @@ class Denoiser(torch.nn.Module):
             t = torch.full((x_t.shape[0],), int(t), dtype=torch.long, device=x_t.device)
         inputs = torch.cat([x_t, condition], dim=1).contiguous(memory_format=torch.channels_last)
         device_type = x_t.device.type
-        dtype = torch.bfloat16 if device_type == "cpu" else torch.float16
-        with torch.autocast(device_type, dtype=dtype, enabled=self.autocast):
+        with torch.autocast(device_type, dtype=autocast_dtype(device_type), enabled=self.autocast):
             output = self.network(inputs, timesteps=t)
         return self.schedule.x0_from_output(output.float(), x_t, t, self.config.prediction_type)
 

@@ -44,6 +44,15 @@ class PatchCore:
         self.extractor, self.bank, self.meta = extractor, bank, meta
         self.pixel_calibration, self.image_calibration = pixel_calibration, image_calibration
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.extractor.parameters()).device
+
+    def to(self, device: str | torch.device) -> "PatchCore":
+        """Run the feature extractor on ``device`` (the nearest-neighbour search stays in faiss on the CPU)."""
+        self.extractor.to(device)
+        return self
+
     # ------------------------------------------------------------------ fitting
     @classmethod
     @torch.no_grad()
@@ -57,7 +66,8 @@ class PatchCore:
             extractor.recalibrate_batchnorm(slices)
         feats = []
         for start in tqdm(range(0, len(slices), batch_size), desc="bank features", disable=not progress):
-            f = extractor(torch.as_tensor(slices[start:start + batch_size, None]))
+            f = extractor(torch.as_tensor(slices[start:start + batch_size, None],
+                                          device=next(extractor.parameters()).device)).float().cpu()
             keep = _patch_brain(brain[start:start + batch_size], f.shape[-2:])
             feats.append(f.permute(0, 2, 3, 1).numpy()[keep])
         candidates = np.concatenate(feats)
@@ -81,7 +91,7 @@ class PatchCore:
         pixel, images = [], []
         for start in range(0, len(slices), batch_size):
             part, part_brain = slices[start:start + batch_size], brain[start:start + batch_size]
-            f = self.extractor(torch.as_tensor(part[:, None], dtype=torch.float32))
+            f = self.extractor(torch.as_tensor(part[:, None], dtype=torch.float32, device=self.device)).float().cpu()
             b, d, h, w = f.shape
             flat = f.permute(0, 2, 3, 1).reshape(-1, d).numpy()
             dist, idx = self.bank.search(flat)

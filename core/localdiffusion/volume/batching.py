@@ -30,6 +30,7 @@ from localdiffusion.engine.crop import Box, box_shape, crop_box, downsampling_fa
 from localdiffusion.engine.loop import SliceNoise
 from localdiffusion.engine.scale import from_model_scale
 from localdiffusion.network.denoiser import Denoiser
+from localdiffusion.network.device import auto_batch_size
 from localdiffusion.options import default
 from localdiffusion.volume.grid import PreparedCase
 
@@ -131,6 +132,10 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
     device = next(denoiser.parameters()).device
     result = np.zeros(prepared.grid.shape, np.float32)
     ks = prepared.brain_slices() if slices is None else np.asarray(slices)
+    slice_shape = prepared.grid.shape[:2]
+    probe = lambda n: denoiser(torch.zeros(n, 1, *slice_shape, device=device),  # noqa: E731
+                               torch.zeros(n, 1, *slice_shape, device=device), 0)
+    batch_size = auto_batch_size(probe, slice_shape, device, batch_size)
     multiple = int(np.lcm(BRAIN_CROP_MULTIPLE, downsampling_factor(denoiser)))
     batches = plan_batches(prepared.brain, ks, seed, batch_size, multiple, crop_margin)
     for done, batch in enumerate(tqdm(batches, desc=f"translate {prepared.case_id}", unit="batch",
