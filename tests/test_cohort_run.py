@@ -115,3 +115,25 @@ def test_a_killed_run_resumes_without_redoing_finished_cases(volumes, tiny_model
     assert statuses.count("skipped") == len(finished) // 4 and statuses.count("done") == 5 - len(finished) // 4
     assert all(p.stat().st_mtime_ns == finished[p.name] for p in _outputs(out) if p.name in finished)
     assert len(_outputs(out)) == 5 * 4
+
+
+def test_brats_and_msd_releases_resolve_to_the_source_contrast(cohort, tmp_path):
+    from localdiffusion.data.io import load_volume, save_volume
+    from localdiffusion.jobs.cohort import _extract_channel, resolve_cohort
+
+    items = resolve_cohort(cohort, "flair")  # the phantom cohort is a BraTS 2021 release
+    cases = [p for p in sorted(cohort.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    assert [i.path for i in items] == [c / f"{c.name}_flair.nii.gz" for c in cases]
+    msd = tmp_path / "Task01_BrainTumour"
+    (msd / "imagesTr").mkdir(parents=True)
+    t1, affine = load_volume(cases[0] / f"{cases[0].name}_t1.nii.gz")
+    flair, _ = load_volume(cases[0] / f"{cases[0].name}_flair.nii.gz")
+    save_volume(msd / "imagesTr" / "BRATS_001.nii.gz", np.stack([flair, t1, t1, flair], -1), affine)
+    (item,) = resolve_cohort(msd, "t1")
+    assert (item.case, item.channel) == ("BRATS_001", 1)
+    path, workdir = _extract_channel(item, "t1")
+    try:
+        data, extracted_affine = load_volume(path)
+        assert path.name == "BRATS_001_t1.nii.gz" and np.array_equal(data, t1) and np.allclose(extracted_affine, affine)
+    finally:
+        shutil.rmtree(workdir)
