@@ -361,12 +361,12 @@ def _json_line(event: dict) -> None:
 def _run_run(args) -> int:
     import os
 
-    from localdiffusion.jobs.cohort import CohortTranslator, resolve_cohort
+    from localdiffusion.jobs.cohort import CohortTranslator, is_cohort, resolve_cohort
     from localdiffusion.jobs.run import JOB_OPTIONS, JobOptions, run_job
 
     options = JobOptions(**{name: getattr(args, name) for name in JOB_OPTIONS})
     items = resolve_cohort(args.input, DIRECTIONS[options.direction][0])
-    if len(items) > 1 or items[0].channel is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if is_cohort(items, int(os.environ.get("WORLD_SIZE", "1"))):
         translator = CohortTranslator(args.input, args.out_dir, options, args.models)
         translator.run()
         counts = {}

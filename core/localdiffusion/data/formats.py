@@ -32,6 +32,8 @@ SUFFIX_FORMATS = {".nii.gz": "nifti", ".nii": "nifti", ".mgz": "mgz", ".mgh": "m
 OUTPUT_SUFFIX = {"nifti": ".nii.gz", "nrrd": ".nrrd", "metaimage": ".mha", "mgz": ".mgz"}
 #: formats whose header names a second data file: readable, but not written (no atomic replace of two files)
 DETACHED_SUFFIXES = (".nhdr", ".mhd")
+#: the suffixes outputs may have
+WRITABLE_SUFFIXES = tuple(s for s in SUFFIX_FORMATS if s not in DETACHED_SUFFIXES)
 #: what a folder input is read as
 FOLDER_FORMAT = "dicom"
 #: a DICOM input's outputs are NIfTI unless asked otherwise

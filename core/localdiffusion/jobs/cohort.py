@@ -109,6 +109,11 @@ def distributed_context() -> tuple[int, int]:
     return torch.distributed.get_rank(), world
 
 
+def is_cohort(items: list[CohortItem], world: int) -> bool:
+    """Whether a run is a cohort run (report, resume, keep going) rather than one volume."""
+    return len(items) > 1 or items[0].channel is not None or world > 1
+
+
 @dataclass
 class CaseResult:
     case: str
@@ -127,9 +132,8 @@ class CohortTranslator:
     single input (not a cohort) keeps the one-volume behaviour: its user fault is raised.
     """
 
-    def __init__(self, inputs, output_dir: str | Path, options: JobOptions, models_root: str | Path | None = None,
-                 report: bool = True):
-        self.inputs, self.options, self.report = inputs, options, report
+    def __init__(self, inputs, output_dir: str | Path, options: JobOptions, models_root: str | Path | None = None):
+        self.inputs, self.options = inputs, options
         self.output_dir, self.models_root = Path(output_dir), Path(models_root) if models_root else None
         self.exit_code = 0
         self.results: list[CaseResult] = []
@@ -137,7 +141,7 @@ class CohortTranslator:
     def run(self) -> dict[str, dict[str, Path]]:
         rank, world = distributed_context()
         items = resolve_cohort(self.inputs, DIRECTIONS[self.options.direction][0])
-        if len(items) == 1 and world == 1 and items[0].channel is None:
+        if not is_cohort(items, world):
             outputs = run_job(items[0].path, self.output_dir, self.options, self.models_root, progress=True)
             return {str(items[0].path): outputs}
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +197,7 @@ class CohortTranslator:
         self.exit_code = 1 if "error" in statuses else 2 if "failed" in statuses else 0
         if world > 1:
             torch.distributed.barrier()  # every rank has read every part
-        if rank != 0 or not self.report:
+        if rank != 0:
             return
         with atomic_path(self.output_dir / f"{REPORT}.json") as tmp:
             tmp.write_text(json.dumps({"cases": rows, "world_size": world,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localdiffusion.data.formats import DETACHED_SUFFIXES, SUFFIX_FORMATS, split_suffix
+from localdiffusion.data.formats import WRITABLE_SUFFIXES, split_suffix
 from localdiffusion.data.io import load_volume, volume_stem
 from localdiffusion.data.readers import Case
 from localdiffusion.errors import InputError
@@ -67,10 +67,8 @@ def check_outputs(inputs: list[str | Path], outputs: dict[str, str | Path | None
         path = Path(path)
         if path.is_dir():
             raise InputError(f"{path}: {option} is an existing folder, not a file name")
-        suffix = split_suffix(path)[1].lower()
-        if not suffix or suffix in DETACHED_SUFFIXES:
-            writable = [s for s in SUFFIX_FORMATS if s not in DETACHED_SUFFIXES]
-            raise InputError(f"{path}: {option} must end in one of {', '.join(writable)}")
+        if split_suffix(path)[1].lower() not in WRITABLE_SUFFIXES:
+            raise InputError(f"{path}: {option} must end in one of {', '.join(WRITABLE_SUFFIXES)}")
         if _resolved(path) in resolved_inputs:
             raise InputError(f"{path}: refusing to overwrite the input volume")
         if _resolved(path) in seen:

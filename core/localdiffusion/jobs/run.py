@@ -85,7 +85,7 @@ def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOpt
     fitted for this sampler and step count), named ``<input stem>_<suffix><format suffix>``."""
     names = [name for name in OUTPUTS if name != "baseline" or options.baseline]
     risk = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)["risk"]
-    if not (options.risk_map and risk.exists() and (options.sampler, options.steps) == ("ddim", _calibrated_steps(risk))):
+    if _risk_calibration(risk, options) is None:
         names.remove("risk")
     return output_paths(input_path, out_dir, options, names)
 
@@ -96,8 +96,13 @@ def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOption
     return {name: Path(out_dir) / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in names}
 
 
-def _calibrated_steps(path: Path) -> int | None:
-    return RiskCalibration.load(path).steps
+def _risk_calibration(path: Path, options: JobOptions) -> RiskCalibration | None:
+    """The risk calibration the job uses: none when not asked for, absent, or fitted for another
+    sampler or step count (no risk map rather than a miscalibrated one)."""
+    if not (options.risk_map and path.exists()):
+        return None
+    calibration = RiskCalibration.load(path)
+    return calibration if (options.sampler, options.steps) == ("ddim", calibration.steps) else None
 
 
 def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
@@ -121,9 +126,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
-    calibration = RiskCalibration.load(paths["risk"]) if options.risk_map and paths["risk"].exists() else None
-    if calibration is not None and (options.sampler, options.steps) != ("ddim", calibration.steps):
-        calibration = None  # fitted for another sampler: no risk map rather than a miscalibrated one
+    calibration = _risk_calibration(paths["risk"], options)
     prepared = prepare_input(input_path, source, denoiser.config.spacing_mm, denoiser.config.in_plane)
     check_sampling(denoiser, options.steps, options.t_intermediate)
 

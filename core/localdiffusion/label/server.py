@@ -99,7 +99,8 @@ async def infer(background_tasks: BackgroundTasks, model: str, image: str = "", 
     """``POST /infer/{model}``: as MONAI Label's, with the changes in the module docstring."""
     request = {"model": model, **_parse_params(params)}
     instance = app_instance()
-    if model not in instance.info().get("models", {}):
+    info = instance.info()
+    if model not in info.get("models", {}):
         raise HTTPException(status_code=404, detail=f"no model {model!r} on this server")
     if not _ADMISSION.enter():
         return _answer(503, f"the server is busy ({QUEUE} requests in progress); retry later",
@@ -118,7 +119,7 @@ async def infer(background_tasks: BackgroundTasks, model: str, image: str = "", 
             request["image"], request["session"] = session.image, session.to_json()
         else:
             raise HTTPException(status_code=400, detail=f"{NO_IMAGE}: upload a file or name a datastore image id")
-        request.update(instance.info().get("config", {}).get("infer", {}))
+        request.update(info.get("config", {}).get("infer", {}))
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(_EXECUTOR, instance.infer, request)
         if result is None:

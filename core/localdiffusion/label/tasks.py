@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from localdiffusion.data.formats import DETACHED_SUFFIXES, SUFFIX_FORMATS, read_image, split_suffix
+from localdiffusion.data.formats import WRITABLE_SUFFIXES, read_image
 from localdiffusion.data.io import load_volume, save_volume
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.ood_map import probability_map
@@ -43,9 +43,8 @@ def _write_result(request: dict, data: np.ndarray, affine: np.ndarray) -> Path:
     (no folder left behind), in the requested ``result_extension`` and ``result_dtype``."""
     suffix = str(request.get("result_extension") or ".nii.gz")
     suffix = suffix if suffix.startswith(".") else "." + suffix
-    if split_suffix("result" + suffix)[1].lower() != suffix.lower() or suffix.lower() in DETACHED_SUFFIXES:
-        writable = [s for s in SUFFIX_FORMATS if s not in DETACHED_SUFFIXES]
-        raise InputError(f"parameter 'result_extension' must be one of {writable}, got {suffix!r}")
+    if suffix.lower() not in WRITABLE_SUFFIXES:
+        raise InputError(f"parameter 'result_extension' must be one of {list(WRITABLE_SUFFIXES)}, got {suffix!r}")
     dtype = request.get("result_dtype") or None
     if dtype is not None and str(dtype) not in RESULT_DTYPES:
         raise InputError(f"parameter 'result_dtype' must be one of {list(RESULT_DTYPES)}, got {dtype!r}")
