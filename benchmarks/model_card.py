@@ -43,6 +43,8 @@ def main() -> None:
     p.add_argument("--report", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--previous", type=Path, nargs="*", default=[])
+    p.add_argument("--compare", type=Path, nargs="*", default=[],
+                   help="evaluate reports (JSON) of this model and the shipped one on the same cases, listed as a table")
     args = p.parse_args()
     log = parse_log(args.run / "train.log")
     stages = [(run, parse_log(run / "train.log")) for run in [*args.previous, args.run]]
@@ -55,6 +57,28 @@ def main() -> None:
     (psnr, psnr_sd), (ssim, ssim_sd), (pslice, pslice_sd), (prange, prange_sd), (srange, srange_sd), (sec, _) = (
         report["mean_std"][k] for k in ("psnr", "ssim", "psnr_slice_mean", "psnr_range", "ssim_range", "seconds"))
     size_mb = (args.out / "model.pt").stat().st_size / 1e6
+    extra = cfg.get("extra") or {}
+    n_cond = cfg.get("condition_slices", 1)
+    condition = (f"{cfg['source']}" if n_cond == 1 else
+                 f"{cfg['source']} slices k, k-1, k+1, ... ({n_cond} slices: 2.5D, neighbours zero outside the volume)")
+    objective = ("plain: MSE on x0" if extra.get("objective", "plain") == "plain" else
+                 f"VSM: MSE on x0 + learned variance (a second output channel, log-variance fraction between "
+                 f"beta-tilde and beta) trained by improved DDPM's variational term + the VSM smoothness regulariser "
+                 f"mean(1 / (1 + J^2)), J = -1 / sigma^2, rho {extra.get('vsm_rho')}"
+                 f"{', time-aware' if extra.get('vsm_time_aware') else ''}; sample with `--sampler ddpm` for the "
+                 f"learned variance to act (DDIM ignores it)")
+    compare_lines = ""
+    if args.compare:
+        rows = []
+        for path in args.compare:
+            r = json.loads(path.read_text())
+            m = r["mean_std"]
+            rows.append(f"  | `{r.get('model', path.stem)}` | {r['sampler'].upper()}-{r['steps']} | {r['split']} "
+                        f"{r['kind']} ({r['cases']}) | {m['psnr'][0]:.2f} ± {m['psnr'][1]:.2f} | "
+                        f"{m['ssim'][0]:.4f} ± {m['ssim'][1]:.4f} |")
+        compare_lines = ("* Compared on the same cases (whole-brain PSNR/SSIM, [0, 1] scale, mean ± sd over cases):\n\n"
+                         "  | model | sampler | cases | PSNR dB | SSIM |\n  |---|---|---|---|---|\n"
+                         + "\n".join(rows) + "\n")
     val_lines = "\n".join(f"    {v.split(' ', 2)[2]}" for v in log["validation"])
     verdict = ("Meets the project's quality bar (PSNR 27 dB, SSIM 0.90, judged with the true volume's p99.5 as "
                "data range)." if prange >= 27 and srange >= 0.90 else
@@ -68,9 +92,10 @@ def main() -> None:
 **Research use only; not for diagnosis.**
 
 * Network: MONAI `DiffusionModelUNet` (2D), channels {tuple(cfg['channels'])}, attention at the lowest
-  level, {cfg['num_res_blocks']} residual blocks per level; input `cat([x_t, {cfg['source']}])` (noisy target
+  level, {cfg['num_res_blocks']} residual blocks per level; input `cat([x_t, {condition}])` (noisy target
   first, condition second); output x0 (`prediction_type` "{cfg['prediction_type']}"); sigmoid beta
   schedule, T = {cfg['num_train_timesteps']}. Weights: EMA, `model.pt` ({size_mb:.1f} MB), `config.json`.
+* Objective: {objective}.
 * Working grid: {cfg['spacing_mm']} mm axial slices, {cfg['in_plane'][0]} x {cfg['in_plane'][1]}; intensities
   normalised by contrast (`volume/grid.py` NORMALISATION: T1 99.5th foreground percentile -> 1, FLAIR median -> 0.5),
   clipped to [0, 1] (network scale [-1, 1]).
@@ -93,7 +118,7 @@ def main() -> None:
   (mean per-slice PSNR {pslice:.2f} ± {pslice_sd:.2f} dB), {sec:.1f} s per volume (other jobs shared the 2 cores; idle figures in the README).
   {verdict} Reproduce:
   `localdiffusion evaluate --data data/phantom --model {args.out} --split test --kind healthy`.
-* Limitations: trained on healthy synthetic brains only. Like every healthy-trained
+{compare_lines}* Limitations: trained on healthy synthetic brains only. Like every healthy-trained
   translator it may paint healthy tissue over lesions (structural hallucination); use the
   OOD map, Local Diffusion and the risk map, and never use the output for diagnosis. Local
   Diffusion runs with the defaults chosen on tumour *validation* cases (no classifier gate,

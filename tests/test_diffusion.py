@@ -14,7 +14,7 @@ from localdiffusion.engine.loop import SliceNoise, reverse_process
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.engine.updates import DDIM, DDPM
 from localdiffusion.errors import InputError
-from localdiffusion.network.denoiser import DiffusionConfig, build_network, load_denoiser, save_model
+from localdiffusion.network.denoiser import DiffusionConfig, Prediction, build_network, load_denoiser, save_model
 from localdiffusion.training.diffusion import TrainConfig, train
 
 TINY = dict(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
@@ -371,6 +371,9 @@ class PointwiseDenoiser(torch.nn.Module):
 
     def forward(self, x_t, cond, t):
         return cond * self.scale + 0.01 * x_t
+
+    def predict(self, x_t, cond, t):
+        return Prediction(self(x_t, cond, t))
 
 
 def test_brain_crop_matches_whole_slices_for_a_network_without_context(cohort):

@@ -5,6 +5,7 @@ from localdiffusion.engine.assemble import sample_slices
 from localdiffusion.engine.loop import SliceNoise, Step
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, local_diffusion_slices
+from localdiffusion.network.denoiser import Prediction
 
 
 class ClosedForm:
@@ -17,6 +18,9 @@ class ClosedForm:
     def __call__(self, x_t, cond, t):
         self.calls.append(len(x_t))
         return cond.clone()
+
+    def predict(self, x_t, cond, t):
+        return Prediction(self(x_t, cond, t))
 
 
 def _inputs(B=2, H=8, W=8):

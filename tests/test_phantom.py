@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from localdiffusion.errors import InputError
 from localdiffusion.phantom import physics
-from localdiffusion.phantom.dataset import SPLIT_BASE, case_seed, read_manifest, split_counts
+from localdiffusion.phantom.dataset import SPLIT_BASE, case_seed, read_manifest, split_counts, write_cohort
 from localdiffusion.phantom.generate import ENHANCING, NECROSIS, OEDEMA, generate_case
 from localdiffusion.phantom.physics import TISSUE_ORDER
 
@@ -123,3 +124,18 @@ def test_noise_free_images_differ_from_the_scan_by_the_rician_noise_only(healthy
         assert 0.8 * sigma < residual.std() < 1.25 * sigma
         assert abs(residual.mean()) < 0.2 * sigma + 0.5
         assert np.corrcoef(clean, noisy)[0, 1] > 0.9
+
+
+def test_acquisition_shifts_scan_the_same_subject_differently(tmp_path):
+    from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
+
+    base = generate_case(31, tumour=True, spacing=4.0)
+    assert generate_case(31, tumour=True, spacing=4.0, acquisition=ACQUISITION_SHIFTS["training"]).params == base.params
+    for name in ("spin_echo", "long_ti", "strong_bias", "low_snr"):
+        shifted = generate_case(31, tumour=True, spacing=4.0, acquisition=ACQUISITION_SHIFTS[name])
+        np.testing.assert_array_equal(shifted.seg, base.seg)  # same anatomy and lesions
+        assert not np.array_equal(shifted.images["t1"], base.images["t1"])
+    low = generate_case(31, tumour=True, spacing=4.0, acquisition=ACQUISITION_SHIFTS["low_snr"])
+    assert max(low.params["snr"].values()) <= 10 and tuple(low.params["acquisition"]["snr"]) == (6.0, 10.0)
+    with pytest.raises(InputError, match="unknown acquisition"):
+        write_cohort(tmp_path, 1, 0, acquisition="nonsense")

@@ -25,6 +25,8 @@ INPUT_HELP = ("3D volume of the source contrast: NIfTI, NRRD, MetaImage (.mha/.m
 
 
 def _add_phantom(sub) -> None:
+    from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
+
     p = sub.add_parser("phantom", help="generate the physics-phantom cohort (BraTS 2021 layout)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--healthy", type=int, default=0, help="number of healthy cases")
@@ -34,6 +36,8 @@ def _add_phantom(sub) -> None:
     p.add_argument("--split", default="all", choices=["all", "train", "val", "test"],
                    help="all: 70/15/15 split; otherwise put every case in this split")
     p.add_argument("--t1-sequence", default="mprage", choices=["mprage", "spin_echo"])
+    p.add_argument("--acquisition", default="training", choices=list(ACQUISITION_SHIFTS),
+                   help="scanner settings: the training distribution or a shifted test variant (docs/phantom.md)")
     p.add_argument("--preview", action="store_true", help="write a PNG montage per case")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_run_phantom)
@@ -43,7 +47,8 @@ def _run_phantom(args) -> int:
     from localdiffusion.phantom.dataset import write_cohort
 
     entries = write_cohort(args.out, args.healthy, args.tumour, args.seed, spacing=args.spacing, split=args.split,
-                           preview=args.preview, workers=args.workers, t1_sequence=args.t1_sequence)
+                           preview=args.preview, workers=args.workers, t1_sequence=args.t1_sequence,
+                           acquisition=args.acquisition)
     print(f"wrote {len(entries)} cases and manifest.json to {args.out}")
     return 0
 
@@ -85,6 +90,7 @@ def _run_check(args) -> int:
 
 def _add_train(sub) -> None:
     from localdiffusion.training.diffusion import TrainConfig
+    from localdiffusion.training.objectives import OBJECTIVES
 
     d = TrainConfig(data="", out="")
     p = sub.add_parser("train", help="train the conditional diffusion model on healthy slices")
@@ -108,6 +114,12 @@ def _add_train(sub) -> None:
     p.add_argument("--prediction-type", default="sample", choices=["sample", "epsilon", "v_prediction"])
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--num-res-blocks", type=int, default=2)
+    p.add_argument("--condition-slices", type=int, default=1,
+                   help="2.5D: the source slice and its neighbours as condition channels (odd; 5 = 2 on each side)")
+    p.add_argument("--objective", default=d.objective, choices=list(OBJECTIVES),
+                   help="plain: MSE on x0; vsm: + learned variance, its variational term and the VSM regulariser")
+    p.add_argument("--vsm-rho", type=float, default=d.vsm_rho, help="weight of the VSM smoothness regulariser")
+    p.add_argument("--vsm-time-aware", action="store_true", help="weight the regulariser by rho / sqrt(1 - abar_t)")
     p.set_defaults(func=_run_train)
 
 
@@ -119,10 +131,12 @@ def _run_train(args) -> int:
     model_cfg = DiffusionConfig(source=args.source, target=args.target, channels=tuple(args.channels),
                                 attention_levels=tuple([False] * (n - 1) + [True]), num_res_blocks=args.num_res_blocks,
                                 num_train_timesteps=args.timesteps, prediction_type=args.prediction_type,
-                                norm_num_groups=min(16, args.channels[0]), num_head_channels=min(32, args.channels[-1]))
+                                norm_num_groups=min(16, args.channels[0]), num_head_channels=min(32, args.channels[-1]),
+                                condition_slices=args.condition_slices)
     cfg = TrainConfig(data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, crop=args.crop,
                       lr=args.lr, checkpoint_every=args.checkpoint_every, val_every=args.val_every,
-                      val_slices=args.val_slices, seed=args.seed, device=args.device, threads=args.threads)
+                      val_slices=args.val_slices, seed=args.seed, device=args.device, threads=args.threads,
+                      objective=args.objective, vsm_rho=args.vsm_rho, vsm_time_aware=args.vsm_time_aware)
     out = train(cfg, model_cfg, resume=args.resume, init_from=args.init_from)
     print(f"model written to {out}")
     return 0
@@ -144,7 +158,7 @@ def _add_translate(sub) -> None:
     p.add_argument("--input", required=True, type=Path, help=INPUT_HELP)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
-    add_options(p, ["sampler", "steps", "seed", "batch_size", "device", "force"])
+    add_options(p, ["sampler", "steps", "seed", "noise_sigma_z", "batch_size", "device", "force"])
     p.add_argument("--risk-map", type=Path, default=None, help="also write the per-voxel hallucination risk here")
     p.add_argument("--ood-bank", type=Path, default=None, help="source-modality PatchCore bank for the risk map "
                    "(default: ood_<source>.pt beside the model folder)")
@@ -159,7 +173,8 @@ def _run_translate(args) -> int:
     model = args.model or shipped_model_dir()
     translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
                    batch_size=args.batch_size, device=args.device, risk_map=args.risk_map, ood_bank=args.ood_bank,
-                   rods=args.rods, crop_margin=_crop_margin(args), force=args.force)
+                   rods=args.rods, crop_margin=_crop_margin(args), force=args.force,
+                   noise_sigma_z=args.noise_sigma_z)
     print(f"wrote {args.out}" + (f" and {args.risk_map}" if args.risk_map else ""))
     return 0
 
@@ -256,6 +271,7 @@ def _run_evaluate(args) -> int:
     result = evaluate_translation(denoiser, args.data, args.split, None if args.kind == "all" else args.kind,
                                   sampler=args.sampler, steps=args.steps, seed=args.seed, max_cases=args.max_cases,
                                   crop_margin=_crop_margin(args))
+    result["model"] = str(args.model or shipped_model_dir())
     m = result["mean_std"]
     print(f"{result['direction']} {args.split}/{args.kind} ({result['cases']} cases, {args.sampler}-{args.steps}): "
           f"whole-brain PSNR {m['psnr'][0]:.2f} +- {m['psnr'][1]:.2f} dB, SSIM {m['ssim'][0]:.4f} +- "
@@ -397,6 +413,8 @@ def _add_benchmark(sub) -> None:
                    help="cohort whose healthy train/val cases fit the local healthy mapping (default: --data)")
     p.add_argument("--cache", type=Path, default=None, help="keep every (row, case, seed) result here between runs")
     p.add_argument("--rows", nargs="+", default=None, help="run only these rows (names as in the table)")
+    p.add_argument("--vsm-model", type=Path, default=None,
+                   help="a VSM-trained model folder of the direction: adds its DDPM rows beside the shipped model's")
     add_options(p, ["gate", "t_intermediate"])
     p.add_argument("--ood-dilation", type=int, default=0, help="Local Diffusion OOD-branch dilation (pixels)")
     p.add_argument("--out-dir", type=Path, default=Path("docs/benchmark"), help="JSON and PNG montages")
@@ -421,7 +439,8 @@ def _run_benchmark(args) -> int:
         result = benchmark_direction(direction, args.data, args.out_dir, models_root=args.models, split=args.split,
                                      seeds=tuple(args.seeds), max_cases=args.max_cases,
                                      max_slices=args.max_slices or None, gate=args.gate, lookup_data=args.lookup_data,
-                                     cache_dir=args.cache, ld_config=ld_config, rows=args.rows, command=command)
+                                     cache_dir=args.cache, ld_config=ld_config, rows=args.rows, command=command,
+                                     variant_models={"VSM": args.vsm_model} if args.vsm_model else None)
         print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices, "
               f"{result['computed_cells']} cells computed -> {args.out_dir}")
     render_section(args.out_dir, args.markdown)

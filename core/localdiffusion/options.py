@@ -106,6 +106,8 @@ _TABLE = [
     Option("steps", int, 25, "reverse-process steps (at most the model's training timesteps, 100 for the "
            "shipped models; the risk map needs the step count of its calibration)", low=1, high=1000),
     Option("seed", int, 0, "random seed (slice k uses seed * 1000003 + k)", low=0, high=2**31 - 1),
+    Option("noise_sigma_z", float, 0.0, "slice-correlated noise: each slice's noise mixes its neighbours' with "
+           "Gaussian weights of this sigma (in slices); 0 = independent slices", low=0.0, high=16.0),
     Option("batch_size", int, 0, "slices per network call; 0 = automatic (8 on the CPU, from the free memory on "
            "a GPU)", low=0, high=4096),
     Option("t_intermediate", int, 0, "Local Diffusion fusion timestep in training-timestep units; 0 = fuse at the "

@@ -14,6 +14,10 @@ spread and always including the slice with the most tumour. Summaries are mean a
 standard deviation over (case, seed); differences against DDIM-25 are paired per case
 (seeds averaged) with bootstrap intervals (:func:`~localdiffusion.benchmark.scoring.paired_bootstrap`).
 
+Rows may run another model of the same direction (``Row.model``, e.g. a VSM-trained one,
+see :func:`variant_rows`); such a row names the plain row it is to be compared with
+(``Row.compare_to``) and its paired differences against that row are reported too.
+
 Masks: the oracle is the label as it is; the PatchCore mask is the source bank's calibrated
 threshold and the U-Net mask the source segmenter's tumour prediction, both post-processed
 (:func:`~localdiffusion.methods.local_diffusion.branch_weight_volume`). Loading models and
@@ -54,10 +58,13 @@ class Row:
     mask: str | None = None  # ld: "oracle", "unet" or "patchcore"
     ind_floor: float | None = None
     all_seeds: bool = True  # False: the first seed only
+    model: str | None = None  # another model's label (run_benchmark's ``models``); None: the direction's model
+    compare_to: str | None = None  # the row this one is paired against (besides DDIM-25)
 
     def key(self, ld_config: LocalDiffusionConfig, gate: bool) -> dict:
         extra = {"ld": dataclasses.asdict(ld_config), "gate": gate} if self.kind == "ld" else {}
-        return {**dataclasses.asdict(self), **extra}
+        own = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "compare_to") or v is not None}
+        return {**own, **extra}
 
 
 def benchmark_rows(T: int, with_patchcore: bool = True, with_unet: bool = True) -> dict[str, Row]:
@@ -70,6 +77,18 @@ def benchmark_rows(T: int, with_patchcore: bool = True, with_unet: bool = True) 
         for floor in (0.95, 0.0):
             rows[f"LD {mask} mask, IND floor {floor:g}"] = Row("ld", "ddim", min(25, T), mask, floor)
     return rows
+
+
+def variant_rows(label: str, T: int, steps: int = 25) -> dict[str, Row]:
+    """Rows of another model ``label`` (e.g. "VSM") sampled with the DDPM update (where a learned
+    variance acts) beside the same rows of the direction's model: alone and with Local
+    Diffusion (oracle mask, IND floor 0)."""
+    steps = min(steps, T)
+    plain, plain_ld = f"DDPM-{steps}", f"LD oracle mask, IND floor 0, DDPM-{steps}"
+    return {plain: Row("baseline", "ddpm", steps),
+            f"{label} DDPM-{steps}": Row("baseline", "ddpm", steps, model=label, compare_to=plain),
+            plain_ld: Row("ld", "ddpm", steps, "oracle", 0.0),
+            f"{label} + {plain_ld}": Row("ld", "ddpm", steps, "oracle", 0.0, model=label, compare_to=plain_ld)}
 
 
 def evaluation_slices(seg: np.ndarray, max_slices: int | None = None,
@@ -121,9 +140,12 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                   ood_bank=None, source_segmenter=None, gate=None, seeds=(0,), max_cases: int | None = None,
                   max_slices: int | None = 4, ld_config: LocalDiffusionConfig | None = None,
                   rows: dict[str, Row] | None = None, cache: Cache | None = None, model_id: str = "",
-                  batch_size: int = 8, progress: bool = True) -> dict:
+                  batch_size: int = 8, progress: bool = True, models: dict[str, tuple] | None = None) -> dict:
     """Every (row, case, seed) cell, from ``cache`` where it is there; returns summaries,
-    per-case values, paired differences against DDIM-25 and the montage slices."""
+    per-case values, paired differences against DDIM-25 and the montage slices.
+
+    ``models``: label -> (denoiser, files id) of the other models rows may name (``Row.model``)."""
+    models = models or {}
     cfg = denoiser.config
     cache = cache if cache is not None else MemoryCache()
     cases = cases_in_split(data, split, "tumour")
@@ -148,13 +170,15 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                  "tumour": prepared.seg[:, :, z] > 0, "pred": {}, "masks": {}}
         for name, row in rows.items():
             for seed in (seeds if row.all_seeds else seeds[:1]):
-                key = cell_key(BENCHMARK_VERSION, model_id, row.key(ld_config, gate is not None), prepared.case_id,
+                row_model, row_id = models[row.model] if row.model else (denoiser, None)
+                key_parts = (model_id,) if row_id is None else (model_id, row_id)
+                key = cell_key(BENCHMARK_VERSION, *key_parts, row.key(ld_config, gate is not None), prepared.case_id,
                                seed, ks.tolist())
                 cell = cache.get(key)
                 if cell is None:
                     if masks is None and row.kind == "ld":
                         masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks)
-                    pred, seconds, records = _translate(denoiser, prepared, row, masks, ld_config, gate, seed, ks,
+                    pred, seconds, records = _translate(row_model, prepared, row, masks, ld_config, gate, seed, ks,
                                                         local, truth, batch_size)
                     cell = {"case_id": prepared.case_id, "seed": seed, "slices": len(ks),
                             **row_metrics(pred, truth, prepared.brain, prepared.seg, ks, segmenter, local),
@@ -175,7 +199,8 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
         montage.append(shown)
     return {"direction": f"{cfg.source}->{cfg.target}", "split": split, "seeds": list(seeds), "cases": len(montage),
             "evaluated_slices": evaluated, "max_slices": max_slices, "min_tumour_fraction": MIN_TUMOUR_FRACTION,
-            "rows": summarise(cells), "differences": differences(cells), "ld_records": ld_summary(cells),
+            "rows": summarise(cells), "differences": differences(cells),
+            "paired_differences": paired_differences(cells, rows), "ld_records": ld_summary(cells),
             "cells": cells, "ld_config": dataclasses.asdict(ld_config), "gate": gate is not None,
             "computed_cells": computed, "montage": montage, "version": BENCHMARK_VERSION}
 
@@ -225,6 +250,17 @@ def differences(cells: dict[str, list[dict]], columns=COMPARED) -> dict:
     base = {c: _per_case(cells[BASELINE], c) for c in columns}
     return {name: {c: paired_bootstrap(_per_case(runs, c), base[c]) for c in columns}
             for name, runs in cells.items() if name != BASELINE}
+
+
+def paired_differences(cells: dict[str, list[dict]], rows: dict[str, Row], columns=COMPARED) -> dict:
+    """Row -> its ``compare_to`` row and the paired differences against it (rows that name one)."""
+    out = {}
+    for name, row in rows.items():
+        if row.compare_to and row.compare_to in cells and cells[name]:
+            ref = {c: _per_case(cells[row.compare_to], c) for c in columns}
+            out[name] = {"against": row.compare_to,
+                         **{c: paired_bootstrap(_per_case(cells[name], c), ref[c]) for c in columns}}
+    return out
 
 
 def ld_summary(cells: dict[str, list[dict]]) -> dict:

@@ -35,6 +35,16 @@ def markdown_table(result: dict) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _difference_cells(diffs: dict) -> list[str]:
+    """mean [95% interval] per compared column; bold where the interval excludes 0."""
+    cells = []
+    for c in COMPARED:
+        d, digits = diffs[c], _digits(c)
+        text = "-" if d["mean"] != d["mean"] else f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
+        cells.append(f"**{text}**" if d["claim"] else text)
+    return cells
+
+
 def differences_table(result: dict) -> str:
     """Paired differences against DDIM-25: mean [95% interval]; bold where the interval excludes 0."""
     head = "| method - DDIM-25 | " + " | ".join(COMPARED) + " |\n|---|" + "---|" * len(COMPARED) + "\n"
@@ -42,13 +52,21 @@ def differences_table(result: dict) -> str:
     for name, diffs in result["differences"].items():
         if name.startswith("true target"):
             continue  # the upper bound is in the main table
-        cells = []
-        for c in COMPARED:
-            d, digits = diffs[c], _digits(c)
-            text = "-" if d["mean"] != d["mean"] else f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
-            cells.append(f"**{text}**" if d["claim"] else text)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(_difference_cells(diffs)) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+def paired_table(result: dict) -> str:
+    """Rows of another model against their plain counterparts (empty when there are none)."""
+    paired = result.get("paired_differences") or {}
+    if not paired:
+        return ""
+    head = "| method - its plain counterpart | " + " | ".join(COMPARED) + " |\n|---|" + "---|" * len(COMPARED) + "\n"
+    lines = []
+    for name, diffs in paired.items():
+        lines.append(f"| {name} - {diffs['against']} | " + " | ".join(_difference_cells(diffs)) + " |")
+    return ("Rows of another model, paired against the same row of the shipped model (same sampler, seeds and "
+            "slices):\n\n" + head + "\n".join(lines) + "\n")
 
 
 def labels_table(result: dict) -> str:
@@ -95,7 +113,7 @@ def markdown_section(results: list[dict], command: str, figures: list[str]) -> s
                   markdown_table(result),
                   "Paired differences against DDIM-25 over cases (seeds averaged within a case), mean and 95% "
                   "bootstrap interval (10,000 resamples); **bold**: the interval excludes 0.", "",
-                  differences_table(result), labels_table(result), ld_records_line(result), "",
+                  differences_table(result), paired_table(result), labels_table(result), ld_records_line(result), "",
                   f"![{source} to {target} montage]({figure})", ""]
     parts.append(SECTION_END)
     return "\n".join(parts) + "\n"

@@ -13,7 +13,12 @@ A call is (noise, x_T, timesteps, update rule, denoiser wrappers, hooks) around
 * *hooks*: observers of the (B, 1, H, W) result state at every step (the method decides
   what a multi-channel state looks like to them, e.g. the Local Diffusion composite).
 
-Conditions are (B, 1, h, w) in [0, 1]; the result is x0 (B, 1, h, w) in the model scale [-1, 1].
+A model with a learned variance (VSM) hands the update rule the log-variance fraction of
+the method's latest network call, laid out like the state (``Method.variance_fraction``);
+with a RODS wrapper that is the call at the last point RODS evaluated in the step.
+
+Conditions are (B, C, h, w) in [0, 1] (C = 1, or the slice and its neighbours for a 2.5D
+model, centre first); the result is x0 (B, 1, h, w) in the model scale [-1, 1].
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class Method(Protocol):
     def result(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) final state -> (B, 1, h, w)."""
 
+    def variance_fraction(self) -> torch.Tensor | None:
+        """The learned log-variance fraction of the latest denoise, like the state (None: none learned)."""
+
 
 class DenoiserWrapper(Protocol):
     def wrap(self, denoise: Denoise, schedule, timesteps: Sequence[int], update: UpdateRule) -> Denoise: ...
@@ -67,7 +75,15 @@ class Plain:
     """The plain reverse process: one channel, the full condition."""
 
     def __init__(self, denoiser, condition: torch.Tensor):
-        self.denoise = conditional_denoise(denoiser, to_model_scale(condition))
+        self.denoiser, self.cond = denoiser, to_model_scale(condition)
+        self._fraction = None
+
+    def denoise(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        x0, self._fraction = self.denoiser.predict(x_t, self.cond, t)
+        return x0.clamp(-1.0, 1.0)
+
+    def variance_fraction(self) -> torch.Tensor | None:
+        return self._fraction
 
     def resolve(self) -> "Plain":
         return self
@@ -89,7 +105,7 @@ class Plain:
 def sample_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int] | SliceNoise, *, sampler: str = "ddim",
                   steps: int | None = None, eta: float | None = None, method: Method | None = None,
                   wrappers: Iterable[DenoiserWrapper] = (), hooks: Iterable[StepHook] = ()) -> torch.Tensor:
-    """Translate a batch of conditions (B, 1, h, w) in [0, 1]; returns x0 (B, 1, h, w) in [-1, 1].
+    """Translate a batch of conditions (B, C, h, w) in [0, 1]; returns x0 (B, 1, h, w) in [-1, 1].
 
     ``seeds``: one per slice, or a :class:`SliceNoise` (e.g. with crop windows). ``steps``:
     the respaced chain length (None: every training timestep). ``method``: default
@@ -100,8 +116,10 @@ def sample_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int] | Slic
     method = (method or Plain(denoiser, condition)).resolve()
     timesteps = schedule.timesteps(steps)
     update = make_update(sampler, eta)
+    if getattr(getattr(denoiser, "config", None), "learned_variance", False):
+        update.variance_fraction = method.variance_fraction
     hooks = list(hooks)
-    x_T = method.initial(noise, condition.shape[1:])
+    x_T = method.initial(noise, (1, *condition.shape[2:]))
     denoise = method.denoise
     for wrapper in wrappers:
         denoise = wrapper.wrap(denoise, schedule, timesteps, update)

@@ -50,27 +50,46 @@ class SliceNoise:
     ``windows`` (one (rows, cols) box per slice, all of one size) with ``plane`` (H, W):
     every draw is made on the whole (H, W) slice and cropped to the slice's window, so a
     slice cropped to its brain sees the same noise as the whole slice there.
+
+    ``mixes`` (slice-correlated noise): per slice, ``(seed, weight)`` pairs with unit sum of
+    squared weights; every draw is ``sum_j weight_j * draw_j`` of those seeds' generators, all
+    advanced in step. With the neighbouring slices' own seeds (see
+    :func:`~localdiffusion.volume.batching.z_mixes`) adjacent slices share most of their noise
+    while each draw stays standard normal and depends on the slice alone, not on its batch.
     """
 
     def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu",
-                 windows: Sequence[tuple[slice, slice]] | None = None, plane: Sequence[int] | None = None):
+                 windows: Sequence[tuple[slice, slice]] | None = None, plane: Sequence[int] | None = None,
+                 mixes: Sequence[Sequence[tuple[int, float]]] | None = None):
         self.seeds = [int(s) for s in seeds]
-        self.generators = [torch.Generator("cpu").manual_seed(s) for s in self.seeds]
+        mixes = [[(s, 1.0)] for s in self.seeds] if mixes is None else mixes
+        if len(mixes) != len(self.seeds):
+            raise ValueError("one mix per seed")
+        self.mixes = [[(torch.Generator("cpu").manual_seed(int(s)), float(w)) for s, w in mix] for mix in mixes]
         self.device = device
         if (windows is None) != (plane is None) or (windows is not None and len(windows) != len(self.seeds)):
             raise ValueError("windows need the plane (H, W) and one window per seed")
         self.windows, self.plane = windows, None if plane is None else tuple(plane)
 
+    def _mixed(self, b: int, shape: tuple) -> torch.Tensor:
+        (generator, weight), *rest = self.mixes[b]
+        out = torch.randn(shape, generator=generator)
+        if weight != 1.0 or rest:
+            out = weight * out
+            for generator, weight in rest:
+                out += weight * torch.randn(shape, generator=generator)
+        return out
+
     def __len__(self) -> int:
-        return len(self.generators)
+        return len(self.mixes)
 
     def draw(self, b: int, item_shape: Sequence[int]) -> torch.Tensor:
         """One standard normal draw of ``item_shape`` (..., h, w) from generator ``b`` (on the CPU)."""
         item_shape = tuple(item_shape)
         if self.windows is None:
-            return torch.randn(item_shape, generator=self.generators[b])
+            return self._mixed(b, item_shape)
         rows, cols = self.windows[b]
-        whole = torch.randn(item_shape[:-2] + self.plane, generator=self.generators[b])
+        whole = self._mixed(b, item_shape[:-2] + self.plane)
         crop = whole[..., rows, cols]
         if crop.shape != item_shape:
             raise ValueError(f"window {crop.shape[-2:]} of slice {b} does not match the drawn shape {item_shape}")

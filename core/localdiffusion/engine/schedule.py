@@ -67,6 +67,29 @@ class NoiseSchedule:
         coef_x0, coef_xt, variance = self.posterior_coefficients(t, s)
         return coef_x0 * x0 + coef_xt * x_t, variance
 
+    def log_variance_range(self, t: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log beta-tilde, log beta) of the steps ``t -> s`` (long tensors; ``s = -1`` the clean
+        image): the range a learned variance interpolates (improved DDPM's "learned range").
+        beta-tilde is 0 for the step to the clean image; it is clipped to the value of the
+        step 1 -> 0 there, as in improved DDPM."""
+        abar = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])  # abar[i + 1] = abar_i
+        t, s = t.cpu().long(), s.cpu().long()
+        a_t, a_s = abar[t + 1], abar[s + 1]
+        beta = 1.0 - a_t / a_s
+        tilde = (1.0 - a_s) / (1.0 - a_t) * beta
+        tilde_first = (1.0 - abar[1]) / (1.0 - abar[2]) * (1.0 - abar[2] / abar[1])
+        return torch.where(s < 0, tilde_first, tilde).log(), beta.log()
+
+    def learned_variance(self, fraction: torch.Tensor, t: torch.Tensor | int, s: torch.Tensor | int) -> torch.Tensor:
+        """Per-pixel variance ``exp(f log beta + (1 - f) log beta-tilde)`` of the steps ``t -> s``
+        for log-variance fractions ``f`` (B, C, H, W) in [0, 1]; ``t``/``s`` ints or (B,)."""
+        batch = fraction.shape[0]
+        t = torch.as_tensor(t).expand(batch) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
+        s = torch.as_tensor(s).expand(batch) if torch.as_tensor(s).dim() == 0 else torch.as_tensor(s)
+        low, high = (v.to(fraction.device, fraction.dtype).view(-1, *([1] * (fraction.dim() - 1)))
+                     for v in self.log_variance_range(t, s))
+        return torch.exp(fraction * high + (1.0 - fraction) * low)
+
     def eps_from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
         a_t = self.abar(t)
         return (x_t - a_t**0.5 * x0) / (1.0 - a_t) ** 0.5

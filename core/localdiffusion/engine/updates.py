@@ -27,10 +27,16 @@ Noise = Callable[[tuple], torch.Tensor]
 
 
 class UpdateRule:
-    """Base: ``rule(schedule, x_t, x0_hat, t, s, noise) -> x_s``; ``eta`` scales the step's noise."""
+    """Base: ``rule(schedule, x_t, x0_hat, t, s, noise) -> x_s``; ``eta`` scales the step's noise.
+
+    ``variance_fraction``: for a model with a learned variance (VSM), a callable returning the
+    log-variance fraction of the latest prediction in the state's layout (set by
+    :func:`~localdiffusion.engine.assemble.sample_slices`); rules that sample the posterior use it.
+    """
 
     name = ""
     default_eta = 0.0
+    variance_fraction: Callable[[], torch.Tensor | None] | None = None
 
     def __init__(self, eta: float | None = None):
         eta = self.default_eta if eta is None else float(eta)
@@ -48,7 +54,11 @@ class UpdateRule:
 
 
 class DDPM(UpdateRule):
-    """Ancestral DDPM step on any respaced chain: sample q(x_s | x_t, x0_hat), noise scaled by ``eta``."""
+    """Ancestral DDPM step on any respaced chain: sample q(x_s | x_t, x0_hat), noise scaled by ``eta``.
+
+    With a learned variance the step's variance is the model's, per pixel, between the
+    respaced step's beta-tilde and beta (improved DDPM's respacing of a learned range);
+    :meth:`coefficients` states the fixed (beta-tilde) one."""
 
     name = "ddpm"
     default_eta = 1.0
@@ -61,6 +71,9 @@ class DDPM(UpdateRule):
         mean, variance = schedule.posterior(x_t, x0_hat, t, s)
         if s < 0 or variance == 0.0 or self.eta == 0.0:
             return mean
+        fraction = self.variance_fraction() if self.variance_fraction is not None else None
+        if fraction is not None:
+            variance = schedule.learned_variance(fraction, t, s)
         return mean + (self.eta * variance**0.5) * noise(x_t.shape[1:])
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from localdiffusion.benchmark.figures import montage_figure
-from localdiffusion.benchmark.matrix import BENCHMARK_VERSION, benchmark_rows, run_benchmark
+from localdiffusion.benchmark.matrix import BENCHMARK_VERSION, benchmark_rows, run_benchmark, variant_rows
 from localdiffusion.benchmark.reference import HealthyLookup
 from localdiffusion.benchmark.report import SECTION_END, SECTION_START, json_ready, markdown_section
 from localdiffusion.data.io import atomic_path, save_png
@@ -89,12 +89,15 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
                         split: str = "test", seeds=(0,), max_cases: int | None = None, max_slices: int | None = 4,
                         gate: bool = default("gate"), lookup_data: str | Path | None = None,
                         cache_dir: str | Path | None = None, ld_config: LocalDiffusionConfig | None = None,
-                        rows: list[str] | None = None, command: str = "") -> dict:
+                        rows: list[str] | None = None, command: str = "",
+                        variant_models: dict[str, str | Path] | None = None) -> dict:
     """Load the models of ``direction`` (``t1_to_flair``), run the benchmark, write JSON and PNG.
 
     ``lookup_data``: the cohort whose healthy train/val cases fit the local healthy mapping
     (default ``data``); ``cache_dir``: where cells are kept between runs (default: none);
-    ``rows``: names of :func:`~localdiffusion.benchmark.matrix.benchmark_rows` to run (default: all)."""
+    ``rows``: names of :func:`~localdiffusion.benchmark.matrix.benchmark_rows` to run (default: all);
+    ``variant_models``: label -> model folder of the same direction (e.g. ``{"VSM": ...}``), whose
+    rows (:func:`~localdiffusion.benchmark.matrix.variant_rows`) are added."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
     root = Path(models_root) if models_root else MODELS_ROOT
@@ -105,7 +108,15 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     bank = PatchCore.load(paths["ood"], modality=source, model_root=root)
     gate_model = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=root)) if gate else None
     lookup = fit_lookup(lookup_data or data, source, target, spacing=cfg.spacing_mm, in_plane=cfg.in_plane)
-    table = benchmark_rows(denoiser.schedule.num_train_timesteps)
+    T = denoiser.schedule.num_train_timesteps
+    table = benchmark_rows(T)
+    others = {}
+    for label, folder in (variant_models or {}).items():
+        other = load_denoiser(folder)
+        if (other.config.source, other.config.target) != (source, target):
+            raise InputError(f"{folder}: translates {other.config.source} -> {other.config.target}, not {direction}")
+        others[label] = (other, files_id(folder))
+        table.update(variant_rows(label, T))
     unknown = sorted(set(rows or []) - set(table))
     if unknown:
         raise InputError(f"unknown benchmark rows {unknown}; choose from {list(table)}")
@@ -115,7 +126,7 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
                            max_cases=max_cases, max_slices=max_slices,
                            ld_config=ld_config or LocalDiffusionConfig(threshold=bank.threshold),
                            cache=DirCache(cache_dir) if cache_dir else None, model_id=model_id,
-                           rows={name: row for name, row in table.items() if not rows or name in rows})
+                           rows={name: row for name, row in table.items() if not rows or name in rows}, models=others)
     result["command"] = command
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@
    and its preview montage.
 2. Run the main job (:func:`~localdiffusion.jobs.run.run_job`) on its T1 with the shipped
    models: OOD map, baseline and Local Diffusion FLAIR (DDIM-25).
-3. Write ``translation.png``: condition, OOD map, baseline, Local Diffusion, true FLAIR at
-   the slice with the most tumour.
+3. Write ``translation.png``: condition, OOD map, baseline, Local Diffusion, true FLAIR and
+   the hallucination-risk map, in the axial, coronal and sagittal planes through the centre
+   of the tumour (banding between independently sampled axial slices shows in the last two).
 """
 
 from __future__ import annotations
@@ -48,18 +49,30 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path]):
     z = int(np.argmax((seg > 0).sum(axis=(0, 1)))) if seg.any() else seg.shape[2] // 2
     scale = lambda v, m: normalise(v, v > 0, modality=m)[0]  # noqa: E731  the pipeline's own intensity scale
     ood = load(outputs["ood"])
+    risk = load(outputs["risk"]) if "risk" in outputs else None
     panels = [("T1 (condition)", scale(t1, "t1"), None), ("OOD probability >= 0.99 (1% healthy FPR)", scale(t1, "t1"), ood),
               ("baseline FLAIR (DDIM-25)", load(outputs["baseline"]), None),
               ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair, "flair"), None)]
-    fig, axes = plt.subplots(1, 5, figsize=(17, 4.2))
-    for ax, (title, vol, overlay) in zip(axes, panels):
-        ax.imshow(vol[:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=1)
-        if overlay is not None:
-            shown = np.ma.masked_less(overlay[:, :, z].T, 0.99)  # the calibrated threshold of the shipped banks
-            im = ax.imshow(shown, cmap="autumn", origin="lower", vmin=0.99, vmax=1.0, alpha=0.8)
-            fig.colorbar(im, ax=ax, fraction=0.04)
-        ax.contour(seg[:, :, z].T > 0, levels=[0.5], colors="c", linewidths=0.6, origin="lower")
-        ax.set_title(title, fontsize=10)
-        ax.axis("off")
-    fig.suptitle(f"{case_id}, axial slice {z} (cyan: true tumour outline)")
+    if risk is not None:
+        panels.append(("hallucination risk >= 0.99", load(outputs["local"]), risk))
+    centre = [int(round(c.mean())) for c in np.nonzero(seg > 0)] if seg.any() else [n // 2 for n in seg.shape]
+    centre[2] = z
+    planes = {"axial": lambda v: v[:, :, centre[2]].T, "coronal": lambda v: v[:, centre[1], :].T,
+              "sagittal": lambda v: v[centre[0], :, :].T}
+    fig, axes = plt.subplots(3, len(panels), figsize=(3.4 * len(panels), 10.5), squeeze=False)
+    for r, (plane, cut) in enumerate(planes.items()):
+        for ax, (title, vol, overlay) in zip(axes[r], panels):
+            ax.imshow(cut(vol), cmap="gray", origin="lower", vmin=0, vmax=1)
+            if overlay is not None:
+                shown = np.ma.masked_less(cut(overlay), 0.99)  # the calibrated threshold (1% of healthy voxels)
+                ax.imshow(shown, cmap="autumn", origin="lower", vmin=0.99, vmax=1.0, alpha=0.8)
+            ax.contour(cut(seg) > 0, levels=[0.5], colors="c", linewidths=0.6, origin="lower")
+            ax.set_title(title if r == 0 else "", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if ax is axes[r][0]:
+                ax.set_ylabel(plane)
+    fig.suptitle(f"{case_id}: axial slice {centre[2]}, coronal {centre[1]}, sagittal {centre[0]} "
+                 "(cyan: true tumour outline)")
+    fig.tight_layout()
     return fig

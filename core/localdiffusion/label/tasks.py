@@ -30,7 +30,8 @@ from localdiffusion.options import DIRECTIONS, EXTRA_OUTPUTS, OPTIONS, parse_par
 from localdiffusion.shipped import ood_bank_path
 
 #: the main job's parameters a MONAI Label client may set (validated by the options table)
-JOB_PARAMS = ("direction", "sampler", "steps", "seed", "t_intermediate", "mask_mode", "ind_floor", "device", "force")
+JOB_PARAMS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "t_intermediate", "mask_mode", "ind_floor",
+              "device", "force")
 OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair}))
 
 

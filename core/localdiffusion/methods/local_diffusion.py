@@ -26,6 +26,10 @@ channel 0 is the OOD branch, channel 1 the in-distribution (IND) branch.
 * ``hooks``: the fusion hook, then the caller's observers, who see the composite
   (B, 1, H, W) state (:meth:`LocalDiffusion.composite`).
 
+With a 2.5D model the condition has one channel per slice (centre first) and so does the
+OOD probability: every condition channel is masked with the weight of its own slice, while
+the branching, fusion and the gate use the centre slice's weight.
+
 Masks ``w`` (B, 1, H, W) come from the OOD probability: ``hard`` = (p >= threshold),
 ``soft`` = p. On volumes, :func:`branch_weight_volume` first post-processes the hard mask
 (median filter, small components removed) so that scattered false-positive pixels do not
@@ -54,6 +58,7 @@ from localdiffusion.engine.assemble import Plain, sample_slices
 from localdiffusion.engine.crop import Box, box_shape, crop_box, downsampling_factor, paste
 from localdiffusion.engine.loop import SliceNoise, Step, StepHook
 from localdiffusion.engine.scale import to_model_scale
+from localdiffusion.network.denoiser import Prediction
 from localdiffusion.options import default
 
 
@@ -94,6 +99,18 @@ class LocalDiffusionConfig:
             raise ValueError(f"crop_margin must be >= 0 or None, got {self.crop_margin}")
 
 
+def _split(prediction: Prediction, n: int) -> tuple[Prediction, Prediction]:
+    """The first ``n`` rows and the rest of a prediction."""
+    head = Prediction(*(None if v is None else v[:n] for v in prediction))
+    return head, Prediction(*(None if v is None else v[n:] for v in prediction))
+
+
+def _uncrop(values: torch.Tensor, like: torch.Tensor, fill: float, rows: slice, cols: slice) -> torch.Tensor:
+    whole = torch.full_like(like, fill)
+    whole[..., rows, cols] = values
+    return whole
+
+
 class LocalDiffusion:
     """Per-batch Local Diffusion state; see the module docstring."""
 
@@ -107,19 +124,24 @@ class LocalDiffusion:
         if not 0 <= self.t_intermediate < T:
             raise ValueError(f"t_intermediate must be in [0, {T - 1}], got {self.t_intermediate}")
         p = ood_probability.float().clamp(0, 1)
-        self.weight = (p >= cfg.threshold).float() if cfg.mask_mode == "hard" else p
+        if p.shape[1] != condition.shape[1]:
+            raise ValueError(f"OOD probability has {p.shape[1]} channels, the condition {condition.shape[1]}")
+        weights = (p >= cfg.threshold).float() if cfg.mask_mode == "hard" else p  # one channel per condition slice
         r = cfg.ood_dilation
-        self.branch_weight = self.weight if r == 0 else F.max_pool2d(self.weight, 2 * r + 1, stride=1, padding=r)
+        branch_weights = weights if r == 0 else F.max_pool2d(weights, 2 * r + 1, stride=1, padding=r)
+        self.weight, self.branch_weight = weights[:, :1], branch_weights[:, :1]  # the slice being translated
         self.condition = condition
         self.cond = to_model_scale(condition)
-        self.cond_ood = to_model_scale(condition * self.branch_weight)
-        self.cond_ind = to_model_scale(condition * torch.clamp(1.0 - self.weight, min=cfg.ind_floor))
+        self.cond_ood = to_model_scale(condition * branch_weights)
+        self.cond_ind = to_model_scale(condition * torch.clamp(1.0 - weights, min=cfg.ind_floor))
         self.bg = to_model_scale(cfg.background)
         self.branching = self.weight.flatten(1).amax(1) > 0  # (B,) bool
         self.rebranches = torch.zeros_like(self.branching, dtype=torch.long)
         self.judged = torch.zeros_like(self.rebranches)
         self.fused_at = torch.full_like(self.rebranches, -1)
         self.crop = self._crop_box(denoiser)
+        self.learned_variance = bool(getattr(getattr(denoiser, "config", None), "learned_variance", False))
+        self._fraction = None
         #: (windows, plane) when the slices are crops of whole slices (the gate sees whole slices)
         self.placement = placement
 
@@ -136,27 +158,39 @@ class LocalDiffusion:
         return self.weight * state[:, 0:1] + (1 - self.weight) * state[:, 1:2]
 
     # -- the three parts that plug into reverse_process
-    def _network(self, inputs: torch.Tensor, conds: torch.Tensor, t: int) -> torch.Tensor:
-        return self.denoiser(inputs, conds, t).clamp(-1.0, 1.0) if len(inputs) else inputs
+    def _network(self, inputs: torch.Tensor, conds: torch.Tensor, t: int) -> Prediction:
+        if not len(inputs):
+            return Prediction(inputs, inputs if self.learned_variance else None)
+        x0, fraction = self.denoiser.predict(inputs, conds, t)
+        return Prediction(x0.clamp(-1.0, 1.0), fraction)
 
     def denoise(self, x: torch.Tensor, t: int) -> torch.Tensor:
         br = self.branching
-        n = int(br.sum())
-        support = self.branch_weight[br] > 0
-        x0 = torch.empty_like(x)
         if self.crop is None:  # one call for every branch
-            x0_all = self._network(torch.cat([x[br, 0:1], x[br, 1:2], x[~br, 0:1]]),
-                                   torch.cat([self.cond_ood[br], self.cond_ind[br], self.cond[~br]]), t)
-            x0_ood, x0_rest = x0_all[:n], x0_all[n:]
+            ood, rest = _split(self._network(torch.cat([x[br, 0:1], x[br, 1:2], x[~br, 0:1]]),
+                                             torch.cat([self.cond_ood[br], self.cond_ind[br], self.cond[~br]]), t),
+                               int(br.sum()))
         else:  # the OOD branch on its crop, everything else on full slices
             rows, cols = self.crop
-            x0_ood = torch.full_like(x[br, 0:1], self.bg)
-            x0_ood[..., rows, cols] = self._network(x[br, 0:1, rows, cols], self.cond_ood[br, :, rows, cols], t)
-            x0_rest = self._network(torch.cat([x[br, 1:2], x[~br, 0:1]]), torch.cat([self.cond_ind[br], self.cond[~br]]), t)
-        x0[br, 0:1] = torch.where(support, x0_ood, torch.full_like(x0_ood, self.bg))
-        x0[br, 1:2] = x0_rest[:n]
-        x0[~br] = x0_rest[n:].expand(-1, 2, -1, -1)
-        return x0
+            on_crop = self._network(x[br, 0:1, rows, cols], self.cond_ood[br, :, rows, cols], t)
+            ood = Prediction(*(_uncrop(v, x[br, 0:1], fill, rows, cols) if v is not None else None
+                               for v, fill in zip(on_crop, (self.bg, 0.0))))
+            rest = self._network(torch.cat([x[br, 1:2], x[~br, 0:1]]), torch.cat([self.cond_ind[br], self.cond[~br]]), t)
+        self._fraction = self._arrange(x, ood.fraction, rest.fraction, 0.0) if ood.fraction is not None else None
+        return self._arrange(x, ood.x0, rest.x0, self.bg)
+
+    def _arrange(self, x: torch.Tensor, ood: torch.Tensor, rest: torch.Tensor, fill: float) -> torch.Tensor:
+        """Branch outputs -> the state layout: OOD channel (``fill`` outside its support), IND channel,
+        and fused/unbranched slices' one output in both channels."""
+        br, n = self.branching, int(self.branching.sum())
+        out = torch.empty_like(x)
+        out[br, 0:1] = torch.where(self.branch_weight[br] > 0, ood, torch.full_like(ood, fill))
+        out[br, 1:2] = rest[:n]
+        out[~br] = rest[n:].expand(-1, 2, -1, -1)
+        return out
+
+    def variance_fraction(self) -> torch.Tensor | None:
+        return self._fraction
 
     def hook(self, step: Step):
         room = self.gate is not None and step.index >= step.num_steps - 2  # the gate judges at least once
@@ -222,10 +256,10 @@ def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: t
                            sampler: str = default("sampler"), steps: int | None = default("steps"),
                            eta: float | None = None, wrappers=(), hooks: Iterable[StepHook] = ()
                            ) -> tuple[torch.Tensor, LocalDiffusion]:
-    """Local Diffusion translation of conditions (B, 1, H, W) in [0, 1]; returns ([-1, 1] x0, its state).
+    """Local Diffusion translation of conditions (B, C, H, W) in [0, 1]; returns ([-1, 1] x0, its state).
 
     ``seeds``: one per slice, or a :class:`~localdiffusion.engine.loop.SliceNoise`;
-    ``ood_probability`` (B, 1, H, W) in [0, 1]; ``wrappers`` e.g. RODS. A convenience over
+    ``ood_probability`` (B, C, H, W) in [0, 1], a channel per condition slice; ``wrappers`` e.g. RODS. A convenience over
     :func:`~localdiffusion.engine.assemble.sample_slices` that keeps the Local Diffusion object
     (rebranch counts, fusion steps).
     """
@@ -279,8 +313,8 @@ class LocalDiffusionPlan:
 
     def __call__(self, denoiser, condition: torch.Tensor, batch, noise: SliceNoise) -> LocalDiffusion:
         placement = (list(noise.windows), noise.plane) if noise.windows is not None else None
-        ld = LocalDiffusion(denoiser, condition, batch.take(self.weight, condition.device), self.config, self.gate,
-                            placement)
+        weight = batch.take(self.weight, condition.device, denoiser.config.condition_offsets)
+        ld = LocalDiffusion(denoiser, condition, weight, self.config, self.gate, placement)
         self._runs.append((batch.ks, ld))
         return ld
 

@@ -3,6 +3,16 @@
 Channel order (used everywhere): the network input is ``cat([x_t, condition], dim=1)``,
 the noisy target first and the condition second, as in MONAI's ``DiffusionInferer``
 "concat" mode. Images are in the model scale [-1, 1] (= 2 * normalised - 1).
+
+A model trained with the VSM objective (``learned_variance``) has a second output channel:
+the log-variance fraction of each reverse step, between the posterior variance beta-tilde
+(fraction 0) and the step's beta (fraction 1) as in improved DDPM's "learned range";
+:meth:`Denoiser.predict` returns it beside x0. Plain models have one output channel.
+A 2.5D model (``condition_slices`` = 2r + 1 > 1) sees the source slice and its r neighbours
+on each side as condition channels, ordered by distance: [k, k-1, k+1, k-2, k+2, ...]
+(:func:`condition_offsets`); neighbours outside the volume are zero. The centre slice comes
+first so that a single-slice model widens into a 2.5D one by appending zero-weight inputs.
+Weights of a narrower model are widened for fine-tuning by :func:`adapt_state_dict`.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -40,7 +51,9 @@ class DiffusionConfig:
     use_flash_attention: bool = True  # torch SDPA kernels; no effect on the weights
     spacing_mm: float = 2.0
     in_plane: tuple[int, int] = (96, 112)
-    extra: dict = field(default_factory=dict)
+    learned_variance: bool = False  # VSM: a second output channel, the reverse step's log-variance fraction
+    condition_slices: int = 1  # 2.5D: the source slice and (n - 1) / 2 neighbours on each side
+    extra: dict = field(default_factory=dict)  # provenance, e.g. the training objective and its weights
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
@@ -50,6 +63,12 @@ class DiffusionConfig:
             raise ValueError(f"prediction_type must be sample, epsilon or v_prediction, got {self.prediction_type!r}")
         if len(self.channels) != len(self.attention_levels):
             raise ValueError("channels and attention_levels must have the same length")
+        if self.condition_slices < 1 or self.condition_slices % 2 == 0:
+            raise ValueError(f"condition_slices must be an odd number >= 1, got {self.condition_slices}")
+
+    @property
+    def condition_offsets(self) -> tuple[int, ...]:
+        return condition_offsets(self.condition_slices)
 
     @property
     def min_size(self) -> int:
@@ -64,13 +83,50 @@ class DiffusionConfig:
         return cls(**json.loads(text))
 
 
+def condition_offsets(condition_slices: int) -> tuple[int, ...]:
+    """Slice offsets of the condition channels: (0, -1, 1, -2, 2, ...)."""
+    r = condition_slices // 2
+    return (0,) + tuple(o for d in range(1, r + 1) for o in (-d, d))
+
+
 def build_network(config: DiffusionConfig) -> DiffusionModelUNet:
     return DiffusionModelUNet(
-        spatial_dims=2, in_channels=2, out_channels=1, channels=config.channels,
+        spatial_dims=2, in_channels=1 + config.condition_slices, out_channels=2 if config.learned_variance else 1, channels=config.channels,
         attention_levels=config.attention_levels, num_res_blocks=config.num_res_blocks,
         num_head_channels=config.num_head_channels, norm_num_groups=config.norm_num_groups,
         use_flash_attention=config.use_flash_attention,
     )
+
+
+class Prediction(NamedTuple):
+    """What the network says about x_t: x0_hat (B, 1, H, W) in [-1, 1] and, for a model with a
+    learned variance, the log-variance fraction (B, 1, H, W) in [0, 1] (None otherwise)."""
+
+    x0: torch.Tensor
+    fraction: torch.Tensor | None = None
+
+
+def _adapt_tensor(name: str, value: torch.Tensor, wanted: torch.Size) -> torch.Tensor:
+    """Zero-pad ``value`` to ``wanted`` along the channel axes that grew (new channels start at 0)."""
+    if value.shape == wanted:
+        return value
+    if value.dim() != len(wanted) or any(a > b for a, b in zip(value.shape, wanted)):
+        raise ValueError(f"{name}: cannot adapt {tuple(value.shape)} to {tuple(wanted)}")
+    out = torch.zeros(wanted, dtype=value.dtype)
+    out[tuple(slice(0, n) for n in value.shape)] = value
+    return out
+
+
+def adapt_state_dict(state: dict, network: torch.nn.Module) -> dict:
+    """Weights of a model with fewer input/output channels, widened to fit ``network``.
+
+    New output channels (the learned-variance head) start at 0 (fraction 0.5 under the
+    sigmoid); new input channels start with zero weights, so the widened network computes
+    exactly what the old one did until training moves them."""
+    wanted = network.state_dict()
+    if set(state) != set(wanted):
+        raise ValueError("the two networks have different layers")
+    return {k: _adapt_tensor(k, v, wanted[k].shape) for k, v in state.items()}
 
 
 class Denoiser(torch.nn.Module):
@@ -88,6 +144,9 @@ class Denoiser(torch.nn.Module):
         self.autocast = autocast
 
     def forward(self, x_t: torch.Tensor, condition: torch.Tensor, t) -> torch.Tensor:
+        return self.predict(x_t, condition, t).x0
+
+    def predict(self, x_t: torch.Tensor, condition: torch.Tensor, t) -> Prediction:
         if x_t.shape[-1] % self.config.min_size or x_t.shape[-2] % self.config.min_size:
             raise InputError(f"slice size {tuple(x_t.shape[-2:])} must be divisible by {self.config.min_size}")
         if not torch.is_tensor(t):
@@ -95,8 +154,9 @@ class Denoiser(torch.nn.Module):
         inputs = torch.cat([x_t, condition], dim=1).contiguous(memory_format=torch.channels_last)
         device_type = x_t.device.type
         with torch.autocast(device_type, dtype=autocast_dtype(device_type), enabled=self.autocast):
-            output = self.network(inputs, timesteps=t)
-        return self.schedule.x0_from_output(output.float(), x_t, t, self.config.prediction_type)
+            output = self.network(inputs, timesteps=t).float()
+        x0 = self.schedule.x0_from_output(output[:, :1], x_t, t, self.config.prediction_type)
+        return Prediction(x0, torch.sigmoid(output[:, 1:2]) if self.config.learned_variance else None)
 
 
 def save_model(folder: str | Path, config: DiffusionConfig, state_dict: dict) -> Path:

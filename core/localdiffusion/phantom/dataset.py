@@ -9,6 +9,7 @@ smaller one case by case.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from localdiffusion.data.io import atomic_path, save_png, save_volume
 from localdiffusion.errors import InputError
 from localdiffusion.phantom.generate import PHANTOM_MODALITIES, PhantomCase, generate_case
+from localdiffusion.phantom.physics import ACQUISITION_SHIFTS, Acquisition
 
 SPLITS = ("train", "val", "test")
 SPLIT_BASE = {"train": 0, "val": 100_000_000, "test": 200_000_000}
@@ -62,9 +64,9 @@ def plan_cohort(n_healthy: int, n_tumour: int, seed: int, split: str = "all") ->
     return plan
 
 
-def write_case(out: Path, entry: dict, spacing: float, t1_sequence: str, preview: bool) -> dict:
+def write_case(out: Path, entry: dict, spacing: float, acquisition: Acquisition, preview: bool) -> dict:
     """Generate and write one case; returns its manifest entry."""
-    case = generate_case(entry["case_seed"], tumour=entry["kind"] == "tumour", spacing=spacing, t1_sequence=t1_sequence)
+    case = generate_case(entry["case_seed"], tumour=entry["kind"] == "tumour", spacing=spacing, acquisition=acquisition)
     folder = out / entry["case_id"]
     name = entry["case_id"]
     for modality in PHANTOM_MODALITIES:
@@ -81,14 +83,23 @@ def _write_case_star(args) -> dict:
 
 
 def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, *, spacing: float = 2.0,
-                 split: str = "all", preview: bool = False, workers: int = 1, t1_sequence: str = "mprage") -> list[dict]:
-    """Generate a cohort under ``out``; writes ``manifest.json`` and ``manifest.csv`` last."""
+                 split: str = "all", preview: bool = False, workers: int = 1, t1_sequence: str = "mprage",
+                 acquisition: str = "training") -> list[dict]:
+    """Generate a cohort under ``out``; writes ``manifest.json`` and ``manifest.csv`` last.
+
+    ``acquisition``: a name of :data:`~localdiffusion.phantom.physics.ACQUISITION_SHIFTS` (the same
+    subjects as the training distribution's, scanned differently); ``t1_sequence`` overrides its T1."""
+    if acquisition not in ACQUISITION_SHIFTS:
+        raise InputError(f"unknown acquisition {acquisition!r}; choose from {sorted(ACQUISITION_SHIFTS)}")
+    settings = ACQUISITION_SHIFTS[acquisition]
+    if t1_sequence != "mprage":
+        settings = dataclasses.replace(settings, t1_sequence=t1_sequence)
     if n_healthy < 0 or n_tumour < 0 or n_healthy + n_tumour == 0:
         raise InputError("need at least one case (--healthy and --tumour must be >= 0, not both 0)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_cohort(n_healthy, n_tumour, seed, split)
-    jobs = [(out, entry, spacing, t1_sequence, preview) for entry in plan]
+    jobs = [(out, entry, spacing, settings, preview) for entry in plan]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             entries = list(tqdm(pool.imap(_write_case_star, jobs), total=len(jobs), desc="phantom", unit="case"))

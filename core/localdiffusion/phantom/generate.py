@@ -7,6 +7,7 @@ Images are skull-stripped (zero outside the brain) and stored as int16 scanner u
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import nibabel as nib
@@ -15,7 +16,7 @@ from scipy import ndimage
 
 from localdiffusion.errors import InputError
 from localdiffusion.phantom.anatomy import load_anatomy
-from localdiffusion.phantom.physics import TISSUE_ORDER, draw_protocol, draw_tissues, tissue_signals
+from localdiffusion.phantom.physics import TISSUE_ORDER, Acquisition, draw_protocol, draw_tissues, tissue_signals
 from localdiffusion.phantom.subject import (bias_field, draw_pose, elastic_displacement, rician, smooth_noise,
                                             subject_to_template)
 from localdiffusion.phantom.tumour import displace_for_mass_effect, draw_lesions, lesion_fractions
@@ -49,14 +50,21 @@ def output_grid(spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
     return shape, affine
 
 
-def generate_case(seed: int, *, tumour: bool, spacing: float = 2.0, t1_sequence: str = "mprage") -> PhantomCase:
-    """Generate one subject fixed by ``seed``; ``tumour`` inserts one to three gliomas."""
+def generate_case(seed: int, *, tumour: bool, spacing: float = 2.0, t1_sequence: str = "mprage",
+                  acquisition: Acquisition | None = None) -> PhantomCase:
+    """Generate one subject fixed by ``seed``; ``tumour`` inserts one to three gliomas.
+
+    ``acquisition``: the scanner settings (default: the training distribution with ``t1_sequence``);
+    the same seed gives the same anatomy and lesions under every acquisition."""
+    acquisition = acquisition or Acquisition(t1_sequence=t1_sequence)
     if not 0.5 <= spacing <= 4.0:
         raise InputError(f"spacing must be between 0.5 and 4 mm, got {spacing}")
     rng = np.random.default_rng(seed)
     anatomy = load_anatomy(smoothing_mm=0.4 * spacing if spacing > 1.0 else 0.0)
     shape, affine = output_grid(spacing)
-    params: dict = {"seed": int(seed), "spacing_mm": float(spacing), "t1_sequence": t1_sequence}
+    params: dict = {"seed": int(seed), "spacing_mm": float(spacing), "t1_sequence": acquisition.t1_sequence}
+    if acquisition != Acquisition(t1_sequence=acquisition.t1_sequence):
+        params["acquisition"] = dataclasses.asdict(acquisition)
 
     # --- geometry: subject grid -> template mm (pose, elastic, mass effect)
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1).T
@@ -90,8 +98,8 @@ def generate_case(seed: int, *, tumour: bool, spacing: float = 2.0, t1_sequence:
 
     # --- MR physics: mix tissue *signals* per voxel, then scanner effects
     tissues = draw_tissues(rng)
-    protocol = draw_protocol(rng, t1_sequence)
-    coil = bias_field(rng, shape, strength=0.08).ravel()
+    protocol = draw_protocol(rng, acquisition)
+    coil = bias_field(rng, shape, strength=acquisition.coil_bias).ravel()
     params.update(tissues={k: vars(v) for k, v in tissues.items()},
                   protocol={k: v.as_dict() for k, v in protocol.items()}, snr={}, gain={})
     images, noise_free = {}, {}
@@ -100,7 +108,7 @@ def generate_case(seed: int, *, tumour: bool, spacing: float = 2.0, t1_sequence:
         signals *= 1.0 + rng.normal(0.0, 0.03, signals.shape).astype(np.float32)  # contrast jitter
         image = signals @ fractions
         image *= coil * bias_field(rng, shape, strength=0.02).ravel()  # shared coil + sequence-specific
-        snr = float(rng.uniform(15.0, 40.0))
+        snr = float(rng.uniform(*acquisition.snr))
         clean = image
         image = rician(rng, image, float(image[mask].mean()) / snr)
         gain = float(rng.uniform(1500.0, 4000.0)) / float(np.percentile(image[mask], 99.5))

@@ -82,20 +82,49 @@ class Sequence:
         return asdict(self)
 
 
-def draw_protocol(rng: np.random.Generator, t1_sequence: str = "mprage") -> dict[str, Sequence]:
+@dataclass(frozen=True)
+class Acquisition:
+    """The scanner settings a subject's protocol is drawn from. The default is the training
+    distribution; :data:`ACQUISITION_SHIFTS` lists the shifted test variants (issue 17): a
+    spin-echo T1 (BraTS mixes 3D gradient-echo and 2D spin-echo native T1), MPRAGE timings
+    outside the training ranges, a stronger receive-coil bias, lower and higher SNR."""
+
+    t1_sequence: str = "mprage"
+    mprage_tr: tuple[float, float] = (1900.0, 2300.0)
+    mprage_ti: tuple[float, float] = (850.0, 1100.0)
+    mprage_te: tuple[float, float] = (2.0, 4.0)
+    coil_bias: float = 0.08  # strength of the shared receive-coil field (subject.bias_field)
+    snr: tuple[float, float] = (15.0, 40.0)
+
+    def __post_init__(self):
+        if self.t1_sequence not in ("mprage", "spin_echo"):
+            raise ValueError(f"unknown T1 sequence {self.t1_sequence!r}; expected 'mprage' or 'spin_echo'")
+
+
+#: name -> acquisition of a shifted test variant ("training": the distribution of the training data)
+ACQUISITION_SHIFTS: dict[str, Acquisition] = {
+    "training": Acquisition(),
+    "spin_echo": Acquisition(t1_sequence="spin_echo"),
+    "long_ti": Acquisition(mprage_tr=(2600.0, 3000.0), mprage_ti=(1250.0, 1450.0), mprage_te=(4.5, 6.0)),
+    "strong_bias": Acquisition(coil_bias=0.25),
+    "low_snr": Acquisition(snr=(6.0, 10.0)),
+    "high_snr": Acquisition(snr=(80.0, 120.0)),
+}
+
+
+def draw_protocol(rng: np.random.Generator, acquisition: "Acquisition | str" = "mprage") -> dict[str, Sequence]:
     """Sequence timings jittered inside clinical 3 T ranges (docs/phantom.md).
 
-    ``t1_sequence``: ``mprage`` (default, 3D inversion-prepared gradient echo as in BraTS
-    2021; closed-form IR signal with gradient-echo TE, readout-train saturation ignored)
-    or ``spin_echo`` (2D SE T1).
+    ``acquisition.t1_sequence`` (or a sequence name): ``mprage`` (default, 3D inversion-prepared
+    gradient echo as in BraTS 2021; closed-form IR signal with gradient-echo TE, readout-train
+    saturation ignored) or ``spin_echo`` (2D SE T1).
     """
-    if t1_sequence == "mprage":
-        t1 = Sequence("inversion_recovery", tr=float(rng.uniform(1900, 2300)),
-                      te=float(rng.uniform(2.0, 4.0)), ti=float(rng.uniform(850, 1100)))
-    elif t1_sequence == "spin_echo":
-        t1 = Sequence("spin_echo", tr=float(rng.uniform(400, 600)), te=float(rng.uniform(8, 15)))
+    acq = Acquisition(t1_sequence=acquisition) if isinstance(acquisition, str) else acquisition
+    if acq.t1_sequence == "mprage":
+        t1 = Sequence("inversion_recovery", tr=float(rng.uniform(*acq.mprage_tr)),
+                      te=float(rng.uniform(*acq.mprage_te)), ti=float(rng.uniform(*acq.mprage_ti)))
     else:
-        raise ValueError(f"unknown T1 sequence {t1_sequence!r}; expected 'mprage' or 'spin_echo'")
+        t1 = Sequence("spin_echo", tr=float(rng.uniform(400, 600)), te=float(rng.uniform(8, 15)))
     flair_tr = float(rng.uniform(8000, 11000))
     flair = Sequence("inversion_recovery", tr=flair_tr, te=float(rng.uniform(100, 140)),
                      ti=csf_null_inversion_time(flair_tr))

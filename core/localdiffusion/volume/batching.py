@@ -14,12 +14,18 @@ skips the background, and the global attention at the lowest level costs the squ
 the crop's area. Noise is drawn on the whole slice and cropped (the same x_T as without
 the crop, there). A slice's window and noise depend on the slice alone: results do not
 depend on the batch size.
+
+Slice-correlated noise (``noise_sigma_z`` > 0, :func:`z_mixes`): slice k's noise is a
+Gaussian-weighted mix (sigma in slices, truncated at 2 sigma, unit variance) of the
+independent noise streams of slices k - r .. k + r, the same streams those slices use, so
+neighbouring slices start from and are driven by largely the same noise (less banding
+along z) while every slice still depends on its seed and position alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +50,17 @@ def slice_seed(seed: int, k: int) -> int:
     return int(seed) * 1_000_003 + int(k)
 
 
+def z_mixes(seed: int, k: int, sigma: float) -> list[tuple[int, float]]:
+    """(seed, weight) of the noise streams slice ``k`` mixes (see the module docstring)."""
+    if sigma <= 0:
+        return [(slice_seed(seed, k), 1.0)]
+    r = max(1, int(np.ceil(2 * sigma)))
+    offsets = np.arange(-r, r + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= np.sqrt((weights**2).sum())
+    return [(slice_seed(seed, k + int(j)), float(w)) for j, w in zip(offsets, weights)]
+
+
 @dataclass
 class SliceBatch:
     """Slices ``ks`` of a working-grid volume, each on its own window (all of one size) with its own seed."""
@@ -52,11 +69,21 @@ class SliceBatch:
     seeds: list[int]
     windows: list[Box]
     plane: tuple[int, int]  # (H, W) of a whole slice
+    mixes: list[list[tuple[int, float]]] | None = None  # slice-correlated noise (z_mixes); None: independent
 
-    def take(self, volume: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Working-grid volume (X, Y, Z) -> float32 (B, 1, h, w): each slice's window."""
-        return torch.stack([torch.as_tensor(np.ascontiguousarray(volume[rows, cols, k]), dtype=torch.float32)
-                            for k, (rows, cols) in zip(self.ks, self.windows)])[:, None].to(device)
+    def take(self, volume: np.ndarray, device: str | torch.device = "cpu", offsets: Sequence[int] = (0,)
+             ) -> torch.Tensor:
+        """Working-grid volume (X, Y, Z) -> float32 (B, len(offsets), h, w): each slice's window in
+        slices k + offset (zero outside the volume; 2.5D conditions, see ``condition_offsets``)."""
+        depth = volume.shape[2]
+
+        def plane(k, rows, cols):
+            if 0 <= k < depth:
+                return torch.as_tensor(np.ascontiguousarray(volume[rows, cols, k]), dtype=torch.float32)
+            return torch.zeros((rows.stop - rows.start, cols.stop - cols.start), dtype=torch.float32)
+
+        return torch.stack([torch.stack([plane(int(k) + o, rows, cols) for o in offsets])
+                            for k, (rows, cols) in zip(self.ks, self.windows)]).to(device)
 
     def put(self, volume: np.ndarray, values: torch.Tensor) -> None:
         """Write (B, 1, h, w) ``values`` into each slice's window of ``volume`` (X, Y, Z)."""
@@ -65,11 +92,11 @@ class SliceBatch:
             volume[rows, cols, k] = values[b]
 
     def noise(self, device: str | torch.device = "cpu") -> SliceNoise:
-        return SliceNoise(self.seeds, device, self.windows, self.plane)
+        return SliceNoise(self.seeds, device, self.windows, self.plane, self.mixes)
 
 
 def plan_batches(brain: np.ndarray, ks: np.ndarray, seed: int, batch_size: int, multiple: int,
-                 margin: int | None = BRAIN_CROP_MARGIN) -> list[SliceBatch]:
+                 margin: int | None = BRAIN_CROP_MARGIN, noise_sigma_z: float = 0.0) -> list[SliceBatch]:
     """Batches of the slices ``ks`` of ``brain`` (X, Y, Z): grouped by crop size, in slice order."""
     plane = tuple(brain.shape[:2])
     whole = (slice(0, plane[0]), slice(0, plane[1]))
@@ -81,7 +108,9 @@ def plan_batches(brain: np.ndarray, ks: np.ndarray, seed: int, batch_size: int, 
     for members in groups.values():
         for i in range(0, len(members), batch_size):
             chunk = np.asarray(members[i:i + batch_size])
-            batches.append(SliceBatch(chunk, [slice_seed(seed, k) for k in chunk], [windows[k] for k in chunk], plane))
+            mixes = [z_mixes(seed, k, noise_sigma_z) for k in chunk] if noise_sigma_z > 0 else None
+            batches.append(SliceBatch(chunk, [slice_seed(seed, k) for k in chunk], [windows[k] for k in chunk], plane,
+                                      mixes))
     return batches
 
 
@@ -117,7 +146,8 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
                        batch_size: int = default("batch_size"), progress: bool = True,
                        sample_batch: SampleBatch | None = None, slices: np.ndarray | None = None,
                        recorder=None, crop_margin: int | None = BRAIN_CROP_MARGIN,
-                       on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
+                       on_batch: Callable[[int, int], None] | None = None,
+                       noise_sigma_z: float = default("noise_sigma_z")) -> np.ndarray:
     """Translate every brain slice of ``prepared``; returns the working-grid volume in [0, 1].
 
     ``sample_batch`` (:func:`batch_sampler`) replaces the plain ``sampler``/``steps``; the batching,
@@ -126,6 +156,7 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
     :class:`~localdiffusion.detectors.maps.VolumeRecorder`) records every batch's detector maps.
     ``crop_margin``: each slice runs on its brain crop with this margin; None = whole slices.
     ``on_batch(done, total)`` is called after every batch (progress reports).
+    ``noise_sigma_z``: slice-correlated noise (:func:`z_mixes`); 0 = independent slices.
     """
     sample_batch = sample_batch or batch_sampler(sampler, steps)
     source = prepared.images[denoiser.config.source]
@@ -134,13 +165,13 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
     ks = prepared.brain_slices() if slices is None else np.asarray(slices)
     slice_shape = prepared.grid.shape[:2]
     probe = lambda n: denoiser(torch.zeros(n, 1, *slice_shape, device=device),  # noqa: E731
-                               torch.zeros(n, 1, *slice_shape, device=device), 0)
+                               torch.zeros(n, denoiser.config.condition_slices, *slice_shape, device=device), 0)
     batch_size = auto_batch_size(probe, slice_shape, device, batch_size)
     multiple = int(np.lcm(BRAIN_CROP_MULTIPLE, downsampling_factor(denoiser)))
-    batches = plan_batches(prepared.brain, ks, seed, batch_size, multiple, crop_margin)
+    batches = plan_batches(prepared.brain, ks, seed, batch_size, multiple, crop_margin, noise_sigma_z)
     for done, batch in enumerate(tqdm(batches, desc=f"translate {prepared.case_id}", unit="batch",
                                       disable=not progress), 1):
-        cond = batch.take(source, device)
+        cond = batch.take(source, device, denoiser.config.condition_offsets)
         hooks = recorder.begin(batch) if recorder is not None else []
         pred = sample_batch(denoiser, cond, batch, hooks)
         if recorder is not None:

@@ -44,6 +44,24 @@ class SliceSet:
     def healthy(self) -> "SliceSet":
         return self.subset(~self.seg.reshape(len(self), -1).any(1))
 
+    def neighbours(self, offsets: Sequence[int], among: "SliceSet | None" = None) -> np.ndarray:
+        """(N, len(offsets)) index into ``among`` (default: this set) of slice z + offset of the same
+        case, -1 where that slice is not there (outside the brain slices: a zero condition)."""
+        among = self if among is None else among
+        where = {(c, int(z)): i for i, (c, z) in enumerate(zip(among.case_ids, among.z))}
+        return np.array([[where.get((c, int(z) + o), -1) for o in offsets] for c, z in zip(self.case_ids, self.z)],
+                        np.int64).reshape(len(self), len(offsets))
+
+    def stacked(self, modality: str, offsets: Sequence[int], among: "SliceSet | None" = None) -> np.ndarray:
+        """(N, len(offsets), H, W): each slice with its neighbours (zeros where absent), e.g. 2.5D conditions."""
+        among = self if among is None else among
+        index = self.neighbours(offsets, among)
+        images = among.images[modality]
+        out = np.zeros((len(self), len(offsets)) + images.shape[1:], images.dtype)
+        present = index >= 0
+        out[present] = images[index[present]]
+        return out
+
 
 def split_of(case_id: str) -> str:
     """Hash split for cohorts without a manifest: 70% train, 15% val, 15% test."""

@@ -1,0 +1,198 @@
+"""3D consistency of the translation (docs/BENCHMARK.md section 8): banding along z and
+quality in the coronal and sagittal planes, of the truth and of each variant.
+
+    python benchmarks/consistency.py --data data/gate_test_healthy data/bench_test --direction t1_to_flair \\
+        --max-cases 5 --variants independent z2 --out docs/benchmark/consistency_t1_to_flair.json \\
+        --png docs/benchmark/consistency_t1_to_flair.png
+
+Every test case (the first ``--max-cases`` of each ``--data`` folder) is translated on its
+working grid with the plain sampler (DDIM-25, seed 0 unless given), once per variant:
+
+* ``independent``: today's sampling, each slice with its own noise;
+* ``z<sigma>`` (e.g. ``z2``): slice-correlated noise, ``noise_sigma_z = sigma`` slices;
+* ``model=<folder>`` / ``model=<folder>,z<sigma>``: another model folder (e.g. a 2.5D one).
+
+Measures (``localdiffusion.benchmark.consistency``): slice-mean jitter, z / in-plane
+high-pass ratio, per-plane PSNR/SSIM; per variant the mean over cases, and for every variant
+the paired difference to ``independent`` with a 95% bootstrap interval over cases. Each
+(variant, case) result is cached in ``--cache`` (a JSON file) so a re-run only adds what is
+missing; the translated volumes are kept beside it (``<cache>.volumes/``, float16) so that the
+measures can be recomputed without sampling again. The PNG shows the first case: axial, coronal and sagittal planes of the truth and
+of each variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from localdiffusion.benchmark.consistency import consistency_scores
+from localdiffusion.benchmark.scoring import paired_bootstrap
+from localdiffusion.data.io import atomic_path, save_png
+from localdiffusion.data.readers import read_case
+from localdiffusion.network.denoiser import load_denoiser
+from localdiffusion.options import DIRECTIONS
+from localdiffusion.shipped import MODELS_ROOT
+from localdiffusion.volume.batching import translate_prepared
+from localdiffusion.volume.cohort import cases_in_split, has_manifest
+from localdiffusion.volume.grid import prepare_case
+
+MEASURES = ("jitter", "jitter_core", "z_ratio", "axial_psnr", "axial_ssim", "coronal_psnr", "coronal_ssim", "sagittal_psnr",
+            "sagittal_ssim")
+
+
+def parse_variant(name: str, direction: str) -> tuple[Path, float]:
+    """``independent`` | ``z<sigma>`` | ``model=<folder>[,z<sigma>]`` -> (model folder, noise_sigma_z)."""
+    model, sigma = MODELS_ROOT / direction, 0.0
+    for part in name.split(","):
+        if part.startswith("model="):
+            model = Path(part[len("model="):])
+        elif part.startswith("z"):
+            sigma = float(part[1:])
+        elif part != "independent":
+            raise SystemExit(f"unknown variant {name!r}")
+    return model, sigma
+
+
+def test_cases(folders: list[str], max_cases: int) -> list[Path]:
+    cases = []
+    for folder in folders:
+        found = cases_in_split(folder, "test", None) if has_manifest(folder) else sorted(
+            p for p in Path(folder).iterdir() if p.is_dir())
+        cases += found[:max_cases]
+    return cases
+
+
+def figure(truth: np.ndarray, volumes: dict[str, np.ndarray], brain: np.ndarray, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {"truth": truth, **volumes}
+    centre = [int(np.round(np.mean(np.nonzero(brain.any(tuple(a for a in range(3) if a != ax)))))) for ax in range(3)]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.9 * len(rows)))
+    for r, (name, vol) in enumerate(rows.items()):
+        views = {"axial": vol[:, :, centre[2]], "coronal": vol[:, centre[1], :], "sagittal": vol[centre[0], :, :]}
+        for c, (plane, img) in enumerate(views.items()):
+            ax = axes[r, c]
+            ax.imshow(np.rot90(img), cmap="gray", vmin=0, vmax=1, aspect="equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if r == 0:
+                ax.set_title(plane, fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="+", required=True)
+    ap.add_argument("--direction", default="t1_to_flair", choices=list(DIRECTIONS))
+    ap.add_argument("--variants", nargs="+", default=["independent", "z2"])
+    ap.add_argument("--max-cases", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, default=Path("data/consistency_cache.json"))
+    ap.add_argument("--png", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if "independent" not in args.variants:
+        args.variants.insert(0, "independent")
+    source, target = DIRECTIONS[args.direction]
+    cache = json.loads(args.cache.read_text()) if args.cache.exists() else {}
+    cases = test_cases(args.data, args.max_cases)
+    volumes_dir = args.cache.with_suffix(".volumes")
+    volumes_dir.mkdir(parents=True, exist_ok=True)
+    models = {}
+    shown = {}
+    for i, path in enumerate(tqdm(cases, desc="cases", unit="case")):
+        prepared = None
+        for variant in args.variants:
+            key = f"{args.direction}|{variant}|{args.steps}|{args.seed}|{path.name}"
+            stored = volumes_dir / f"{key.replace('|', '_').replace('/', '-')}.npy"
+            if key in cache and stored.exists() and not (i == 0 and args.png):
+                continue
+            model, sigma = parse_variant(variant, args.direction)
+            if model not in models:
+                models[model] = load_denoiser(model)
+            denoiser = models[model]
+            if prepared is None:
+                prepared = prepare_case(read_case(path, (source, target)), denoiser.config.spacing_mm,
+                                        denoiser.config.in_plane)
+                truth = prepared.images[target]
+                cache[f"{args.direction}|truth|{path.name}"] = consistency_scores(truth, prepared.brain)
+            if stored.exists():
+                pred, seconds = np.load(stored).astype(np.float32), cache[key]["seconds"]
+            else:
+                t0 = time.perf_counter()
+                pred = translate_prepared(denoiser, prepared, steps=args.steps, seed=args.seed, progress=False,
+                                          noise_sigma_z=sigma)
+                seconds = time.perf_counter() - t0
+                pred = pred.astype(np.float16)  # scored as stored, so a recomputation gives the same numbers
+                with atomic_path(stored) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, pred)
+                pred = pred.astype(np.float32)
+            scores = consistency_scores(pred, prepared.brain, truth)
+            scores["seconds"] = seconds
+            cache[key] = scores
+            if i == 0:
+                shown[variant] = pred
+            with atomic_path(args.cache) as tmp:
+                tmp.write_text(json.dumps(cache, indent=1))
+        if i == 0 and args.png and shown:
+            save_png(args.png, figure(truth, shown, prepared.brain, f"{path.name}, {source} -> {target}, "
+                                      f"DDIM-{args.steps}, seed {args.seed}"))
+
+    names = [p.name for p in cases]
+    rows = {"truth": {n: cache[f"{args.direction}|truth|{n}"] for n in names}}
+    for variant in args.variants:
+        rows[variant] = {n: cache[f"{args.direction}|{variant}|{args.steps}|{args.seed}|{n}"] for n in names}
+    summary = {}
+    for row, per_case in rows.items():
+        summary[row] = {m: float(np.mean([s[m] for s in per_case.values()])) for m in MEASURES + ("seconds",)
+                        if all(m in s for s in per_case.values())}
+    differences = {}
+    for variant in args.variants[1:]:
+        differences[variant] = {m: paired_bootstrap({n: rows[variant][n][m] for n in names},
+                                                    {n: rows["independent"][n][m] for n in names})
+                                for m in MEASURES + ("seconds",)}
+    result = {"direction": args.direction, "steps": args.steps, "seed": args.seed, "cases": names,
+              "command": "python " + " ".join(sys.argv), "mean": summary, "vs_independent": differences,
+              "per_case": rows}
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
+    print(markdown(result))
+    return 0
+
+
+def markdown(result: dict) -> str:
+    """The tables of docs/BENCHMARK.md section 8 for one direction."""
+    cols = ("jitter", "jitter_core", "z_ratio", "axial_ssim", "coronal_ssim", "sagittal_ssim", "coronal_psnr",
+            "sagittal_psnr", "seconds")
+    lines = ["| row | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for row, means in result["mean"].items():
+        lines.append(f"| {row} | " + " | ".join(f"{means[c]:.4f}" if c in means else "-" for c in cols) + " |")
+    lines += ["", "| variant - independent | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for variant, diffs in result["vs_independent"].items():
+        cells = []
+        for c in cols:
+            d = diffs[c]
+            text = f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+            cells.append(f"**{text}**" if d["claim"] else text)
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
