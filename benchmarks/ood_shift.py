@@ -1,8 +1,10 @@
-"""The OOD map under a change of scanner (docs/BENCHMARK.md section 10).
+"""The OOD map under a change of scanner (docs/BENCHMARK.md section 9).
 
-    sh runs/shift_gen.sh   # or: localdiffusion phantom --out data/shift/<name> --split test --healthy 4 \\
-                           #       --tumour 6 --seed 0 --acquisition <name>   (and --spacing 1 for data/shift/1mm)
-    python benchmarks/ood_shift.py --shift-root data/shift --val data/bench_val --out docs/benchmark/ood_shift.json
+    for a in training spin_echo long_ti strong_bias low_snr high_snr; do
+        localdiffusion phantom --out data/shift/$a --split test --healthy 4 --tumour 6 --seed 0 --acquisition $a
+    done
+    localdiffusion phantom --out data/shift/1mm --split test --healthy 4 --tumour 6 --seed 0 --spacing 1
+    python benchmarks/ood_shift.py --shift-root data/shift --val data/bench_val --contrasts t1 --out docs/benchmark/ood_shift_t1.json
 
 Every variant holds the same test subjects scanned differently (``training`` is the training
 distribution, the in-domain reference). For each contrast's shipped bank and each variant:
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
 
 
 def markdown(result: dict) -> str:
-    """docs/BENCHMARK.md section 10: per contrast, lesion AUROC / healthy flagged per variant and mode."""
+    """docs/BENCHMARK.md section 9: per contrast, lesion AUROC / healthy flagged per variant and mode."""
     lines = []
     for contrast, part in result["contrasts"].items():
         lines += [f"{contrast.upper()} bank (threshold {part['threshold']:.3f}; lesion pixel AUROC / healthy brain "

@@ -1,4 +1,7 @@
-"""The risk map as a per-voxel predictor of gross translation errors (docs/BENCHMARK.md section 9).
+"""The risk map as a per-voxel predictor of gross translation errors (issue 17 part 1).
+
+Status: written in session 7 and not yet run to completion (the collection was stopped for
+lack of CPU time); no figure in docs/BENCHMARK.md comes from it yet.
 
 Stage 1 (``collect``) translates each case once and stores everything a candidate map needs
 in ``--cache`` (one .npz per direction and case; generated data, outside git):
