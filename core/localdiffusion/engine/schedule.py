@@ -80,15 +80,18 @@ class NoiseSchedule:
         tilde_first = (1.0 - abar[1]) / (1.0 - abar[2]) * (1.0 - abar[2] / abar[1])
         return torch.where(s < 0, tilde_first, tilde).log(), beta.log()
 
-    def learned_variance(self, fraction: torch.Tensor, t: torch.Tensor | int, s: torch.Tensor | int) -> torch.Tensor:
-        """Per-pixel variance ``exp(f log beta + (1 - f) log beta-tilde)`` of the steps ``t -> s``
-        for log-variance fractions ``f`` (B, C, H, W) in [0, 1]; ``t``/``s`` ints or (B,)."""
+    def learned_log_variance(self, fraction: torch.Tensor, t: torch.Tensor | int, s: torch.Tensor | int) -> torch.Tensor:
+        """Per-pixel ``f log beta + (1 - f) log beta-tilde`` of the steps ``t -> s`` for log-variance
+        fractions ``f`` (B, C, H, W) in [0, 1]; ``t``/``s`` ints or (B,)."""
         batch = fraction.shape[0]
-        t = torch.as_tensor(t).expand(batch) if torch.as_tensor(t).dim() == 0 else torch.as_tensor(t)
-        s = torch.as_tensor(s).expand(batch) if torch.as_tensor(s).dim() == 0 else torch.as_tensor(s)
         low, high = (v.to(fraction.device, fraction.dtype).view(-1, *([1] * (fraction.dim() - 1)))
-                     for v in self.log_variance_range(t, s))
-        return torch.exp(fraction * high + (1.0 - fraction) * low)
+                     for v in self.log_variance_range(torch.as_tensor(t).expand(batch),
+                                                      torch.as_tensor(s).expand(batch)))
+        return fraction * high + (1.0 - fraction) * low
+
+    def learned_variance(self, fraction: torch.Tensor, t: torch.Tensor | int, s: torch.Tensor | int) -> torch.Tensor:
+        """Per-pixel variance: ``exp`` of :meth:`learned_log_variance`."""
+        return torch.exp(self.learned_log_variance(fraction, t, s))
 
     def eps_from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
         a_t = self.abar(t)

@@ -106,6 +106,11 @@ class Prediction(NamedTuple):
     fraction: torch.Tensor | None = None
 
 
+def variance_fraction(output: torch.Tensor) -> torch.Tensor:
+    """The log-variance fraction in [0, 1] from a learned-variance network's raw output (its second channel)."""
+    return torch.sigmoid(output[:, 1:2])
+
+
 def _adapt_tensor(name: str, value: torch.Tensor, wanted: torch.Size) -> torch.Tensor:
     """Zero-pad ``value`` to ``wanted`` along the channel axes that grew (new channels start at 0)."""
     if value.shape == wanted:
@@ -156,7 +161,7 @@ class Denoiser(torch.nn.Module):
         with torch.autocast(device_type, dtype=autocast_dtype(device_type), enabled=self.autocast):
             output = self.network(inputs, timesteps=t).float()
         x0 = self.schedule.x0_from_output(output[:, :1], x_t, t, self.config.prediction_type)
-        return Prediction(x0, torch.sigmoid(output[:, 1:2]) if self.config.learned_variance else None)
+        return Prediction(x0, variance_fraction(output) if self.config.learned_variance else None)
 
 
 def save_model(folder: str | Path, config: DiffusionConfig, state_dict: dict) -> Path:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from localdiffusion.engine.schedule import NoiseSchedule
+from localdiffusion.network.denoiser import variance_fraction
 
 OBJECTIVES = ("plain", "vsm")
 #: half a quantisation bin of 8-bit data on the [-1, 1] scale (improved DDPM's decoder)
@@ -94,10 +95,9 @@ def losses(objective: Objective, schedule: NoiseSchedule, output: torch.Tensor, 
     shape = (-1,) + (1,) * (x0.dim() - 1)
     c_x0, c_xt = (c.to(x0.device, x0.dtype).view(shape) for c in coef[:2])
     true_mean, model_mean = c_x0 * x0 + c_xt * x_t, c_x0 * x0_hat + c_xt * x_t
-    low, high = (v.to(x0.device, x0.dtype).view(shape) for v in schedule.log_variance_range(t, s))
-    fraction = torch.sigmoid(output[:, 1:2])
-    logvar = fraction * high + (1.0 - fraction) * low
-    kl = _per_item(_gaussian_kl(true_mean, low.expand_as(x0), model_mean, logvar))
+    true_logvar = schedule.learned_log_variance(torch.zeros_like(x0), t, s)  # fraction 0: beta-tilde
+    logvar = schedule.learned_log_variance(variance_fraction(output), t, s)
+    kl = _per_item(_gaussian_kl(true_mean, true_logvar, model_mean, logvar))
     nll = _per_item(_decoder_nll(x0, model_mean, logvar))
     vb = torch.where(t == 0, nll, kl) / math.log(2.0) * (schedule.num_train_timesteps / 1000.0)
     jacobian = -torch.exp(-logvar)  # diagonal score Jacobian of the learned Gaussian
