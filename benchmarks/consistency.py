@@ -24,6 +24,7 @@ of each variant.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -60,12 +61,21 @@ def parse_variant(name: str, direction: str) -> tuple[Path, float]:
     return model, sigma
 
 
-def test_cases(folders: list[str], max_cases: int) -> list[Path]:
+def weights_id(model: Path) -> str:
+    """Short hash of a model's weights: cached results belong to the weights, not to a folder name
+    (a folder such as a training run's output changes when the run goes on)."""
+    return hashlib.md5((model / "model.pt").read_bytes()).hexdigest()[:8]
+
+
+def split_cases(folders: list[str], split: str, max_cases: int) -> list[Path]:
+    """The first ``max_cases`` healthy and the first ``max_cases`` tumour cases of ``split`` in each folder."""
     cases = []
     for folder in folders:
-        found = cases_in_split(folder, "test", None) if has_manifest(folder) else sorted(
-            p for p in Path(folder).iterdir() if p.is_dir())
-        cases += found[:max_cases]
+        if has_manifest(folder):
+            for kind in ("healthy", "tumour"):
+                cases += cases_in_split(folder, split, kind)[:max_cases]
+        else:
+            cases += sorted(p for p in Path(folder).iterdir() if p.is_dir())[:max_cases]
     return cases
 
 
@@ -94,11 +104,17 @@ def figure(truth: np.ndarray, volumes: dict[str, np.ndarray], brain: np.ndarray,
     return fig
 
 
+def result_key(args, variant: str, case: str) -> str:
+    model, _ = parse_variant(variant, args.direction)
+    return f"{args.direction}|{variant}|{weights_id(model)}|{args.steps}|{args.seed}|{case}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", required=True)
     ap.add_argument("--direction", default="t1_to_flair", choices=list(DIRECTIONS))
     ap.add_argument("--variants", nargs="+", default=["independent", "z2"])
+    ap.add_argument("--split", default="test", help="the manifest split to take (val to choose, test to report)")
     ap.add_argument("--max-cases", type=int, default=5)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
@@ -110,7 +126,7 @@ def main(argv=None) -> int:
         args.variants.insert(0, "independent")
     source, target = DIRECTIONS[args.direction]
     cache = json.loads(args.cache.read_text()) if args.cache.exists() else {}
-    cases = test_cases(args.data, args.max_cases)
+    cases = split_cases(args.data, args.split, args.max_cases)
     volumes_dir = args.cache.with_suffix(".volumes")
     volumes_dir.mkdir(parents=True, exist_ok=True)
     models = {}
@@ -118,7 +134,7 @@ def main(argv=None) -> int:
     for i, path in enumerate(tqdm(cases, desc="cases", unit="case")):
         prepared = None
         for variant in args.variants:
-            key = f"{args.direction}|{variant}|{args.steps}|{args.seed}|{path.name}"
+            key = result_key(args, variant, path.name)
             stored = volumes_dir / f"{key.replace('|', '_').replace('/', '-')}.npy"
             if key in cache and stored.exists() and not (i == 0 and args.png):
                 continue
@@ -157,7 +173,7 @@ def main(argv=None) -> int:
     names = [p.name for p in cases]
     rows = {"truth": {n: cache[f"{args.direction}|truth|{n}"] for n in names}}
     for variant in args.variants:
-        rows[variant] = {n: cache[f"{args.direction}|{variant}|{args.steps}|{args.seed}|{n}"] for n in names}
+        rows[variant] = {n: cache[result_key(args, variant, n)] for n in names}
     summary = {}
     for row, per_case in rows.items():
         summary[row] = {m: float(np.mean([s[m] for s in per_case.values()])) for m in MEASURES + ("seconds",)
@@ -167,7 +183,8 @@ def main(argv=None) -> int:
         differences[variant] = {m: paired_bootstrap({n: rows[variant][n][m] for n in names},
                                                     {n: rows["independent"][n][m] for n in names})
                                 for m in MEASURES + ("seconds",)}
-    result = {"direction": args.direction, "steps": args.steps, "seed": args.seed, "cases": names,
+    result = {"direction": args.direction, "split": args.split, "steps": args.steps, "seed": args.seed, "cases": names,
+              "weights": {v: weights_id(parse_variant(v, args.direction)[0]) for v in args.variants},
               "command": "python " + " ".join(sys.argv), "mean": summary, "vs_independent": differences,
               "per_case": rows}
     with atomic_path(args.out) as tmp:

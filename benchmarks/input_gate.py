@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from localdiffusion.data.io import atomic_path, load_volume
 from localdiffusion.data.readers import Case
-from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, flagged_fraction
+from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, map_summary
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
@@ -45,15 +45,12 @@ def fakes(t1: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 
 def judge(gate: InputGate, bank: PatchCore, declared: str, image: np.ndarray, affine: np.ndarray) -> dict:
     prepared = prepare_case(Case("x", {declared: image.astype(np.float32)}, affine, None), *bank_grid(bank))
-    ks = prepared.brain_slices()[::3]
-    slices = np.moveaxis(prepared.images[declared][:, :, ks], 2, 0)
-    brain = np.moveaxis(prepared.brain[:, :, ks], 2, 0)
-    flagged = flagged_fraction(bank.pixel_probability(slices, brain), brain, bank.threshold)
+    summary = map_summary(prepared, declared, bank)
     correlation = depth_correlation(prepared.images[declared], prepared.brain, prepared.grid.spacing)
-    report = gate.judge(declared, correlation, flagged)
+    report = gate.judge(declared, correlation, summary)
     verdict = "refused" if report.refusal else "warned" if report.warnings else "passed"
-    return {"correlation": correlation, "flagged": flagged, "verdict": verdict,
-            "message": report.refusal or "; ".join(report.warnings)}
+    return {"correlation": correlation, "flagged": summary.flagged, "typical": summary.typical, "verdict": verdict,
+            "map_reliable": report.map_reliable, "message": report.refusal or "; ".join(report.warnings)}
 
 
 def main() -> int:

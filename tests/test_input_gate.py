@@ -8,24 +8,53 @@ import pytest
 
 from localdiffusion.cli import main
 from localdiffusion.data.io import save_volume
-from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation
+from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, MapSummary, depth_correlation
 from localdiffusion.shipped import MODELS_ROOT, shipped_model_dir
 from localdiffusion.volume.grid import prepare_case
 
 #: ranges like the shipped calibration's (healthy validation)
-GATE = InputGate({"t1": (0.26, 0.36), "flair": (-0.15, -0.02)}, {"t1": 0.035, "flair": 0.02}, 10)
+GATE = InputGate({"t1": (0.26, 0.36), "flair": (-0.15, -0.02)}, {"t1": 0.035, "flair": 0.02}, 10,
+                 typical={"t1": 0.55, "flair": 0.55})
+
+
+def m(flagged: float, typical: float = 0.5) -> MapSummary:
+    return MapSummary(flagged, typical)
 
 
 def test_the_judgement_refuses_the_other_contrast_and_warns_on_the_borderline():
-    assert GATE.judge("t1", 0.30, 0.02).refusal is None and not GATE.judge("t1", 0.30, 0.02).warnings
-    refused = GATE.judge("t1", -0.08, 0.03).refusal
+    assert GATE.judge("t1", 0.30, m(0.02)).refusal is None and not GATE.judge("t1", 0.30, m(0.02)).warnings
+    refused = GATE.judge("t1", -0.08, m(0.03)).refusal
     assert refused.startswith("this looks like a FLAIR, not a T1") and "the model needs a T1" in refused
-    assert GATE.judge("flair", 0.31, 0.01).refusal.startswith("this looks like a T1, not a FLAIR")
-    borderline = GATE.judge("t1", 0.17, 0.02)  # between the midpoint (0.12) and the own range
+    assert GATE.judge("flair", 0.31, m(0.01)).refusal.startswith("this looks like a T1, not a FLAIR")
+    borderline = GATE.judge("t1", 0.17, m(0.02))  # between the midpoint (0.12) and the own range
     assert borderline.refusal is None and "unlike the T1 validation scans" in borderline.warnings[0]
-    assert GATE.judge("t1", float("nan"), 0.02).refusal.startswith("intensity does not vary with depth")
-    assert "60% of the brain is out of distribution" in GATE.judge("t1", 0.30, 0.6).refusal
-    assert "30% of the brain" in GATE.judge("t1", 0.30, 0.3).warnings[0]
+    assert GATE.judge("t1", float("nan"), m(0.02)).refusal.startswith("intensity does not vary with depth")
+    assert "60% of the brain is out of distribution" in GATE.judge("t1", 0.30, m(0.6)).refusal
+    assert "30% of the brain" in GATE.judge("t1", 0.30, m(0.3)).warnings[0]
+
+
+def test_a_scan_whose_typical_voxel_is_unusual_is_flagged_as_unreadable_for_the_maps():
+    """A lesion leaves most of the brain typical; another scanner moves every voxel (section 9):
+    the outputs must say the OOD/risk maps mark the acquisition, even when few voxels pass the
+    flagging threshold."""
+    lesion = GATE.judge("t1", 0.30, m(0.20, typical=0.6))
+    assert lesion.map_reliable and not lesion.warnings
+    shifted = GATE.judge("t1", 0.30, m(0.20, typical=0.95))
+    assert shifted.map_reliable is False and shifted.refusal is None
+    assert "the OOD map cannot be read for this scan" in shifted.warnings[0] and "at most 55%" in shifted.warnings[0]
+    assert GATE.judge("t1", 0.30, None).map_reliable is None
+    old = InputGate(GATE.correlation, GATE.flagged, 10)  # a calibration written before `typical` existed
+    assert "less usual than 95%" in old.judge("t1", 0.30, m(0.0, typical=0.95)).warnings[0]
+
+
+def test_map_summary_reads_the_median_probability_of_the_brain():
+    probability = np.zeros((4, 4, 4), np.float32)
+    brain = np.zeros_like(probability, bool)
+    brain[:2] = True
+    probability[:2] = np.linspace(0, 1, 32).reshape(2, 4, 4)
+    probability[2:] = 1.0  # outside the brain: ignored
+    summary = MapSummary.of(probability, brain, threshold=0.99)
+    assert summary.typical == pytest.approx(0.5) and summary.flagged == pytest.approx(1 / 32)
 
 
 def test_depth_correlation_tells_t1_from_flair_with_a_tumour(tumour_case):
@@ -60,3 +89,27 @@ def test_the_shipped_gate_refuses_a_flair_and_a_checkerboard_before_sampling(tum
     assert main(["translate", "--input", str(flair), "--out", str(out), "--model", model, "--steps", "1",
                  "--force"]) == 0
     assert out.exists() and "translated although this looks like a FLAIR" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_low_snr_flair_is_translated_with_the_warning_that_its_maps_cannot_be_read(tmp_path, caplog):
+    """Another scanner (here SNR 7 instead of the training 15-40: section 9's low_snr variant moves
+    every voxel) must not give an OOD map that silently flags the brain: the translation is written
+    and the user is told the maps mark the acquisition. The same subject at training SNR is not."""
+    from localdiffusion.phantom.generate import generate_case
+    from localdiffusion.phantom.physics import Acquisition
+
+    model = str(shipped_model_dir("flair", "t1"))
+    for name, acquisition in (("training", None), ("low_snr", Acquisition(snr=(7.0, 7.0)))):
+        case = generate_case(200_000_123, tumour=True, spacing=2.0, acquisition=acquisition)
+        flair = save_volume(tmp_path / f"{name}_flair.nii.gz", case.images["flair"], case.affine)
+        out = tmp_path / f"{name}_t1.nii.gz"
+        caplog.clear()
+        assert main(["translate", "--input", str(flair), "--out", str(out), "--model", model, "--steps", "1"]) == 0
+        assert out.is_file()
+        unreadable = [r.getMessage() for r in caplog.records if "the OOD map cannot be read for this scan" in r.getMessage()]
+        if name == "training":
+            assert not unreadable, caplog.text
+        else:
+            assert len(unreadable) == 1 and unreadable[0].startswith(f"warning: {flair}: ") and "mark the acquisition" \
+                in unreadable[0], caplog.text

@@ -383,7 +383,7 @@ def _run_run(args) -> int:
     options = JobOptions(**{name: getattr(args, name) for name in JOB_OPTIONS})
     items = resolve_cohort(args.input, DIRECTIONS[options.direction][0])
     if is_cohort(items, int(os.environ.get("WORLD_SIZE", "1"))):
-        translator = CohortTranslator(args.input, args.out_dir, options, args.models)
+        translator = CohortTranslator(args.input, args.out_dir, options, args.models, items=items)
         translator.run()
         counts = {}
         for result in translator.results:

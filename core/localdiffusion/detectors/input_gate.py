@@ -18,6 +18,13 @@ not here):
   at its calibrated threshold (healthy validation: at most a few percent). Above
   :data:`REFUSE_FLAGGED` the map has nothing left to say and the scan is refused; above
   :data:`WARN_FLAGGED` it is translated with a warning.
+* **map reliability** - the median OOD probability of the brain: the healthy-validation
+  percentile of the typical brain voxel (about 0.5 on healthy validation scans, by the bank's
+  calibration). A lesion, however large, leaves most of the brain typical; a scan from another
+  scanner or protocol moves every voxel. Above :data:`UNRELIABLE_TYPICAL` the OOD map, the
+  risk map and Local Diffusion's masks mark the acquisition rather than lesions, and the
+  outputs say so (docs/BENCHMARK.md section 9: a spin-echo T1 puts the typical voxel at the
+  healthy 9Xth percentile, while its flagged fraction stays under :data:`WARN_FLAGGED`).
 
 ``force`` turns every refusal into a warning.
 """
@@ -41,6 +48,9 @@ DARK_FRACTION = 0.3
 #: healthy validation maxima are recorded beside them for the messages)
 WARN_FLAGGED = 0.25
 REFUSE_FLAGGED = 0.5
+#: median OOD probability of the brain above which the OOD map is declared unreadable (product
+#: policy: the typical voxel less usual than 90% of healthy validation voxels)
+UNRELIABLE_TYPICAL = 0.9
 #: how far outside its own validation range (as a fraction of the gap to the other contrast)
 #: a value may lie before it is called borderline
 BORDERLINE = 0.2
@@ -65,29 +75,75 @@ def flagged_fraction(probability: np.ndarray, brain: np.ndarray, threshold: floa
     return float((probability[brain] >= threshold).mean()) if brain.any() else 0.0
 
 
+def typical_probability(probability: np.ndarray, brain: np.ndarray) -> float:
+    """The median OOD probability of the brain (the healthy percentile of the typical voxel)."""
+    return float(np.median(probability[brain])) if brain.any() else 0.0
+
+
+@dataclass
+class MapSummary:
+    """What the gate reads off an OOD probability map."""
+
+    flagged: float
+    typical: float
+
+    @classmethod
+    def of(cls, probability: np.ndarray, brain: np.ndarray, threshold: float) -> MapSummary:
+        return cls(flagged_fraction(probability, brain, threshold), typical_probability(probability, brain))
+
+
+#: without a full OOD map the gate maps every third brain slice (2 mm slices: neighbours are alike)
+GATE_SLICE_STRIDE = 3
+
+
+def map_summary(prepared, contrast: str, bank, probability: np.ndarray | None = None) -> MapSummary:
+    """The gate's reading of ``bank``'s OOD map of a working-grid case: from ``probability`` (the
+    whole map, already computed) or from every :data:`GATE_SLICE_STRIDE`-th brain slice."""
+    if probability is not None:
+        return MapSummary.of(probability, prepared.brain, bank.threshold)
+    ks = prepared.brain_slices()[::GATE_SLICE_STRIDE]
+    slices = np.moveaxis(prepared.images[contrast][:, :, ks], 2, 0)
+    brain = np.moveaxis(prepared.brain[:, :, ks], 2, 0)
+    return MapSummary.of(bank.pixel_probability(slices, brain), brain, bank.threshold)
+
+
 @dataclass
 class GateReport:
     """What the gate measured and concluded; ``warnings`` are for the user, ``refusal`` ends the job."""
 
     contrast: str
     correlation: float
-    flagged: float | None
+    map: MapSummary | None
     warnings: list[str] = field(default_factory=list)
     refusal: str | None = None
+    map_reliable: bool | None = None  # None: not measured
 
 
 @dataclass
 class InputGate:
-    """Healthy-validation ranges: contrast -> (min, max) depth correlation and max flagged fraction."""
+    """Healthy-validation ranges: contrast -> (min, max) depth correlation, max flagged fraction
+    and max typical probability (``typical``: empty in calibrations written before it existed)."""
 
     correlation: dict[str, tuple[float, float]]
     flagged: dict[str, float]
     cases: int
     split: str = "val"
+    typical: dict[str, float] = field(default_factory=dict)
 
-    def judge(self, contrast: str, correlation: float, flagged: float | None) -> GateReport:
-        report = GateReport(contrast, correlation, flagged)
+    def judge(self, contrast: str, correlation: float, summary: MapSummary | None) -> GateReport:
+        report = GateReport(contrast, correlation, summary)
         name = NAMES.get(contrast, contrast)
+        flagged = summary.flagged if summary is not None else None
+        if summary is not None:
+            report.map_reliable = summary.typical <= UNRELIABLE_TYPICAL
+            if not report.map_reliable:
+                seen = (f"; healthy validation scans: at most {100 * self.typical[contrast]:.0f}%"
+                        if contrast in self.typical else "")
+                report.warnings.append(
+                    f"the OOD map cannot be read for this scan: its typical brain voxel is less usual than "
+                    f"{100 * summary.typical:.0f}% of healthy {name} validation voxels{seen}. The scan probably "
+                    f"comes from another scanner or protocol, so the OOD map, the risk map and Local Diffusion's "
+                    f"masks mark the acquisition, not lesions")
         if flagged is not None and flagged > WARN_FLAGGED:
             message = (f"{100 * flagged:.0f}% of the brain is out of distribution for the {name} model (healthy "
                        f"validation scans: at most {100 * self.flagged[contrast]:.0f}%)")
@@ -125,6 +181,7 @@ class InputGate:
 
         payload = {**asdict(self), "definition": {"depth_mm": DEPTH_MM, "dark_fraction": DARK_FRACTION,
                                                   "warn_flagged": WARN_FLAGGED, "refuse_flagged": REFUSE_FLAGGED,
+                                                  "unreliable_typical": UNRELIABLE_TYPICAL,
                                                   "borderline": BORDERLINE}}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
@@ -135,6 +192,6 @@ class InputGate:
         try:
             payload = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls({k: tuple(v) for k, v in payload["correlation"].items()}, dict(payload["flagged"]),
-                       int(payload["cases"]), payload.get("split", "val"))
+                       int(payload["cases"]), payload.get("split", "val"), dict(payload.get("typical", {})))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: not a valid input-gate calibration ({exc.__class__.__name__}: {exc})") from None

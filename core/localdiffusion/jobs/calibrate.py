@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.data.readers import read_case
-from localdiffusion.detectors.input_gate import InputGate, depth_correlation, flagged_fraction
+from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration
 from localdiffusion.errors import InputError
@@ -58,7 +58,8 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: st
 def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "val", max_cases: int = 10,
                    contrasts: tuple[str, ...] = ("t1", "flair")) -> InputGate:
     """Fit the input gate on the healthy cases of ``split``: per contrast the range of the
-    depth-intensity correlation and the largest fraction of brain its bank flags."""
+    depth-intensity correlation, the largest fraction of brain its bank flags and the largest
+    median OOD probability (for the messages; the thresholds are policy, input_gate.py)."""
     from localdiffusion.ood.patchcore import PatchCore
     from localdiffusion.ood.volume import bank_grid
     from localdiffusion.shipped import ood_bank_path
@@ -66,14 +67,15 @@ def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "v
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
     if len(cases) < 3:
         raise InputError(f"{data}: {len(cases)} healthy {split} cases; the input gate needs at least 3")
-    correlation, flagged = {}, {}
+    correlation, flagged, typical = {}, {}, {}
     for contrast in contrasts:
         bank = PatchCore.load(ood_bank_path(models_root, contrast), modality=contrast, model_root=models_root)
-        values, fractions = [], []
+        values, summaries = [], []
         for path in tqdm(cases, desc=f"input gate {contrast}", unit="case"):
             prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
             values.append(depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing))
-            fractions.append(flagged_fraction(probability_volume(bank, prepared), prepared.brain, bank.threshold))
+            summaries.append(MapSummary.of(probability_volume(bank, prepared), prepared.brain, bank.threshold))
         correlation[contrast] = (float(np.min(values)), float(np.max(values)))
-        flagged[contrast] = float(np.max(fractions))
-    return InputGate(correlation, flagged, len(cases), split)
+        flagged[contrast] = float(max(s.flagged for s in summaries))
+        typical[contrast] = float(max(s.typical for s in summaries))
+    return InputGate(correlation, flagged, len(cases), split, typical)

@@ -130,17 +130,20 @@ class CohortTranslator:
     ``run()`` returns the written paths by input; :attr:`exit_code` is 0 when every case is
     done or skipped, 2 when a case failed on a user fault, 1 when one failed otherwise. A
     single input (not a cohort) keeps the one-volume behaviour: its user fault is raised.
+    ``items``: the cohort already resolved from ``inputs`` (the CLI resolves it to decide).
     """
 
-    def __init__(self, inputs, output_dir: str | Path, options: JobOptions, models_root: str | Path | None = None):
-        self.inputs, self.options = inputs, options
+    def __init__(self, inputs, output_dir: str | Path, options: JobOptions, models_root: str | Path | None = None,
+                 items: list[CohortItem] | None = None):
+        self.inputs, self.options, self.items = inputs, options, items
         self.output_dir, self.models_root = Path(output_dir), Path(models_root) if models_root else None
         self.exit_code = 0
         self.results: list[CaseResult] = []
 
     def run(self) -> dict[str, dict[str, Path]]:
         rank, world = distributed_context()
-        items = resolve_cohort(self.inputs, DIRECTIONS[self.options.direction][0])
+        items = self.items if self.items is not None else resolve_cohort(self.inputs,
+                                                                          DIRECTIONS[self.options.direction][0])
         if not is_cohort(items, world):
             outputs = run_job(items[0].path, self.output_dir, self.options, self.models_root, progress=True)
             return {str(items[0].path): outputs}

@@ -121,7 +121,7 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
     the working grid; else, with a ``bank``, every third brain slice is mapped for the gate.
     A models folder without ``input_gate.json`` is not gated, and says so.
     """
-    from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, flagged_fraction
+    from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, map_summary
 
     gate_path = Path(models_root) / GATE_FILE
     if not gate_path.exists():
@@ -129,17 +129,12 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
     else:
         gate = InputGate.load(gate_path)
         correlation = depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing)
-        flagged = None
+        summary = None
         if gate.judge(contrast, correlation, None).refusal and not force:
             pass  # the wrong contrast is clear already: refuse without mapping the volume
-        elif probability is not None and bank is not None:
-            flagged = flagged_fraction(probability, prepared.brain, bank.threshold)
         elif bank is not None:
-            ks = prepared.brain_slices()[::3]
-            slices = np.moveaxis(prepared.images[contrast][:, :, ks], 2, 0)
-            brain = np.moveaxis(prepared.brain[:, :, ks], 2, 0)
-            flagged = flagged_fraction(bank.pixel_probability(slices, brain), brain, bank.threshold)
-        report = gate.judge(contrast, correlation, flagged)
+            summary = map_summary(prepared, contrast, bank, probability)
+        report = gate.judge(contrast, correlation, summary)
         if report.refusal and not force:
             raise InputError(f"{path}: {report.refusal} (--force translates anyway)")
         warnings = report.warnings + ([f"translated although {report.refusal} (--force)"] if report.refusal else [])
