@@ -24,6 +24,7 @@ of each variant.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -34,6 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.benchmark.consistency import consistency_scores
+from localdiffusion.benchmark.figures import PlaneRow, plane_grid
 from localdiffusion.benchmark.scoring import paired_bootstrap
 from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.data.readers import read_case
@@ -61,9 +63,10 @@ def parse_variant(name: str, direction: str) -> tuple[Path, float]:
     return model, sigma
 
 
+@functools.lru_cache(maxsize=None)
 def weights_id(model: Path) -> str:
     """Short hash of a model's weights: cached results belong to the weights, not to a folder name
-    (a folder such as a training run's output changes when the run goes on)."""
+    (a folder such as a training run's output changes when the run goes on). Hashed once per run."""
     return hashlib.md5((model / "model.pt").read_bytes()).hexdigest()[:8]
 
 
@@ -80,28 +83,9 @@ def split_cases(folders: list[str], split: str, max_cases: int) -> list[Path]:
 
 
 def figure(truth: np.ndarray, volumes: dict[str, np.ndarray], brain: np.ndarray, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = {"truth": truth, **volumes}
+    """The truth and each variant in three planes through the centre of the brain's extent."""
     centre = [int(np.round(np.mean(np.nonzero(brain.any(tuple(a for a in range(3) if a != ax)))))) for ax in range(3)]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.9 * len(rows)))
-    for r, (name, vol) in enumerate(rows.items()):
-        views = {"axial": vol[:, :, centre[2]], "coronal": vol[:, centre[1], :], "sagittal": vol[centre[0], :, :]}
-        for c, (plane, img) in enumerate(views.items()):
-            ax = axes[r, c]
-            ax.imshow(np.rot90(img), cmap="gray", vmin=0, vmax=1, aspect="equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=9)
-            if r == 0:
-                ax.set_title(plane, fontsize=10)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return plane_grid([PlaneRow(name, vol) for name, vol in {"truth": truth, **volumes}.items()], centre, title)
 
 
 def result_key(args, variant: str, case: str) -> str:

@@ -51,6 +51,7 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
+from localdiffusion.benchmark.figures import PlaneRow, plane_grid
 from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.maps import VolumeRecorder
@@ -256,35 +257,14 @@ def score(args) -> None:
 def figure(case: dict, error: np.ndarray, event_threshold: float, maps: dict, title: str):
     """Axial, coronal and sagittal views through the tumour centre: the translation with the event
     outlined, the local error, and each map with its 1%-healthy threshold outlined."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    where = case["seg"] > 0 if (case["seg"] > 0).any() else case["brain"]
+    brain = case["brain"]
+    where = case["seg"] > 0 if (case["seg"] > 0).any() else brain
     centre = [int(np.round(np.mean(ax))) for ax in np.nonzero(where)]
-    event = (error > event_threshold) & case["brain"]
-    rows = [("translation + event", case["pred"], event, "gray", (0, 1)),
-            ("local error (3x3x3 mean)", error, event, "magma", (0, 2 * event_threshold))]
-    rows += [(name, np.where(case["brain"], m, 0), (m > t) & case["brain"], "viridis", (0, 1))
-             for name, (m, t) in maps.items()]
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.9 * len(rows)))
-    for r, (name, volume, outline, cmap, (lo, hi)) in enumerate(rows):
-        for c, (plane, cut) in enumerate((("axial", np.s_[:, :, centre[2]]), ("coronal", np.s_[:, centre[1], :]),
-                                          ("sagittal", np.s_[centre[0], :, :]))):
-            ax = axes[r, c]
-            ax.imshow(np.rot90(volume[cut]), cmap=cmap, vmin=lo, vmax=hi)
-            if outline[cut].any():
-                ax.contour(np.rot90(outline[cut].astype(float)), levels=[0.5], colors="red", linewidths=0.7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if r == 0:
-                ax.set_title(plane, fontsize=10)
-    fig.suptitle(title + " (red: event / above the 1%-healthy threshold)", fontsize=9)
-    fig.tight_layout()
-    return fig
+    event = (error > event_threshold) & brain
+    rows = [PlaneRow("translation + event", case["pred"], outline=event),
+            PlaneRow("local error (3x3x3 mean)", error, "magma", 0.0, 2 * event_threshold, event)]
+    rows += [PlaneRow(name, np.where(brain, m, 0), "viridis", outline=(m > t) & brain) for name, (m, t) in maps.items()]
+    return plane_grid(rows, centre, title + " (red: event / above the 1%-healthy threshold)")
 
 
 def main(argv=None) -> int:

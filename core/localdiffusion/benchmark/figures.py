@@ -1,7 +1,50 @@
-"""The benchmark's montage: per evaluated case, the condition with the branching masks, the
-baseline, every Local Diffusion row and the truth."""
+"""The benchmark's figures: the montage (per evaluated case, the condition with the branching
+masks, the baseline, every Local Diffusion row and the truth) and the three-plane grid the
+consistency and risk-map benchmarks draw (``plane_grid``)."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class PlaneRow(NamedTuple):
+    """One row of :func:`plane_grid`: a volume (X, Y, Z) shown in ``cmap`` over ``[vmin, vmax]``,
+    optionally with a boolean ``outline`` drawn in red."""
+
+    name: str
+    volume: np.ndarray
+    cmap: str = "gray"
+    vmin: float = 0.0
+    vmax: float = 1.0
+    outline: np.ndarray | None = None
+
+
+def plane_grid(rows: list[PlaneRow], centre: list[int], title: str):
+    """Axial, coronal and sagittal views (columns) through voxel ``centre`` of every row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cuts = {"axial": np.s_[:, :, centre[2]], "coronal": np.s_[:, centre[1], :], "sagittal": np.s_[centre[0], :, :]}
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 2.9 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, (plane, cut) in enumerate(cuts.items()):
+            ax = axes[r, c]
+            ax.imshow(np.rot90(row.volume[cut]), cmap=row.cmap, vmin=row.vmin, vmax=row.vmax)
+            if row.outline is not None and row.outline[cut].any():
+                ax.contour(np.rot90(row.outline[cut].astype(float)), levels=[0.5], colors="red", linewidths=0.7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(row.name, fontsize=9)
+            if r == 0:
+                ax.set_title(plane, fontsize=10)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def montage_figure(result: dict, max_cases: int = 6):

@@ -116,7 +116,11 @@ class GateReport:
     map: MapSummary | None
     warnings: list[str] = field(default_factory=list)
     refusal: str | None = None
-    map_reliable: bool | None = None  # None: not measured
+
+    @property
+    def map_reliable(self) -> bool | None:
+        """Can the OOD map be read for this scan (None: the map was not measured)?"""
+        return None if self.map is None else self.map.typical <= UNRELIABLE_TYPICAL
 
 
 @dataclass
@@ -133,18 +137,16 @@ class InputGate:
     def judge(self, contrast: str, correlation: float, summary: MapSummary | None) -> GateReport:
         report = GateReport(contrast, correlation, summary)
         name = NAMES.get(contrast, contrast)
-        flagged = summary.flagged if summary is not None else None
-        if summary is not None:
-            report.map_reliable = summary.typical <= UNRELIABLE_TYPICAL
-            if not report.map_reliable:
-                seen = (f"; healthy validation scans: at most {100 * self.typical[contrast]:.0f}%"
-                        if contrast in self.typical else "")
-                report.warnings.append(
-                    f"the OOD map cannot be read for this scan: its typical brain voxel is less usual than "
-                    f"{100 * summary.typical:.0f}% of healthy {name} validation voxels{seen}. The scan probably "
-                    f"comes from another scanner or protocol, so the OOD map, the risk map and Local Diffusion's "
-                    f"masks mark the acquisition, not lesions")
-        if flagged is not None and flagged > WARN_FLAGGED:
+        if report.map_reliable is False:
+            seen = (f"; healthy validation scans: at most {100 * self.typical[contrast]:.0f}%"
+                    if contrast in self.typical else "")
+            report.warnings.append(
+                f"the OOD map cannot be read for this scan: its typical brain voxel is less usual than "
+                f"{100 * summary.typical:.0f}% of healthy {name} validation voxels{seen}. The scan probably "
+                f"comes from another scanner or protocol, so the OOD map, the risk map and Local Diffusion's "
+                f"masks mark the acquisition, not lesions")
+        if summary is not None and summary.flagged > WARN_FLAGGED:
+            flagged = summary.flagged
             message = (f"{100 * flagged:.0f}% of the brain is out of distribution for the {name} model (healthy "
                        f"validation scans: at most {100 * self.flagged[contrast]:.0f}%)")
             if flagged > REFUSE_FLAGGED:
