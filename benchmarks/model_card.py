@@ -4,7 +4,8 @@
         --report runs/t1_to_flair_ft/test_report.json --out monai_bundle/models/t1_to_flair
 
 ``--previous``: earlier training runs this one was initialised from (``--init-from``), oldest
-first; the card lists every stage.
+first; the card lists every stage. ``--previous-card``: the card of the model this run was
+initialised from, when the earlier runs' logs are not on this machine (its stage lines are kept).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import re
 from datetime import datetime
 from pathlib import Path
+
+STAGE_LINE = re.compile(r"^  \d+\. (`.*)$")
 
 
 def parse_log(log: Path) -> dict:
@@ -43,15 +46,18 @@ def main() -> None:
     p.add_argument("--report", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--previous", type=Path, nargs="*", default=[])
+    p.add_argument("--previous-card", type=Path, default=None)
     p.add_argument("--compare", type=Path, nargs="*", default=[],
                    help="evaluate reports (JSON) of this model and the shipped one on the same cases, listed as a table")
     args = p.parse_args()
     log = parse_log(args.run / "train.log")
     stages = [(run, parse_log(run / "train.log")) for run in [*args.previous, args.run]]
-    stage_lines = "\n".join(
-        f"  {i + 1}. `{run}`: {st['last_step']} steps, {st['wall_minutes']} min ({st['started']} to {st['finished']} UTC); "
+    earlier = [m.group(1) for line in (args.previous_card.read_text().splitlines() if args.previous_card else [])
+               if (m := STAGE_LINE.match(line))]
+    stage_lines = "\n".join([f"  {i + 1}. {text}" for i, text in enumerate(earlier)] + [
+        f"  {len(earlier) + i + 1}. `{run}`: {st['last_step']} steps, {st['wall_minutes']} min ({st['started']} to {st['finished']} UTC); "
         f"configuration `{st['config']}`" + (f"; resumptions: {'; '.join(st['resumed'])}" if st["resumed"] else "")
-        for i, (run, st) in enumerate(stages))
+        for i, (run, st) in enumerate(stages)])
     report = json.loads(args.report.read_text())
     cfg = json.loads((args.out / "config.json").read_text())
     (psnr, psnr_sd), (ssim, ssim_sd), (pslice, pslice_sd), (prange, prange_sd), (srange, srange_sd), (sec, _) = (
@@ -84,6 +90,9 @@ def main() -> None:
                "data range)." if prange >= 27 and srange >= 0.90 else
                "**Below the project's quality bar (PSNR 27 dB, SSIM 0.90)**, which no translator can meet on this "
                "phantom in either direction (oracle ceilings in docs/BENCHMARK.md section 1).")
+    sampling = (f"* Sampling defaults (`config.json`, chosen on validation, docs/BENCHMARK.md 8a/8b): slice-correlated "
+                f"noise `noise_sigma_z` {cfg.get('noise_sigma_z', 0.0):g}, banding filter `z_harmonise` "
+                f"{cfg.get('z_harmonise', 0.0):g} (0 = off; the options' default -1 takes these).\n")
     margin = report.get("crop_margin")
     slices = f"each slice on its brain crop (margin {margin} px, `translate`'s default)" if margin is not None \
         else "whole slices"
@@ -105,20 +114,20 @@ def main() -> None:
 * Training: `localdiffusion train --data data/phantom --source {cfg['source']} --target {cfg['target']}`
   (exported EMA), batch 16, AdamW, EMA 0.999, bf16 autocast, CPU threads as in each configuration
   (other jobs often shared the 2 cores; minutes are the training processes' wall time, gaps between
-  resumptions excluded), in {len(stages)} stage(s), each later one `--init-from` the one before:
+  resumptions excluded), in {len(earlier) + len(stages)} stage(s), each later one `--init-from` the one before:
 {stage_lines}
   Stage 1 normalised FLAIR by its 99.5th percentile; the later stages by its median (T1 unchanged).
 * Validation during the last stage (DDIM-10 on 32 healthy *val* slices, mean per-slice PSNR/SSIM over the brain):
 {val_lines}
 * Test ({report['cases']} healthy *test* cases, {report['sampler'].upper()}-{report['steps']}, seed {report['seed']}, {slices}, [0, 1]
   intensities; per case PSNR from the MSE over all brain voxels, SSIM map averaged over all
-  brain voxels; mean ± sd over cases): PSNR {psnr:.2f} ± {psnr_sd:.2f} dB, SSIM {ssim:.4f} ± {ssim_sd:.4f}
+  brain voxels; mean ± sd over cases; with the sampling defaults above): PSNR {psnr:.2f} ± {psnr_sd:.2f} dB, SSIM {ssim:.4f} ± {ssim_sd:.4f}
   on the [0, 1] scale; **with the true volume's 99.5th brain percentile as data range (independent
   of the normalisation's scale): PSNR {prange:.2f} ± {prange_sd:.2f} dB, SSIM {srange:.4f} ± {srange_sd:.4f}**
   (mean per-slice PSNR {pslice:.2f} ± {pslice_sd:.2f} dB), {sec:.1f} s per volume (other jobs shared the 2 cores; idle figures in the README).
   {verdict} Reproduce:
   `localdiffusion evaluate --data data/phantom --model {args.out} --split test --kind healthy`.
-{compare_lines}* Limitations: trained on healthy synthetic brains only. Like every healthy-trained
+{sampling}{compare_lines}* Limitations: trained on healthy synthetic brains only. Like every healthy-trained
   translator it may paint healthy tissue over lesions (structural hallucination); use the
   OOD map, Local Diffusion and the risk map, and never use the output for diagnosis. Local
   Diffusion runs with the defaults chosen on tumour *validation* cases (no classifier gate,

@@ -23,6 +23,9 @@ for three ways of turning PatchCore's patch distances into a probability:
   distribution's percentiles (piecewise linear, Nyul-style landmarks 1, 5, 10, ..., 95, 99),
   then ``self``.
 
+Both are the product's :class:`~localdiffusion.ood.robust.RobustCalibration` (``localdiffusion ood
+map --robust``), fitted here on the same healthy validation volumes and slices.
+
 Validation (for the calibrations and the landmarks): the healthy cases of ``--val``.
 """
 
@@ -39,61 +42,26 @@ from tqdm import tqdm
 
 from localdiffusion.data.io import atomic_path
 from localdiffusion.data.readers import read_case
-from localdiffusion.ood.anomaly_map import Calibration
+from localdiffusion.jobs.calibrate import strided_brain
 from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.robust import CALIBRATION_SLICE_STRIDE, RobustCalibration, distance_volume, standardise_scores
 from localdiffusion.ood.volume import bank_grid
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
 from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 
-LANDMARKS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99], np.float64)
 MODES = ("shipped", "self", "standardised")
 
 
-#: every second brain slice is scored (half the time; neighbouring 2 mm slices are alike)
-SLICE_STRIDE = 2
-
-
-def raw_scores(bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Pixel distances (X, Y, Z) on the slices with brain (``volumes`` keeps every ``SLICE_STRIDE``-th), 0 elsewhere."""
-    ks = np.flatnonzero(brain.any((0, 1)))
-    slices, masks = np.moveaxis(image[:, :, ks], 2, 0), np.moveaxis(brain[:, :, ks], 2, 0)
-    out = np.zeros(image.shape, np.float32)
-    out[:, :, ks] = np.moveaxis(bank.score(slices, masks, image=False).pixel, 0, 2)
-    return out
-
-
-def standardise_scores(scores: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    values = scores[brain]
-    median = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - median)) + 1e-8
-    return (scores - median) / mad
-
-
-def landmarks(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    return np.percentile(image[brain], LANDMARKS)
-
-
-def standardise_intensities(image: np.ndarray, brain: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Piecewise-linear map of this volume's brain percentiles onto the reference ones."""
-    own = landmarks(image, brain)
-    own = np.maximum.accumulate(own + np.arange(len(own)) * 1e-6)  # strictly increasing
-    slope_lo = (reference[1] - reference[0]) / max(own[1] - own[0], 1e-6)
-    slope_hi = (reference[-1] - reference[-2]) / max(own[-1] - own[-2], 1e-6)
-    mapped = np.interp(image, own, reference)
-    mapped = np.where(image < own[0], reference[0] + (image - own[0]) * slope_lo, mapped)
-    mapped = np.where(image > own[-1], reference[-1] + (image - own[-1]) * slope_hi, mapped)
-    return np.where(brain, np.clip(mapped, 0.0, 1.0), 0.0).astype(np.float32)
+#: every second brain slice is scored, as the product's robust calibrations are fitted
+SLICE_STRIDE = CALIBRATION_SLICE_STRIDE
 
 
 def volumes(folder: Path, split: str, kind: str, contrast: str, bank: PatchCore):
     """(case id, image, brain restricted to the scored slices, labels) of each case."""
     for path in cases_in_split(folder, split, kind):
         prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
-        scored = np.zeros_like(prepared.brain)
-        ks = np.flatnonzero(prepared.brain.any((0, 1)))[::SLICE_STRIDE]
-        scored[:, :, ks] = prepared.brain[:, :, ks]
-        yield prepared.case_id, prepared.images[contrast], scored, prepared.seg
+        yield prepared.case_id, prepared.images[contrast], strided_brain(prepared.brain, SLICE_STRIDE), prepared.seg
 
 
 def main(argv=None) -> int:
@@ -101,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-root", type=Path, default=Path("data/shift"))
     ap.add_argument("--val", type=Path, default=Path("data/bench_val"))
     ap.add_argument("--contrasts", nargs="+", default=["t1", "flair"])
+    ap.add_argument("--split", default="test", help="the variants' split (val variants to choose, test to report)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     variants = sorted(p.name for p in args.shift_root.iterdir() if (p / "manifest.json").exists())
@@ -108,26 +77,22 @@ def main(argv=None) -> int:
     result = {"command": "python " + " ".join(sys.argv), "variants": variants, "contrasts": {}}
     for contrast in args.contrasts:
         bank = PatchCore.load(ood_bank_path(MODELS_ROOT, contrast), modality=contrast, model_root=MODELS_ROOT)
-        # validation: landmarks of the training distribution, self-calibrations
-        val = list(tqdm(volumes(args.val, "val", "healthy", contrast, bank), desc=f"{contrast} val", unit="case"))
-        reference = np.mean([landmarks(img, brain) for _, img, brain, _ in val], axis=0)
-        self_cal = Calibration.fit(np.concatenate(
-            [standardise_scores(raw_scores(bank, img, brain), brain)[brain] for _, img, brain, _ in val]))
-        std_cal = Calibration.fit(np.concatenate(
-            [standardise_scores(raw_scores(bank, standardise_intensities(img, brain, reference), brain), brain)[brain]
-             for _, img, brain, _ in val]))
+        # validation: the product's robust calibrations (ood/robust.py), without and with standardisation
+        val = [(img, brain) for _, img, brain, _ in
+               tqdm(volumes(args.val, "val", "healthy", contrast, bank), desc=f"{contrast} val", unit="case")]
+        self_cal = RobustCalibration.fit(bank, val, standardise=False)
+        std_cal = RobustCalibration.fit(bank, val, standardise=True)
         rows = {}
         for variant in variants:
             folder = args.shift_root / variant
             per = {m: {"labels": [], "scores": [], "healthy": []} for m in MODES}
             for kind in ("tumour", "healthy"):
-                for case_id, img, brain, seg in tqdm(volumes(folder, "test", kind, contrast, bank),
+                for case_id, img, brain, seg in tqdm(volumes(folder, args.split, kind, contrast, bank),
                                                      desc=f"{contrast} {variant} {kind}", unit="case"):
-                    raw = raw_scores(bank, img, brain)
-                    raw_std = raw_scores(bank, standardise_intensities(img, brain, reference), brain)
+                    raw = distance_volume(bank, img, brain)  # shared by the bank's calibration and self
                     probs = {"shipped": bank.pixel_calibration.probability(raw),
-                             "self": self_cal.probability(standardise_scores(raw, brain)),
-                             "standardised": std_cal.probability(standardise_scores(raw_std, brain))}
+                             "self": self_cal.calibration.probability(standardise_scores(raw, brain)),
+                             "standardised": std_cal.probability(bank, img, brain)}
                     for mode, p in probs.items():
                         if kind == "tumour":
                             per[mode]["labels"].append(seg[brain] > 0)

@@ -96,6 +96,10 @@ def test_every_model_returns_a_volume_on_the_input_grid(server, cohort, tmp_path
     assert answer.status_code == 200, answer.text
     prob = _same_geometry(answer.content, t1, tmp_path, "ood")
     assert 0 <= prob.min() and prob.max() <= 1
+    # the acquisition-robust map needs its calibration beside the bank (the tiny models have none): a 400
+    answer = _infer(server, "ood_map", t1, {"modality": "t1", "robust_ood": True})
+    assert answer.status_code == 400 and "robust OOD calibration not found" in answer.text
+    assert _infer(server, "ood_map", t1, {"robust_ood": "maybe"}).status_code == 400
     answer = _infer(server, "tumour_segmentation", flair, {"modality": "flair"})
     assert answer.status_code == 200, answer.text
     labels = _same_geometry(answer.content, flair, tmp_path, "seg")

@@ -174,3 +174,53 @@ def test_backbone_from_a_local_weights_file(tmp_path):
         FeatureExtractor("resnet18", ("layer1", "layer2"), weights=str(tmp_path / "bad.pt"))
     with pytest.raises(InputError, match="not found"):
         FeatureExtractor("resnet18", ("layer1", "layer2"), weights=str(tmp_path / "missing.pt"))
+
+
+def _volume(seed, n=8):
+    """``_textures`` stacked along z: an (X, Y, Z) volume and its brain."""
+    return tuple(np.moveaxis(a, 0, 2) for a in _textures(n, seed))
+
+
+@pytest.mark.parametrize("standardise", [False, True])
+def test_robust_map_survives_a_noisier_scanner_and_keeps_the_lesion(tiny_patchcore, standardise, tmp_path):
+    from localdiffusion.ood.robust import RobustCalibration, distance_volume
+
+    robust = RobustCalibration.fit(tiny_patchcore, [_volume(s) for s in (11, 12, 13)], standardise=standardise)
+    image, brain = _volume(7)
+    noisy = np.clip(image + np.random.default_rng(3).normal(0, 0.1, image.shape), 0, 1)  # another scanner: SNR
+    lesion = np.zeros_like(brain)
+    lesion[18:26, 30:38, 3:5] = True
+    scan = np.where(brain, np.where(lesion, 1.0, noisy), 0).astype(np.float32)
+    healthy = brain & ~lesion
+    bank_map = tiny_patchcore.pixel_calibration.probability(distance_volume(tiny_patchcore, scan, brain))
+    robust_map = robust.probability(tiny_patchcore, scan, brain)
+    assert (bank_map[healthy] >= tiny_patchcore.threshold).mean() > 0.25  # the bank's calibration flags the scanner
+    assert (robust_map[healthy] >= robust.threshold).mean() < 0.05
+    assert robust_map[lesion].mean() > 0.95 and not robust_map[~brain].any()
+    loaded = RobustCalibration.load(robust.save(tmp_path / "bank_robust.json"))
+    np.testing.assert_array_equal(loaded.probability(tiny_patchcore, scan, brain), robust_map)
+    assert loaded.standardise == standardise and loaded.threshold == robust.threshold
+
+
+def test_robust_map_from_the_command_line(tiny_patchcore, cohort, tmp_path, capsys):
+    import nibabel as nib
+
+    from localdiffusion.shipped import robust_calibration_path
+
+    tiny_patchcore.meta["slice_size"] = [96, 112]  # the default working grid of the phantom cohort
+    bank = tiny_patchcore.save(tmp_path / "bank.pt")
+    tiny_patchcore.meta["slice_size"] = [48, 56]
+    case = next(p for p in sorted(cohort.iterdir()) if p.name.endswith("test_t0000"))
+    src = next(case.glob("*_t1.nii.gz"))
+    out = tmp_path / "robust.nii.gz"
+    args = ["ood", "map", "--input", str(src), "--bank", str(bank), "--out", str(out), "--robust"]
+    assert main(args) == 2
+    assert "robust OOD calibration not found" in capsys.readouterr().err and not out.exists()
+    assert main(["ood", "calibrate-robust", "--bank", str(bank), "--data", str(cohort), "--max-cases", "3"]) == 0
+    assert robust_calibration_path(bank).exists() and "standardise True" in capsys.readouterr().out
+    assert main(args) == 0
+    prob = nib.load(str(out)).get_fdata()
+    assert 0 <= prob.min() and prob.max() <= 1 and prob.max() > 0
+    assert set(np.unique(nib.load(str(tmp_path / "robust_mask.nii.gz")).get_fdata())) <= {0.0, 1.0}
+    robust_calibration_path(bank).write_text("{}")
+    assert main(args) == 2 and "not a robust OOD calibration" in capsys.readouterr().err

@@ -165,7 +165,8 @@ def test_adapt_refuses_narrowing():
 def test_plain_checkpoints_still_load():
     shipped = load_denoiser(MODELS_ROOT / "flair_to_t1")
     assert not shipped.config.learned_variance
-    assert shipped.predict(torch.zeros(1, 1, 96, 112), torch.zeros(1, 1, 96, 112), 3).fraction is None
+    condition = torch.zeros(1, shipped.config.condition_slices, 96, 112)  # the shipped FLAIR -> T1 model is 2.5D
+    assert shipped.predict(torch.zeros(1, 1, 96, 112), condition, 3).fraction is None
 
 
 def test_benchmark_adds_vsm_rows_paired_with_their_plain_rows(cohort, tiny_models, tmp_path):

@@ -158,7 +158,7 @@ def _add_translate(sub) -> None:
     p.add_argument("--input", required=True, type=Path, help=INPUT_HELP)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
-    add_options(p, ["sampler", "steps", "seed", "noise_sigma_z", "batch_size", "device", "force"])
+    add_options(p, ["sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "batch_size", "device", "force"])
     p.add_argument("--risk-map", type=Path, default=None, help="also write the per-voxel hallucination risk here")
     p.add_argument("--ood-bank", type=Path, default=None, help="source-modality PatchCore bank for the risk map "
                    "(default: ood_<source>.pt beside the model folder)")
@@ -174,7 +174,7 @@ def _run_translate(args) -> int:
     translate_file(args.input, args.out, model, sampler=args.sampler, steps=args.steps, seed=args.seed,
                    batch_size=args.batch_size, device=args.device, risk_map=args.risk_map, ood_bank=args.ood_bank,
                    rods=args.rods, crop_margin=_crop_margin(args), force=args.force,
-                   noise_sigma_z=args.noise_sigma_z)
+                   noise_sigma_z=args.noise_sigma_z, z_harmonise=args.z_harmonise)
     print(f"wrote {args.out}" + (f" and {args.risk_map}" if args.risk_map else ""))
     return 0
 
@@ -255,7 +255,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--kind", default="healthy", choices=["healthy", "tumour", "all"])
-    add_options(p, ["sampler", "steps", "seed", "device"])
+    add_options(p, ["sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "device"])
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
     _add_whole_slices_option(p)
@@ -270,7 +270,8 @@ def _run_evaluate(args) -> int:
     denoiser = load_denoiser(args.model or shipped_model_dir(), select_device(args.device))
     result = evaluate_translation(denoiser, args.data, args.split, None if args.kind == "all" else args.kind,
                                   sampler=args.sampler, steps=args.steps, seed=args.seed, max_cases=args.max_cases,
-                                  crop_margin=_crop_margin(args))
+                                  crop_margin=_crop_margin(args), noise_sigma_z=args.noise_sigma_z,
+                                  z_harmonise=args.z_harmonise)
     result["model"] = str(args.model or shipped_model_dir())
     m = result["mean_std"]
     print(f"{result['direction']} {args.split}/{args.kind} ({result['cases']} cases, {args.sampler}-{args.steps}): "
@@ -309,8 +310,17 @@ def _add_ood(sub) -> None:
     m.add_argument("--mask-out", type=Path, default=None, help="default: OUT with _mask suffix")
     m.add_argument("--modality", default=None, choices=MODALITIES,
                    help="the input's contrast; refused if the bank was built for another")
-    add_options(m, ["device"])
+    add_options(m, ["robust_ood", "device"])
     m.set_defaults(func=_run_ood_map)
+    r = ood.add_parser("calibrate-robust", help="fit a bank's acquisition-robust calibration on healthy validation "
+                       "volumes (written beside the bank as <bank>_robust.json)")
+    r.add_argument("--bank", required=True, type=Path)
+    r.add_argument("--data", required=True, type=Path)
+    r.add_argument("--split", default="val", choices=["train", "val", "test"])
+    r.add_argument("--max-cases", type=int, default=10)
+    r.add_argument("--standardise", default="auto", choices=["auto", "on", "off"],
+                   help="intensity standardisation before the backbone (auto: on for T1, off for FLAIR)")
+    r.set_defaults(func=_run_ood_calibrate_robust)
 
 
 def _run_ood_build(args) -> int:
@@ -329,8 +339,21 @@ def _run_ood_build(args) -> int:
 def _run_ood_map(args) -> int:
     from localdiffusion.jobs.ood_map import map_volume
 
-    prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out, args.modality, device=args.device)
+    prob, mask = map_volume(args.input, args.bank, args.out, args.mask_out, args.modality, device=args.device,
+                            robust=args.robust_ood)
     print(f"wrote {prob} and {mask}")
+    return 0
+
+
+def _run_ood_calibrate_robust(args) -> int:
+    from localdiffusion.jobs.calibrate import calibrate_robust_ood
+    from localdiffusion.shipped import robust_calibration_path
+
+    standardise = {"auto": None, "on": True, "off": False}[args.standardise]
+    calibration = calibrate_robust_ood(args.bank, args.data, split=args.split, max_cases=args.max_cases,
+                                       standardise=standardise)
+    out = calibration.save(robust_calibration_path(args.bank))
+    print(f"wrote {out}: {calibration.modality}, standardise {calibration.standardise}")
     return 0
 
 

@@ -106,8 +106,12 @@ _TABLE = [
     Option("steps", int, 25, "reverse-process steps (at most the model's training timesteps, 100 for the "
            "shipped models; the risk map needs the step count of its calibration)", low=1, high=1000),
     Option("seed", int, 0, "random seed (slice k uses seed * 1000003 + k)", low=0, high=2**31 - 1),
-    Option("noise_sigma_z", float, 0.0, "slice-correlated noise: each slice's noise mixes its neighbours' with "
-           "Gaussian weights of this sigma (in slices); 0 = independent slices", low=0.0, high=16.0),
+    Option("noise_sigma_z", float, -1.0, "slice-correlated noise: each slice's noise mixes its neighbours' with "
+           "Gaussian weights of this sigma (in slices); 0 = independent slices, -1 = the model's validated value "
+           "(its config.json)", low=-1.0, high=16.0),
+    Option("z_harmonise", float, -1.0, "banding filter: the translation's coarse in-plane image (32 mm) is smoothed "
+           "along z with this sigma (in slices), detail is kept; 0 = off, -1 = the model's validated value (its "
+           "config.json)", low=-1.0, high=16.0),
     Option("batch_size", int, 0, "slices per network call; 0 = automatic (8 on the CPU, from the free memory on "
            "a GPU)", low=0, high=4096),
     Option("t_intermediate", int, 0, "Local Diffusion fusion timestep in training-timestep units; 0 = fuse at the "
@@ -121,6 +125,9 @@ _TABLE = [
     Option("max_rebranch", int, 2, "how often the gate may send a slice back to branching", low=0, high=1000),
     Option("gate", bool, False, "Local Diffusion's classifier gate (a target-modality PatchCore that can send a "
            "slice back to branching; off by default: on validation it only delayed fusion, docs/BENCHMARK.md 4a)"),
+    Option("robust_ood", bool, False, "the acquisition-robust OOD map (per-volume self-calibration, T1 also "
+           "intensity-standardised; <bank>_robust.json) instead of the bank's own calibration: for scans from another "
+           "scanner, when the input gate says the OOD map cannot be read", flag="--robust"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("device", str, "auto", "where the networks run", choices=DEVICES),
     Option("force", bool, False, "translate even an input the input gate refuses (wrong contrast, not a brain "

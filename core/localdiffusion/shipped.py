@@ -41,6 +41,12 @@ def shipped_model_dir(source: str = "t1", target: str = "flair") -> Path:
     return MODELS_ROOT / f"{source}_to_{target}"
 
 
+def robust_calibration_path(bank_path: str | Path) -> Path:
+    """Where a bank's acquisition-robust calibration lives: beside it, ``<bank stem>_robust.json``."""
+    bank_path = Path(bank_path)
+    return bank_path.with_name(f"{bank_path.stem}_robust.json")
+
+
 def ood_bank_path(models_root: str | Path, modality: str) -> Path:
     """The PatchCore bank of ``modality`` in a models folder: ``<models_root>/ood_<modality>.pt``
     (a diffusion model folder's default bank is ``ood_bank_path(model_dir.parent, source)``)."""

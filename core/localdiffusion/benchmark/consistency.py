@@ -15,6 +15,9 @@ Volumes are working-grid arrays (X, Y, Z) in [0, 1] with axial slices along Z (i
 * ``plane_scores``: PSNR and SSIM averaged over the slices of one plane (axial, coronal,
   sagittal) that hold at least ``min_brain`` brain pixels; SSIM's 2D window runs in that
   plane, so banding along z lowers the coronal and sagittal scores.
+* ``brain_psnr`` / ``brain_ssim``: the whole-brain scores of ``localdiffusion evaluate`` and the
+  model cards (:func:`~localdiffusion.metrics.volume_scores`: PSNR from the MSE over every brain
+  voxel, the axial SSIM map averaged over every brain voxel), so no plane's averaging decides.
 
 Each was checked on references (tests/test_consistency.py): the truth against itself,
 the truth with an independent offset per slice (jitter and ratio rise), and with the same
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from localdiffusion.metrics import psnr, ssim
+from localdiffusion.metrics import psnr, ssim, volume_scores
 
 PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
 
@@ -72,6 +75,8 @@ def consistency_scores(volume: np.ndarray, brain: np.ndarray, truth: np.ndarray 
               "jitter_core": slice_mean_jitter(volume, brain, min_area_fraction=0.25),
               "z_ratio": z_highpass_ratio(volume, brain)}
     if truth is not None:
+        whole = volume_scores(volume, truth, brain)
+        scores["brain_psnr"], scores["brain_ssim"] = whole["psnr"], whole["ssim"]
         for plane in PLANES:
             for name, value in plane_scores(volume, truth, brain, plane).items():
                 scores[f"{plane}_{name}"] = value

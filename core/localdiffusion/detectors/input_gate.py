@@ -144,7 +144,8 @@ class InputGate:
                 f"the OOD map cannot be read for this scan: its typical brain voxel is less usual than "
                 f"{100 * summary.typical:.0f}% of healthy {name} validation voxels{seen}. The scan probably "
                 f"comes from another scanner or protocol, so the OOD map, the risk map and Local Diffusion's "
-                f"masks mark the acquisition, not lesions")
+                f"masks mark the acquisition, not lesions; `localdiffusion ood map --robust` maps this scan against "
+                f"itself (docs/BENCHMARK.md section 9)")
         if summary is not None and summary.flagged > WARN_FLAGGED:
             flagged = summary.flagged
             message = (f"{100 * flagged:.0f}% of the brain is out of distribution for the {name} model (healthy "

@@ -39,20 +39,23 @@ from localdiffusion.volume.grid import prepare_case
 
 def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "test", kind: str | None = "healthy", *,
                          sampler: str = default("sampler"), steps: int = default("steps"), seed: int = default("seed"),
-                         batch_size: int = default("batch_size"),
+                         batch_size: int = default("batch_size"), noise_sigma_z: float = default("noise_sigma_z"),
+                         z_harmonise: float = default("z_harmonise"),
                          max_cases: int | None = None, crop_margin: int | None = BRAIN_CROP_MARGIN) -> dict:
     """Translate every case of ``split`` (phantom ``kind``) and score it against the truth.
 
     ``crop_margin``: brain crops (the default) or None = whole slices (see :mod:`~localdiffusion.volume.batching`)."""
     check_sampling(denoiser, steps)
     cfg = denoiser.config
+    noise_sigma_z, z_harmonise = cfg.sampling("noise_sigma_z", noise_sigma_z), cfg.sampling("z_harmonise", z_harmonise)
     cases = cases_in_split(data, split, kind if has_manifest(data) else None)[:max_cases]
     per_case = []
     for path in tqdm(cases, desc=f"evaluate {cfg.source}->{cfg.target}", unit="case"):
         prepared = prepare_case(read_case(path, (cfg.source, cfg.target)), cfg.spacing_mm, cfg.in_plane)
         t0 = time.perf_counter()
         pred = translate_prepared(denoiser, prepared, sampler=sampler, steps=steps, seed=seed,
-                                  batch_size=batch_size, progress=False, crop_margin=crop_margin)
+                                  batch_size=batch_size, progress=False, crop_margin=crop_margin,
+                                  noise_sigma_z=noise_sigma_z, z_harmonise=z_harmonise)
         seconds = time.perf_counter() - t0
         scores = volume_scores(pred, prepared.images[cfg.target], prepared.brain)
         per_case.append({"case_id": prepared.case_id, **scores, "seconds": seconds,
@@ -60,7 +63,8 @@ def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "tes
     summary = {k: (float(np.mean([c[k] for c in per_case])), float(np.std([c[k] for c in per_case])))
                for k in ("psnr", "ssim", "psnr_slice_mean", "psnr_range", "ssim_range", "seconds")}
     return {"direction": f"{cfg.source}->{cfg.target}", "split": split, "kind": kind, "sampler": sampler,
-            "steps": steps, "seed": seed, "crop_margin": crop_margin, "cases": len(per_case), "mean_std": summary,
+            "steps": steps, "seed": seed, "noise_sigma_z": noise_sigma_z, "z_harmonise": z_harmonise,
+            "crop_margin": crop_margin, "cases": len(per_case), "mean_std": summary,
             "per_case": per_case}
 
 

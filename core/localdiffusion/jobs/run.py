@@ -50,6 +50,7 @@ class JobOptions:
     steps: int = default("steps")
     seed: int = default("seed")
     noise_sigma_z: float = default("noise_sigma_z")
+    z_harmonise: float = default("z_harmonise")
     batch_size: int = default("batch_size")
     t_intermediate: int = default("t_intermediate")
     mask_mode: str = default("mask_mode")
@@ -138,7 +139,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
         report({"event": "warning", "message": warning})
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress,
-                  noise_sigma_z=options.noise_sigma_z)
+                  noise_sigma_z=options.noise_sigma_z, z_harmonise=options.z_harmonise)
     ld_config = LocalDiffusionConfig(mask_mode=options.mask_mode, threshold=ood_bank.threshold,
                                      ind_floor=options.ind_floor, shared_noise=options.shared_noise,
                                      t_intermediate=options.t_intermediate, max_rebranch=options.max_rebranch)

@@ -47,7 +47,8 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
                    batch_size: int = default("batch_size"), device: str = default("device"), progress: bool = True,
                    risk_map: str | Path | None = None, ood_bank: str | Path | None = None, rods: bool = False,
                    crop_margin: int | None = BRAIN_CROP_MARGIN, force: bool = default("force"),
-                   noise_sigma_z: float = default("noise_sigma_z")) -> Translation:
+                   noise_sigma_z: float = default("noise_sigma_z"),
+                   z_harmonise: float = default("z_harmonise")) -> Translation:
     """Translate one NIfTI volume with the model in ``model_dir`` and write ``out_path``.
 
     ``risk_map``: also write the calibrated per-voxel hallucination risk (needs
@@ -59,7 +60,7 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     """
     check_outputs([input_path], {"--out": out_path, "--risk-map": risk_map})
     check_values(sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, device=device,
-                 noise_sigma_z=noise_sigma_z)
+                 noise_sigma_z=noise_sigma_z, z_harmonise=z_harmonise)
     device = select_device(device)
     denoiser = load_denoiser(model_dir, device)
     cfg = denoiser.config
@@ -83,7 +84,8 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     working = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=progress,
                                  sample_batch=batch_sampler(sampler, steps, rods=rods_config), recorder=recorder,
-                                 crop_margin=crop_margin, noise_sigma_z=noise_sigma_z)
+                                 crop_margin=crop_margin, noise_sigma_z=noise_sigma_z,
+                                 z_harmonise=z_harmonise)
     output = prepared.to_input_brain(working)
     risk_output = None
     if risk_map is not None:

@@ -30,8 +30,8 @@ from localdiffusion.options import DIRECTIONS, EXTRA_OUTPUTS, OPTIONS, parse_par
 from localdiffusion.shipped import ood_bank_path
 
 #: the main job's parameters a MONAI Label client may set (validated by the options table)
-JOB_PARAMS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "t_intermediate", "mask_mode", "ind_floor",
-              "device", "force")
+JOB_PARAMS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "t_intermediate", "mask_mode",
+              "ind_floor", "device", "force")
 OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair}))
 
 
@@ -127,7 +127,8 @@ class OodMapTask(InferTask):
     """Calibrated PatchCore OOD probability of the input contrast (``modality`` t1 or flair)."""
 
     def __init__(self, models_root: Path):
-        super().__init__(InferType.OTHERS, None, 3, "PatchCore OOD probability map", {"modality": "t1"})
+        super().__init__(InferType.OTHERS, None, 3, "PatchCore OOD probability map",
+                         {"modality": "t1", "robust_ood": False})
         self.models_root = Path(models_root)
 
     def is_valid(self) -> bool:
@@ -136,9 +137,12 @@ class OodMapTask(InferTask):
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
         modality = _modality(request, "t1")
+        robust = OPTIONS["robust_ood"].check(request.get("robust_ood"))
         bank_path = ood_bank_path(self.models_root, modality)
-        prob, affine, threshold = probability_map(request["image"], bank_path, modality, self.models_root)
-        return str(_write_result(request, prob, affine)), {"modality": modality, "threshold": threshold}
+        prob, affine, threshold = probability_map(request["image"], bank_path, modality, self.models_root,
+                                                  robust=robust)
+        return str(_write_result(request, prob, affine)), {"modality": modality, "threshold": threshold,
+                                                           "robust_ood": robust}
 
 
 class OodSegmentationTask(OodMapTask):
@@ -150,17 +154,19 @@ class OodSegmentationTask(OodMapTask):
 
     def __init__(self, models_root: Path):
         InferTask.__init__(self, InferType.SEGMENTATION, dict(self.LABELS), 3,
-                           "Where the input is out of distribution (thresholded PatchCore map)", {"modality": "t1"})
+                           "Where the input is out of distribution (thresholded PatchCore map)",
+                           {"modality": "t1", "robust_ood": False})
         self.models_root = Path(models_root)
 
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
         modality = _modality(request, "t1")
+        robust = OPTIONS["robust_ood"].check(request.get("robust_ood"))
         prob, affine, threshold = probability_map(request["image"], ood_bank_path(self.models_root, modality),
-                                                  modality, self.models_root)
+                                                  modality, self.models_root, robust=robust)
         labels = (prob >= threshold).astype(np.uint8)
         return str(_write_result(request, labels, affine)), {"modality": modality, "threshold": threshold,
-                                                             "labels": self.LABELS}
+                                                             "labels": self.LABELS, "robust_ood": robust}
 
 
 class TumourSegmentationTask(InferTask):

@@ -53,6 +53,9 @@ class DiffusionConfig:
     in_plane: tuple[int, int] = (96, 112)
     learned_variance: bool = False  # VSM: a second output channel, the reverse step's log-variance fraction
     condition_slices: int = 1  # 2.5D: the source slice and (n - 1) / 2 neighbours on each side
+    # how this model is sampled when the user does not say (chosen on validation, docs/BENCHMARK.md 8a/8b):
+    noise_sigma_z: float = 0.0  # slice-correlated noise (volume/batching.py z_mixes); 0 = independent slices
+    z_harmonise: float = 0.0  # sigma (slices) of the banding filter (volume/harmonise.py); 0 = off
     extra: dict = field(default_factory=dict)  # provenance, e.g. the training objective and its weights
 
     def __post_init__(self):
@@ -65,6 +68,13 @@ class DiffusionConfig:
             raise ValueError("channels and attention_levels must have the same length")
         if self.condition_slices < 1 or self.condition_slices % 2 == 0:
             raise ValueError(f"condition_slices must be an odd number >= 1, got {self.condition_slices}")
+        if self.noise_sigma_z < 0 or self.z_harmonise < 0:
+            raise ValueError("noise_sigma_z and z_harmonise must be >= 0")
+
+    def sampling(self, name: str, value: float) -> float:
+        """A z-sampling setting (``noise_sigma_z``, ``z_harmonise``): ``value``, or this model's own when it is
+        negative (the options' default -1: "the model's validated value")."""
+        return float(getattr(self, name)) if value < 0 else float(value)
 
     @property
     def condition_offsets(self) -> tuple[int, ...]:

@@ -39,6 +39,7 @@ from localdiffusion.network.denoiser import Denoiser
 from localdiffusion.network.device import auto_batch_size
 from localdiffusion.options import default
 from localdiffusion.volume.grid import PreparedCase
+from localdiffusion.volume.harmonise import harmonise_z
 
 #: pixels of background kept around each slice's brain; None = sample whole slices
 BRAIN_CROP_MARGIN: int | None = 4
@@ -147,7 +148,8 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
                        sample_batch: SampleBatch | None = None, slices: np.ndarray | None = None,
                        recorder=None, crop_margin: int | None = BRAIN_CROP_MARGIN,
                        on_batch: Callable[[int, int], None] | None = None,
-                       noise_sigma_z: float = default("noise_sigma_z")) -> np.ndarray:
+                       noise_sigma_z: float = default("noise_sigma_z"),
+                       z_harmonise: float = default("z_harmonise")) -> np.ndarray:
     """Translate every brain slice of ``prepared``; returns the working-grid volume in [0, 1].
 
     ``sample_batch`` (:func:`batch_sampler`) replaces the plain ``sampler``/``steps``; the batching,
@@ -157,8 +159,13 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
     ``crop_margin``: each slice runs on its brain crop with this margin; None = whole slices.
     ``on_batch(done, total)`` is called after every batch (progress reports).
     ``noise_sigma_z``: slice-correlated noise (:func:`z_mixes`); 0 = independent slices.
+    ``z_harmonise``: the banding filter's sigma (:func:`~localdiffusion.volume.harmonise.harmonise_z`),
+    applied to whole translations only (``slices`` None: it needs every brain slice); 0 = off.
+    Both take the model's validated value when negative (``DiffusionConfig.sampling``).
     """
     sample_batch = sample_batch or batch_sampler(sampler, steps)
+    noise_sigma_z = denoiser.config.sampling("noise_sigma_z", noise_sigma_z)
+    z_harmonise = denoiser.config.sampling("z_harmonise", z_harmonise)
     source = prepared.images[denoiser.config.source]
     device = next(denoiser.parameters()).device
     result = np.zeros(prepared.grid.shape, np.float32)
@@ -180,4 +187,4 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
         if on_batch is not None:
             on_batch(done, len(batches))
     result[~prepared.brain] = 0.0
-    return result
+    return harmonise_z(result, prepared.brain, z_harmonise) if slices is None else result

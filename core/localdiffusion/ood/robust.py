@@ -1,0 +1,143 @@
+"""An OOD probability that survives a change of scanner: per-volume self-calibration, and for
+some contrasts intensity standardisation before the backbone.
+
+A bank's own calibration (:class:`~localdiffusion.ood.anomaly_map.Calibration`) turns a patch
+distance into the fraction of healthy *validation* voxels with a lower distance. A scan from
+another scanner (spin-echo T1, a stronger bias field, more noise) moves every distance, and the
+map then flags the acquisition instead of lesions (docs/BENCHMARK.md section 9). Two steps help:
+
+* **self-calibration**: a volume's distances are standardised by their own brain median and MAD
+  (a scanner that moves every distance moves the median with it) before the calibration of the
+  healthy validation volumes' standardised distances; a lesion stays in the tail;
+* **intensity standardisation** (``standardise``): the brain intensities are first mapped
+  piecewise-linearly onto the healthy validation volumes' mean percentiles (landmarks
+  :data:`LANDMARK_LEVELS`, Nyul-style). It helps T1 and hurts FLAIR, where mapping a tumour
+  volume's percentiles onto healthy ones pulls the bright lesion tail down (section 9), so it is
+  a per-contrast choice recorded in the calibration.
+
+A :class:`RobustCalibration` is fitted on healthy validation volumes (``localdiffusion ood
+calibrate-robust``) and stored beside its bank as ``ood_<modality>_robust.json``
+(:func:`~localdiffusion.shipped.robust_calibration_path`). Its threshold flags the same 1% of
+healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust``; the
+product's default map (Local Diffusion's masks, the input gate, the risk map) is still the
+bank's own calibration, on which those are calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from localdiffusion.data.io import atomic_path
+from localdiffusion.errors import InputError
+from localdiffusion.ood.anomaly_map import Calibration
+from localdiffusion.ood.patchcore import PatchCore
+
+#: whether a contrast's robust map standardises intensities first (docs/BENCHMARK.md section 9: it
+#: raises the T1 map's lesion AUROC under every shift and drops FLAIR's to 0.65-0.77)
+STANDARDISE = {"t1": True, "flair": False}
+#: brain-intensity percentiles matched by the standardisation
+LANDMARK_LEVELS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99], np.float64)
+ROBUST_FORMAT = "localdiffusion-robust-ood-1"
+#: calibrations are fitted on every second brain slice (neighbouring 2 mm slices are alike; half the time)
+CALIBRATION_SLICE_STRIDE = 2
+
+
+def landmarks(image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    return np.percentile(image[brain], LANDMARK_LEVELS)
+
+
+def standardise_intensities(image: np.ndarray, brain: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Piecewise-linear map of this volume's brain percentiles onto ``reference`` (linear beyond the ends)."""
+    own = landmarks(image, brain)
+    own = np.maximum.accumulate(own + np.arange(len(own)) * 1e-6)  # strictly increasing
+    slope_lo = (reference[1] - reference[0]) / max(own[1] - own[0], 1e-6)
+    slope_hi = (reference[-1] - reference[-2]) / max(own[-1] - own[-2], 1e-6)
+    mapped = np.interp(image, own, reference)
+    mapped = np.where(image < own[0], reference[0] + (image - own[0]) * slope_lo, mapped)
+    mapped = np.where(image > own[-1], reference[-1] + (image - own[-1]) * slope_hi, mapped)
+    return np.where(brain, np.clip(mapped, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def standardise_scores(scores: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Distances standardised by the volume's own brain median and MAD."""
+    values = scores[brain]
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median)) + 1e-8
+    return (scores - median) / mad
+
+
+def distance_volume(bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """PatchCore pixel distances (X, Y, Z) on the slices with brain, 0 elsewhere."""
+    ks = np.flatnonzero(brain.any((0, 1)))
+    out = np.zeros(image.shape, np.float32)
+    if ks.size:
+        slices, masks = np.moveaxis(image[:, :, ks], 2, 0), np.moveaxis(brain[:, :, ks], 2, 0)
+        out[:, :, ks] = np.moveaxis(bank.score(slices, masks, image=False).pixel, 0, 2)
+    return out
+
+
+@dataclass
+class RobustCalibration:
+    """How one contrast's bank distances become an acquisition-robust probability (module docstring)."""
+
+    modality: str
+    standardise: bool
+    reference: np.ndarray | None  # landmark intensities of the healthy validation volumes (standardise only)
+    calibration: Calibration  # of self-standardised healthy validation distances
+
+    def standardised_distances(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        if self.standardise:
+            image = standardise_intensities(image, brain, self.reference)
+        return standardise_scores(distance_volume(bank, image, brain), brain)
+
+    def probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        """Robust OOD probability (X, Y, Z) of a working-grid ``image``; 0 outside ``brain``."""
+        if bank.meta["modality"] != self.modality:
+            raise InputError(f"robust calibration is for {self.modality}, the bank for {bank.meta['modality']}")
+        if not brain.any():
+            return np.zeros(image.shape, np.float32)
+        return np.where(brain, self.calibration.probability(self.standardised_distances(bank, image, brain)),
+                        0.0).astype(np.float32)
+
+    @property
+    def threshold(self) -> float:
+        return self.calibration.probability_threshold
+
+    @classmethod
+    def fit(cls, bank: PatchCore, volumes: list[tuple[np.ndarray, np.ndarray]], standardise: bool,
+            false_positive_rate: float = 0.01) -> "RobustCalibration":
+        """Fit on healthy validation ``volumes`` ((image, brain) pairs on the bank's working grid)."""
+        if not volumes:
+            raise InputError("the robust calibration needs healthy validation volumes")
+        reference = np.mean([landmarks(img, brain) for img, brain in volumes], axis=0) if standardise else None
+        partial = cls(bank.meta["modality"], standardise, reference, None)
+        scores = np.concatenate([partial.standardised_distances(bank, img, brain)[brain] for img, brain in volumes])
+        partial.calibration = Calibration.fit(scores, false_positive_rate)
+        return partial
+
+    def save(self, path: str | Path) -> Path:
+        arrays = {k: v.tolist() for k, v in self.calibration.as_arrays("pixel").items()}
+        payload = {"format": ROBUST_FORMAT, "modality": self.modality, "standardise": self.standardise,
+                   "reference": None if self.reference is None else self.reference.tolist(), **arrays}
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(payload))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RobustCalibration":
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"{path}: robust OOD calibration not found (fit it with `localdiffusion ood "
+                             f"calibrate-robust`)")
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") != ROBUST_FORMAT:
+                raise ValueError(data.get("format"))
+            reference = None if data["reference"] is None else np.asarray(data["reference"], np.float64)
+            return cls(data["modality"], bool(data["standardise"]), reference, Calibration.from_arrays(data, "pixel"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{path}: not a robust OOD calibration ({exc.__class__.__name__})") from exc
