@@ -42,9 +42,8 @@ from tqdm import tqdm
 
 from localdiffusion.data.io import atomic_path
 from localdiffusion.data.readers import read_case
-from localdiffusion.jobs.calibrate import strided_brain
 from localdiffusion.ood.patchcore import PatchCore
-from localdiffusion.ood.robust import CALIBRATION_SLICE_STRIDE, RobustCalibration, distance_volume, standardise_scores
+from localdiffusion.ood.robust import CALIBRATION_SLICE_STRIDE, RobustCalibration, distance_volume, strided_brain
 from localdiffusion.ood.volume import bank_grid
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
 from localdiffusion.volume.cohort import cases_in_split
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
                                                      desc=f"{contrast} {variant} {kind}", unit="case"):
                     raw = distance_volume(bank, img, brain)  # shared by the bank's calibration and self
                     probs = {"shipped": bank.pixel_calibration.probability(raw),
-                             "self": self_cal.calibration.probability(standardise_scores(raw, brain)),
+                             "self": self_cal.from_distances(raw, brain),
                              "standardised": std_cal.probability(bank, img, brain)}
                     for mode, p in probs.items():
                         if kind == "tumour":

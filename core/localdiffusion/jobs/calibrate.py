@@ -57,12 +57,12 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: st
 
 
 def calibrate_robust_ood(bank_path: str | Path, data: str | Path, *, split: str = "val", max_cases: int = 10,
-                         standardise: bool | None = None, slice_stride: int | None = None):
+                         standardise: bool | None = None):
     """Fit a :class:`~localdiffusion.ood.robust.RobustCalibration` for the bank at ``bank_path`` on the
-    healthy cases of ``split`` (``standardise`` None: the contrast's choice, ``ood.robust.STANDARDISE``;
-    ``slice_stride``: every n-th brain slice, default ``CALIBRATION_SLICE_STRIDE``)."""
+    healthy cases of ``split``, every ``CALIBRATION_SLICE_STRIDE``-th brain slice (``standardise`` None:
+    the contrast's choice, ``ood.robust.STANDARDISE``)."""
     from localdiffusion.ood.patchcore import PatchCore
-    from localdiffusion.ood.robust import CALIBRATION_SLICE_STRIDE, STANDARDISE, RobustCalibration
+    from localdiffusion.ood.robust import STANDARDISE, RobustCalibration, strided_brain
     from localdiffusion.ood.volume import bank_grid
 
     bank = PatchCore.load(bank_path)
@@ -70,19 +70,11 @@ def calibrate_robust_ood(bank_path: str | Path, data: str | Path, *, split: str 
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
     if not cases:
         raise InputError(f"{data}: no healthy {split} cases to fit the robust OOD calibration on")
-    volumes, stride = [], slice_stride or CALIBRATION_SLICE_STRIDE
+    volumes = []
     for path in tqdm(cases, desc=f"robust OOD {contrast}", unit="case"):
         prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
-        volumes.append((prepared.images[contrast], strided_brain(prepared.brain, stride)))
+        volumes.append((prepared.images[contrast], strided_brain(prepared.brain)))
     return RobustCalibration.fit(bank, volumes, STANDARDISE[contrast] if standardise is None else standardise)
-
-
-def strided_brain(brain: np.ndarray, stride: int) -> np.ndarray:
-    """``brain`` on every ``stride``-th slice with brain only (the others emptied)."""
-    kept = np.zeros_like(brain)
-    ks = np.flatnonzero(brain.any((0, 1)))[::stride]
-    kept[:, :, ks] = brain[:, :, ks]
-    return kept
 
 
 def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "val", max_cases: int = 10,

@@ -134,15 +134,18 @@ class OodMapTask(InferTask):
     def is_valid(self) -> bool:
         return any(ood_bank_path(self.models_root, m).exists() for m in OOD_MODALITIES)
 
-    @_messages_name_the_upload
-    def __call__(self, request: dict[str, Any]):
+    def _probability(self, request: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict]:
+        """The request's OOD probability map, its affine and the result parameters they share."""
         modality = _modality(request, "t1")
         robust = OPTIONS["robust_ood"].check(request.get("robust_ood"))
-        bank_path = ood_bank_path(self.models_root, modality)
-        prob, affine, threshold = probability_map(request["image"], bank_path, modality, self.models_root,
-                                                  robust=robust)
-        return str(_write_result(request, prob, affine)), {"modality": modality, "threshold": threshold,
-                                                           "robust_ood": robust}
+        prob, affine, threshold = probability_map(request["image"], ood_bank_path(self.models_root, modality),
+                                                  modality, self.models_root, robust=robust)
+        return prob, affine, {"modality": modality, "threshold": threshold, "robust_ood": robust}
+
+    @_messages_name_the_upload
+    def __call__(self, request: dict[str, Any]):
+        prob, affine, params = self._probability(request)
+        return str(_write_result(request, prob, affine)), params
 
 
 class OodSegmentationTask(OodMapTask):
@@ -160,13 +163,9 @@ class OodSegmentationTask(OodMapTask):
 
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
-        modality = _modality(request, "t1")
-        robust = OPTIONS["robust_ood"].check(request.get("robust_ood"))
-        prob, affine, threshold = probability_map(request["image"], ood_bank_path(self.models_root, modality),
-                                                  modality, self.models_root, robust=robust)
-        labels = (prob >= threshold).astype(np.uint8)
-        return str(_write_result(request, labels, affine)), {"modality": modality, "threshold": threshold,
-                                                             "labels": self.LABELS, "robust_ood": robust}
+        prob, affine, params = self._probability(request)
+        labels = (prob >= params["threshold"]).astype(np.uint8)
+        return str(_write_result(request, labels, affine)), {**params, "labels": self.LABELS}
 
 
 class TumourSegmentationTask(InferTask):

@@ -80,19 +80,30 @@ def distance_volume(bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np
     return out
 
 
+def strided_brain(brain: np.ndarray, stride: int = CALIBRATION_SLICE_STRIDE) -> np.ndarray:
+    """``brain`` on every ``stride``-th slice with brain only (the others emptied)."""
+    kept = np.zeros_like(brain)
+    ks = np.flatnonzero(brain.any((0, 1)))[::stride]
+    kept[:, :, ks] = brain[:, :, ks]
+    return kept
+
+
+def _backbone_input(image: np.ndarray, brain: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """What the backbone sees: the image, intensity-standardised onto ``reference`` when there is one."""
+    return image if reference is None else standardise_intensities(image, brain, reference)
+
+
 @dataclass
 class RobustCalibration:
     """How one contrast's bank distances become an acquisition-robust probability (module docstring)."""
 
     modality: str
-    standardise: bool
-    reference: np.ndarray | None  # landmark intensities of the healthy validation volumes (standardise only)
+    reference: np.ndarray | None  # landmark intensities of the healthy validation volumes; None: no standardisation
     calibration: Calibration  # of self-standardised healthy validation distances
 
-    def standardised_distances(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np.ndarray:
-        if self.standardise:
-            image = standardise_intensities(image, brain, self.reference)
-        return standardise_scores(distance_volume(bank, image, brain), brain)
+    @property
+    def standardise(self) -> bool:
+        return self.reference is not None
 
     def probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np.ndarray:
         """Robust OOD probability (X, Y, Z) of a working-grid ``image``; 0 outside ``brain``."""
@@ -100,8 +111,12 @@ class RobustCalibration:
             raise InputError(f"robust calibration is for {self.modality}, the bank for {bank.meta['modality']}")
         if not brain.any():
             return np.zeros(image.shape, np.float32)
-        return np.where(brain, self.calibration.probability(self.standardised_distances(bank, image, brain)),
-                        0.0).astype(np.float32)
+        return self.from_distances(distance_volume(bank, _backbone_input(image, brain, self.reference), brain), brain)
+
+    def from_distances(self, distances: np.ndarray, brain: np.ndarray) -> np.ndarray:
+        """The probability from the bank's distances of the backbone's input (the standardised image when
+        :attr:`standardise`; without it, the bank's own distances, which a caller may share with the bank's map)."""
+        return np.where(brain, self.calibration.probability(standardise_scores(distances, brain)), 0.0).astype(np.float32)
 
     @property
     def threshold(self) -> float:
@@ -114,14 +129,14 @@ class RobustCalibration:
         if not volumes:
             raise InputError("the robust calibration needs healthy validation volumes")
         reference = np.mean([landmarks(img, brain) for img, brain in volumes], axis=0) if standardise else None
-        partial = cls(bank.meta["modality"], standardise, reference, None)
-        scores = np.concatenate([partial.standardised_distances(bank, img, brain)[brain] for img, brain in volumes])
-        partial.calibration = Calibration.fit(scores, false_positive_rate)
-        return partial
+        scores = np.concatenate([
+            standardise_scores(distance_volume(bank, _backbone_input(img, brain, reference), brain), brain)[brain]
+            for img, brain in volumes])
+        return cls(bank.meta["modality"], reference, Calibration.fit(scores, false_positive_rate))
 
     def save(self, path: str | Path) -> Path:
         arrays = {k: v.tolist() for k, v in self.calibration.as_arrays("pixel").items()}
-        payload = {"format": ROBUST_FORMAT, "modality": self.modality, "standardise": self.standardise,
+        payload = {"format": ROBUST_FORMAT, "modality": self.modality, "standardise": self.standardise,  # for readers
                    "reference": None if self.reference is None else self.reference.tolist(), **arrays}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(payload))
@@ -138,6 +153,8 @@ class RobustCalibration:
             if data.get("format") != ROBUST_FORMAT:
                 raise ValueError(data.get("format"))
             reference = None if data["reference"] is None else np.asarray(data["reference"], np.float64)
-            return cls(data["modality"], bool(data["standardise"]), reference, Calibration.from_arrays(data, "pixel"))
+            if bool(data["standardise"]) != (reference is not None):
+                raise ValueError("standardise and reference disagree")
+            return cls(data["modality"], reference, Calibration.from_arrays(data, "pixel"))
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: not a robust OOD calibration ({exc.__class__.__name__})") from exc
