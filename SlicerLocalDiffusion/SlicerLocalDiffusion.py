@@ -52,7 +52,8 @@ class SlicerLocalDiffusionParameterNode:
     oodOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     oodThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.99
     showLocalDiffusion: bool = True
-    overlay: Annotated[str, Choice(["ood", "risk"])] = "ood"
+    # the risk map beside the translation by default (the OOD map when the run wrote no risk map)
+    overlay: Annotated[str, Choice(["risk", "ood"])] = "risk"
     serverUrl: str = ""
     baselineVolume: vtkMRMLScalarVolumeNode
     localVolume: vtkMRMLScalarVolumeNode

@@ -1,40 +1,52 @@
 """The risk map as a per-voxel predictor of gross translation errors (issue 17 part 1).
 
-Measured in session 8 (docs/BENCHMARK.md section 11): T1 -> FLAIR, 2 + 2 validation and 4 tumour
-+ 2 healthy test cases.
+Measured in session 8 (docs/BENCHMARK.md section 11) for T1 -> FLAIR with the 0.5.0 models, and
+in session 10 (section 11a) for both directions with the 0.6.0 models and the product's risk map:
+2 + 2 validation and 4 tumour + 2 healthy test cases per direction.
 
 Stage 1 (``collect``) translates each case once and stores everything a candidate map needs
 in ``--cache`` (one .npz per direction and case; generated data, outside git):
 
-    python benchmarks/risk_map.py collect --data data/bench_val --split val --max-cases 2 --direction t1_to_flair
-    python benchmarks/risk_map.py collect --data data/bench_test --split test --max-cases 4 --direction t1_to_flair
-    python benchmarks/risk_map.py collect --data data/gate_test_healthy --split test --max-cases 2 \\
-        --direction t1_to_flair
+    for d in t1_to_flair flair_to_t1; do
+      python benchmarks/risk_map.py collect --data data/bench_val --split val --max-cases 2 --direction $d
+      python benchmarks/risk_map.py collect --data data/bench_test --split test --max-cases 4 --direction $d
+      python benchmarks/risk_map.py collect --data data/gate_test_healthy --split test --max-cases 2 --direction $d
+    done
 
 per case: the truth, the plain DDIM-25 translation (seed 0) with its x0-trajectory variance
 (last 10 steps), a second sample (seed 1: the spread of K = 2 samples), the PatchCore OOD
 probability of the source, and the cycle back-translation of the translation with the other
-direction's shipped model (seed 0) beside the source.
+direction's shipped model (seed 0) beside the source. Each model samples with its own
+config.json settings (slice-correlated noise, banding filter).
 
 Stage 2 (``score``) defines the event and scores every candidate:
 
-    python benchmarks/risk_map.py score --direction t1_to_flair --sigma 1 \\
+    python benchmarks/risk_map.py score --direction t1_to_flair --sigma 1 \
+        --compare-calibration data/risk_calibration_0.6.0_t1_to_flair.json \
         --out docs/benchmark/risk_map_t1_to_flair.json --png docs/benchmark/risk_map_t1_to_flair.png
 
-* event: the absolute error of the translation averaged over a 3 x 3 x 3 neighbourhood
-  (2 mm voxels: the voxel and its 2 mm neighbours, so that acquisition noise does not count)
-  above the 99.9th percentile of that quantity on the healthy *validation* brain voxels;
+(``data/risk_calibration_0.6.0_<direction>.json``: ``git show 80ca095:monai_bundle/models/<direction>/
+risk_calibration.json``, the risk map shipped up to 0.6.0.)
+
+* event (:data:`~localdiffusion.detectors.risk.GROSS_ERROR`): the absolute error of the translation
+  averaged over a 3 x 3 x 3 neighbourhood (2 mm voxels: the voxel and its 2 mm neighbours, so that
+  acquisition noise does not count) above the 99.9th percentile of that quantity on the healthy
+  *validation* brain voxels;
 * candidates, each smoothed with a 3D Gaussian (sigma ``--sigma`` voxels): ``ood``,
   ``variance``, ``spread`` (|sample 1 - sample 2|), ``cycle`` (|source - back-translation|),
-  ``cycle_self`` / ``variance_self`` (the same, standardised by the volume's own brain median and MAD),
-  ``risk_v1`` (today's calibrated risk: max over ood and variance CDFs, unsmoothed) and the
-  maxima of pairs of healthy-calibrated candidates;
+  ``cycle_self`` / ``variance_self`` (the same, standardised by the volume's own brain median and
+  MAD; ``cycle_self`` is the product's cycle detector map), the maxima of pairs of
+  healthy-calibrated candidates and Fisher's combinations (sum of -log(1 - p)) of some of them;
+* the product's risk map, computed by the product's code from the shipped
+  ``risk_calibration.json`` (``risk (shipped)``) and from ``--compare-calibration``, scored at the
+  benchmark's 1%-healthy-validation threshold and at its own (risk >= 0.99), with a paired
+  bootstrap interval over cases for the difference of their per-case AUROCs;
 * per candidate on the tumour cases of a split: pixel AUROC and AUPRC for the event over brain
   voxels (pooled), the fraction of event voxels above the threshold that flags 1% of healthy
   *validation* brain voxels, and on the healthy test cases the fraction of brain flagged at
   that threshold; a bootstrap interval over cases for AUROC (per-case AUROCs averaged).
-The default is chosen on validation (highest pooled AUROC); the test figures are reported
-for every candidate.
+The default is chosen on validation (highest pooled AUROC among the candidates); the test
+figures are reported for every candidate.
 """
 
 from __future__ import annotations
@@ -47,19 +59,21 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, uniform_filter
+from scipy.ndimage import gaussian_filter
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
 from localdiffusion.benchmark.figures import PlaneRow, plane_grid
 from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.data.readers import read_case
+from localdiffusion.detectors.cycle import cycle_residual
 from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import RiskCalibration
+from localdiffusion.detectors.risk import (GROSS_ERROR, RiskCalibration, combine, neighbourhood_error, risk_volume,
+                                           self_standardise)
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.options import DIRECTIONS
+from localdiffusion.options import DIRECTIONS, reverse_direction
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
 from localdiffusion.volume.batching import translate_prepared
 from localdiffusion.volume.cohort import cases_in_split, has_manifest
@@ -68,12 +82,6 @@ from localdiffusion.volume.grid import prepare_case
 CACHE = Path("data/risk_cache")
 RAW = ("ood", "variance", "spread", "cycle", "cycle_self", "variance_self")
 HEALTHY_FALSE_ALARMS = 0.01
-EVENT_QUANTILE = 0.999
-
-
-def reverse_direction(direction: str) -> str:
-    source, target = DIRECTIONS[direction]
-    return next(d for d, pair in DIRECTIONS.items() if pair == (target, source))
 
 
 def case_list(folders: list[str], split: str, max_cases: int | None) -> list[tuple[Path, str]]:
@@ -129,7 +137,7 @@ def load_cases(cache: Path, direction: str, split: str) -> dict[str, dict]:
 
 
 def local_error(case: dict) -> np.ndarray:
-    return uniform_filter(np.abs(case["pred"] - case["truth"]).astype(np.float32), size=3, mode="constant")
+    return neighbourhood_error(case["pred"], case["truth"])
 
 
 def raw_maps(case: dict, sigma: float) -> dict[str, np.ndarray]:
@@ -142,13 +150,17 @@ def raw_maps(case: dict, sigma: float) -> dict[str, np.ndarray]:
         out[name] = gaussian_filter(m, sigma) if sigma > 0 else m
     # per-volume self-calibration (as section 9's OOD map): the volume's own brain median and MAD
     # remove a level that differs from subject to subject (added after the first test readout,
-    # which showed the cycle residual's healthy calibration not transferring; chosen on val as the rest)
+    # which showed the cycle residual's healthy calibration not transferring; chosen on val as the rest).
+    # cycle_self is the product's cycle detector map (detectors/risk.detector_volumes), checked in tests.
     for name in ("cycle", "variance"):
-        values = out[name][brain]
-        median = np.median(values)
-        mad = 1.4826 * np.median(np.abs(values - median)) + 1e-8
-        out[f"{name}_self"] = np.where(brain, (out[name] - median) / mad, 0).astype(np.float32)
+        out[f"{name}_self"] = self_standardise(out[name], brain)
     return out
+
+
+def product_maps(case: dict) -> dict[str, np.ndarray]:
+    """The raw detector maps the product's risk calibration takes for this case."""
+    return {"ood": case["ood"], "variance": case["variance"],
+            "cycle": cycle_residual(case["source"], case["back"], case["brain"])}
 
 
 class Cdf:
@@ -167,7 +179,7 @@ def score(args) -> None:
     if not healthy_val:
         raise SystemExit("no healthy validation cases collected")
     event_threshold = float(np.quantile(np.concatenate([local_error(c)[c["brain"]] for c in healthy_val]),
-                                        EVENT_QUANTILE))
+                                        GROSS_ERROR["healthy_quantile"]))
     # candidates: raw smoothed maps, calibrated on healthy validation voxels; pairs combined by max
     healthy_maps = [raw_maps(c, args.sigma) for c in healthy_val]
     cdfs = {n: Cdf(np.concatenate([m[n][c["brain"]] for m, c in zip(healthy_maps, healthy_val)])) for n in RAW}
@@ -180,10 +192,19 @@ def score(args) -> None:
             for b in RAW[i + 1:]:
                 out[f"{a}+{b}"] = np.maximum(p[a], p[b])
         out["ood+spread+cycle"] = np.maximum.reduce([p["ood"], p["spread"], p["cycle"]])
-        out["risk_v1"] = shipped.risk({"ood": case["ood"], "variance": case["variance"]})
+        # Fisher's combination (sum of -log(1 - p)): several moderately unusual maps count as much as
+        # one very unusual map, where the maximum hears only the loudest
+        for group in (("ood", "cycle_self"), ("ood", "variance_self"), ("cycle_self", "variance_self"),
+                      ("ood", "cycle_self", "variance_self")):
+            out[f"fisher({','.join(group)})"] = combine([p[n] for n in group], "fisher")
+        for label, calibration in products.items():
+            out[label] = risk_volume(calibration, product_maps(case), case["brain"])
         return out
 
-    shipped = RiskCalibration.load(MODELS_ROOT / args.direction / "risk_calibration.json")
+    # the product's risk map (its own calibration file, fitted by calibrate-risk) and an earlier one to compare
+    products = {"risk (shipped)": RiskCalibration.load(MODELS_ROOT / args.direction / "risk_calibration.json")}
+    if args.compare_calibration:
+        products[f"risk ({args.compare_calibration.stem})"] = RiskCalibration.load(args.compare_calibration)
     names = list(candidates(healthy_val[0]))
     # thresholds flagging 1% of healthy validation voxels, per candidate
     healthy_scores = {n: np.concatenate([candidates(c)[n][c["brain"]] for c in healthy_val]) for n in names}
@@ -225,12 +246,24 @@ def score(args) -> None:
             if healthy:
                 row["healthy_flagged"] = float(np.mean(np.concatenate(
                     [candidates(c)[n][c["brain"]] > thresholds[n] for c in healthy.values()])))
+            if n in products:  # also at the product's own threshold, risk >= 0.99
+                own = 1 - products[n].combined.false_positive_rate
+                if len(y) and 0 < y.mean() < 1:
+                    row["caught_at_own_threshold"] = float((s[y] >= own).mean())
+                if healthy:
+                    row["healthy_flagged_at_own_threshold"] = float(np.mean(np.concatenate(
+                        [candidates(c)[n][c["brain"]] >= own for c in healthy.values()])))
             result["candidates"][n] = row
+        if len(products) == 2 and all(per_case[n] for n in products):  # the shipped map against the earlier one
+            new, old = (np.array([per_case[n][k] for k in sorted(per_case[n])]) for n in products)
+            boots = (new - old)[rng.integers(0, len(new), (2000, len(new)))].mean(1)
+            result["shipped_minus_compared_case_auroc"] = [float((new - old).mean()),
+                                                           *map(float, np.percentile(boots, [2.5, 97.5]))]
         return result
 
     result = {"direction": args.direction, "sigma": args.sigma, "event_threshold": event_threshold,
               "command": "python " + " ".join(sys.argv), "val": evaluate(val), "test": evaluate(test)}
-    chosen = max(names, key=lambda n: result["val"]["candidates"][n].get("auroc", -1))
+    chosen = max((n for n in names if n not in products), key=lambda n: result["val"]["candidates"][n].get("auroc", -1))
     result["chosen_on_val"] = chosen
     seconds = [json.loads(str(c["seconds"])) for c in list(val.values()) + list(test.values())]
     result["seconds"] = {k: float(np.mean([s[k] for s in seconds])) for k in seconds[0]}
@@ -242,7 +275,7 @@ def score(args) -> None:
         maps = candidates(case)
         save_png(args.png, figure(case, local_error(case), event_threshold,
                                   {f"{chosen} (chosen on val)": (maps[chosen], thresholds[chosen]),
-                                   "risk_v1 (shipped)": (maps["risk_v1"], thresholds["risk_v1"])},
+                                   **{n: (maps[n], thresholds[n]) for n in products}},
                                   f"{tumour_test[0]}, {args.direction}, smoothing sigma {args.sigma}"))
     for split in ("val", "test"):
         r = result[split]
@@ -278,6 +311,8 @@ def main(argv=None) -> int:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--sigma", type=float, default=1.0)
     s.add_argument("--png", type=Path, default=None, help="three planes of the first tumour test case")
+    s.add_argument("--compare-calibration", type=Path, default=None,
+                   help="an earlier risk_calibration.json scored beside the shipped one (e.g. 0.6.0's)")
     for p in (c, s):
         p.add_argument("--direction", default="t1_to_flair", choices=list(DIRECTIONS))
         p.add_argument("--cache", type=Path, default=CACHE)

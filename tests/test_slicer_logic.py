@@ -175,6 +175,10 @@ def test_progress_counts_the_local_diffusion_and_the_baseline_phases(tmp_path):
     assert run_progress(read_events("\n".join(progress("local", i / 10) for i in range(5)))) == pytest.approx(0.2)
     assert run_progress(read_events(first)) == pytest.approx(0.5)
     assert run_progress(read_events(first + "\nwarning: not JSON\n" + progress("baseline", 0.4))) == pytest.approx(0.7)
+    # a run that writes the risk map announces its back-translation as a third phase
+    phases = json.dumps({"event": "phases", "phases": ["local", "cycle", "baseline"]})
+    assert run_progress(read_events(phases + "\n" + first)) == pytest.approx(1 / 3)
+    assert run_progress(read_events(phases + "\n" + first + "\n" + progress("cycle", 1.0))) == pytest.approx(2 / 3)
     out = tmp_path / "x_flair_baseline.nii.gz"
     out.write_bytes(b"")
     events = read_events(json.dumps({"event": "output", "name": "baseline", "path": str(out)}) + "\n{\"event\": \"outp")

@@ -146,3 +146,17 @@ def test_ui_widgets_agree_with_the_parameter_node():
         if widget.get("class") == "QComboBox":
             items = [i.find("./property/string").text for i in widget.findall("item")]
             assert items == list(entry["choices"]), param.text
+
+
+def test_the_panel_shows_the_risk_map_by_default():
+    """Its default overlay is the risk map, and its default step count is the one the shipped risk
+    calibrations were fitted for (so that a default run writes one)."""
+    from localdiffusion.detectors.risk import RiskCalibration
+    from localdiffusion.jobs.run import model_paths
+    from localdiffusion.options import DIRECTIONS
+    from localdiffusion.shipped import MODELS_ROOT
+
+    declared = _parameter_declarations()
+    assert declared["overlay"]["default"] == "risk" == declared["overlay"]["choices"][0]
+    for direction in DIRECTIONS:
+        assert RiskCalibration.load(model_paths(MODELS_ROOT, direction)["risk"]).steps == declared["steps"]["default"]

@@ -102,7 +102,14 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--max-cases", "1", "--rods",
                  "--steps", "10"]) == 0
     saved = json.loads((model / "risk_calibration.json").read_text())
-    assert saved["rods"]["eps"] > 0 and "variance" in saved and "curvature" in saved
+    # the default risk: OOD + cycle residual, smoothed, each with its CDF; RODS eps fitted beside it
+    assert saved["rods"]["eps"] > 0 and saved["detectors"] == ["ood", "cycle"] and saved["smoothing"] == 1.0
+    assert "ood" in saved and "cycle" in saved and "variance" not in saved
+    assert saved["definition"]["validated_against"]["healthy_quantile"] == 0.999
+    assert "1 healthy val cases" in saved["definition"]["fitted_on"]
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--detectors", "ood", "curvature", "--steps", "10",
+                 "--out", str(tmp_path / "never.json")]) == 2
+    assert "needs --rods" in capsys.readouterr().err and not (tmp_path / "never.json").exists()
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--rods", "--rods-stride", "0",
                  "--out", str(tmp_path / "never.json")]) == 2
     assert "stride" in capsys.readouterr().err and not (tmp_path / "never.json").exists()
@@ -122,9 +129,26 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     values = img.get_fdata()
     assert 0 <= values.min() and values.max() <= 1 and values.max() > 0
     assert (values[np.asarray(ref.dataobj) == 0] == 0).all()  # no risk outside the input's foreground
-    # the main job writes the risk of its Local Diffusion translation once the model is calibrated
+    # the main job writes the risk of its Local Diffusion translation once the model is calibrated,
+    # announcing the back-translation as one of its sampling phases
     run_dir = tmp_path / "run"
+    capsys.readouterr()
     assert main(["run", "--input", str(t1), "--out-dir", str(run_dir), "--models", str(models), "--steps", "10",
-                 "--t-intermediate", "5", "--no-baseline"]) == 0
+                 "--t-intermediate", "5", "--no-baseline", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {"event": "phases", "phases": ["local", "cycle"]} in events
+    assert any(e.get("phase") == "cycle" and e.get("fraction") == 1.0 for e in events)
     names = sorted(p.name for p in run_dir.iterdir())
     assert f"{case.name}_t1_hallucination_risk.nii.gz" in names and len(names) == 4
+    # without the reverse model the cycle residual cannot be computed: run writes no risk map,
+    # translate --risk-map refuses with one line and writes nothing
+    shutil.rmtree(models / "flair_to_t1")
+    assert main(["run", "--input", str(t1), "--out-dir", str(tmp_path / "run2"), "--models", str(models), "--steps",
+                 "10", "--t-intermediate", "5", "--no-baseline"]) == 0
+    assert not any("hallucination_risk" in p.name for p in (tmp_path / "run2").iterdir())
+    out2 = tmp_path / "out2" / "flair.nii.gz"
+    capsys.readouterr()
+    assert main(["translate", "--input", str(t1), "--out", str(out2), "--model", str(model), "--risk-map",
+                 str(tmp_path / "out2" / "risk.nii.gz"), "--steps", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reverse model not found" in err[0] and not out2.exists()

@@ -232,8 +232,11 @@ def written_outputs(events: list[dict]) -> dict[str, Path]:
 
 
 def run_progress(events: list[dict], phases: tuple[str, ...] = ("local", "baseline")) -> float:
-    """Progress (0..1) from the ``progress`` events: the translation phases (Local Diffusion,
-    then the baseline) count equally, each from 0 to 1."""
+    """Progress (0..1) from the ``progress`` events: the sampling phases the job announced in its
+    ``phases`` event (Local Diffusion, the risk map's back-translation, the baseline; ``phases``
+    when it announced none) count equally, each from 0 to 1."""
+    announced = [e["phases"] for e in events if e.get("event") == "phases" and e.get("phases")]
+    phases = tuple(announced[-1]) if announced else phases
     latest = {e["phase"]: float(e["fraction"]) for e in events if e.get("event") == "progress" and e.get("phase") in phases}
     return min(1.0, sum(latest.values()) / len(phases))
 

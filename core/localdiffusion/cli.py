@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from localdiffusion.errors import InputError
-from localdiffusion.options import DIRECTIONS, MODALITIES, add_options
+from localdiffusion.options import DIRECTIONS, MODALITIES, add_options, reverse_direction
 from localdiffusion.shipped import ood_bank_path, shipped_model_dir
 
 EXIT_BAD_INPUT = 2
@@ -204,10 +204,22 @@ def _run_calibrate_gate(args) -> int:
 
 
 def _add_calibrate_risk(sub) -> None:
+    from localdiffusion.detectors.maps import DETECTORS
+    from localdiffusion.detectors.risk import COMBINATIONS, RISK_COMBINATION, RISK_DETECTORS, RISK_SMOOTHING
+
     p = sub.add_parser("calibrate-risk", help="fit the hallucination-risk calibration on healthy validation cases")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
+    defaults = "; ".join(f"{d}: {' '.join(names)}" for d, names in RISK_DETECTORS.items())
+    p.add_argument("--detectors", nargs="+", default=None, choices=list(DETECTORS),
+                   help=f"detector maps the risk combines (default, chosen on validation: {defaults}; cycle: the "
+                        "back-translation residual, needs the reverse model beside the model folder; curvature "
+                        "needs --rods)")
+    p.add_argument("--smoothing", type=float, default=RISK_SMOOTHING,
+                   help="3D Gaussian sigma (voxels) applied to every map before its calibration")
+    p.add_argument("--combination", choices=list(COMBINATIONS), default=RISK_COMBINATION,
+                   help="how the detectors' probabilities make one score (max, or Fisher's sum of -log(1 - p))")
     p.add_argument("--rods", action="store_true", help="also record RODS curvature and fit its eps")
     p.add_argument("--rods-mode", choices=["cas", "sas"], default=None, help="RODS perturbation direction")
     p.add_argument("--rods-estimator", choices=["autograd", "finite_difference"], default=None,
@@ -222,6 +234,7 @@ def _add_calibrate_risk(sub) -> None:
 
 
 def _run_calibrate_risk(args) -> int:
+    from localdiffusion.detectors.risk import RISK_DETECTORS
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
     from localdiffusion.network.denoiser import load_denoiser
@@ -240,8 +253,18 @@ def _run_calibrate_risk(args) -> int:
             rods = RODSConfig(**{k: v for k, v in chosen.items() if v is not None})
         except ValueError as exc:
             raise InputError(f"RODS settings: {exc}") from None
-    calibration = calibrate_risk(denoiser, args.data, bank, rods=rods,
-                                 max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
+    if args.smoothing < 0:
+        raise InputError(f"--smoothing must be >= 0, got {args.smoothing}")
+    detectors = tuple(args.detectors or RISK_DETECTORS[f"{denoiser.config.source}_to_{denoiser.config.target}"])
+    reverse = None
+    if "cycle" in detectors:
+        reverse_dir = model.parent / reverse_direction(f"{denoiser.config.source}_to_{denoiser.config.target}")
+        if not (reverse_dir / "config.json").exists():
+            raise InputError(f"{reverse_dir}: reverse model not found (the cycle residual needs it beside {model})")
+        reverse = load_denoiser(reverse_dir, select_device(args.device))
+    calibration = calibrate_risk(denoiser, args.data, bank, reverse=reverse, detectors=detectors,
+                                 smoothing=args.smoothing, combination=args.combination, rods=rods, max_cases=args.max_cases, steps=args.steps,
+                                 false_positive_rate=args.fpr)
     out = args.out or model / "risk_calibration.json"
     calibration.save(out)
     print(f"wrote {out}" + (f" (RODS {calibration.rods.describe()}, eps {calibration.rods.eps:.4g})"

@@ -31,6 +31,12 @@ DEVICES = ("auto", "cpu", "cuda")
 OUTPUT_FORMATS = ("input", "nifti", "nrrd", "metaimage", "mgz")
 
 
+def reverse_direction(direction: str) -> str:
+    """The direction that undoes ``direction`` (its model back-translates for the cycle residual)."""
+    source, target = DIRECTIONS[direction]
+    return next(name for name, pair in DIRECTIONS.items() if pair == (target, source))
+
+
 def output_suffix(name: str, direction: str) -> str:
     """File-name suffix of the main job's output ``name``: ``<input stem>_<suffix>.<format suffix>``."""
     target = DIRECTIONS[direction][1]
@@ -129,6 +135,8 @@ _TABLE = [
            "intensity-standardised; <bank>_robust.json) instead of the bank's own calibration: for scans from another "
            "scanner, when the input gate says the OOD map cannot be read", flag="--robust"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
+    Option("risk_map", bool, True, "the hallucination-risk map (needs the model's risk_calibration.json and its "
+           "DDIM step count; its back-translation by the reverse model costs about one more translation)"),
     Option("device", str, "auto", "where the networks run", choices=DEVICES),
     Option("force", bool, False, "translate even an input the input gate refuses (wrong contrast, not a brain "
            "scan like the training data); it is then translated with a warning", flag="--force"),

@@ -20,11 +20,15 @@ from localdiffusion.methods.trajectory import TrajectoryVariance
 
 
 class Detector:
-    """A named per-voxel map. ``calibrated``: the map is already a probability (no CDF is fitted)."""
+    """A named per-voxel map. ``calibrated``: the map is already a probability (no CDF is fitted
+    unless the risk map smooths it). ``self_standardised``: a new risk calibration standardises it
+    by the volume's own brain median and MAD (its level differs from subject to subject; the
+    calibration file records it, so files fitted without it keep their meaning)."""
 
     name = ""
     description = ""
     calibrated = False
+    self_standardised = False
 
     def hook(self, last_k: int):
         """A step hook recording this detector during one batch, or None (the map is given)."""
@@ -47,6 +51,7 @@ class OodProbability(Detector):
 class TrajectoryVarianceMap(Detector):
     name = "variance"
     description = "x0-trajectory variance over the last K steps, [0, 1] intensity scale (Aithal et al. 2024)"
+    self_standardised = True
 
     def hook(self, last_k):
         return TrajectoryVariance(last_k)

@@ -1,17 +1,24 @@
 """Per-voxel hallucination-risk map: a calibrated union of the registered detectors.
 
 Each detector's map (:mod:`~localdiffusion.detectors.maps`: OOD probability, x0-trajectory
-variance, RODS curvature, ...) is turned into "the probability that a healthy voxel scores
-lower" with an empirical CDF fitted on healthy *validation* data
-(:class:`~localdiffusion.ood.anomaly_map.Calibration`); maps that are already probabilities
-(the OOD map) are taken as they are. The raw combined score is the maximum over the
-detectors present; a last calibration of that score on the same healthy data gives the
-risk, so that ``risk >= 1 - a`` flags a fraction ``a`` of healthy voxels.
+variance, RODS curvature, the cycle residual, ...) is taken inside the brain, smoothed with a
+3D Gaussian of ``smoothing`` voxels (so that single-voxel noise does not count and the map is
+not speckle), standardised by the volume's own brain median and MAD when the detector asks for
+it, and turned into "the probability that a healthy voxel scores lower" with an empirical CDF
+fitted on healthy *validation* data (:class:`~localdiffusion.ood.anomaly_map.Calibration`);
+a map that is already a probability (the OOD map) is taken as it is when it is not smoothed.
+The raw combined score is the maximum over the calibration's detectors, or Fisher's
+combination of their probabilities (``combination``); a last calibration
+of that score on the same healthy data gives the risk, so that ``risk >= 1 - a`` flags a
+fraction ``a`` of healthy voxels.
 
 The calibration file (``<model>/risk_calibration.json``) holds one CDF per fitted detector
-under its name, the combined CDF, the step count of the calibration runs (the variance
-depends on it: the risk map is written only for that DDIM step count) and the RODS settings
-with their healthy-calibrated ``eps``. Fitting it is a job: :mod:`localdiffusion.jobs.calibrate`.
+under its name, the combined CDF, the detectors and the smoothing, the step count of the
+calibration runs (the risk map is written only for that DDIM step count), the RODS settings
+with their healthy-calibrated ``eps``, and the risk's definition (what it combines, the event
+it was validated against: :data:`GROSS_ERROR`). Fitting it is a job:
+:mod:`localdiffusion.jobs.calibrate`. Files from 0.6.0 and earlier (OOD + variance + curvature,
+unsmoothed) load and give the same risk as before.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter, uniform_filter
 
 from localdiffusion.data.io import atomic_path
 from localdiffusion.detectors.maps import DETECTORS
@@ -29,47 +37,145 @@ from localdiffusion.errors import InputError
 from localdiffusion.methods.rods import RODSConfig
 from localdiffusion.ood.anomaly_map import Calibration
 
+#: The event the risk map is validated against (BENCHMARK section 11), recorded in every calibration
+#: file: a gross translation error is the absolute error averaged over a cube of
+#: ``neighbourhood`` voxels (a voxel and its 2 mm neighbours: acquisition noise does not count)
+#: above the ``healthy_quantile`` of that quantity on healthy validation brain voxels.
+GROSS_ERROR = {"neighbourhood": 3, "healthy_quantile": 0.999}
+#: What ``calibrate-risk`` combines by default for each direction, the smoothing and the combination:
+#: chosen on validation as the best predictor of :data:`GROSS_ERROR` (BENCHMARK section 11a: Gaussian
+#: sigma 1 voxel, Fisher's combination; T1 -> FLAIR the OOD probability and the cycle residual,
+#: FLAIR -> T1 the cycle residual and the trajectory variance)
+RISK_DETECTORS = {"t1_to_flair": ("ood", "cycle"), "flair_to_t1": ("cycle", "variance")}
+RISK_SMOOTHING = 1.0
+RISK_COMBINATION = "fisher"
+
+
+def combine(parts: list[np.ndarray], how: str) -> np.ndarray:
+    """One score from per-detector healthy-calibrated probabilities: ``max`` (the most unusual
+    map decides) or ``fisher`` (Fisher's sum of -log(1 - p): two moderately unusual maps count
+    as much as one very unusual one). Either is calibrated again on healthy voxels afterwards."""
+    if how == "max":
+        return np.maximum.reduce(parts)
+    if how == "fisher":
+        return sum(-np.log1p(-np.minimum(np.asarray(p, np.float64), 1 - 1e-6)) for p in parts).astype(np.float32)
+    raise ValueError(f"unknown combination {how!r}; known: {COMBINATIONS}")
+
+
+COMBINATIONS = ("max", "fisher")
+
+
+def risk_definition(detectors: tuple[str, ...], smoothing: float, combination: str, standardised: tuple[str, ...],
+                    false_positive_rate: float, fitted_on: str) -> dict:
+    """The definition a calibration file records: what the risk combines, how it was fitted, and
+    the event it is validated against."""
+    how = {"max": "the maximum of", "fisher": "Fisher's combination (sum of -log(1 - p)) of"}[combination]
+    return {"risk": f"risk >= 1 - a flags a fraction a of healthy validation brain voxels (threshold "
+                    f"{1 - false_positive_rate:g}: {false_positive_rate:g}); {how} the detectors' "
+                    f"healthy-validation CDFs p, each map taken inside the brain and smoothed by a 3D Gaussian of "
+                    f"sigma {smoothing:g} voxels" + (f", {', '.join(standardised)} then standardised by the volume's "
+                                                  f"own brain median and MAD" if standardised else "")
+                    + ", the combined score calibrated again on the same healthy voxels",
+            "detectors": {name: DETECTORS[name].description for name in detectors},
+            "fitted_on": fitted_on,
+            "validated_against": {"event": "gross translation error: |translation - truth| averaged over a "
+                                           "cube of `neighbourhood` voxels above the `healthy_quantile` of that "
+                                           "quantity on healthy validation brain voxels",
+                                  **GROSS_ERROR, "report": "docs/BENCHMARK.md section 11"}}
+
+
+def neighbourhood_error(translation: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """The event's quantity: ``|translation - truth|`` averaged over the :data:`GROSS_ERROR` cube."""
+    error = np.abs(translation.astype(np.float32) - truth.astype(np.float32))
+    return uniform_filter(error, size=GROSS_ERROR["neighbourhood"], mode="constant")
+
+
+def self_standardise(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """``volume`` in units of its own brain spread: (v - median) / (1.4826 MAD) inside the brain, 0 outside."""
+    values = volume[brain]
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median)) + 1e-8
+    return np.where(brain, (volume - median) / mad, 0).astype(np.float32)
+
+
+def detector_volumes(maps: dict[str, np.ndarray], brain: np.ndarray, smoothing: float,
+                     names: tuple[str, ...] | None = None, standardised: tuple[str, ...] = ()
+                     ) -> dict[str, np.ndarray]:
+    """The maps the risk combines: each of ``names`` (default: every map given) inside the brain,
+    smoothed by a 3D Gaussian of ``smoothing`` voxels, then self-standardised if in ``standardised``."""
+    out = {}
+    for name in names or tuple(maps):
+        if maps.get(name) is None:
+            continue
+        volume = np.where(brain, maps[name], 0).astype(np.float32)
+        if smoothing > 0:
+            volume = gaussian_filter(volume, smoothing)
+        if name in standardised:
+            volume = self_standardise(volume, brain)
+        out[name] = volume
+    return out
+
 
 @dataclass
 class RiskCalibration:
-    components: dict[str, Calibration]  # detector name -> CDF on healthy validation voxels (uncalibrated detectors)
+    components: dict[str, Calibration]  # detector name -> CDF on healthy validation voxels
     combined: Calibration
     last_k: int = 10
     rods: RODSConfig | None = None  # RODS settings with the healthy-calibrated eps (None: fitted without RODS)
     steps: int | None = None  # DDIM steps of the calibration runs (the variance depends on them)
     detectors: tuple[str, ...] = field(default=())  # detectors combined at fitting time, in order
+    smoothing: float = 0.0  # Gaussian sigma (voxels) applied to every map before its CDF
+    definition: dict = field(default_factory=dict)  # what the risk combines and the event it was validated on
+    combination: str = "max"  # how the detectors' probabilities make one score (:func:`combine`)
+    standardised: tuple[str, ...] = ()  # detectors whose maps are standardised by the volume's own median/MAD
 
     def component_probabilities(self, maps: dict[str, np.ndarray]) -> np.ndarray:
-        """Per voxel: the largest healthy-calibrated probability over the detectors in ``maps``."""
+        """Per voxel: the calibration's detectors in ``maps``, each as a healthy-calibrated probability,
+        combined into one (uncalibrated) score."""
         parts = []
-        for name, detector in DETECTORS.items():
+        for name in self.detectors or tuple(DETECTORS):
             if maps.get(name) is None:
                 continue
-            if detector.calibrated:
-                parts.append(np.asarray(maps[name], np.float32))
-            elif name in self.components:
+            if name in self.components:
                 parts.append(self.components[name].probability(maps[name]))
+            elif DETECTORS[name].calibrated:
+                parts.append(np.asarray(maps[name], np.float32))
         if not parts:
             raise ValueError("no detector map to combine")
-        return np.maximum.reduce(parts)
+        return combine(parts, self.combination)
 
     def risk(self, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Calibrated risk in [0, 1], the shape of the maps."""
         return self.combined.probability(self.component_probabilities(maps))
 
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The detector maps this calibration combines."""
+        return self.detectors or tuple(DETECTORS)
+
     @classmethod
     def fit(cls, maps: dict[str, np.ndarray], false_positive_rate: float = 0.01, last_k: int = 10,
-            rods: RODSConfig | None = None, steps: int | None = None) -> "RiskCalibration":
-        """Fit on healthy validation voxels: ``maps`` detector name -> 1D array (all of one length)."""
+            rods: RODSConfig | None = None, steps: int | None = None, smoothing: float = 0.0,
+            definition: dict | None = None, combination: str = "max", standardised: tuple[str, ...] = ()
+            ) -> "RiskCalibration":
+        """Fit on healthy validation voxels: ``maps`` detector name -> 1D array (all of one length),
+        already through :func:`detector_volumes` with ``smoothing`` and ``standardised``. A calibrated detector keeps its
+        probability unless it was smoothed (smoothing changes its distribution, so it gets a CDF too)."""
         maps = {k: v for k, v in maps.items() if v is not None}
+        detectors = tuple(n for n in DETECTORS if n in maps)
         components = {name: Calibration.fit(maps[name], false_positive_rate)
-                      for name, detector in DETECTORS.items() if name in maps and not detector.calibrated}
-        partial = cls(components, None, last_k)  # only its component probabilities are needed
+                      for name in detectors if smoothing > 0 or not DETECTORS[name].calibrated}
+        if combination not in COMBINATIONS:
+            raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
+        partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
         combined = Calibration.fit(partial.component_probabilities(maps), false_positive_rate)
-        return cls(components, combined, last_k, rods, steps, tuple(n for n in DETECTORS if n in maps))
+        return cls(components, combined, last_k, rods, steps, detectors, smoothing, dict(definition or {}), combination,
+                   tuple(n for n in standardised if n in detectors))
 
     def save(self, path: str | Path) -> None:
         payload = {"last_k": self.last_k, "steps": self.steps, "detectors": list(self.detectors),
+                   "smoothing": self.smoothing, "combination": self.combination,
+                   "standardised": list(self.standardised), "definition": self.definition,
                    "rods": dataclasses.asdict(self.rods) if self.rods is not None else None}
         for name, cal in {**self.components, "combined": self.combined}.items():
             payload[name] = {k: np.asarray(v).tolist() for k, v in cal.as_arrays("c").items()}
@@ -88,7 +194,15 @@ class RiskCalibration:
             combined = read("combined")
             rods = rods_config_from(payload)
             detectors = tuple(payload.get("detectors") or ["ood", *components])
-            return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors)
+            unknown = [name for name in detectors if name not in DETECTORS]
+            if unknown:
+                raise ValueError(f"unknown detectors {unknown}")
+            combination = payload.get("combination", "max")
+            if combination not in COMBINATIONS:
+                raise ValueError(f"unknown combination {combination!r}")
+            return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors,
+                       float(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
+                       tuple(payload.get("standardised") or ()))
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: corrupt risk calibration ({exc})") from exc
 
@@ -104,6 +218,8 @@ def rods_config_from(payload: dict) -> RODSConfig | None:
 
 
 def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
-    """Working-grid risk (X, Y, Z) from every detector map (e.g. ``recorder.volumes({"ood": p})``); 0 outside the brain."""
-    risk = calibration.risk(maps)
-    return np.where(brain, risk, 0.0).astype(np.float32)
+    """Working-grid risk (X, Y, Z) from the raw detector maps (e.g. ``recorder.volumes({"ood": p, "cycle": c})``);
+    0 outside the brain. A detector the calibration combines but this run did not produce (RODS
+    curvature without RODS) is left out, as at fitting time."""
+    volumes = detector_volumes(maps, brain, calibration.smoothing, calibration.needs, calibration.standardised)
+    return np.where(brain, calibration.risk(volumes), 0.0).astype(np.float32)

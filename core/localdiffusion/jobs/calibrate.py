@@ -11,9 +11,11 @@ import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.data.readers import read_case
+from localdiffusion.detectors.cycle import cycle_map
 from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
-from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import RiskCalibration
+from localdiffusion.detectors.maps import DETECTORS, VolumeRecorder
+from localdiffusion.detectors.risk import (RISK_COMBINATION, RISK_DETECTORS, RISK_SMOOTHING, RiskCalibration,
+                                           detector_volumes, risk_definition)
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_sampling
 from localdiffusion.ood.volume import probability_volume
@@ -23,16 +25,29 @@ from localdiffusion.volume.cohort import cases_in_split, has_manifest
 from localdiffusion.volume.grid import prepare_case
 
 
-def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: str = "val", max_cases: int = 3,
+def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detectors: tuple[str, ...] | None = None,
+                   smoothing: float = RISK_SMOOTHING, combination: str = RISK_COMBINATION, rods=None, split: str = "val", max_cases: int = 3,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = 0.01,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
-    """Fit a :class:`RiskCalibration` on the healthy cases of ``split`` (plain DDIM with ``steps``).
+    """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``).
 
-    ``rods``: a :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with
-    ``eps`` out of reach, so the trajectory is the plain one) and its ``eps`` is fitted.
+    ``detectors`` None: the direction's default (:data:`~localdiffusion.detectors.risk.RISK_DETECTORS`);
+    the maps of detectors that ask for it are self-standardised. ``reverse``: the reverse model, needed
+    when ``detectors`` holds the cycle residual. ``rods``: a
+    :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with ``eps`` out of
+    reach, so the trajectory is the plain one) and its ``eps`` is fitted.
     """
     check_sampling(denoiser, steps)
     cfg = denoiser.config
+    detectors = tuple(detectors or RISK_DETECTORS[f"{cfg.source}_to_{cfg.target}"])
+    standardised = tuple(n for n in detectors if n in DETECTORS and DETECTORS[n].self_standardised)
+    unknown = [name for name in detectors if name not in DETECTORS]
+    if unknown:
+        raise InputError(f"unknown risk detectors {unknown}; known: {', '.join(DETECTORS)}")
+    if "curvature" in detectors and rods is None:
+        raise InputError("the RODS curvature detector needs --rods")
+    if "cycle" in detectors and reverse is None:
+        raise InputError("the cycle residual needs the reverse model")
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
     if not cases:
         raise InputError(f"{data}: no healthy {split} cases to calibrate the risk map on")
@@ -42,10 +57,14 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: st
     for path in tqdm(cases, desc="risk calibration", unit="case"):
         prepared = prepare_case(read_case(path, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
         recorder = VolumeRecorder(prepared.grid.shape, last_k)
-        translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False, recorder=recorder,
-                           sample_batch=batch_sampler("ddim", steps, rods=probe))
+        translation = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False,
+                                         recorder=recorder, sample_batch=batch_sampler("ddim", steps, rods=probe))
+        given = {"ood": probability_volume(ood_bank, prepared)}
+        if "cycle" in detectors:
+            given["cycle"] = cycle_map(reverse, prepared, translation, steps=steps, seed=seed, batch_size=batch_size)
         brain = prepared.brain
-        for name, volume in recorder.volumes({"ood": probability_volume(ood_bank, prepared)}).items():
+        for name, volume in detector_volumes(recorder.volumes(given), brain, smoothing, detectors,
+                                             standardised).items():
             voxels.setdefault(name, []).append(volume[brain])
         if probe is not None:
             slice_curvature.append(recorder.slice_values("curvature")[prepared.brain_slices()])
@@ -53,7 +72,11 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, rods=None, split: st
     if probe is not None:
         fitted = dataclasses.replace(rods, eps=float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate)))
     maps = {name: np.concatenate(parts) for name, parts in voxels.items()}
-    return RiskCalibration.fit(maps, false_positive_rate, last_k, fitted, steps)
+    definition = risk_definition(detectors, smoothing, combination, standardised, false_positive_rate,
+                                 fitted_on=f"{len(cases)} healthy {split} cases of {Path(data).name}, DDIM-{steps}, "
+                                           f"seed {seed}")
+    return RiskCalibration.fit(maps, false_positive_rate, last_k, fitted, steps, smoothing, definition, combination,
+                               standardised)
 
 
 def calibrate_robust_ood(bank_path: str | Path, data: str | Path, *, split: str = "val", max_cases: int = 10,

@@ -6,7 +6,9 @@ and the Slicer module (through the CLI) call. Models come from one folder (defau
 ``ood_<modality>.pt`` (PatchCore banks; the target-modality bank is the gate's classifier);
 with ``<source>_to_<target>/risk_calibration.json`` the job also writes the per-voxel
 hallucination risk of the Local Diffusion translation (:mod:`localdiffusion.detectors.risk`),
-when the sampler is the calibration's DDIM step count (read from that file).
+when the sampler is the calibration's DDIM step count (read from that file); a calibration
+that combines the cycle residual needs the reverse model ``<target>_to_<source>/`` too, and
+the job back-translates the Local Diffusion translation with it.
 Everything is computed before anything is written; outputs are written atomically, on the
 input's grid and affine, and never over the input. ``report`` (e.g. the CLI's JSON lines)
 is told the progress of each phase and every written output.
@@ -23,6 +25,7 @@ import numpy as np
 
 from localdiffusion.data.formats import output_suffix_for
 from localdiffusion.data.io import save_volumes, volume_stem
+from localdiffusion.detectors.cycle import cycle_map
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
@@ -33,7 +36,7 @@ from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix
+from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix, reverse_direction
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
 
@@ -62,7 +65,7 @@ class JobOptions:
     device: str = default("device")
     force: bool = default("force")
     output_format: str = default("output_format")
-    risk_map: bool = True  # when the model folder holds risk_calibration.json
+    risk_map: bool = default("risk_map")  # written when the model folder holds risk_calibration.json
 
     def __post_init__(self):
         for name in JOB_OPTIONS:
@@ -77,7 +80,7 @@ def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
     source, target = DIRECTIONS[direction]
     root = Path(models_root)
     return {"diffusion": root / direction, "ood": ood_bank_path(root, source), "gate": ood_bank_path(root, target),
-            "risk": root / direction / "risk_calibration.json"}
+            "risk": root / direction / "risk_calibration.json", "reverse": root / reverse_direction(direction)}
 
 
 def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOptions,
@@ -86,8 +89,8 @@ def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOpt
     produces (no baseline when ``options.baseline`` is off, no risk map without a calibration
     fitted for this sampler and step count), named ``<input stem>_<suffix><format suffix>``."""
     names = [name for name in OUTPUTS if name != "baseline" or options.baseline]
-    risk = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)["risk"]
-    if _risk_calibration(risk, options) is None:
+    paths = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)
+    if _risk_calibration(paths, options) is None:
         names.remove("risk")
     return output_paths(input_path, out_dir, options, names)
 
@@ -98,13 +101,18 @@ def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOption
     return {name: Path(out_dir) / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in names}
 
 
-def _risk_calibration(path: Path, options: JobOptions) -> RiskCalibration | None:
-    """The risk calibration the job uses: none when not asked for, absent, or fitted for another
-    sampler or step count (no risk map rather than a miscalibrated one)."""
-    if not (options.risk_map and path.exists()):
+def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> RiskCalibration | None:
+    """The risk calibration the job uses: none when not asked for, absent, fitted for another
+    sampler or step count, or combining the cycle residual without the reverse model at hand
+    (no risk map rather than a miscalibrated one)."""
+    if not (options.risk_map and paths["risk"].exists()):
         return None
-    calibration = RiskCalibration.load(path)
-    return calibration if (options.sampler, options.steps) == ("ddim", calibration.steps) else None
+    calibration = RiskCalibration.load(paths["risk"])
+    if (options.sampler, options.steps) != ("ddim", calibration.steps):
+        return None
+    if "cycle" in calibration.needs and not (paths["reverse"] / "config.json").exists():
+        return None
+    return calibration
 
 
 def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
@@ -128,10 +136,13 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
-    calibration = _risk_calibration(paths["risk"], options)
+    calibration = _risk_calibration(paths, options)
+    reverse = load_denoiser(paths["reverse"], device) if calibration and "cycle" in calibration.needs else None
     prepared = prepare_input(input_path, source, denoiser.config.spacing_mm, denoiser.config.in_plane)
     check_sampling(denoiser, options.steps, options.t_intermediate)
 
+    # the sampling phases, each reported from 0 to 1 (clients weigh them equally)
+    report({"event": "phases", "phases": ["local"] + ["cycle"] * (reverse is not None) + ["baseline"] * options.baseline})
     report({"event": "progress", "phase": "ood", "fraction": 0.0})
     ood = probability_volume(ood_bank, prepared)
     for warning in gate_input(input_path, prepared, source, models_root, probability=ood, bank=ood_bank,
@@ -150,7 +161,11 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     volumes = {"ood": ood, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
                                                        sample_batch=local, on_batch=phase("local"))}
     if recorder is not None:
-        volumes["risk"] = risk_volume(calibration, recorder.volumes({"ood": ood}), prepared.brain)
+        given = {"ood": ood}
+        if reverse is not None:
+            given["cycle"] = cycle_map(reverse, prepared, volumes["local"], steps=options.steps, seed=options.seed,
+                                       batch_size=options.batch_size, on_batch=phase("cycle"))
+        volumes["risk"] = risk_volume(calibration, recorder.volumes(given), prepared.brain)
     if options.baseline:
         volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,
                                                  **common, on_batch=phase("baseline"))

@@ -100,6 +100,7 @@ class LocalDiffusionTask(InferTask):
             raise InputError(f"parameter 'extra_outputs' must be 'all' or a list from {list(EXTRA_OUTPUTS)}, "
                              f"got {extras!r}")
         options.baseline = "baseline" in extras
+        options.risk_map = "risk" in extras  # its back-translation costs about one more translation
         options.output_format = "nifti"  # the job's own files; the result follows result_extension
         work = Path(tempfile.mkdtemp(prefix="ld_job_"))
         try:
@@ -111,7 +112,7 @@ class LocalDiffusionTask(InferTask):
             missing = [e for e in extras if e not in outputs]
             if missing:
                 raise InputError(f"{missing} not available for these models or settings (risk needs the calibrated "
-                                 "DDIM step count)")
+                                 "DDIM step count and the reverse model)")
             names = ["local", *extras]
             volumes = [read_image(outputs[n]) for n in names]
             affine = volumes[0][1]

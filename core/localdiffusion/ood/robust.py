@@ -36,8 +36,9 @@ from localdiffusion.errors import InputError
 from localdiffusion.ood.anomaly_map import Calibration
 from localdiffusion.ood.patchcore import PatchCore
 
-#: whether a contrast's robust map standardises intensities first (docs/BENCHMARK.md section 9: it
-#: raises the T1 map's lesion AUROC under every shift and drops FLAIR's to 0.65-0.77)
+#: whether a contrast's robust map standardises intensities first, chosen on the validation shift
+#: variants (docs/BENCHMARK.md 9c: it raises the T1 map's lesion AUROC under every shift and drops
+#: FLAIR's to 0.65-0.71; the test variants of section 9 agree)
 STANDARDISE = {"t1": True, "flair": False}
 #: brain-intensity percentiles matched by the standardisation
 LANDMARK_LEVELS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99], np.float64)

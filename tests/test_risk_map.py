@@ -1,0 +1,144 @@
+"""The risk map's definition (issue 17): smoothed, self-standardised detector maps, calibrated on
+healthy voxels; earlier calibration files keep their risk; the benchmark scores the product's maps."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localdiffusion.detectors.cycle import cycle_residual
+from localdiffusion.detectors.risk import (RiskCalibration, detector_volumes, neighbourhood_error, risk_definition,
+                                           risk_volume)
+from localdiffusion.ood.anomaly_map import Calibration
+
+SHAPE = (24, 24, 16)
+
+
+def _brain():
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in SHAPE), indexing="ij")
+    return x ** 2 + y ** 2 + z ** 2 < 0.8
+
+
+def _healthy_case(rng, level):
+    """A subject whose translation is right up to acquisition-like noise of ``level`` (its own scale)."""
+    brain = _brain()
+    source = np.where(brain, 0.5 + level * rng.standard_normal(SHAPE), 0).astype(np.float32)
+    back = np.where(brain, 0.5 + level * rng.standard_normal(SHAPE), 0).astype(np.float32)
+    ood = np.where(brain, rng.uniform(0, 1, SHAPE), 0).astype(np.float32)
+    return brain, {"ood": ood, "cycle": cycle_residual(source, back, brain)}
+
+
+def _fit(cases, smoothing, detectors=("ood", "cycle"), standardised=("cycle",)):
+    voxels = {}
+    for brain, maps in cases:
+        for name, volume in detector_volumes(maps, brain, smoothing, detectors, standardised).items():
+            voxels.setdefault(name, []).append(volume[brain])
+    definition = risk_definition(detectors, smoothing, "fisher", standardised, 0.01, "test")
+    return RiskCalibration.fit({k: np.concatenate(v) for k, v in voxels.items()}, 0.01, steps=25,
+                               smoothing=smoothing, combination="fisher", definition=definition,
+                               standardised=standardised)
+
+
+def test_cycle_risk_flags_an_error_region_and_not_a_noisier_subject(tmp_path):
+    rng = np.random.default_rng(0)
+    calibration = _fit([_healthy_case(rng, 0.02) for _ in range(3)], smoothing=1.0)
+    # a subject scanned noisier (twice the healthy level everywhere) with a 6-voxel region the
+    # translation got wrong (the back-translation is 0.4 off there)
+    brain, maps = _healthy_case(rng, 0.04)
+    wrong = np.zeros(SHAPE, bool)
+    wrong[9:15, 9:15, 5:11] = True
+    source = np.where(brain, 0.5 + 0.04 * rng.standard_normal(SHAPE), 0).astype(np.float32)
+    back = np.where(brain, source + 0.04 * rng.standard_normal(SHAPE) + 0.4 * wrong, 0).astype(np.float32)
+    maps["cycle"] = cycle_residual(source, back, brain)
+    risk = risk_volume(calibration, maps, brain)
+    assert risk.shape == SHAPE and (risk[~brain] == 0).all()
+    core = np.zeros(SHAPE, bool)
+    core[10:14, 10:14, 6:10] = True
+    assert (risk[core] >= 0.99).mean() > 0.9
+    # the noisier subject's healthy brain is not flagged wholesale: its own median and MAD absorb the level
+    far = brain & ~np.pad(np.ones((10, 10, 10), bool), [(7, 7), (7, 7), (3, 3)])
+    assert (risk[far] >= 0.99).mean() < 0.05
+    # the same fit without the per-volume standardisation flags the noisier subject's healthy brain
+    plain = _fit([_healthy_case(np.random.default_rng(0), 0.02) for _ in range(3)], 1.0, standardised=())
+    assert (risk_volume(plain, maps, brain)[far] >= 0.99).mean() > 0.2
+    # unsmoothed, the same calibration speckles: isolated healthy voxels cross the threshold
+    raw = _fit([_healthy_case(np.random.default_rng(1), 0.02) for _ in range(3)], smoothing=0.0)
+    calibration.save(tmp_path / "risk.json")
+    again = RiskCalibration.load(tmp_path / "risk.json")
+    assert (again.smoothing, again.detectors, again.standardised) == (1.0, ("ood", "cycle"), ("cycle",))
+    assert again.definition["validated_against"]["neighbourhood"] == 3
+    np.testing.assert_allclose(risk_volume(again, maps, brain), risk)
+    assert risk_volume(raw, maps, brain)[far].std() > risk[far].std()
+
+
+def test_an_unsmoothed_ood_variance_calibration_keeps_its_risk():
+    """Files from 0.6.0 and earlier: the OOD probability as it is, the variance through its CDF, the maximum."""
+    rng = np.random.default_rng(2)
+    brain = _brain()
+    healthy = {"ood": rng.uniform(0, 1, 20000).astype(np.float32), "variance": rng.gamma(2.0, 1e-4, 20000)}
+    calibration = RiskCalibration.fit(healthy, 0.01)
+    assert set(calibration.components) == {"variance"} and calibration.smoothing == 0
+    maps = {"ood": rng.uniform(0, 1, SHAPE).astype(np.float32), "variance": rng.gamma(2.0, 1e-4, SHAPE)}
+    expected = calibration.combined.probability(np.maximum(maps["ood"],
+                                                           calibration.components["variance"].probability(maps["variance"])))
+    np.testing.assert_allclose(risk_volume(calibration, maps, brain), np.where(brain, expected, 0), atol=1e-6)
+
+
+def test_a_smoothed_ood_probability_gets_its_own_cdf():
+    rng = np.random.default_rng(3)
+    calibration = RiskCalibration.fit({"ood": rng.uniform(0.2, 0.4, 5000)}, 0.01, smoothing=1.0)
+    assert isinstance(calibration.components["ood"], Calibration)
+    assert calibration.risk({"ood": np.array([0.5])})[0] == 1.0  # above every healthy value once calibrated
+
+
+def test_neighbourhood_error_ignores_single_voxel_noise():
+    truth = np.zeros((9, 9, 9), np.float32)
+    speck, blob = truth.copy(), truth.copy()
+    speck[4, 4, 4] = 1.0
+    blob[3:6, 3:6, 3:6] = 1.0
+    assert neighbourhood_error(speck, truth).max() == pytest.approx(1 / 27)
+    assert neighbourhood_error(blob, truth)[4, 4, 4] == pytest.approx(1.0)
+
+
+def test_the_benchmark_scores_the_product_cycle_map():
+    """benchmarks/risk_map.py's cycle_self candidate is the product's cycle detector map."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "risk_map.py"
+    spec = importlib.util.spec_from_file_location("risk_map_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(4)
+    brain = _brain()
+    case = {"brain": brain, "source": rng.uniform(0, 1, SHAPE).astype(np.float32),
+            "back": rng.uniform(0, 1, SHAPE).astype(np.float32), "ood": rng.uniform(0, 1, SHAPE).astype(np.float32),
+            "variance": rng.gamma(2.0, 1e-4, SHAPE).astype(np.float32),
+            "pred": rng.uniform(0, 1, SHAPE).astype(np.float32), "second": rng.uniform(0, 1, SHAPE).astype(np.float32)}
+    product = detector_volumes(bench.product_maps(case), brain, 1.0, ("ood", "cycle", "variance"),
+                               ("cycle", "variance"))
+    candidates = bench.raw_maps(case, 1.0)
+    np.testing.assert_allclose(candidates["cycle_self"], product["cycle"], atol=1e-5)
+    np.testing.assert_allclose(candidates["variance_self"], product["variance"], atol=1e-5)
+    np.testing.assert_allclose(candidates["ood"], product["ood"], atol=1e-6)
+
+
+def test_fisher_counts_two_moderately_unusual_maps_above_one(tmp_path):
+    import json
+
+    from localdiffusion.detectors.risk import combine
+
+    both, one = [np.array([0.95]), np.array([0.95])], [np.array([0.96]), np.array([0.0])]
+    assert combine(both, "max") < combine(one, "max")
+    assert combine(both, "fisher") > combine(one, "fisher")
+    with pytest.raises(ValueError, match="unknown combination"):
+        combine(both, "mean")
+    # a file written before smoothing, combinations and definitions existed loads as max, unsmoothed
+    rng = np.random.default_rng(5)
+    calibration = RiskCalibration.fit({"ood": rng.uniform(0, 1, 5000), "variance": rng.gamma(2.0, 1e-4, 5000)})
+    calibration.save(tmp_path / "new.json")
+    payload = json.loads((tmp_path / "new.json").read_text())
+    old = {k: v for k, v in payload.items() if k not in ("smoothing", "combination", "definition", "standardised")}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    again = RiskCalibration.load(tmp_path / "old.json")
+    assert (again.combination, again.smoothing) == ("max", 0.0)
+    maps = {"ood": rng.uniform(0, 1, 100), "variance": rng.gamma(2.0, 1e-4, 100)}
+    np.testing.assert_allclose(again.risk(maps), calibration.risk(maps))
