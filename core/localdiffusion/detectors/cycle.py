@@ -39,7 +39,6 @@ def back_translation(reverse, prepared: PreparedCase, translation: np.ndarray, *
                      on_batch=None) -> np.ndarray:
     """The working-grid ``translation`` translated back by ``reverse`` (plain DDIM with ``steps``,
     the reverse model's own sampling settings)."""
-    forward_target = reverse.config.source
     cfg, grid = reverse.config, prepared.grid
     if cfg.target not in prepared.images:
         raise InputError(f"the reverse model translates {cfg.source} -> {cfg.target}; the case has no {cfg.target} "
@@ -47,7 +46,7 @@ def back_translation(reverse, prepared: PreparedCase, translation: np.ndarray, *
     if (float(cfg.spacing_mm), tuple(cfg.in_plane)) != (float(grid.spacing), tuple(grid.shape[:2])):
         raise InputError(f"the reverse model ({cfg.source} -> {cfg.target}) works on a {cfg.spacing_mm} mm "
                          f"{tuple(cfg.in_plane)} grid, the translation on {grid.spacing} mm {tuple(grid.shape[:2])}")
-    case = dataclasses.replace(prepared, images={forward_target: translation.astype(np.float32)})
+    case = dataclasses.replace(prepared, images={cfg.source: translation.astype(np.float32)})
     return translate_prepared(reverse, case, sample_batch=batch_sampler("ddim", steps), seed=seed,
                               batch_size=batch_size, progress=progress, on_batch=on_batch)
 

@@ -3,8 +3,8 @@
 Each detector's map (:mod:`~localdiffusion.detectors.maps`: OOD probability, x0-trajectory
 variance, RODS curvature, the cycle residual, ...) is taken inside the brain, smoothed with a
 3D Gaussian of ``smoothing`` voxels (so that single-voxel noise does not count and the map is
-not speckle), standardised by the volume's own brain median and MAD when the detector asks for
-it, and turned into "the probability that a healthy voxel scores lower" with an empirical CDF
+not speckle), standardised by the volume's own brain median and MAD when the calibration lists
+it in ``standardised`` (a new fit lists the detectors that ask for it), and turned into "the probability that a healthy voxel scores lower" with an empirical CDF
 fitted on healthy *validation* data (:class:`~localdiffusion.ood.anomaly_map.Calibration`);
 a map that is already a probability (the OOD map) is taken as it is when it is not smoothed.
 The raw combined score is the maximum over the calibration's detectors, or Fisher's
@@ -13,7 +13,8 @@ of that score on the same healthy data gives the risk, so that ``risk >= 1 - a``
 fraction ``a`` of healthy voxels.
 
 The calibration file (``<model>/risk_calibration.json``) holds one CDF per fitted detector
-under its name, the combined CDF, the detectors and the smoothing, the step count of the
+under its name, the combined CDF, the detectors, the smoothing, the combination and the
+standardised maps, the step count of the
 calibration runs (the risk map is written only for that DDIM step count), the RODS settings
 with their healthy-calibrated ``eps``, and the risk's definition (what it combines, the event
 it was validated against: :data:`GROSS_ERROR`). Fitting it is a job:
@@ -51,6 +52,10 @@ RISK_SMOOTHING = 1.0
 RISK_COMBINATION = "fisher"
 
 
+#: how the detectors' probabilities make one score (:func:`combine`)
+COMBINATIONS = ("max", "fisher")
+
+
 def combine(parts: list[np.ndarray], how: str) -> np.ndarray:
     """One score from per-detector healthy-calibrated probabilities: ``max`` (the most unusual
     map decides) or ``fisher`` (Fisher's sum of -log(1 - p): two moderately unusual maps count
@@ -60,9 +65,6 @@ def combine(parts: list[np.ndarray], how: str) -> np.ndarray:
     if how == "fisher":
         return sum(-np.log1p(-np.minimum(np.asarray(p, np.float64), 1 - 1e-6)) for p in parts).astype(np.float32)
     raise ValueError(f"unknown combination {how!r}; known: {COMBINATIONS}")
-
-
-COMBINATIONS = ("max", "fisher")
 
 
 def risk_definition(detectors: tuple[str, ...], smoothing: float, combination: str, standardised: tuple[str, ...],
@@ -129,7 +131,7 @@ class RiskCalibration:
     combination: str = "max"  # how the detectors' probabilities make one score (:func:`combine`)
     standardised: tuple[str, ...] = ()  # detectors whose maps are standardised by the volume's own median/MAD
 
-    def component_probabilities(self, maps: dict[str, np.ndarray]) -> np.ndarray:
+    def combined_score(self, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Per voxel: the calibration's detectors in ``maps``, each as a healthy-calibrated probability,
         combined into one (uncalibrated) score."""
         parts = []
@@ -146,7 +148,7 @@ class RiskCalibration:
 
     def risk(self, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Calibrated risk in [0, 1], the shape of the maps."""
-        return self.combined.probability(self.component_probabilities(maps))
+        return self.combined.probability(self.combined_score(maps))
 
     @property
     def needs(self) -> tuple[str, ...]:
@@ -168,7 +170,7 @@ class RiskCalibration:
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
         partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
-        combined = Calibration.fit(partial.component_probabilities(maps), false_positive_rate)
+        combined = Calibration.fit(partial.combined_score(maps), false_positive_rate)
         return cls(components, combined, last_k, rods, steps, detectors, smoothing, dict(definition or {}), combination,
                    tuple(n for n in standardised if n in detectors))
 
