@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from localdiffusion.errors import InputError
-from localdiffusion.options import DIRECTIONS, MODALITIES, add_options, reverse_direction
+from localdiffusion.options import DIRECTIONS, MODALITIES, add_options
 from localdiffusion.shipped import ood_bank_path, shipped_model_dir
 
 EXIT_BAD_INPUT = 2
@@ -234,6 +234,7 @@ def _add_calibrate_risk(sub) -> None:
 
 
 def _run_calibrate_risk(args) -> int:
+    from localdiffusion.detectors.cycle import load_reverse_model
     from localdiffusion.detectors.risk import RISK_DETECTORS
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
@@ -256,15 +257,10 @@ def _run_calibrate_risk(args) -> int:
     if args.smoothing < 0:
         raise InputError(f"--smoothing must be >= 0, got {args.smoothing}")
     detectors = tuple(args.detectors or RISK_DETECTORS[f"{denoiser.config.source}_to_{denoiser.config.target}"])
-    reverse = None
-    if "cycle" in detectors:
-        reverse_dir = model.parent / reverse_direction(f"{denoiser.config.source}_to_{denoiser.config.target}")
-        if not (reverse_dir / "config.json").exists():
-            raise InputError(f"{reverse_dir}: reverse model not found (the cycle residual needs it beside {model})")
-        reverse = load_denoiser(reverse_dir, select_device(args.device))
+    reverse = load_reverse_model(model, denoiser.config, select_device(args.device)) if "cycle" in detectors else None
     calibration = calibrate_risk(denoiser, args.data, bank, reverse=reverse, detectors=detectors,
-                                 smoothing=args.smoothing, combination=args.combination, rods=rods, max_cases=args.max_cases, steps=args.steps,
-                                 false_positive_rate=args.fpr)
+                                 smoothing=args.smoothing, combination=args.combination, rods=rods,
+                                 max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
     out = args.out or model / "risk_calibration.json"
     calibration.save(out)
     print(f"wrote {out}" + (f" (RODS {calibration.rods.describe()}, eps {calibration.rods.eps:.4g})"

@@ -15,12 +15,14 @@ The map is given, not recorded: the job computes it after the translation
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
 from localdiffusion.detectors.maps import Detector, register
 from localdiffusion.errors import InputError
-from localdiffusion.options import default
+from localdiffusion.network.denoiser import load_denoiser
+from localdiffusion.options import default, reverse_direction
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
 from localdiffusion.volume.grid import PreparedCase
 
@@ -32,6 +34,15 @@ class CycleResidual(Detector):
 
 
 register(CycleResidual())
+
+
+def load_reverse_model(model_dir: str | Path, config, device):
+    """The model beside ``model_dir`` that undoes it (``<target>_to_<source>/``); one error line if absent."""
+    folder = Path(model_dir).parent / reverse_direction(f"{config.source}_to_{config.target}")
+    if not (folder / "config.json").exists():
+        raise InputError(f"{folder}: reverse model not found (the risk map's cycle residual needs it beside "
+                         f"{model_dir})")
+    return load_denoiser(folder, device)
 
 
 def back_translation(reverse, prepared: PreparedCase, translation: np.ndarray, *, steps: int = default("steps"),

@@ -26,7 +26,8 @@ from localdiffusion.volume.grid import prepare_case
 
 
 def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detectors: tuple[str, ...] | None = None,
-                   smoothing: float = RISK_SMOOTHING, combination: str = RISK_COMBINATION, rods=None, split: str = "val", max_cases: int = 3,
+                   smoothing: float = RISK_SMOOTHING, combination: str = RISK_COMBINATION, rods=None,
+                   split: str = "val", max_cases: int = 3,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = 0.01,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
     """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``).
@@ -40,10 +41,10 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detect
     check_sampling(denoiser, steps)
     cfg = denoiser.config
     detectors = tuple(detectors or RISK_DETECTORS[f"{cfg.source}_to_{cfg.target}"])
-    standardised = tuple(n for n in detectors if n in DETECTORS and DETECTORS[n].self_standardised)
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
         raise InputError(f"unknown risk detectors {unknown}; known: {', '.join(DETECTORS)}")
+    standardised = tuple(n for n in detectors if DETECTORS[n].self_standardised)
     if "curvature" in detectors and rods is None:
         raise InputError("the RODS curvature detector needs --rods")
     if "cycle" in detectors and reverse is None:

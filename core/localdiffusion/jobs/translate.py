@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from localdiffusion.data.io import save_volumes
-from localdiffusion.detectors.cycle import cycle_map
+from localdiffusion.detectors.cycle import cycle_map, load_reverse_model
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
@@ -24,7 +24,7 @@ from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.options import check_values, default, reverse_direction
+from localdiffusion.options import check_values, default
 from localdiffusion.shipped import ood_bank_path
 from localdiffusion.volume.batching import BRAIN_CROP_MARGIN, batch_sampler, translate_prepared
 from localdiffusion.volume.grid import PreparedCase
@@ -79,10 +79,7 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
         rods_config = calibration.rods
     reverse = None
     if risk_map is not None and "cycle" in calibration.needs:
-        reverse_dir = Path(model_dir).parent / reverse_direction(f"{cfg.source}_to_{cfg.target}")
-        if not (reverse_dir / "config.json").exists():
-            raise InputError(f"{reverse_dir}: reverse model not found (the risk map's cycle residual needs it)")
-        reverse = load_denoiser(reverse_dir, device)
+        reverse = load_reverse_model(model_dir, cfg, device)
     bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
     if risk_map is not None or bank_path.exists():  # the gate uses the bank when there is one
         bank = PatchCore.load(bank_path, modality=cfg.source).to(device)
