@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/localdiffusion demo --out $(DEMO_OUT)
 
 test: install-test
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # a wheel that carries the shipped bundle (for the Slicer module's Resources/wheels or pip)
 wheel: | $(BIN)/python

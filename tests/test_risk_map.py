@@ -103,10 +103,7 @@ def test_neighbourhood_error_ignores_single_voxel_noise():
 
 def test_the_benchmark_scores_the_product_cycle_map():
     """benchmarks/risk_map.py's cycle_self candidate is the product's cycle detector map."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "risk_map.py"
-    spec = importlib.util.spec_from_file_location("risk_map_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark()
     rng = np.random.default_rng(4)
     brain = _brain()
     case = {"brain": brain, "source": rng.uniform(0, 1, SHAPE).astype(np.float32),
@@ -142,3 +139,47 @@ def test_fisher_counts_two_moderately_unusual_maps_above_one(tmp_path):
     assert (again.combination, again.smoothing) == ("max", 0.0)
     maps = {"ood": rng.uniform(0, 1, 100), "variance": rng.gamma(2.0, 1e-4, 100)}
     np.testing.assert_allclose(again.risk(maps), calibration.risk(maps))
+
+
+def _benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "risk_map.py"
+    spec = importlib.util.spec_from_file_location("risk_map_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_smoothing_along_the_slice_axis_round_trips_and_smooths_z_only(tmp_path):
+    from localdiffusion.detectors.risk import parse_smoothing, smoothing_label
+
+    assert parse_smoothing("1") == 1.0 and parse_smoothing("1,1,3") == (1.0, 1.0, 3.0)
+    for bad in ("1,2", "-1", "a", "1,1,-3"):
+        with pytest.raises(ValueError, match="smoothing"):
+            parse_smoothing(bad)
+    assert smoothing_label((1.0, 1.0, 3.0)) == "1,1,3" and smoothing_label(2.0) == "2"
+    rng = np.random.default_rng(6)
+    calibration = _fit([_healthy_case(rng, 0.02) for _ in range(3)], smoothing=(0.0, 0.0, 3.0))
+    calibration.save(tmp_path / "risk.json")
+    again = RiskCalibration.load(tmp_path / "risk.json")
+    assert again.smoothing == (0.0, 0.0, 3.0) and "0,0,3" in again.definition["risk"]
+    # a map striped slice by slice (z) loses its stripes; one striped along x keeps them
+    brain = np.ones(SHAPE, bool)
+    z_stripes = np.broadcast_to((np.arange(SHAPE[2]) % 2).astype(np.float32), SHAPE)
+    x_stripes = np.broadcast_to((np.arange(SHAPE[0]) % 2).astype(np.float32)[:, None, None], SHAPE)
+    smoothed = detector_volumes({"ood": z_stripes, "variance": x_stripes}, brain, again.smoothing)
+    assert np.ptp(smoothed["ood"][12, 12, 4:12]) < 0.05 and np.ptp(smoothed["variance"][4:20, 12, 8]) == 1.0
+    bad = tmp_path / "bad.json"
+    bad.write_text((tmp_path / "risk.json").read_text().replace('"smoothing": [0.0, 0.0, 3.0]', '"smoothing": [1, 2]'))
+    from localdiffusion.errors import InputError
+    with pytest.raises(InputError, match="corrupt risk calibration"):
+        RiskCalibration.load(bad)
+
+
+def test_the_benchmark_selection_rule():
+    bench = _benchmark()
+    # the rule: among candidates reaching the AUROC goal, the one catching most; else the best AUROC
+    rows = {"a": {"auroc": 0.95, "caught": 0.3}, "b": {"auroc": 0.91, "caught": 0.6}, "c": {"auroc": 0.80, "caught": 0.9}}
+    assert bench.choose(rows) == "b"
+    assert bench.choose({"a": {"auroc": 0.85, "caught": 0.3}, "c": {"auroc": 0.80, "caught": 0.9}}) == "a"
+    assert bench.maps_of("fisher(ood,cycle_self) @1,1,3") == {"ood", "cycle_self"}
+    assert bench.maps_of("ood+spread+cycle") == {"ood", "spread", "cycle"} and bench.maps_of("ood @2") == {"ood"}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from localdiffusion.data.readers import Case
-from localdiffusion.detectors.risk import GROSS_ERROR, RISK_COMBINATION, RISK_DETECTORS, RISK_SMOOTHING, RiskCalibration
+from localdiffusion.detectors.risk import GROSS_ERROR, RISK_DEFAULTS, RiskCalibration
 from localdiffusion.jobs.run import model_paths
 from localdiffusion.metrics import psnr
 from localdiffusion.network.denoiser import load_denoiser
@@ -76,8 +76,9 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     calibration = RiskCalibration.load(model_paths(MODELS_ROOT, direction)["risk"])
     assert calibration.steps == 25 and calibration.rods is not None and calibration.rods.eps > 0
     # the risk chosen on validation (BENCHMARK section 11), its definition recorded in the file
-    assert set(calibration.needs) == set(RISK_DETECTORS[direction]) and calibration.smoothing == RISK_SMOOTHING
-    assert calibration.combination == RISK_COMBINATION
-    assert set(calibration.standardised) == set(RISK_DETECTORS[direction]) & {"cycle", "variance"}
+    chosen = RISK_DEFAULTS[direction]
+    assert set(calibration.needs) == set(chosen.detectors) and calibration.smoothing == chosen.smoothing
+    assert calibration.combination == chosen.combination
+    assert set(calibration.standardised) == set(chosen.detectors) & {"cycle", "variance"}
     assert calibration.definition["validated_against"]["healthy_quantile"] == GROSS_ERROR["healthy_quantile"]
     assert (model_paths(MODELS_ROOT, direction)["reverse"] / "model.pt").exists()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from localdiffusion.detectors.risk import RISK_DEFAULTS
 from localdiffusion.engine.loop import SliceNoise, reverse_process
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.engine.updates import DDIM
@@ -103,7 +104,8 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
                  "--steps", "10"]) == 0
     saved = json.loads((model / "risk_calibration.json").read_text())
     # the default risk: OOD + cycle residual, smoothed, each with its CDF; RODS eps fitted beside it
-    assert saved["rods"]["eps"] > 0 and saved["detectors"] == ["ood", "cycle"] and saved["smoothing"] == 1.0
+    assert saved["rods"]["eps"] > 0 and saved["detectors"] == ["ood", "cycle"]
+    assert saved["smoothing"] == RISK_DEFAULTS["t1_to_flair"].smoothing
     assert "ood" in saved and "cycle" in saved and "variance" not in saved
     assert saved["definition"]["validated_against"]["healthy_quantile"] == 0.999
     assert "1 healthy val cases" in saved["definition"]["fitted_on"]
@@ -113,6 +115,10 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--rods", "--rods-stride", "0",
                  "--out", str(tmp_path / "never.json")]) == 2
     assert "stride" in capsys.readouterr().err and not (tmp_path / "never.json").exists()
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--smoothing", "1,2",
+                 "--out", str(tmp_path / "never.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--smoothing" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "never.json").exists()
     legacy = {k: v for k, v in saved.items() if k != "rods"} | {"rods_eps": 0.5}  # a 0.2.0 file
     (tmp_path / "legacy.json").write_text(json.dumps(legacy))
     from localdiffusion.detectors.risk import RiskCalibration

@@ -205,21 +205,24 @@ def _run_calibrate_gate(args) -> int:
 
 def _add_calibrate_risk(sub) -> None:
     from localdiffusion.detectors.maps import DETECTORS
-    from localdiffusion.detectors.risk import COMBINATIONS, RISK_COMBINATION, RISK_DETECTORS, RISK_SMOOTHING
+    from localdiffusion.detectors.risk import COMBINATIONS, RISK_DEFAULTS, smoothing_label
 
     p = sub.add_parser("calibrate-risk", help="fit the hallucination-risk calibration on healthy validation cases")
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
-    defaults = "; ".join(f"{d}: {' '.join(names)}" for d, names in RISK_DETECTORS.items())
+    defaults = "; ".join(f"{d}: {' '.join(r.detectors)}, smoothing {smoothing_label(r.smoothing)}, {r.combination}"
+                         for d, r in RISK_DEFAULTS.items())
     p.add_argument("--detectors", nargs="+", default=None, choices=list(DETECTORS),
-                   help=f"detector maps the risk combines (default, chosen on validation: {defaults}; cycle: the "
-                        "back-translation residual, needs the reverse model beside the model folder; curvature "
-                        "needs --rods)")
-    p.add_argument("--smoothing", type=float, default=RISK_SMOOTHING,
-                   help="3D Gaussian sigma (voxels) applied to every map before its calibration")
-    p.add_argument("--combination", choices=list(COMBINATIONS), default=RISK_COMBINATION,
-                   help="how the detectors' probabilities make one score (max, or Fisher's sum of -log(1 - p))")
+                   help=f"detector maps the risk combines (default per direction, chosen on validation: {defaults}; "
+                        "cycle: the back-translation residual, needs the reverse model beside the model folder; "
+                        "curvature needs --rods)")
+    p.add_argument("--smoothing", default=None,
+                   help="3D Gaussian sigma (voxels) applied to every map before its calibration: one value, or "
+                        "x,y,z (z: the slice axis); default: the direction's")
+    p.add_argument("--combination", choices=list(COMBINATIONS), default=None,
+                   help="how the detectors' probabilities make one score (max, or Fisher's sum of -log(1 - p)); "
+                        "default: the direction's")
     p.add_argument("--rods", action="store_true", help="also record RODS curvature and fit its eps")
     p.add_argument("--rods-mode", choices=["cas", "sas"], default=None, help="RODS perturbation direction")
     p.add_argument("--rods-estimator", choices=["autograd", "finite_difference"], default=None,
@@ -235,13 +238,17 @@ def _add_calibrate_risk(sub) -> None:
 
 def _run_calibrate_risk(args) -> int:
     from localdiffusion.detectors.cycle import load_reverse_model
-    from localdiffusion.detectors.risk import RISK_DETECTORS
+    from localdiffusion.detectors.risk import parse_smoothing, risk_default
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
     from localdiffusion.network.denoiser import load_denoiser
     from localdiffusion.network.device import select_device
     from localdiffusion.ood.patchcore import PatchCore
 
+    try:
+        smoothing = parse_smoothing(args.smoothing) if args.smoothing is not None else None
+    except ValueError as exc:
+        raise InputError(f"--smoothing: {exc}") from None
     model = args.model or shipped_model_dir()
     denoiser = load_denoiser(model, select_device(args.device))
     bank = PatchCore.load(args.ood_bank or ood_bank_path(model.parent, denoiser.config.source),
@@ -254,12 +261,10 @@ def _run_calibrate_risk(args) -> int:
             rods = RODSConfig(**{k: v for k, v in chosen.items() if v is not None})
         except ValueError as exc:
             raise InputError(f"RODS settings: {exc}") from None
-    if args.smoothing < 0:
-        raise InputError(f"--smoothing must be >= 0, got {args.smoothing}")
-    detectors = tuple(args.detectors or RISK_DETECTORS[f"{denoiser.config.source}_to_{denoiser.config.target}"])
+    detectors = tuple(args.detectors or risk_default(denoiser.config.direction).detectors)
     reverse = load_reverse_model(model, denoiser.config, select_device(args.device)) if "cycle" in detectors else None
     calibration = calibrate_risk(denoiser, args.data, bank, reverse=reverse, detectors=detectors,
-                                 smoothing=args.smoothing, combination=args.combination, rods=rods,
+                                 smoothing=smoothing, combination=args.combination, rods=rods,
                                  max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
     out = args.out or model / "risk_calibration.json"
     calibration.save(out)

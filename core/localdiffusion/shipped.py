@@ -36,9 +36,15 @@ MODELS_ROOT = _models_root()
 LABEL_APP = BUNDLE_ROOT / "monailabel_app"
 
 
+def direction_name(source: str, target: str) -> str:
+    """A translation direction's name, ``<source>_to_<target>``: its model folder and its key in the
+    per-direction tables (options.DIRECTIONS, detectors.risk.RISK_DETECTORS)."""
+    return f"{source}_to_{target}"
+
+
 def shipped_model_dir(source: str = "t1", target: str = "flair") -> Path:
     """``<models root>/<source>_to_<target>``."""
-    return MODELS_ROOT / f"{source}_to_{target}"
+    return MODELS_ROOT / direction_name(source, target)
 
 
 def robust_calibration_path(bank_path: str | Path) -> Path:

@@ -38,7 +38,7 @@ register(CycleResidual())
 
 def load_reverse_model(model_dir: str | Path, config, device):
     """The model beside ``model_dir`` that undoes it (``<target>_to_<source>/``); one error line if absent."""
-    folder = Path(model_dir).parent / reverse_direction(f"{config.source}_to_{config.target}")
+    folder = Path(model_dir).parent / reverse_direction(config.direction)
     if not (folder / "config.json").exists():
         raise InputError(f"{folder}: reverse model not found (the risk map's cycle residual needs it beside "
                          f"{model_dir})")

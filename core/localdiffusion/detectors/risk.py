@@ -43,13 +43,47 @@ from localdiffusion.ood.anomaly_map import Calibration
 #: ``neighbourhood`` voxels (a voxel and its 2 mm neighbours: acquisition noise does not count)
 #: above the ``healthy_quantile`` of that quantity on healthy validation brain voxels.
 GROSS_ERROR = {"neighbourhood": 3, "healthy_quantile": 0.999}
-#: What ``calibrate-risk`` combines by default for each direction, the smoothing and the combination:
-#: chosen on validation as the best predictor of :data:`GROSS_ERROR` (BENCHMARK section 11a: Gaussian
-#: sigma 1 voxel, Fisher's combination; T1 -> FLAIR the OOD probability and the cycle residual,
-#: FLAIR -> T1 the cycle residual and the trajectory variance)
-RISK_DETECTORS = {"t1_to_flair": ("ood", "cycle"), "flair_to_t1": ("cycle", "variance")}
-RISK_SMOOTHING = 1.0
-RISK_COMBINATION = "fisher"
+#: a Gaussian sigma in voxels: one value, or one per working-grid axis (x, y, z; z is the slice axis)
+Smoothing = float | tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class RiskDefault:
+    """What ``calibrate-risk`` fits for a direction unless told otherwise."""
+
+    detectors: tuple[str, ...]
+    smoothing: Smoothing
+    combination: str
+
+
+#: The risk map each direction ships, chosen on validation as the predictor of :data:`GROSS_ERROR`
+#: by the rule of docs/BENCHMARK.md section 11b (the candidates reaching AUROC 0.90 on validation,
+#: the one catching most event voxels at 1% healthy false alarms); the maps are the OOD probability,
+#: the cycle residual and the x0-trajectory variance.
+RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood", "cycle"), 2.0, "fisher"),
+                 "flair_to_t1": RiskDefault(("ood", "cycle"), 1.0, "fisher")}
+#: a direction nobody measured (a user's own model): the maps every model yields without a reverse model
+UNMEASURED_DEFAULT = RiskDefault(("ood", "variance"), 1.0, "fisher")
+
+
+def risk_default(direction: str) -> RiskDefault:
+    return RISK_DEFAULTS.get(direction, UNMEASURED_DEFAULT)
+
+
+def parse_smoothing(text: str) -> Smoothing:
+    """``"1"`` -> 1.0, ``"1,1,3"`` -> (1.0, 1.0, 3.0); ValueError for anything else."""
+    try:
+        parts = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 3) or min(parts) < 0:
+        raise ValueError(f"smoothing {text!r}: one sigma or three (x,y,z), each >= 0 voxels")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def smoothing_label(smoothing: Smoothing) -> str:
+    """``1`` or ``1,1,3``: the form :func:`parse_smoothing` reads."""
+    return ",".join(f"{v:g}" for v in smoothing) if isinstance(smoothing, tuple) else f"{smoothing:g}"
 
 
 #: how the detectors' probabilities make one score (:func:`combine`)
@@ -67,7 +101,7 @@ def combine(parts: list[np.ndarray], how: str) -> np.ndarray:
     raise ValueError(f"unknown combination {how!r}; known: {COMBINATIONS}")
 
 
-def risk_definition(detectors: tuple[str, ...], smoothing: float, combination: str, standardised: tuple[str, ...],
+def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combination: str, standardised: tuple[str, ...],
                     false_positive_rate: float, fitted_on: str) -> dict:
     """The definition a calibration file records: what the risk combines, how it was fitted, and
     the event it is validated against."""
@@ -75,7 +109,8 @@ def risk_definition(detectors: tuple[str, ...], smoothing: float, combination: s
     return {"risk": f"risk >= 1 - a flags a fraction a of healthy validation brain voxels (threshold "
                     f"{1 - false_positive_rate:g}: {false_positive_rate:g}); {how} the detectors' "
                     f"healthy-validation CDFs p, each map taken inside the brain and smoothed by a 3D Gaussian of "
-                    f"sigma {smoothing:g} voxels" + (f", {', '.join(standardised)} then standardised by the volume's "
+                    f"sigma {smoothing_label(smoothing)} voxels"
+                    + (" (x,y,z; z the slice axis)" if isinstance(smoothing, tuple) else "") + (f", {', '.join(standardised)} then standardised by the volume's "
                                                   f"own brain median and MAD" if standardised else "")
                     + ", the combined score calibrated again on the same healthy voxels",
             "detectors": {name: DETECTORS[name].description for name in detectors},
@@ -100,7 +135,7 @@ def self_standardise(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
     return np.where(brain, (volume - median) / mad, 0).astype(np.float32)
 
 
-def detector_volumes(maps: dict[str, np.ndarray], brain: np.ndarray, smoothing: float,
+def detector_volumes(maps: dict[str, np.ndarray], brain: np.ndarray, smoothing: Smoothing,
                      names: tuple[str, ...] | None = None, standardised: tuple[str, ...] = ()
                      ) -> dict[str, np.ndarray]:
     """The maps the risk combines: each of ``names`` (default: every map given) inside the brain,
@@ -110,7 +145,7 @@ def detector_volumes(maps: dict[str, np.ndarray], brain: np.ndarray, smoothing: 
         if maps.get(name) is None:
             continue
         volume = np.where(brain, maps[name], 0).astype(np.float32)
-        if smoothing > 0:
+        if np.any(np.asarray(smoothing) > 0):
             volume = gaussian_filter(volume, smoothing)
         if name in standardised:
             volume = self_standardise(volume, brain)
@@ -126,7 +161,7 @@ class RiskCalibration:
     rods: RODSConfig | None = None  # RODS settings with the healthy-calibrated eps (None: fitted without RODS)
     steps: int | None = None  # DDIM steps of the calibration runs (the variance depends on them)
     detectors: tuple[str, ...] = field(default=())  # detectors combined at fitting time, in order
-    smoothing: float = 0.0  # Gaussian sigma (voxels) applied to every map before its CDF
+    smoothing: Smoothing = 0.0  # Gaussian sigma (voxels; one, or x, y, z) applied to every map before its CDF
     definition: dict = field(default_factory=dict)  # what the risk combines and the event it was validated on
     combination: str = "max"  # how the detectors' probabilities make one score (:func:`combine`)
     standardised: tuple[str, ...] = ()  # detectors whose maps are standardised by the volume's own median/MAD
@@ -157,7 +192,7 @@ class RiskCalibration:
 
     @classmethod
     def fit(cls, maps: dict[str, np.ndarray], false_positive_rate: float = 0.01, last_k: int = 10,
-            rods: RODSConfig | None = None, steps: int | None = None, smoothing: float = 0.0,
+            rods: RODSConfig | None = None, steps: int | None = None, smoothing: Smoothing = 0.0,
             definition: dict | None = None, combination: str = "max", standardised: tuple[str, ...] = ()
             ) -> "RiskCalibration":
         """Fit on healthy validation voxels: ``maps`` detector name -> 1D array (all of one length),
@@ -166,7 +201,7 @@ class RiskCalibration:
         maps = {k: v for k, v in maps.items() if v is not None}
         detectors = tuple(n for n in DETECTORS if n in maps)
         components = {name: Calibration.fit(maps[name], false_positive_rate)
-                      for name in detectors if smoothing > 0 or not DETECTORS[name].calibrated}
+                      for name in detectors if np.any(np.asarray(smoothing) > 0) or not DETECTORS[name].calibrated}
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
         partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
@@ -176,7 +211,8 @@ class RiskCalibration:
 
     def save(self, path: str | Path) -> None:
         payload = {"last_k": self.last_k, "steps": self.steps, "detectors": list(self.detectors),
-                   "smoothing": self.smoothing, "combination": self.combination,
+                   "smoothing": list(self.smoothing) if isinstance(self.smoothing, tuple) else self.smoothing,
+                   "combination": self.combination,
                    "standardised": list(self.standardised), "definition": self.definition,
                    "rods": dataclasses.asdict(self.rods) if self.rods is not None else None}
         for name, cal in {**self.components, "combined": self.combined}.items():
@@ -203,10 +239,15 @@ class RiskCalibration:
             if combination not in COMBINATIONS:
                 raise ValueError(f"unknown combination {combination!r}")
             return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors,
-                       float(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
+                       _smoothing(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
                        tuple(payload.get("standardised") or ()))
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: corrupt risk calibration ({exc})") from exc
+
+
+def _smoothing(stored) -> Smoothing:
+    """A calibration file's smoothing: a number, or a list of three (x, y, z); ValueError otherwise."""
+    return parse_smoothing(",".join(map(str, stored)) if isinstance(stored, list) else str(stored))
 
 
 def rods_config_from(payload: dict) -> RODSConfig | None:

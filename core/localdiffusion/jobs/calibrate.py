@@ -14,8 +14,7 @@ from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.cycle import cycle_map
 from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
 from localdiffusion.detectors.maps import DETECTORS, VolumeRecorder
-from localdiffusion.detectors.risk import (RISK_COMBINATION, RISK_DETECTORS, RISK_SMOOTHING, RiskCalibration,
-                                           detector_volumes, risk_definition)
+from localdiffusion.detectors.risk import RiskCalibration, Smoothing, detector_volumes, risk_default, risk_definition
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_sampling
 from localdiffusion.ood.volume import probability_volume
@@ -26,13 +25,14 @@ from localdiffusion.volume.grid import prepare_case
 
 
 def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detectors: tuple[str, ...] | None = None,
-                   smoothing: float = RISK_SMOOTHING, combination: str = RISK_COMBINATION, rods=None,
+                   smoothing: Smoothing | None = None, combination: str | None = None, rods=None,
                    split: str = "val", max_cases: int = 3,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = 0.01,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
     """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``).
 
-    ``detectors`` None: the direction's default (:data:`~localdiffusion.detectors.risk.RISK_DETECTORS`);
+    ``detectors``, ``smoothing``, ``combination`` None: the direction's default
+    (:data:`~localdiffusion.detectors.risk.RISK_DEFAULTS`);
     the maps of detectors that ask for it are self-standardised. ``reverse``: the reverse model, needed
     when ``detectors`` holds the cycle residual. ``rods``: a
     :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with ``eps`` out of
@@ -40,7 +40,10 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detect
     """
     check_sampling(denoiser, steps)
     cfg = denoiser.config
-    detectors = tuple(detectors or RISK_DETECTORS[f"{cfg.source}_to_{cfg.target}"])
+    chosen = risk_default(cfg.direction)
+    detectors = tuple(detectors or chosen.detectors)
+    smoothing = chosen.smoothing if smoothing is None else smoothing
+    combination = combination or chosen.combination
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
         raise InputError(f"unknown risk detectors {unknown}; known: {', '.join(DETECTORS)}")

@@ -28,7 +28,7 @@ from monai.networks.nets import DiffusionModelUNet
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.errors import InputError
 from localdiffusion.network.device import autocast_dtype
-from localdiffusion.shipped import MODELS_ENV
+from localdiffusion.shipped import MODELS_ENV, direction_name
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
@@ -75,6 +75,11 @@ class DiffusionConfig:
         """A z-sampling setting (``noise_sigma_z``, ``z_harmonise``): ``value``, or this model's own when it is
         negative (the options' default -1: "the model's validated value")."""
         return float(getattr(self, name)) if value < 0 else float(value)
+
+    @property
+    def direction(self) -> str:
+        """``<source>_to_<target>``, the direction's name (:func:`~localdiffusion.shipped.direction_name`)."""
+        return direction_name(self.source, self.target)
 
     @property
     def condition_offsets(self) -> tuple[int, ...]:
