@@ -74,8 +74,15 @@ Stage 3 (``shift``) scores the product's risk map on acquisition-shifted test va
       python benchmarks/risk_map.py collect --data data/shift/$v --split test --kind healthy --max-cases 1 \
           --no-spread --direction t1_to_flair --cache data/risk_cache_shift/$v
     done
-    python benchmarks/risk_map.py shift --direction t1_to_flair --variants data/risk_cache_shift/* \
+    python benchmarks/risk_map.py robust-ood --direction t1_to_flair --split val      # the robust-OOD lead
+    python benchmarks/risk_map.py robust-ood --direction t1_to_flair --caches data/risk_cache_shift/*
+    python benchmarks/risk_map.py shift --direction t1_to_flair --variants data/risk_cache_shift/{training,spin_echo,strong_bias,low_snr} \
         --out docs/benchmark/risk_map_shift_t1_to_flair.json
+
+(``training``: links to section 11a's first test cases, byte-identical scans; FLAIR -> T1 the same with
+the variants training, strong_bias and low_snr.) ``shift`` reports the product's map and, once
+``robust-ood`` has run, the same definition refitted on the healthy validation cases with the bank's
+OOD map and with the robust one (:func:`refit`).
 """
 
 from __future__ import annotations
@@ -98,8 +105,9 @@ from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.cycle import cycle_residual
 from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import (GROSS_ERROR, RiskCalibration, combine, neighbourhood_error, parse_smoothing,
-                                           risk_volume, self_standardise, smoothing_label)
+from localdiffusion.detectors.risk import (GROSS_ERROR, RiskCalibration, combine, detector_volumes,
+                                           neighbourhood_error, parse_smoothing, risk_volume, self_standardise,
+                                           smoothing_label)
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
@@ -163,12 +171,41 @@ def collect(args) -> None:
                                     brain=prepared.brain, seg=seg, kind=kind, seconds=json.dumps(seconds))
 
 
+ROBUST_SUFFIX = ".ood_robust.npy"  # beside a case's .npz: its acquisition-robust OOD probability (robust-ood stage)
+
+
 def load_cases(cache: Path, direction: str, split: str) -> dict[str, dict]:
     cases = {}
     for f in sorted((cache / direction).glob(f"{split}_*.npz")):
         with np.load(f) as data:
             cases[f.stem[len(split) + 1:]] = {k: data[k] for k in data.files}
+        robust = f.with_name(f.stem + ROBUST_SUFFIX)
+        if robust.exists():
+            cases[f.stem[len(split) + 1:]]["ood_robust"] = np.load(robust)
     return cases
+
+
+def robust_ood(args) -> None:
+    """The shipped acquisition-robust OOD probability (``ood map --robust``: ood/robust.py) of every
+    cached case's source, saved beside its .npz (generated data; the collect stage's files are untouched)."""
+    from localdiffusion.ood.robust import RobustCalibration
+    from localdiffusion.shipped import robust_calibration_path
+
+    source = DIRECTIONS[args.direction][0]
+    bank_path = ood_bank_path(MODELS_ROOT, source)
+    bank = PatchCore.load(bank_path, modality=source, model_root=MODELS_ROOT)
+    robust = RobustCalibration.load(robust_calibration_path(bank_path))
+    files = [f for folder in args.caches for f in sorted((folder / args.direction).glob("*.npz"))
+             if args.split is None or f.name.startswith(f"{args.split}_")]
+    for f in tqdm(files, desc="robust OOD", unit="case"):
+        out = f.with_name(f.stem + ROBUST_SUFFIX)
+        if out.exists():
+            continue
+        with np.load(f) as data:
+            probability = robust.probability(bank, data["source"], data["brain"])
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, probability)
 
 
 def local_error(case: dict) -> np.ndarray:
@@ -192,10 +229,22 @@ def raw_maps(case: dict, sigma: float) -> dict[str, np.ndarray]:
     return out
 
 
-def product_maps(case: dict) -> dict[str, np.ndarray]:
-    """The raw detector maps the product's risk calibration takes for this case."""
-    return {"ood": case["ood"], "variance": case["variance"],
+def product_maps(case: dict, ood: str = "ood") -> dict[str, np.ndarray]:
+    """The raw detector maps the product's risk calibration takes for this case (``ood``: which OOD
+    probability stands in the OOD detector's place, the bank's own or ``ood_robust``)."""
+    return {"ood": case[ood], "variance": case["variance"],
             "cycle": cycle_residual(case["source"], case["back"], case["brain"])}
+
+
+def refit(like: RiskCalibration, healthy: list[dict], ood: str = "ood") -> RiskCalibration:
+    """``like``'s definition (detectors, smoothing, combination, standardised maps) fitted on ``healthy``."""
+    voxels: dict[str, list] = {}
+    for c in healthy:
+        volumes = detector_volumes(product_maps(c, ood), c["brain"], like.smoothing, like.needs, like.standardised)
+        for name, volume in volumes.items():
+            voxels.setdefault(name, []).append(volume[c["brain"]])
+    return RiskCalibration.fit({k: np.concatenate(v) for k, v in voxels.items()}, like.combined.false_positive_rate,
+                               smoothing=like.smoothing, combination=like.combination, standardised=like.standardised)
 
 
 class Cdf:
@@ -392,35 +441,46 @@ def shift(args) -> None:
         raise SystemExit(f"no healthy validation cases in {args.cache / args.direction}")
     event_threshold = float(np.quantile(np.concatenate([local_error(c)[c["brain"]] for c in healthy_val]),
                                         GROSS_ERROR["healthy_quantile"]))
-    calibration = RiskCalibration.load(MODELS_ROOT / args.direction / "risk_calibration.json")
-    own = 1 - calibration.combined.false_positive_rate
-    result = {"direction": args.direction, "event_threshold": event_threshold, "threshold": own,
-              "command": "python " + " ".join(sys.argv), "variants": {}}
-    for folder in args.variants:
-        cases = load_cases(folder, args.direction, "test")
-        y, s, healthy, typical, per_case = [], [], [], [], []
-        for c in tqdm(cases.values(), desc=folder.name, unit="case", leave=False):
-            brain = c["brain"]
-            risk = risk_volume(calibration, product_maps(c), brain)[brain]
-            typical.append(typical_probability(c["ood"], brain))
-            if str(c["kind"]) == "healthy":
-                healthy.append(risk >= own)
-                continue
-            event = local_error(c)[brain] > event_threshold
-            y.append(event), s.append(risk)
-            per_case.append(float(roc_auc_score(event, risk)) if 0 < event.mean() < 1 else float("nan"))
-        row = {"tumour_cases": len(y), "healthy_cases": len(healthy),
-               "typical_ood": [float(v) for v in typical],
-               "unreliable_cases": int(sum(v > UNRELIABLE_TYPICAL for v in typical))}
-        if y:
-            yy, ss = np.concatenate(y), np.concatenate(s)
-            row.update(event_fraction=float(yy.mean()), auroc=float(roc_auc_score(yy, ss)),
-                       auprc=float(average_precision_score(yy, ss)), caught=float((ss[yy] >= own).mean()),
-                       case_auroc=per_case)
-        if healthy:
-            row["healthy_flagged"] = float(np.mean(np.concatenate(healthy)))
-        result["variants"][folder.name] = row
-        print(folder.name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+    shipped = RiskCalibration.load(MODELS_ROOT / args.direction / "risk_calibration.json")
+    # the shipped map, and when the robust-ood stage has run: the same definition refitted on the
+    # benchmark's healthy validation cases with the bank's OOD map and with the robust one in its place
+    # (a like-for-like comparison of the OOD input alone)
+    maps = {"risk (shipped)": (shipped, "ood")}
+    variants = {folder: load_cases(folder, args.direction, "test") for folder in args.variants}
+    if all("ood_robust" in c for c in healthy_val + [c for cases in variants.values() for c in cases.values()]):
+        for key in ("ood", "ood_robust"):
+            maps[f"risk refitted on val, {key}"] = (refit(shipped, healthy_val, key), key)
+    result = {"direction": args.direction, "event_threshold": event_threshold,
+              "threshold": 1 - shipped.combined.false_positive_rate, "command": "python " + " ".join(sys.argv),
+              "variants": {}}
+    for folder, cases in variants.items():
+        rows = {}
+        for label, (calibration, key) in maps.items():
+            own = 1 - calibration.combined.false_positive_rate
+            y, s, healthy, typical, per_case = [], [], [], [], []
+            for c in tqdm(cases.values(), desc=folder.name, unit="case", leave=False):
+                brain = c["brain"]
+                risk = risk_volume(calibration, product_maps(c, key), brain)[brain]
+                typical.append(typical_probability(c["ood"], brain))
+                if str(c["kind"]) == "healthy":
+                    healthy.append(risk >= own)
+                    continue
+                event = local_error(c)[brain] > event_threshold
+                y.append(event), s.append(risk)
+                per_case.append(float(roc_auc_score(event, risk)) if 0 < event.mean() < 1 else float("nan"))
+            row = {"tumour_cases": len(y), "healthy_cases": len(healthy),
+                   "typical_ood": [float(v) for v in typical],
+                   "unreliable_cases": int(sum(v > UNRELIABLE_TYPICAL for v in typical))}
+            if y:
+                yy, ss = np.concatenate(y), np.concatenate(s)
+                row.update(event_fraction=float(yy.mean()), auroc=float(roc_auc_score(yy, ss)),
+                           auprc=float(average_precision_score(yy, ss)), caught=float((ss[yy] >= own).mean()),
+                           case_auroc=per_case)
+            if healthy:
+                row["healthy_flagged"] = float(np.mean(np.concatenate(healthy)))
+            rows[label] = row
+            print(folder.name, label, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+        result["variants"][folder.name] = rows
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
 
@@ -456,6 +516,9 @@ def main(argv=None) -> int:
     h.add_argument("--variants", type=Path, nargs="+", required=True,
                    help="caches collected from data/shift/<variant> (one folder per variant, named after it)")
     h.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("robust-ood", help="the robust OOD probability of cached cases, saved beside them")
+    r.add_argument("--caches", type=Path, nargs="+", default=[CACHE])
+    r.add_argument("--split", choices=["val", "test"], default=None)
     s = sub.add_parser("score")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--sigma", type=parse_sigma, nargs="+", default=[1.0],
@@ -464,11 +527,11 @@ def main(argv=None) -> int:
     s.add_argument("--png", type=Path, default=None, help="three planes of the first tumour test case")
     s.add_argument("--compare-calibration", type=Path, default=None,
                    help="an earlier risk_calibration.json scored beside the shipped one (e.g. 0.6.0's)")
-    for p in (c, s, h):
+    for p in (c, s, h, r):
         p.add_argument("--direction", default="t1_to_flair", choices=list(DIRECTIONS))
         p.add_argument("--cache", type=Path, default=CACHE)
     args = ap.parse_args(argv)
-    {"collect": collect, "score": score, "shift": shift}[args.stage](args)
+    {"collect": collect, "score": score, "shift": shift, "robust-ood": robust_ood}[args.stage](args)
     return 0
 
 

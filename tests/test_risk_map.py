@@ -183,3 +183,26 @@ def test_the_benchmark_selection_rule():
     assert bench.choose({"a": {"auroc": 0.85, "caught": 0.3}, "c": {"auroc": 0.80, "caught": 0.9}}) == "a"
     assert bench.maps_of("fisher(ood,cycle_self) @1,1,3") == {"ood", "cycle_self"}
     assert bench.maps_of("ood+spread+cycle") == {"ood", "spread", "cycle"} and bench.maps_of("ood @2") == {"ood"}
+
+
+def test_the_benchmark_refit_is_the_product_fit():
+    """benchmarks/risk_map.py refit (the shift stage's like-for-like comparison) fits the product's definition."""
+    bench = _benchmark()
+    rng = np.random.default_rng(7)
+    brain = _brain()
+
+    def case():
+        return {"brain": brain, "source": rng.uniform(0, 1, SHAPE).astype(np.float32),
+                "back": rng.uniform(0, 1, SHAPE).astype(np.float32),
+                "ood": rng.uniform(0, 1, SHAPE).astype(np.float32),
+                "ood_robust": rng.uniform(0, 1, SHAPE).astype(np.float32),
+                "variance": rng.gamma(2.0, 1e-4, SHAPE).astype(np.float32)}
+
+    healthy, other = [case(), case()], case()
+    product = _fit([(c["brain"], bench.product_maps(c)) for c in healthy], smoothing=2.0)
+    again = bench.refit(product, healthy)
+    np.testing.assert_allclose(risk_volume(again, bench.product_maps(other), brain),
+                               risk_volume(product, bench.product_maps(other), brain), atol=1e-6)
+    robust = bench.refit(product, healthy, "ood_robust")
+    assert not np.allclose(risk_volume(robust, bench.product_maps(other, "ood_robust"), brain),
+                           risk_volume(product, bench.product_maps(other), brain))
