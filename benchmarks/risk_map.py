@@ -105,7 +105,7 @@ from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.cycle import cycle_residual
 from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import (GROSS_ERROR, RiskCalibration, combine, detector_volumes,
+from localdiffusion.detectors.risk import (GROSS_ERROR, RiskCalibration, combine, detector_volumes, is_smoothed,
                                            neighbourhood_error, parse_smoothing, risk_volume, self_standardise,
                                            smoothing_label)
 from localdiffusion.network.denoiser import load_denoiser
@@ -219,7 +219,7 @@ def raw_maps(case: dict, sigma: float) -> dict[str, np.ndarray]:
     out = {}
     for name, m in maps.items():
         m = np.where(brain, m, 0).astype(np.float32)
-        out[name] = gaussian_filter(m, sigma) if np.any(np.asarray(sigma) > 0) else m
+        out[name] = gaussian_filter(m, sigma) if is_smoothed(sigma) else m
     # per-volume self-calibration (as section 9's OOD map): the volume's own brain median and MAD
     # remove a level that differs from subject to subject (added after the first test readout,
     # which showed the cycle residual's healthy calibration not transferring; chosen on val as the rest).

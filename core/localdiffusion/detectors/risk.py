@@ -81,6 +81,10 @@ def parse_smoothing(text: str) -> Smoothing:
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
+def is_smoothed(smoothing: Smoothing) -> bool:
+    return bool(np.any(np.asarray(smoothing) > 0))
+
+
 def smoothing_label(smoothing: Smoothing) -> str:
     """``1`` or ``1,1,3``: the form :func:`parse_smoothing` reads."""
     return ",".join(f"{v:g}" for v in smoothing) if isinstance(smoothing, tuple) else f"{smoothing:g}"
@@ -106,13 +110,14 @@ def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combinatio
     """The definition a calibration file records: what the risk combines, how it was fitted, and
     the event it is validated against."""
     how = {"max": "the maximum of", "fisher": "Fisher's combination (sum of -log(1 - p)) of"}[combination]
+    sigma = smoothing_label(smoothing) + (" voxels (x,y,z; z the slice axis)" if isinstance(smoothing, tuple)
+                                          else " voxels")
+    standardising = (f", {', '.join(standardised)} then standardised by the volume's own brain median and MAD"
+                     if standardised else "")
     return {"risk": f"risk >= 1 - a flags a fraction a of healthy validation brain voxels (threshold "
                     f"{1 - false_positive_rate:g}: {false_positive_rate:g}); {how} the detectors' "
                     f"healthy-validation CDFs p, each map taken inside the brain and smoothed by a 3D Gaussian of "
-                    f"sigma {smoothing_label(smoothing)} voxels"
-                    + (" (x,y,z; z the slice axis)" if isinstance(smoothing, tuple) else "") + (f", {', '.join(standardised)} then standardised by the volume's "
-                                                  f"own brain median and MAD" if standardised else "")
-                    + ", the combined score calibrated again on the same healthy voxels",
+                    f"sigma {sigma}{standardising}, the combined score calibrated again on the same healthy voxels",
             "detectors": {name: DETECTORS[name].description for name in detectors},
             "fitted_on": fitted_on,
             "validated_against": {"event": "gross translation error: |translation - truth| averaged over a "
@@ -145,7 +150,7 @@ def detector_volumes(maps: dict[str, np.ndarray], brain: np.ndarray, smoothing: 
         if maps.get(name) is None:
             continue
         volume = np.where(brain, maps[name], 0).astype(np.float32)
-        if np.any(np.asarray(smoothing) > 0):
+        if is_smoothed(smoothing):
             volume = gaussian_filter(volume, smoothing)
         if name in standardised:
             volume = self_standardise(volume, brain)
@@ -201,7 +206,7 @@ class RiskCalibration:
         maps = {k: v for k, v in maps.items() if v is not None}
         detectors = tuple(n for n in DETECTORS if n in maps)
         components = {name: Calibration.fit(maps[name], false_positive_rate)
-                      for name in detectors if np.any(np.asarray(smoothing) > 0) or not DETECTORS[name].calibrated}
+                      for name in detectors if is_smoothed(smoothing) or not DETECTORS[name].calibrated}
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
         partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
