@@ -38,7 +38,7 @@ LABEL_APP = BUNDLE_ROOT / "monailabel_app"
 
 def direction_name(source: str, target: str) -> str:
     """A translation direction's name, ``<source>_to_<target>``: its model folder and its key in the
-    per-direction tables (options.DIRECTIONS, detectors.risk.RISK_DETECTORS)."""
+    per-direction tables (options.DIRECTIONS, detectors.risk.RISK_DEFAULTS)."""
     return f"{source}_to_{target}"
 
 
