@@ -105,7 +105,7 @@ from localdiffusion.data.io import atomic_path, save_png
 from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.cycle import cycle_residual
 from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import (GROSS_ERROR, RiskCalibration, combine, detector_volumes, is_smoothed,
+from localdiffusion.detectors.risk import (GROSS_ERROR, RiskCalibration, combine, fit_on_volumes, is_smoothed,
                                            neighbourhood_error, parse_smoothing, risk_volume, self_standardise,
                                            smoothing_label)
 from localdiffusion.network.denoiser import load_denoiser
@@ -229,22 +229,30 @@ def raw_maps(case: dict, sigma: float) -> dict[str, np.ndarray]:
     return out
 
 
-def product_maps(case: dict, ood: str = "ood") -> dict[str, np.ndarray]:
-    """The raw detector maps the product's risk calibration takes for this case (``ood``: which OOD
-    probability stands in the OOD detector's place, the bank's own or ``ood_robust``)."""
-    return {"ood": case[ood], "variance": case["variance"],
+def product_maps(case: dict) -> dict[str, np.ndarray]:
+    """The raw detector maps the product's risk calibration takes for this case (the robust OOD map
+    once the robust-ood stage has run)."""
+    maps = {"ood": case["ood"], "variance": case["variance"],
             "cycle": cycle_residual(case["source"], case["back"], case["brain"])}
+    if "ood_robust" in case:
+        maps["ood_robust"] = case["ood_robust"]
+    return maps
 
 
-def refit(like: RiskCalibration, healthy: list[dict], ood: str = "ood") -> RiskCalibration:
-    """``like``'s definition (detectors, smoothing, combination, standardised maps) fitted on ``healthy``."""
-    voxels: dict[str, list] = {}
-    for c in healthy:
-        volumes = detector_volumes(product_maps(c, ood), c["brain"], like.smoothing, like.needs, like.standardised)
-        for name, volume in volumes.items():
-            voxels.setdefault(name, []).append(volume[c["brain"]])
-    return RiskCalibration.fit({k: np.concatenate(v) for k, v in voxels.items()}, like.combined.false_positive_rate,
-                               smoothing=like.smoothing, combination=like.combination, standardised=like.standardised)
+#: the OOD maps a risk can combine: the bank's own and the acquisition-robust one
+OOD_MAPS = ("ood", "ood_robust")
+
+
+def with_ood(detectors: tuple[str, ...], ood: str) -> tuple[str, ...]:
+    """``detectors`` with ``ood`` in the place of whichever OOD map they combine."""
+    return tuple(ood if name in OOD_MAPS else name for name in detectors)
+
+
+def refit(like: RiskCalibration, healthy: list[dict], detectors: tuple[str, ...] | None = None) -> RiskCalibration:
+    """``like``'s definition (smoothing, combination, standardised maps; its detectors unless
+    ``detectors`` is given) fitted on ``healthy`` by the product's code."""
+    return fit_on_volumes(((c["brain"], product_maps(c)) for c in healthy), detectors or like.needs, like.smoothing,
+                          like.combination, like.standardised, like.combined.false_positive_rate)
 
 
 class Cdf:
@@ -445,22 +453,22 @@ def shift(args) -> None:
     # the shipped map, and when the robust-ood stage has run: the same definition refitted on the
     # benchmark's healthy validation cases with the bank's OOD map and with the robust one in its place
     # (a like-for-like comparison of the OOD input alone)
-    maps = {"risk (shipped)": (shipped, "ood")}
+    maps = {"risk (shipped)": shipped}
     variants = {folder: load_cases(folder, args.direction, "test") for folder in args.variants}
     if all("ood_robust" in c for c in healthy_val + [c for cases in variants.values() for c in cases.values()]):
-        for key in ("ood", "ood_robust"):
-            maps[f"risk refitted on val, {key}"] = (refit(shipped, healthy_val, key), key)
+        for key in OOD_MAPS:
+            maps[f"risk refitted on val, {key}"] = refit(shipped, healthy_val, with_ood(shipped.needs, key))
     result = {"direction": args.direction, "event_threshold": event_threshold,
               "threshold": 1 - shipped.combined.false_positive_rate, "command": "python " + " ".join(sys.argv),
               "variants": {}}
     for folder, cases in variants.items():
         rows = {}
-        for label, (calibration, key) in maps.items():
+        for label, calibration in maps.items():
             own = 1 - calibration.combined.false_positive_rate
             y, s, healthy, typical, per_case = [], [], [], [], []
             for c in tqdm(cases.values(), desc=folder.name, unit="case", leave=False):
                 brain = c["brain"]
-                risk = risk_volume(calibration, product_maps(c, key), brain)[brain]
+                risk = risk_volume(calibration, product_maps(c), brain)[brain]
                 typical.append(typical_probability(c["ood"], brain))
                 if str(c["kind"]) == "healthy":
                     healthy.append(risk >= own)

@@ -44,10 +44,12 @@ def tiny_models(tmp_path_factory, cohort):
     """A models folder like monai_bundle/models with tiny random weights (4 mm grid), segmenters included."""
     import torch
 
+    from localdiffusion.jobs.calibrate import calibrate_robust_ood
     from localdiffusion.network.denoiser import DiffusionConfig, build_network, save_model
     from localdiffusion.network.segmenter import SegConfig, Segmenter
     from localdiffusion.ood.features import FeatureExtractor
     from localdiffusion.ood.patchcore import PatchCore
+    from localdiffusion.shipped import robust_calibration_path
     from localdiffusion.volume.cohort import load_slice_set
 
     root = tmp_path_factory.mktemp("models")
@@ -63,6 +65,8 @@ def tiny_models(tmp_path_factory, cohort):
                               grid={"spacing_mm": 4.0, "in_plane": [48, 56]})
         model.calibrate(val.images[m], val.brain)
         model.save(root / f"ood_{m}.pt")
+        # the acquisition-robust calibration beside the bank (the T1 -> FLAIR risk map combines it)
+        calibrate_robust_ood(root / f"ood_{m}.pt", cohort).save(robust_calibration_path(root / f"ood_{m}.pt"))
         seg = SegConfig(modality=m, channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
         (root / f"seg_{m}").mkdir()
         (root / f"seg_{m}" / "config.json").write_text(json.dumps(dataclasses.asdict(seg)))

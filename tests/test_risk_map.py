@@ -1,6 +1,7 @@
 """The risk map's definition (issue 17): smoothed, self-standardised detector maps, calibrated on
 healthy voxels; earlier calibration files keep their risk; the benchmark scores the product's maps."""
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 from localdiffusion.detectors.cycle import cycle_residual
-from localdiffusion.detectors.risk import (RiskCalibration, detector_volumes, neighbourhood_error, risk_definition,
-                                           risk_volume)
+from localdiffusion.detectors.risk import (RiskCalibration, detector_volumes, fit_on_volumes, neighbourhood_error,
+                                           risk_definition, risk_volume)
 from localdiffusion.ood.anomaly_map import Calibration
 
 SHAPE = (24, 24, 16)
@@ -30,14 +31,8 @@ def _healthy_case(rng, level):
 
 
 def _fit(cases, smoothing, detectors=("ood", "cycle"), standardised=("cycle",)):
-    voxels = {}
-    for brain, maps in cases:
-        for name, volume in detector_volumes(maps, brain, smoothing, detectors, standardised).items():
-            voxels.setdefault(name, []).append(volume[brain])
     definition = risk_definition(detectors, smoothing, "fisher", standardised, 0.01, "test")
-    return RiskCalibration.fit({k: np.concatenate(v) for k, v in voxels.items()}, 0.01, steps=25,
-                               smoothing=smoothing, combination="fisher", definition=definition,
-                               standardised=standardised)
+    return fit_on_volumes(cases, detectors, smoothing, "fisher", standardised, 0.01, steps=25, definition=definition)
 
 
 def test_cycle_risk_flags_an_error_region_and_not_a_noisier_subject(tmp_path):
@@ -203,6 +198,20 @@ def test_the_benchmark_refit_is_the_product_fit():
     again = bench.refit(product, healthy)
     np.testing.assert_allclose(risk_volume(again, bench.product_maps(other), brain),
                                risk_volume(product, bench.product_maps(other), brain), atol=1e-6)
-    robust = bench.refit(product, healthy, "ood_robust")
-    assert not np.allclose(risk_volume(robust, bench.product_maps(other, "ood_robust"), brain),
+    robust = bench.refit(product, healthy, bench.with_ood(product.needs, "ood_robust"))
+    assert robust.needs == ("cycle", "ood_robust") and robust.smoothing == product.smoothing
+    assert not np.allclose(risk_volume(robust, bench.product_maps(other), brain),
                            risk_volume(product, bench.product_maps(other), brain))
+
+
+def test_a_risk_refuses_a_run_without_a_map_it_combines():
+    """Only an optional map (RODS curvature, absent without RODS) may be missing; leaving out any other
+    would silently give a risk the calibration never meant."""
+    rng = np.random.default_rng(3)
+    cases = [_healthy_case(rng, 0.02) for _ in range(2)]
+    calibration = _fit(cases, smoothing=1.0)
+    brain, maps = cases[0]
+    with pytest.raises(ValueError, match="'cycle'"):
+        risk_volume(calibration, {"ood": maps["ood"]}, brain)
+    with_curvature = dataclasses.replace(calibration, detectors=(*calibration.detectors, "curvature"))
+    np.testing.assert_allclose(risk_volume(with_curvature, maps, brain), risk_volume(calibration, maps, brain))

@@ -13,7 +13,7 @@ import torch
 
 from localdiffusion.data.readers import Case
 from localdiffusion.detectors.risk import GROSS_ERROR, RISK_DEFAULTS, RiskCalibration
-from localdiffusion.jobs.run import model_paths
+from localdiffusion.jobs.run import JobOptions, model_paths, planned_outputs
 from localdiffusion.metrics import psnr
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.segmenter import load_segmenter
@@ -82,3 +82,7 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     assert set(calibration.standardised) == set(chosen.detectors) & {"cycle", "variance"}
     assert calibration.definition["validated_against"]["healthy_quantile"] == GROSS_ERROR["healthy_quantile"]
     assert (model_paths(MODELS_ROOT, direction)["reverse"] / "model.pt").exists()
+    # every file its maps need ships beside it (the reverse model, the robust OOD calibration), so
+    # that the main job writes the risk map
+    options = JobOptions(direction=direction, sampler="ddim", steps=calibration.steps)
+    assert "risk" in planned_outputs("case_t1.nii.gz", "out", options, MODELS_ROOT)

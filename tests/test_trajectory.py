@@ -103,10 +103,10 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--max-cases", "1", "--rods",
                  "--steps", "10"]) == 0
     saved = json.loads((model / "risk_calibration.json").read_text())
-    # the default risk: OOD + cycle residual, smoothed, each with its CDF; RODS eps fitted beside it
-    assert saved["rods"]["eps"] > 0 and saved["detectors"] == ["ood", "cycle"]
+    # the default risk: robust OOD + cycle residual, smoothed, each with its CDF; RODS eps fitted beside it
+    assert saved["rods"]["eps"] > 0 and saved["detectors"] == ["cycle", "ood_robust"]
     assert saved["smoothing"] == RISK_DEFAULTS["t1_to_flair"].smoothing
-    assert "ood" in saved and "cycle" in saved and "variance" not in saved
+    assert "ood_robust" in saved and "cycle" in saved and "variance" not in saved and "ood" not in saved
     assert saved["definition"]["validated_against"]["healthy_quantile"] == 0.999
     assert "1 healthy val cases" in saved["definition"]["fitted_on"]
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--detectors", "ood", "curvature", "--steps", "10",
@@ -146,6 +146,22 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert any(e.get("phase") == "cycle" and e.get("fraction") == 1.0 for e in events)
     names = sorted(p.name for p in run_dir.iterdir())
     assert f"{case.name}_t1_hallucination_risk.nii.gz" in names and len(names) == 4
+    # without the bank's robust calibration the robust OOD map cannot be computed: run plans no risk
+    # map, translate --risk-map refuses with one line naming the file and writes nothing
+    from localdiffusion.jobs.run import JobOptions, planned_outputs
+
+    robust = models / "ood_t1_robust.json"
+    options = JobOptions(steps=10, t_intermediate=5)
+    assert "risk" in planned_outputs(t1, tmp_path / "run3", options, models)
+    robust.rename(tmp_path / "robust.json")
+    assert "risk" not in planned_outputs(t1, tmp_path / "run3", options, models)
+    out3 = tmp_path / "out3" / "flair.nii.gz"
+    capsys.readouterr()
+    assert main(["translate", "--input", str(t1), "--out", str(out3), "--model", str(model), "--risk-map",
+                 str(tmp_path / "out3" / "risk.nii.gz"), "--steps", "10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ood_t1_robust.json" in err[0] and "not found" in err[0] and not out3.exists()
+    (tmp_path / "robust.json").rename(robust)
     # without the reverse model the cycle residual cannot be computed: run writes no risk map,
     # translate --risk-map refuses with one line and writes nothing
     shutil.rmtree(models / "flair_to_t1")

@@ -237,7 +237,7 @@ def _add_calibrate_risk(sub) -> None:
 
 
 def _run_calibrate_risk(args) -> int:
-    from localdiffusion.detectors.cycle import load_reverse_model
+    from localdiffusion.detectors.given import GivenMaps
     from localdiffusion.detectors.risk import parse_smoothing, risk_default
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
@@ -250,9 +250,10 @@ def _run_calibrate_risk(args) -> int:
     except ValueError as exc:
         raise InputError(f"--smoothing: {exc}") from None
     model = args.model or shipped_model_dir()
-    denoiser = load_denoiser(model, select_device(args.device))
-    bank = PatchCore.load(args.ood_bank or ood_bank_path(model.parent, denoiser.config.source),
-                          modality=denoiser.config.source)
+    device = select_device(args.device)
+    denoiser = load_denoiser(model, device)
+    bank_path = args.ood_bank or ood_bank_path(model.parent, denoiser.config.source)
+    bank = PatchCore.load(bank_path, modality=denoiser.config.source)
     rods = None
     if args.rods:
         chosen = {"mode": args.rods_mode, "estimator": args.rods_estimator, "stride": args.rods_stride,
@@ -262,8 +263,8 @@ def _run_calibrate_risk(args) -> int:
         except ValueError as exc:
             raise InputError(f"RODS settings: {exc}") from None
     detectors = tuple(args.detectors or risk_default(denoiser.config.direction).detectors)
-    reverse = load_reverse_model(model, denoiser.config, select_device(args.device)) if "cycle" in detectors else None
-    calibration = calibrate_risk(denoiser, args.data, bank, reverse=reverse, detectors=detectors,
+    given = GivenMaps.load(detectors, bank, bank_path, model, denoiser.config, device)
+    calibration = calibrate_risk(denoiser, args.data, given, detectors=detectors,
                                  smoothing=smoothing, combination=args.combination, rods=rods,
                                  max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
     out = args.out or model / "risk_calibration.json"

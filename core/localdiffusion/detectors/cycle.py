@@ -36,9 +36,15 @@ class CycleResidual(Detector):
 register(CycleResidual())
 
 
+def reverse_model_dir(model_dir: str | Path, direction: str) -> Path:
+    """Where the model that undoes ``model_dir`` (translating ``direction``) lives: beside it,
+    ``<target>_to_<source>/``."""
+    return Path(model_dir).parent / reverse_direction(direction)
+
+
 def load_reverse_model(model_dir: str | Path, config, device):
-    """The model beside ``model_dir`` that undoes it (``<target>_to_<source>/``); one error line if absent."""
-    folder = Path(model_dir).parent / reverse_direction(config.direction)
+    """The model beside ``model_dir`` that undoes it (:func:`reverse_model_dir`); one error line if absent."""
+    folder = reverse_model_dir(model_dir, config.direction)
     if not (folder / "config.json").exists():
         raise InputError(f"{folder}: reverse model not found (the risk map's cycle residual needs it beside "
                          f"{model_dir})")

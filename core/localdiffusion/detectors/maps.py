@@ -29,6 +29,7 @@ class Detector:
     description = ""
     calibrated = False
     self_standardised = False
+    optional = False  # a run may lack this map (then the risk leaves it out, as its fit did); else its absence is a bug
 
     def hook(self, last_k: int):
         """A step hook recording this detector during one batch, or None (the map is given)."""
@@ -76,6 +77,7 @@ class _RodsWatcher:
 class RodsCurvature(Detector):
     name = "curvature"
     description = "largest RODS curvature index of the slice, broadcast to its voxels (0 when RODS is off)"
+    optional = True  # recorded only when sampling with RODS
 
     def hook(self, last_k):
         return _RodsWatcher()

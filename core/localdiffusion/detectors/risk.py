@@ -28,6 +28,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter
@@ -58,9 +59,9 @@ class RiskDefault:
 
 #: The risk map each direction ships, chosen on validation as the predictor of :data:`GROSS_ERROR`
 #: by the rule of docs/BENCHMARK.md section 11b (the candidates reaching AUROC 0.90 on validation,
-#: the one catching most event voxels at 1% healthy false alarms); the maps are the OOD probability,
-#: the cycle residual and the x0-trajectory variance.
-RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood", "cycle"), 2.0, "fisher"),
+#: the one catching most event voxels at 1% healthy false alarms); the maps are the OOD probability
+#: (T1 -> FLAIR: the acquisition-robust one, section 11d), the cycle residual and the x0-trajectory variance.
+RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "cycle"), 2.0, "fisher"),
                  "flair_to_t1": RiskDefault(("ood", "cycle"), 1.0, "fisher")}
 #: a direction nobody measured (a user's own model): the maps every model yields without a reverse model
 UNMEASURED_DEFAULT = RiskDefault(("ood", "variance"), 1.0, "fisher")
@@ -177,7 +178,9 @@ class RiskCalibration:
         parts = []
         for name in self.detectors or tuple(DETECTORS):
             if maps.get(name) is None:
-                continue
+                if DETECTORS[name].optional:
+                    continue
+                raise ValueError(f"the risk combines {name!r}, which this run did not produce")
             if name in self.components:
                 parts.append(self.components[name].probability(maps[name]))
             elif DETECTORS[name].calibrated:
@@ -255,6 +258,20 @@ def _smoothing(stored) -> Smoothing:
     return parse_smoothing(",".join(map(str, stored)) if isinstance(stored, list) else str(stored))
 
 
+def fit_on_volumes(cases: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], detectors: tuple[str, ...],
+                   smoothing: Smoothing, combination: str, standardised: tuple[str, ...] = (),
+                   false_positive_rate: float = 0.01, **fields) -> RiskCalibration:
+    """:meth:`RiskCalibration.fit` on healthy cases given as ``(brain, raw detector maps)`` pairs (an
+    iterable, consumed once): each map through :func:`detector_volumes`, the brain voxels of every case
+    pooled. ``fields``: fit's other keywords (``last_k``, ``rods``, ``steps``, ``definition``)."""
+    voxels: dict[str, list] = {}
+    for brain, maps in cases:
+        for name, volume in detector_volumes(maps, brain, smoothing, detectors, standardised).items():
+            voxels.setdefault(name, []).append(volume[brain])
+    return RiskCalibration.fit({name: np.concatenate(parts) for name, parts in voxels.items()}, false_positive_rate,
+                               smoothing=smoothing, combination=combination, standardised=standardised, **fields)
+
+
 def rods_config_from(payload: dict) -> RODSConfig | None:
     """The RODS settings stored in a calibration or benchmark JSON; files from 0.2.0 kept only
     ``rods_eps`` (they were CAS, autograd, every step of the window)."""
@@ -267,7 +284,7 @@ def rods_config_from(payload: dict) -> RODSConfig | None:
 
 def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
     """Working-grid risk (X, Y, Z) from the raw detector maps (e.g. ``recorder.volumes({"ood": p, "cycle": c})``);
-    0 outside the brain. A detector the calibration combines but this run did not produce (RODS
-    curvature without RODS) is left out, as at fitting time."""
+    0 outside the brain. An optional detector the calibration combines but this run did not produce
+    (RODS curvature without RODS) is left out, as at fitting time; any other missing map is a ValueError."""
     volumes = detector_volumes(maps, brain, calibration.smoothing, calibration.needs, calibration.standardised)
     return np.where(brain, calibration.risk(volumes), 0.0).astype(np.float32)

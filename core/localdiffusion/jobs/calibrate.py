@@ -11,10 +11,10 @@ import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.data.readers import read_case
-from localdiffusion.detectors.cycle import cycle_map
+from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
 from localdiffusion.detectors.maps import DETECTORS, VolumeRecorder
-from localdiffusion.detectors.risk import RiskCalibration, Smoothing, detector_volumes, risk_default, risk_definition
+from localdiffusion.detectors.risk import RiskCalibration, Smoothing, fit_on_volumes, risk_default, risk_definition
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_sampling
 from localdiffusion.ood.volume import probability_volume
@@ -24,7 +24,7 @@ from localdiffusion.volume.cohort import cases_in_split, has_manifest
 from localdiffusion.volume.grid import prepare_case
 
 
-def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detectors: tuple[str, ...] | None = None,
+def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: tuple[str, ...] | None = None,
                    smoothing: Smoothing | None = None, combination: str | None = None, rods=None,
                    split: str = "val", max_cases: int = 3,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = 0.01,
@@ -33,8 +33,8 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detect
 
     ``detectors``, ``smoothing``, ``combination`` None: the direction's default
     (:data:`~localdiffusion.detectors.risk.RISK_DEFAULTS`);
-    the maps of detectors that ask for it are self-standardised. ``reverse``: the reverse model, needed
-    when ``detectors`` holds the cycle residual. ``rods``: a
+    the maps of detectors that ask for it are self-standardised. ``given``: the models of the given maps
+    (:class:`~localdiffusion.detectors.given.GivenMaps`; loaded for ``detectors``). ``rods``: a
     :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with ``eps`` out of
     reach, so the trajectory is the plain one) and its ``eps`` is fitted.
     """
@@ -50,37 +50,35 @@ def calibrate_risk(denoiser, data: str | Path, ood_bank, *, reverse=None, detect
     standardised = tuple(n for n in detectors if DETECTORS[n].self_standardised)
     if "curvature" in detectors and rods is None:
         raise InputError("the RODS curvature detector needs --rods")
-    if "cycle" in detectors and reverse is None:
-        raise InputError("the cycle residual needs the reverse model")
+    missing = [name for name in detectors if name in ("cycle", "ood_robust") and name not in given.needs]
+    if missing:
+        raise ValueError(f"the given maps were loaded without {missing}")  # a programming error
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
     if not cases:
         raise InputError(f"{data}: no healthy {split} cases to calibrate the risk map on")
     probe = dataclasses.replace(rods, eps=float("inf")) if rods is not None else None
-    voxels: dict[str, list] = {}
     slice_curvature = []
-    for path in tqdm(cases, desc="risk calibration", unit="case"):
-        prepared = prepare_case(read_case(path, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
-        recorder = VolumeRecorder(prepared.grid.shape, last_k)
-        translation = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False,
-                                         recorder=recorder, sample_batch=batch_sampler("ddim", steps, rods=probe))
-        given = {"ood": probability_volume(ood_bank, prepared)}
-        if "cycle" in detectors:
-            given["cycle"] = cycle_map(reverse, prepared, translation, steps=steps, seed=seed, batch_size=batch_size)
-        brain = prepared.brain
-        for name, volume in detector_volumes(recorder.volumes(given), brain, smoothing, detectors,
-                                             standardised).items():
-            voxels.setdefault(name, []).append(volume[brain])
-        if probe is not None:
-            slice_curvature.append(recorder.slice_values("curvature")[prepared.brain_slices()])
-    fitted = None
-    if probe is not None:
-        fitted = dataclasses.replace(rods, eps=float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate)))
-    maps = {name: np.concatenate(parts) for name, parts in voxels.items()}
+
+    def healthy_maps():
+        for path in tqdm(cases, desc="risk calibration", unit="case"):
+            prepared = prepare_case(read_case(path, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
+            recorder = VolumeRecorder(prepared.grid.shape, last_k)
+            translation = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False,
+                                             recorder=recorder, sample_batch=batch_sampler("ddim", steps, rods=probe))
+            if probe is not None:
+                slice_curvature.append(recorder.slice_values("curvature")[prepared.brain_slices()])
+            yield prepared.brain, recorder.volumes(given.maps(prepared, translation, steps=steps, seed=seed,
+                                                              batch_size=batch_size))
+
     definition = risk_definition(detectors, smoothing, combination, standardised, false_positive_rate,
                                  fitted_on=f"{len(cases)} healthy {split} cases of {Path(data).name}, DDIM-{steps}, "
                                            f"seed {seed}")
-    return RiskCalibration.fit(maps, false_positive_rate, last_k, fitted, steps, smoothing, definition, combination,
-                               standardised)
+    calibration = fit_on_volumes(healthy_maps(), detectors, smoothing, combination, standardised,
+                                 false_positive_rate, last_k=last_k, steps=steps, definition=definition)
+    if probe is not None:  # the eps flagging false_positive_rate of healthy slices
+        eps = float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate))
+        calibration = dataclasses.replace(calibration, rods=dataclasses.replace(rods, eps=eps))
+    return calibration
 
 
 def calibrate_robust_ood(bank_path: str | Path, data: str | Path, *, split: str = "val", max_cases: int = 10,

@@ -7,8 +7,9 @@ and the Slicer module (through the CLI) call. Models come from one folder (defau
 with ``<source>_to_<target>/risk_calibration.json`` the job also writes the per-voxel
 hallucination risk of the Local Diffusion translation (:mod:`localdiffusion.detectors.risk`),
 when the sampler is the calibration's DDIM step count (read from that file); a calibration
-that combines the cycle residual needs the reverse model ``<target>_to_<source>/`` too, and
-the job back-translates the Local Diffusion translation with it.
+that combines the cycle residual needs the reverse model ``<target>_to_<source>/`` too (the
+job back-translates the Local Diffusion translation with it), one that combines the robust OOD
+map the bank's robust calibration ``ood_<source>_robust.json``.
 Everything is computed before anything is written; outputs are written atomically, on the
 input's grid and affine, and never over the input. ``report`` (e.g. the CLI's JSON lines)
 is told the progress of each phase and every written output.
@@ -25,7 +26,8 @@ import numpy as np
 
 from localdiffusion.data.formats import output_suffix_for
 from localdiffusion.data.io import save_volumes, volume_stem
-from localdiffusion.detectors.cycle import cycle_map
+from localdiffusion.detectors.cycle import reverse_model_dir
+from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
@@ -36,8 +38,8 @@ from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix, reverse_direction
-from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
+from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix
+from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibration_path
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
 
 #: ``report(event)``: ``{"event": "progress", "phase": ..., "fraction": ...}`` or ``{"event": "output", ...}``
@@ -80,7 +82,9 @@ def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
     source, target = DIRECTIONS[direction]
     root = Path(models_root)
     return {"diffusion": root / direction, "ood": ood_bank_path(root, source), "gate": ood_bank_path(root, target),
-            "risk": root / direction / "risk_calibration.json", "reverse": root / reverse_direction(direction)}
+            "risk": root / direction / "risk_calibration.json",
+            "reverse": reverse_model_dir(root / direction, direction),
+            "robust": robust_calibration_path(ood_bank_path(root, source))}
 
 
 def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOptions,
@@ -103,14 +107,15 @@ def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOption
 
 def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> RiskCalibration | None:
     """The risk calibration the job uses: none when not asked for, absent, fitted for another
-    sampler or step count, or combining the cycle residual without the reverse model at hand
-    (no risk map rather than a miscalibrated one)."""
+    sampler or step count, or combining a map whose model file is not at hand (the cycle residual's
+    reverse model, the robust OOD map's calibration): no risk map rather than a miscalibrated one."""
     if not (options.risk_map and paths["risk"].exists()):
         return None
     calibration = RiskCalibration.load(paths["risk"])
     if (options.sampler, options.steps) != ("ddim", calibration.steps):
         return None
-    if "cycle" in calibration.needs and not (paths["reverse"] / "config.json").exists():
+    needed = {"cycle": paths["reverse"] / "config.json", "ood_robust": paths["robust"]}
+    if any(not needed[name].exists() for name in calibration.needs if name in needed):
         return None
     return calibration
 
@@ -137,12 +142,14 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
     calibration = _risk_calibration(paths, options)
-    reverse = load_denoiser(paths["reverse"], device) if calibration and "cycle" in calibration.needs else None
+    given = GivenMaps.load(calibration.needs, ood_bank, paths["ood"], paths["diffusion"], denoiser.config,
+                           device) if calibration is not None else None
     prepared = prepare_input(input_path, source, denoiser.config.spacing_mm, denoiser.config.in_plane)
     check_sampling(denoiser, options.steps, options.t_intermediate)
 
     # the sampling phases, each reported from 0 to 1 (clients weigh them equally)
-    report({"event": "phases", "phases": ["local"] + ["cycle"] * (reverse is not None) + ["baseline"] * options.baseline})
+    cycle = given is not None and given.reverse is not None
+    report({"event": "phases", "phases": ["local"] + ["cycle"] * cycle + ["baseline"] * options.baseline})
     report({"event": "progress", "phase": "ood", "fraction": 0.0})
     ood = probability_volume(ood_bank, prepared)
     for warning in gate_input(input_path, prepared, source, models_root, probability=ood, bank=ood_bank,
@@ -161,11 +168,9 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     volumes = {"ood": ood, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
                                                        sample_batch=local, on_batch=phase("local"))}
     if recorder is not None:
-        given = {"ood": ood}
-        if reverse is not None:
-            given["cycle"] = cycle_map(reverse, prepared, volumes["local"], steps=options.steps, seed=options.seed,
-                                       batch_size=options.batch_size, on_batch=phase("cycle"))
-        volumes["risk"] = risk_volume(calibration, recorder.volumes(given), prepared.brain)
+        maps = given.maps(prepared, volumes["local"], ood=ood, steps=options.steps, seed=options.seed,
+                          batch_size=options.batch_size, on_batch=phase("cycle"))
+        volumes["risk"] = risk_volume(calibration, recorder.volumes(maps), prepared.brain)
     if options.baseline:
         volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,
                                                  **common, on_batch=phase("baseline"))

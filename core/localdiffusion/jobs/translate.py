@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from localdiffusion.data.io import save_volumes
-from localdiffusion.detectors.cycle import cycle_map, load_reverse_model
+from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.risk import RiskCalibration, risk_volume
 from localdiffusion.errors import InputError
@@ -23,7 +23,6 @@ from localdiffusion.jobs.inputs import check_outputs, check_sampling, gate_input
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
-from localdiffusion.ood.volume import probability_volume
 from localdiffusion.options import check_values, default
 from localdiffusion.shipped import ood_bank_path
 from localdiffusion.volume.batching import BRAIN_CROP_MARGIN, batch_sampler, translate_prepared
@@ -54,9 +53,9 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
 
     ``risk_map``: also write the calibrated per-voxel hallucination risk (needs
     ``<model_dir>/risk_calibration.json``, the source-modality OOD bank, by default
-    ``ood_<source>.pt`` beside the model folder, and for the cycle residual the reverse model
-    beside the model folder). ``rods``: sample with RODS at the
-    calibrated ``eps``. ``crop_margin``: see :func:`~localdiffusion.volume.batching.translate_prepared`.
+    ``ood_<source>.pt`` beside the model folder, for the robust OOD map its robust calibration beside
+    the bank, and for the cycle residual the reverse model beside the model folder). ``rods``: sample
+    with RODS at the calibrated ``eps``. ``crop_margin``: see :func:`~localdiffusion.volume.batching.translate_prepared`.
     The input gate runs first (``force``: translate a refused input with a warning). Nothing
     is written unless everything succeeded.
     """
@@ -77,12 +76,10 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
             raise InputError(f"{model_dir}/risk_calibration.json: fitted without RODS; "
                              "run `localdiffusion calibrate-risk --rods` first")
         rods_config = calibration.rods
-    reverse = None
-    if risk_map is not None and "cycle" in calibration.needs:
-        reverse = load_reverse_model(model_dir, cfg, device)
     bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
     if risk_map is not None or bank_path.exists():  # the gate uses the bank when there is one
         bank = PatchCore.load(bank_path, modality=cfg.source).to(device)
+    given = GivenMaps.load(calibration.needs, bank, bank_path, model_dir, cfg, device) if risk_map is not None else None
     prepared = prepare_input(input_path, cfg.source, cfg.spacing_mm, cfg.in_plane)
     check_sampling(denoiser, steps)
     gate_input(input_path, prepared, cfg.source, Path(model_dir).parent, bank=bank, force=force)
@@ -94,11 +91,8 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     output = prepared.to_input_brain(working)
     risk_output = None
     if risk_map is not None:
-        given = {"ood": probability_volume(bank, prepared)}
-        if reverse is not None:
-            given["cycle"] = cycle_map(reverse, prepared, working, steps=steps, seed=seed, batch_size=batch_size,
-                                       progress=progress)
-        maps = recorder.volumes(given)
+        maps = recorder.volumes(given.maps(prepared, working, steps=steps, seed=seed, batch_size=batch_size,
+                                           progress=progress))
         risk_output = prepared.to_input_brain(risk_volume(calibration, maps, prepared.brain))
     written = {out_path: (output, prepared.input_affine)}
     if risk_output is not None:

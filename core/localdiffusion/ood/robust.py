@@ -18,9 +18,10 @@ map then flags the acquisition instead of lesions (docs/BENCHMARK.md section 9).
 A :class:`RobustCalibration` is fitted on healthy validation volumes (``localdiffusion ood
 calibrate-robust``) and stored beside its bank as ``ood_<modality>_robust.json``
 (:func:`~localdiffusion.shipped.robust_calibration_path`). Its threshold flags the same 1% of
-healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust``; the
-product's default map (Local Diffusion's masks, the input gate, the risk map) is still the
-bank's own calibration, on which those are calibrated.
+healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust`` and, as
+the detector ``ood_robust`` (:mod:`~localdiffusion.detectors.given`), by the T1 -> FLAIR risk map;
+Local Diffusion's masks, the input gate and the written OOD map still use the bank's own
+calibration, on which they are calibrated.
 """
 
 from __future__ import annotations

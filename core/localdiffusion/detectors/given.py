@@ -1,0 +1,74 @@
+"""The detector maps a risk calibration is *given* (computed by the job around the sampling, not
+recorded during it), and the models that compute them.
+
+* ``ood``: the bank's own OOD probability of the condition (the map Local Diffusion's masks use);
+* ``ood_robust``: the acquisition-robust OOD probability (:mod:`~localdiffusion.ood.robust`: the
+  volume's distances self-calibrated, T1 intensity-standardised before the backbone). In the risk
+  it replaces the bank's map for T1 -> FLAIR: on validation it predicts gross errors better and on
+  shifted scanners it flags far less healthy brain (docs/BENCHMARK.md sections 11c and 11d). For
+  T1 it costs one more PatchCore pass over the standardised image;
+* ``cycle``: the cycle residual (:mod:`~localdiffusion.detectors.cycle`, one more translation).
+
+:class:`GivenMaps` loads what a calibration needs once per job and computes only those maps, so
+that translate, run (bundle, MONAI Label, Slicer) and calibrate-risk give the risk the same inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from localdiffusion.detectors.cycle import cycle_map, load_reverse_model
+from localdiffusion.detectors.maps import Detector, register
+from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.robust import RobustCalibration
+from localdiffusion.ood.volume import probability_volume
+from localdiffusion.shipped import robust_calibration_path
+from localdiffusion.volume.grid import PreparedCase
+
+
+class RobustOodProbability(Detector):
+    name = "ood_robust"
+    description = ("acquisition-robust PatchCore OOD probability of the condition (distances standardised by the "
+                   "volume's own brain median and MAD, T1 intensity-standardised first; ood/robust.py)")
+    calibrated = True
+
+
+register(RobustOodProbability())
+
+
+@dataclass
+class GivenMaps:
+    """What computes the given maps of one calibration's ``needs``: the source bank, its robust
+    calibration (when ``ood_robust`` is needed) and the reverse model (when ``cycle`` is)."""
+
+    needs: tuple[str, ...]
+    bank: PatchCore
+    robust: RobustCalibration | None = None
+    reverse: object | None = None  # a Denoiser
+
+    @classmethod
+    def load(cls, needs: tuple[str, ...], bank: PatchCore, bank_path: str | Path, model_dir: str | Path,
+             config, device) -> "GivenMaps":
+        """Load what ``needs`` asks for (``config``: the model's in ``model_dir``); an
+        :class:`~localdiffusion.errors.InputError` naming the missing file otherwise (the robust
+        calibration beside ``bank_path``, the reverse model beside ``model_dir``)."""
+        robust = RobustCalibration.load(robust_calibration_path(bank_path)) if "ood_robust" in needs else None
+        reverse = load_reverse_model(model_dir, config, device) if "cycle" in needs else None
+        return cls(needs, bank, robust, reverse)
+
+    def maps(self, prepared: PreparedCase, translation: np.ndarray, ood: np.ndarray | None = None,
+             **sampling) -> dict[str, np.ndarray]:
+        """The given maps of ``needs`` for ``translation`` of ``prepared`` (``ood``: the bank's map when the
+        job has it already; ``sampling``: the back-translation's keywords, :func:`cycle_map`)."""
+        given = {}
+        if "ood" in self.needs:
+            given["ood"] = ood if ood is not None else probability_volume(self.bank, prepared)
+        if "ood_robust" in self.needs:
+            given["ood_robust"] = self.robust.probability(self.bank, prepared.images[self.robust.modality],
+                                                          prepared.brain)
+        if "cycle" in self.needs:
+            given["cycle"] = cycle_map(self.reverse, prepared, translation, **sampling)
+        return given
