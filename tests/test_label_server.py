@@ -80,8 +80,10 @@ def test_results_come_in_the_requested_format_and_uploads_in_any_format(server, 
     assert bad.status_code == 400 and "result_dtype" in bad.json()["detail"]
 
 
-def test_every_model_returns_a_volume_on_the_input_grid(server, cohort, tmp_path):
+def test_every_model_returns_a_volume_on_the_input_grid(server, cohort, tiny_models, tmp_path):
     from monailabel.client import MONAILabelClient
+
+    from localdiffusion.shipped import robust_calibration_path
 
     case = _case(cohort)
     t1, flair = case / f"{case.name}_t1.nii.gz", case / f"{case.name}_flair.nii.gz"
@@ -96,8 +98,18 @@ def test_every_model_returns_a_volume_on_the_input_grid(server, cohort, tmp_path
     assert answer.status_code == 200, answer.text
     prob = _same_geometry(answer.content, t1, tmp_path, "ood")
     assert 0 <= prob.min() and prob.max() <= 1
-    # the acquisition-robust map needs its calibration beside the bank (the tiny models have none): a 400
+    # the acquisition-robust map: another probability map on the same grid
     answer = _infer(server, "ood_map", t1, {"modality": "t1", "robust_ood": True})
+    assert answer.status_code == 200, answer.text
+    robust = _same_geometry(answer.content, t1, tmp_path, "ood_robust")
+    assert 0 <= robust.min() and robust.max() <= 1 and not np.allclose(robust, prob)
+    # it needs its calibration beside the bank: without it a 400 naming the problem
+    calibration = robust_calibration_path(tiny_models / "ood_t1.pt")
+    calibration.rename(tmp_path / "robust.json")
+    try:
+        answer = _infer(server, "ood_map", t1, {"modality": "t1", "robust_ood": True})
+    finally:
+        (tmp_path / "robust.json").rename(calibration)
     assert answer.status_code == 400 and "robust OOD calibration not found" in answer.text
     assert _infer(server, "ood_map", t1, {"robust_ood": "maybe"}).status_code == 400
     answer = _infer(server, "tumour_segmentation", flair, {"modality": "flair"})
