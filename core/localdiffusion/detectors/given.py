@@ -59,16 +59,23 @@ class GivenMaps:
         reverse = load_reverse_model(model_dir, config, device) if "cycle" in needs else None
         return cls(needs, bank, robust, reverse)
 
-    def maps(self, prepared: PreparedCase, translation: np.ndarray, ood: np.ndarray | None = None,
-             **sampling) -> dict[str, np.ndarray]:
-        """The given maps of ``needs`` for ``translation`` of ``prepared`` (``ood``: the bank's map when the
-        job has it already; ``sampling``: the back-translation's keywords, :func:`cycle_map`)."""
+    def source_maps(self, prepared: PreparedCase, ood: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The given maps of ``needs`` that depend on the source alone (the OOD maps; ``ood``: the bank's
+        map when the job has it already), so that a job can compute them before sampling."""
         given = {}
         if "ood" in self.needs:
             given["ood"] = ood if ood is not None else probability_volume(self.bank, prepared)
         if "ood_robust" in self.needs:
             given["ood_robust"] = self.robust.probability(self.bank, prepared.images[self.robust.modality],
                                                           prepared.brain)
+        return given
+
+    def maps(self, prepared: PreparedCase, translation: np.ndarray, source: dict[str, np.ndarray] | None = None,
+             **sampling) -> dict[str, np.ndarray]:
+        """Every given map of ``needs`` for ``translation`` of ``prepared`` (``source``: what
+        :meth:`source_maps` returned, computed here when None; ``sampling``: the back-translation's
+        keywords, :func:`cycle_map`)."""
+        given = dict(self.source_maps(prepared) if source is None else source)
         if "cycle" in self.needs:
             given["cycle"] = cycle_map(self.reverse, prepared, translation, **sampling)
         return given

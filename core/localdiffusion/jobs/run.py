@@ -155,6 +155,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     for warning in gate_input(input_path, prepared, source, models_root, probability=ood, bank=ood_bank,
                               force=options.force):
         report({"event": "warning", "message": warning})
+    source_maps = given.source_maps(prepared, ood) if given is not None else None  # still the OOD phase
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress,
                   noise_sigma_z=options.noise_sigma_z, z_harmonise=options.z_harmonise)
@@ -168,7 +169,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     volumes = {"ood": ood, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
                                                        sample_batch=local, on_batch=phase("local"))}
     if recorder is not None:
-        maps = given.maps(prepared, volumes["local"], ood=ood, steps=options.steps, seed=options.seed,
+        maps = given.maps(prepared, volumes["local"], source_maps, steps=options.steps, seed=options.seed,
                           batch_size=options.batch_size, on_batch=phase("cycle"))
         volumes["risk"] = risk_volume(calibration, recorder.volumes(maps), prepared.brain)
     if options.baseline:
