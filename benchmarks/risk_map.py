@@ -38,10 +38,12 @@ Stage 2 (``score``) defines the event and scores every candidate:
         --compare-calibration data/risk_calibration_0.7.0_t1_to_flair.json --cache data/risk_cache_holdout \
         --out docs/benchmark/risk_map_holdout_t1_to_flair.json --png docs/benchmark/risk_map_holdout_t1_to_flair.png
 
+The shipped T1 -> FLAIR risk (0.9.0) combines the robust OOD map: run the ``robust-ood`` stage on a
+cache before scoring it (without the map the product's code refuses to make that risk).
 (``data/risk_calibration_<version>_<direction>.json``: ``git show <commit>:monai_bundle/models/<direction>/
-risk_calibration.json``, an earlier release's risk map: 0.6.0 = 80ca095, 0.7.0 = 37ee044. Section 11a's
-command: ``--sigma 1 --compare-calibration data/risk_calibration_0.6.0_<d>.json`` on ``data/risk_cache``,
-with the 0.7.0 calibration in the models folder.)
+risk_calibration.json``, an earlier release's risk map: 0.6.0 = 80ca095, 0.7.0 = 37ee044, 0.8.0 = 0e622b9.
+Section 11a's command: ``--sigma 1 --compare-calibration data/risk_calibration_0.6.0_<d>.json`` on
+``data/risk_cache``, with the 0.7.0 calibration in the models folder; section 11b's, above, with 0.8.0's.)
 
 * event (:data:`~localdiffusion.detectors.risk.GROSS_ERROR`): the absolute error of the translation
   averaged over a 3 x 3 x 3 neighbourhood (2 mm voxels: the voxel and its 2 mm neighbours, so that
@@ -141,7 +143,8 @@ def collect(args) -> None:
     bank = PatchCore.load(ood_bank_path(MODELS_ROOT, source), modality=source, model_root=MODELS_ROOT)
     folder = args.cache / args.direction
     folder.mkdir(parents=True, exist_ok=True)
-    for path, kind in tqdm(case_list(args.data, args.split, args.max_cases, args.first_case, tuple(args.kind)), desc="collect", unit="case"):
+    cases = case_list(args.data, args.split, args.max_cases, args.first_case, tuple(args.kind))
+    for path, kind in tqdm(cases, desc="collect", unit="case"):
         out = folder / f"{args.split}_{path.name}.npz"
         if out.exists():
             continue

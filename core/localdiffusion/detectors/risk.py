@@ -176,7 +176,7 @@ class RiskCalibration:
         """Per voxel: the calibration's detectors in ``maps``, each as a healthy-calibrated probability,
         combined into one (uncalibrated) score."""
         parts = []
-        for name in self.detectors or tuple(DETECTORS):
+        for name in self.detectors:
             if maps.get(name) is None:
                 if DETECTORS[name].optional:
                     continue
@@ -195,8 +195,9 @@ class RiskCalibration:
 
     @property
     def needs(self) -> tuple[str, ...]:
-        """The detector maps this calibration combines."""
-        return self.detectors or tuple(DETECTORS)
+        """The detector maps this calibration combines (a file that lists none, as the earliest did,
+        loads as the OOD map and its fitted components: :meth:`load`)."""
+        return self.detectors
 
     @classmethod
     def fit(cls, maps: dict[str, np.ndarray], false_positive_rate: float = 0.01, last_k: int = 10,

@@ -50,7 +50,7 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     standardised = tuple(n for n in detectors if DETECTORS[n].self_standardised)
     if "curvature" in detectors and rods is None:
         raise InputError("the RODS curvature detector needs --rods")
-    missing = [name for name in detectors if name in ("cycle", "ood_robust") and name not in given.needs]
+    missing = sorted(set(detectors) - set(given.needs))
     if missing:
         raise ValueError(f"the given maps were loaded without {missing}")  # a programming error
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
