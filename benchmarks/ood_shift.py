@@ -21,12 +21,24 @@ for three ways of turning PatchCore's patch distances into a probability:
   standardised distances (a scanner that moves every distance moves the median with it);
 * ``standardised``: the input's brain intensities are first mapped to the training
   distribution's percentiles (piecewise linear, Nyul-style landmarks 1, 5, 10, ..., 95, 99),
-  then ``self``.
+  then ``self``;
+* ``corrected`` and ``corrected_standardised`` (``--modes``; section 9d): the coil bias removed
+  first (N4, volume/bias.py), then ``self`` or ``standardised``.
 
 Both are the product's :class:`~localdiffusion.ood.robust.RobustCalibration` (``localdiffusion ood
 map --robust``), fitted here on the same healthy validation volumes and slices.
 
 Validation (for the calibrations and the landmarks): the healthy cases of ``--val``.
+
+Section 9d (bias correction; the choice on validation, then new test subjects):
+
+    python benchmarks/ood_shift.py --shift-root data/shift_val data/shift_val2 --variants training 1mm high_snr \
+        low_snr strong_bias --split val --val data/bench_val --contrasts flair --modes self corrected \
+        --out docs/benchmark/ood_shift_corrected_val_pooled_flair.json
+    python benchmarks/ood_shift.py --shift-root data/shift2 --split test --val data/bench_val --contrasts flair \
+        --modes shipped self corrected --out docs/benchmark/ood_shift_corrected_test2_flair.json
+
+(several ``--shift-root`` pool a variant's cases; ``--figure CASE`` draws one case's maps instead.)
 """
 
 from __future__ import annotations
@@ -49,7 +61,10 @@ from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
 from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 
-MODES = ("shipped", "self", "standardised")
+#: mode -> (standardise, bias_correct) of its robust calibration; ``shipped`` is the bank's own
+ROBUST_MODES = {"self": (False, False), "standardised": (True, False), "corrected": (False, True),
+                "corrected_standardised": (True, True)}
+MODES = ("shipped", "self", "standardised")  # the default columns (sections 9-9c)
 
 
 #: every second brain slice is scored, as the product's robust calibrations are fitted
@@ -57,41 +72,52 @@ SLICE_STRIDE = CALIBRATION_SLICE_STRIDE
 
 
 def volumes(folder: Path, split: str, kind: str, contrast: str, bank: PatchCore):
-    """(case id, image, brain restricted to the scored slices, labels) of each case."""
+    """(case id, image, brain, the brain restricted to the scored slices, labels) of each case."""
     for path in cases_in_split(folder, split, kind):
         prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
-        yield prepared.case_id, prepared.images[contrast], strided_brain(prepared.brain, SLICE_STRIDE), prepared.seg
+        yield (prepared.case_id, prepared.images[contrast], prepared.brain, strided_brain(prepared.brain, SLICE_STRIDE),
+               prepared.seg)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shift-root", type=Path, default=Path("data/shift"))
+    ap.add_argument("--shift-root", type=Path, nargs="+", default=[Path("data/shift")],
+                    help="one or more roots of variant folders; a variant's cases are pooled over the roots")
     ap.add_argument("--val", type=Path, default=Path("data/bench_val"))
     ap.add_argument("--contrasts", nargs="+", default=["t1", "flair"])
     ap.add_argument("--split", default="test", help="the variants' split (val variants to choose, test to report)")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=["shipped", *ROBUST_MODES])
+    ap.add_argument("--variants", nargs="+", help="only these variants (default: every one under --shift-root)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--figure", type=Path, default=None,
+                    help="instead of the table: one case folder's image and maps (every --modes, first of --contrasts) "
+                         "in three planes, written to --out (a PNG)")
     args = ap.parse_args(argv)
-    variants = sorted(p.name for p in args.shift_root.iterdir() if (p / "manifest.json").exists())
-    variants = ["training"] + [v for v in variants if v != "training"]
+    if args.figure is not None:
+        return figure(args)
+    variants = sorted({p.name for root in args.shift_root for p in root.iterdir() if (p / "manifest.json").exists()
+                       and (args.variants is None or p.name in args.variants)})
+    variants = [v for v in ["training"] if v in variants] + [v for v in variants if v != "training"]
     result = {"command": "python " + " ".join(sys.argv), "variants": variants, "contrasts": {}}
     for contrast in args.contrasts:
         bank = PatchCore.load(ood_bank_path(MODELS_ROOT, contrast), modality=contrast, model_root=MODELS_ROOT)
         # validation: the product's robust calibrations (ood/robust.py), without and with standardisation
-        val = [(img, brain) for _, img, brain, _ in
+        val = [(img, brain) for _, img, brain, _, _ in
                tqdm(volumes(args.val, "val", "healthy", contrast, bank), desc=f"{contrast} val", unit="case")]
-        self_cal = RobustCalibration.fit(bank, val, standardise=False)
-        std_cal = RobustCalibration.fit(bank, val, standardise=True)
+        robust = {m: RobustCalibration.fit(bank, val, standardise=ROBUST_MODES[m][0], bias_correct=ROBUST_MODES[m][1])
+                  for m in args.modes if m != "shipped"}
         rows = {}
         for variant in variants:
-            folder = args.shift_root / variant
-            per = {m: {"labels": [], "scores": [], "healthy": []} for m in MODES}
-            for kind in ("tumour", "healthy"):
-                for case_id, img, brain, seg in tqdm(volumes(folder, args.split, kind, contrast, bank),
-                                                     desc=f"{contrast} {variant} {kind}", unit="case"):
-                    raw = distance_volume(bank, img, brain)  # shared by the bank's calibration and self
-                    probs = {"shipped": bank.pixel_calibration.probability(raw),
-                             "self": self_cal.from_distances(raw, brain),
-                             "standardised": std_cal.probability(bank, img, brain)}
+            folders = [root / variant for root in args.shift_root if (root / variant / "manifest.json").exists()]
+            per = {m: {"labels": [], "scores": [], "healthy": []} for m in args.modes}
+            for folder, kind in ((f, k) for f in folders for k in ("tumour", "healthy")):
+                for case_id, img, whole, brain, seg in tqdm(volumes(folder, args.split, kind, contrast, bank),
+                                                            desc=f"{contrast} {folder} {kind}", unit="case"):
+                    # the bank's own distances on the scored slices, shared by its calibration and self
+                    raw = distance_volume(bank, img, brain) if {"shipped", "self"} & set(args.modes) else None
+                    probs = {m: (bank.pixel_calibration.probability(raw) if m == "shipped" else
+                                 robust[m].from_distances(raw, brain) if m == "self" else
+                                 robust[m].probability(bank, img, whole, scored=brain)) for m in args.modes}
                     for mode, p in probs.items():
                         if kind == "tumour":
                             per[mode]["labels"].append(seg[brain] > 0)
@@ -105,10 +131,38 @@ def main(argv=None) -> int:
                                        "healthy_flagged": float(np.concatenate(d["healthy"]).mean()),
                                        "tumour_cases": len(d["labels"]), "healthy_cases": len(d["healthy"])}
             print(contrast, variant, json.dumps(rows[variant]), flush=True)
-        result["contrasts"][contrast] = {"threshold": bank.threshold, "rows": rows, "val_cases": len(val)}
+        result["contrasts"][contrast] = {"threshold": bank.threshold, "rows": rows, "val_cases": len(val),
+                                         "modes": list(args.modes)}
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     print(markdown(result))
+    return 0
+
+
+def figure(args) -> int:
+    """Axial, coronal and sagittal views of one case: the image (tumour outlined), then each mode's
+    probability over the whole brain with the voxels at or above the threshold outlined."""
+    from localdiffusion.benchmark.figures import PlaneRow, plane_grid
+    from localdiffusion.data.io import save_png
+
+    contrast = args.contrasts[0]
+    bank = PatchCore.load(ood_bank_path(MODELS_ROOT, contrast), modality=contrast, model_root=MODELS_ROOT)
+    val = [(img, brain) for _, img, brain, _, _ in volumes(args.val, "val", "healthy", contrast, bank)]
+    prepared = prepare_case(read_case(args.figure, (contrast,)), *bank_grid(bank))
+    img, brain = prepared.images[contrast], prepared.brain
+    lesion = prepared.seg > 0 if prepared.seg is not None else np.zeros_like(brain)
+    rows = [PlaneRow(f"{contrast} ({args.figure.name})", img, outline=lesion)]
+    for mode in args.modes:
+        if mode == "shipped":
+            p, t = bank.pixel_calibration.probability(distance_volume(bank, img, brain)), bank.threshold
+        else:
+            cal = RobustCalibration.fit(bank, val, standardise=ROBUST_MODES[mode][0], bias_correct=ROBUST_MODES[mode][1])
+            p, t = cal.probability(bank, img, brain), cal.threshold
+        flagged = (p >= t) & brain
+        rows.append(PlaneRow(f"{mode}: {100 * flagged[~lesion & brain].mean():.1f}% of non-lesion brain flagged",
+                             np.where(brain, p, 0), "viridis", 0.0, 1.0, flagged))
+    centre = [int(np.round(np.mean(ax))) for ax in np.nonzero(lesion if lesion.any() else brain)]
+    save_png(args.out, plane_grid(rows, centre, f"{contrast.upper()} OOD probability (red: tumour / >= the threshold)"))
     return 0
 
 
@@ -116,11 +170,12 @@ def markdown(result: dict) -> str:
     """docs/BENCHMARK.md section 9: per contrast, lesion AUROC / healthy flagged per variant and mode."""
     lines = []
     for contrast, part in result["contrasts"].items():
+        names = part.get("modes", MODES)
         lines += [f"{contrast.upper()} bank (threshold {part['threshold']:.3f}; lesion pixel AUROC / healthy brain "
-                  f"flagged):", "", "| variant | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+                  f"flagged):", "", "| variant | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         for variant, modes in part["rows"].items():
             lines.append(f"| {variant} | " + " | ".join(
-                f"{modes[m]['lesion_auroc']:.3f} / {100 * modes[m]['healthy_flagged']:.1f}%" for m in MODES) + " |")
+                f"{modes[m]['lesion_auroc']:.3f} / {100 * modes[m]['healthy_flagged']:.1f}%" for m in names) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -189,15 +189,16 @@ def load_cases(cache: Path, direction: str, split: str) -> dict[str, dict]:
 
 
 def robust_ood(args) -> None:
-    """The shipped acquisition-robust OOD probability (``ood map --robust``: ood/robust.py) of every
-    cached case's source, saved beside its .npz (generated data; the collect stage's files are untouched)."""
+    """The shipped acquisition-robust OOD probability (``ood map --robust``: ood/robust.py; or that of
+    ``--calibration``) of every cached case's source, saved beside its .npz (generated data; the collect
+    stage's files are untouched)."""
     from localdiffusion.ood.robust import RobustCalibration
     from localdiffusion.shipped import robust_calibration_path
 
     source = DIRECTIONS[args.direction][0]
     bank_path = ood_bank_path(MODELS_ROOT, source)
     bank = PatchCore.load(bank_path, modality=source, model_root=MODELS_ROOT)
-    robust = RobustCalibration.load(robust_calibration_path(bank_path))
+    robust = RobustCalibration.load(args.calibration or robust_calibration_path(bank_path))
     files = [f for folder in args.caches for f in sorted((folder / args.direction).glob("*.npz"))
              if args.split is None or f.name.startswith(f"{args.split}_")]
     for f in tqdm(files, desc="robust OOD", unit="case"):
@@ -457,7 +458,7 @@ def shift(args) -> None:
     # benchmark's healthy validation cases with the bank's OOD map and with the robust one in its place
     # (a like-for-like comparison of the OOD input alone)
     maps = {"risk (shipped)": shipped}
-    variants = {folder: load_cases(folder, args.direction, "test") for folder in args.variants}
+    variants = {folder: load_cases(folder, args.direction, args.split) for folder in args.variants}
     if all("ood_robust" in c for c in healthy_val + [c for cases in variants.values() for c in cases.values()]):
         for key in OOD_MAPS:
             maps[f"risk refitted on val, {key}"] = refit(shipped, healthy_val, with_ood(shipped.needs, key))
@@ -527,9 +528,14 @@ def main(argv=None) -> int:
     h.add_argument("--variants", type=Path, nargs="+", required=True,
                    help="caches collected from data/shift/<variant> (one folder per variant, named after it)")
     h.add_argument("--out", type=Path, required=True)
+    h.add_argument("--split", choices=["val", "test"], default="test",
+                   help="the variants' cases to score (val: the in-domain validation cases of --cache, for a choice)")
     r = sub.add_parser("robust-ood", help="the robust OOD probability of cached cases, saved beside them")
     r.add_argument("--caches", type=Path, nargs="+", default=[CACHE])
     r.add_argument("--split", choices=["val", "test"], default=None)
+    r.add_argument("--calibration", type=Path, default=None,
+                   help="another robust calibration than the shipped one (e.g. `ood calibrate-robust --bias-correct "
+                        "on` of a copy of the bank); delete the sidecars of the previous one first")
     s = sub.add_parser("score")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--sigma", type=parse_sigma, nargs="+", default=[1.0],

@@ -86,3 +86,14 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     # that the main job writes the risk map
     options = JobOptions(direction=direction, sampler="ddim", steps=calibration.steps)
     assert "risk" in planned_outputs("case_t1.nii.gz", "out", options, MODELS_ROOT)
+
+
+@pytest.mark.parametrize("contrast", ["t1", "flair"])
+def test_shipped_robust_calibration_follows_the_validated_preprocessing(contrast):
+    # a change of ood/robust.PREPROCESSING without a refit of the shipped file would go unnoticed otherwise
+    from localdiffusion.ood.robust import PREPROCESSING, RobustCalibration
+    from localdiffusion.shipped import ood_bank_path, robust_calibration_path
+
+    calibration = RobustCalibration.load(robust_calibration_path(ood_bank_path(MODELS_ROOT, contrast)))
+    assert calibration.modality == contrast
+    assert {"standardise": calibration.standardise, "bias_correct": calibration.bias_correct} == PREPROCESSING[contrast]

@@ -344,7 +344,10 @@ def _add_ood(sub) -> None:
     r.add_argument("--split", default="val", choices=["train", "val", "test"])
     r.add_argument("--max-cases", type=int, default=10)
     r.add_argument("--standardise", default="auto", choices=["auto", "on", "off"],
-                   help="intensity standardisation before the backbone (auto: on for T1, off for FLAIR)")
+                   help="intensity standardisation before the backbone (auto: the contrast's validated choice, "
+                   "ood/robust.py PREPROCESSING)")
+    r.add_argument("--bias-correct", default="auto", choices=["auto", "on", "off"],
+                   help="N4 bias-field correction before the backbone (auto: as --standardise)")
     r.set_defaults(func=_run_ood_calibrate_robust)
 
 
@@ -374,11 +377,12 @@ def _run_ood_calibrate_robust(args) -> int:
     from localdiffusion.jobs.calibrate import calibrate_robust_ood
     from localdiffusion.shipped import robust_calibration_path
 
-    standardise = {"auto": None, "on": True, "off": False}[args.standardise]
+    choice = {"auto": None, "on": True, "off": False}
     calibration = calibrate_robust_ood(args.bank, args.data, split=args.split, max_cases=args.max_cases,
-                                       standardise=standardise)
+                                       standardise=choice[args.standardise], bias_correct=choice[args.bias_correct])
     out = calibration.save(robust_calibration_path(args.bank))
-    print(f"wrote {out}: {calibration.modality}, standardise {calibration.standardise}")
+    print(f"wrote {out}: {calibration.modality}, standardise {calibration.standardise}, "
+          f"bias_correct {calibration.bias_correct}")
     return 0
 
 

@@ -3,7 +3,8 @@ recorded during it), and the models that compute them.
 
 * ``ood``: the bank's own OOD probability of the condition (the map Local Diffusion's masks use);
 * ``ood_robust``: the acquisition-robust OOD probability (:mod:`~localdiffusion.ood.robust`: the
-  volume's distances self-calibrated, T1 intensity-standardised before the backbone). In the risk
+  volume's distances self-calibrated, T1 intensity-standardised and FLAIR bias-corrected before
+  the backbone). In the risk
   it replaces the bank's map for T1 -> FLAIR: on validation it predicts gross errors better and on
   shifted scanners it flags far less healthy brain (docs/BENCHMARK.md sections 11c and 11d). For
   T1 it costs one more PatchCore pass over the standardised image;
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localdiffusion.detectors.cycle import cycle_map, load_reverse_model
+from localdiffusion.detectors.cycle import cycle_map, load_reverse_model, reverse_model_dir
 from localdiffusion.detectors.maps import Detector, register
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
@@ -32,7 +33,8 @@ from localdiffusion.volume.grid import PreparedCase
 class RobustOodProbability(Detector):
     name = "ood_robust"
     description = ("acquisition-robust PatchCore OOD probability of the condition (distances standardised by the "
-                   "volume's own brain median and MAD, T1 intensity-standardised first; ood/robust.py)")
+                   "volume's own brain median and MAD; T1 intensity-standardised, FLAIR bias-corrected first; "
+                   "ood/robust.py)")
     calibrated = True
 
 
@@ -49,12 +51,23 @@ class GivenMaps:
     robust: RobustCalibration | None = None
     reverse: object | None = None  # a Denoiser
 
+    @staticmethod
+    def files(needs: tuple[str, ...], bank_path: str | Path, model_dir: str | Path, direction: str
+              ) -> dict[str, Path]:
+        """The model file each map of ``needs`` loads, keyed by map: the robust calibration beside
+        ``bank_path``, the reverse model's configuration beside ``model_dir`` (translating ``direction``)."""
+        files = {}
+        if "ood_robust" in needs:
+            files["ood_robust"] = robust_calibration_path(bank_path)
+        if "cycle" in needs:
+            files["cycle"] = reverse_model_dir(model_dir, direction) / "config.json"
+        return files
+
     @classmethod
     def load(cls, needs: tuple[str, ...], bank: PatchCore, bank_path: str | Path, model_dir: str | Path,
              config, device) -> "GivenMaps":
         """Load what ``needs`` asks for (``config``: the model's in ``model_dir``); an
-        :class:`~localdiffusion.errors.InputError` naming the missing file otherwise (the robust
-        calibration beside ``bank_path``, the reverse model beside ``model_dir``)."""
+        :class:`~localdiffusion.errors.InputError` naming the missing file otherwise (:meth:`files`)."""
         robust = RobustCalibration.load(robust_calibration_path(bank_path)) if "ood_robust" in needs else None
         reverse = load_reverse_model(model_dir, config, device) if "cycle" in needs else None
         return cls(needs, bank, robust, reverse)

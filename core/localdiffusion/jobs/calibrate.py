@@ -82,12 +82,12 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
 
 
 def calibrate_robust_ood(bank_path: str | Path, data: str | Path, *, split: str = "val", max_cases: int = 10,
-                         standardise: bool | None = None):
+                         standardise: bool | None = None, bias_correct: bool | None = None):
     """Fit a :class:`~localdiffusion.ood.robust.RobustCalibration` for the bank at ``bank_path`` on the
-    healthy cases of ``split``, every ``CALIBRATION_SLICE_STRIDE``-th brain slice (``standardise`` None:
-    the contrast's choice, ``ood.robust.STANDARDISE``)."""
+    healthy cases of ``split`` (:meth:`~localdiffusion.ood.robust.RobustCalibration.fit`; ``standardise``,
+    ``bias_correct`` None: the contrast's choice, ``ood.robust.PREPROCESSING``)."""
     from localdiffusion.ood.patchcore import PatchCore
-    from localdiffusion.ood.robust import STANDARDISE, RobustCalibration, strided_brain
+    from localdiffusion.ood.robust import PREPROCESSING, RobustCalibration
     from localdiffusion.ood.volume import bank_grid
 
     bank = PatchCore.load(bank_path)
@@ -98,8 +98,10 @@ def calibrate_robust_ood(bank_path: str | Path, data: str | Path, *, split: str 
     volumes = []
     for path in tqdm(cases, desc=f"robust OOD {contrast}", unit="case"):
         prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
-        volumes.append((prepared.images[contrast], strided_brain(prepared.brain)))
-    return RobustCalibration.fit(bank, volumes, STANDARDISE[contrast] if standardise is None else standardise)
+        volumes.append((prepared.images[contrast], prepared.brain))
+    chosen = PREPROCESSING[contrast]
+    return RobustCalibration.fit(bank, volumes, chosen["standardise"] if standardise is None else standardise,
+                                 bias_correct=chosen["bias_correct"] if bias_correct is None else bias_correct)
 
 
 def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "val", max_cases: int = 10,

@@ -114,8 +114,8 @@ def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> RiskCalibr
     calibration = RiskCalibration.load(paths["risk"])
     if (options.sampler, options.steps) != ("ddim", calibration.steps):
         return None
-    needed = {"cycle": paths["reverse"] / "config.json", "ood_robust": paths["robust"]}
-    if any(not needed[name].exists() for name in calibration.needs if name in needed):
+    needed = GivenMaps.files(calibration.needs, paths["ood"], paths["diffusion"], options.direction)
+    if not all(path.exists() for path in needed.values()):
         return None
     return calibration
 
