@@ -79,6 +79,12 @@ def volumes(folder: Path, split: str, kind: str, contrast: str, bank: PatchCore)
                prepared.seg)
 
 
+def robust_calibrations(bank: PatchCore, val: list[tuple[np.ndarray, np.ndarray]], modes) -> dict:
+    """The product's robust calibration of each robust mode among ``modes``, fitted on ``val``."""
+    return {m: RobustCalibration.fit(bank, val, standardise=ROBUST_MODES[m][0], bias_correct=ROBUST_MODES[m][1])
+            for m in modes if m in ROBUST_MODES}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shift-root", type=Path, nargs="+", default=[Path("data/shift")],
@@ -104,8 +110,7 @@ def main(argv=None) -> int:
         # validation: the product's robust calibrations (ood/robust.py), without and with standardisation
         val = [(img, brain) for _, img, brain, _, _ in
                tqdm(volumes(args.val, "val", "healthy", contrast, bank), desc=f"{contrast} val", unit="case")]
-        robust = {m: RobustCalibration.fit(bank, val, standardise=ROBUST_MODES[m][0], bias_correct=ROBUST_MODES[m][1])
-                  for m in args.modes if m != "shipped"}
+        robust = robust_calibrations(bank, val, args.modes)
         rows = {}
         for variant in variants:
             folders = [root / variant for root in args.shift_root if (root / variant / "manifest.json").exists()]
@@ -148,6 +153,7 @@ def figure(args) -> int:
     contrast = args.contrasts[0]
     bank = PatchCore.load(ood_bank_path(MODELS_ROOT, contrast), modality=contrast, model_root=MODELS_ROOT)
     val = [(img, brain) for _, img, brain, _, _ in volumes(args.val, "val", "healthy", contrast, bank)]
+    robust = robust_calibrations(bank, val, args.modes)
     prepared = prepare_case(read_case(args.figure, (contrast,)), *bank_grid(bank))
     img, brain = prepared.images[contrast], prepared.brain
     lesion = prepared.seg > 0 if prepared.seg is not None else np.zeros_like(brain)
@@ -156,8 +162,7 @@ def figure(args) -> int:
         if mode == "shipped":
             p, t = bank.pixel_calibration.probability(distance_volume(bank, img, brain)), bank.threshold
         else:
-            cal = RobustCalibration.fit(bank, val, standardise=ROBUST_MODES[mode][0], bias_correct=ROBUST_MODES[mode][1])
-            p, t = cal.probability(bank, img, brain), cal.threshold
+            p, t = robust[mode].probability(bank, img, brain), robust[mode].threshold
         flagged = (p >= t) & brain
         rows.append(PlaneRow(f"{mode}: {100 * flagged[~lesion & brain].mean():.1f}% of non-lesion brain flagged",
                              np.where(brain, p, 0), "viridis", 0.0, 1.0, flagged))

@@ -132,8 +132,9 @@ _TABLE = [
     Option("gate", bool, False, "Local Diffusion's classifier gate (a target-modality PatchCore that can send a "
            "slice back to branching; off by default: on validation it only delayed fusion, docs/BENCHMARK.md 4a)"),
     Option("robust_ood", bool, False, "the acquisition-robust OOD map (per-volume self-calibration; T1 "
-           "intensity-standardised, FLAIR bias-corrected first; <bank>_robust.json) instead of the bank's own calibration: for scans from another "
-           "scanner, when the input gate says the OOD map cannot be read", flag="--robust"),
+           "intensity-standardised, FLAIR bias-corrected first; <bank>_robust.json) instead of the bank's own "
+           "calibration: for scans from another scanner, when the input gate says the OOD map cannot be read",
+           flag="--robust"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("risk_map", bool, True, "the hallucination-risk map (needs the model's risk_calibration.json and its "
            "DDIM step count; its back-translation by the reverse model costs about one more translation)"),

@@ -68,8 +68,9 @@ class GivenMaps:
              config, device) -> "GivenMaps":
         """Load what ``needs`` asks for (``config``: the model's in ``model_dir``); an
         :class:`~localdiffusion.errors.InputError` naming the missing file otherwise (:meth:`files`)."""
-        robust = RobustCalibration.load(robust_calibration_path(bank_path)) if "ood_robust" in needs else None
-        reverse = load_reverse_model(model_dir, config, device) if "cycle" in needs else None
+        files = cls.files(needs, bank_path, model_dir, config.direction)
+        robust = RobustCalibration.load(files["ood_robust"]) if "ood_robust" in files else None
+        reverse = load_reverse_model(model_dir, config, device) if "cycle" in files else None
         return cls(needs, bank, robust, reverse)
 
     def source_maps(self, prepared: PreparedCase, ood: np.ndarray | None = None) -> dict[str, np.ndarray]:
