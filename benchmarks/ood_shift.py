@@ -36,7 +36,8 @@ Section 9d (bias correction; the choice on validation, then new test subjects):
         low_snr strong_bias --split val --val data/bench_val --contrasts flair --modes self corrected \
         --out docs/benchmark/ood_shift_corrected_val_pooled_flair.json
     python benchmarks/ood_shift.py --shift-root data/shift2 --split test --val data/bench_val --contrasts flair \
-        --modes shipped self corrected --out docs/benchmark/ood_shift_corrected_test2_flair.json
+        --modes shipped self corrected --compare corrected self \
+        --out docs/benchmark/ood_shift_corrected_test2_flair.json
 
 (several ``--shift-root`` pool a variant's cases; ``--figure CASE`` draws one case's maps instead.)
 """
@@ -52,6 +53,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from localdiffusion.benchmark.scoring import paired_bootstrap
 from localdiffusion.data.io import atomic_path
 from localdiffusion.data.readers import read_case
 from localdiffusion.ood.patchcore import PatchCore
@@ -94,6 +96,9 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="test", help="the variants' split (val variants to choose, test to report)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=["shipped", *ROBUST_MODES])
     ap.add_argument("--variants", nargs="+", help="only these variants (default: every one under --shift-root)")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
+                    help="per variant, a paired bootstrap interval over cases of mode A minus mode B: per-case lesion "
+                         "AUROC (tumour cases) and per-case healthy brain flagged (healthy cases)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--figure", type=Path, default=None,
                     help="instead of the table: one case folder's image and maps (every --modes, first of --contrasts) "
@@ -114,7 +119,8 @@ def main(argv=None) -> int:
         rows = {}
         for variant in variants:
             folders = [root / variant for root in args.shift_root if (root / variant / "manifest.json").exists()]
-            per = {m: {"labels": [], "scores": [], "healthy": []} for m in args.modes}
+            per = {m: {"labels": [], "scores": [], "healthy": [], "case_auroc": {}, "case_flagged": {}}
+                   for m in args.modes}
             for folder, kind in ((f, k) for f in folders for k in ("tumour", "healthy")):
                 for case_id, img, whole, brain, seg in tqdm(volumes(folder, args.split, kind, contrast, bank),
                                                             desc=f"{contrast} {folder} {kind}", unit="case"):
@@ -123,19 +129,30 @@ def main(argv=None) -> int:
                     probs = {m: (bank.pixel_calibration.probability(raw) if m == "shipped" else
                                  robust[m].from_distances(raw, brain) if m == "self" else
                                  robust[m].probability(bank, img, whole, scored=brain)) for m in args.modes}
+                    key = f"{folder}/{case_id}"
                     for mode, p in probs.items():
                         if kind == "tumour":
                             per[mode]["labels"].append(seg[brain] > 0)
                             per[mode]["scores"].append(p[brain])
+                            per[mode]["case_auroc"][key] = float(roc_auc_score(seg[brain] > 0, p[brain]))
                         else:
                             per[mode]["healthy"].append(p[brain] >= bank.threshold)
+                            per[mode]["case_flagged"][key] = float(per[mode]["healthy"][-1].mean())
             rows[variant] = {}
             for mode, d in per.items():
                 y, s = np.concatenate(d["labels"]), np.concatenate(d["scores"])
                 rows[variant][mode] = {"lesion_auroc": float(roc_auc_score(y, s)),
                                        "healthy_flagged": float(np.concatenate(d["healthy"]).mean()),
-                                       "tumour_cases": len(d["labels"]), "healthy_cases": len(d["healthy"])}
-            print(contrast, variant, json.dumps(rows[variant]), flush=True)
+                                       "tumour_cases": len(d["labels"]), "healthy_cases": len(d["healthy"]),
+                                       "case_auroc": d["case_auroc"], "case_flagged": d["case_flagged"]}
+            if args.compare:
+                a, b = (per[m] for m in args.compare)
+                rows[variant]["compare"] = {
+                    "modes": list(args.compare),
+                    "lesion_auroc": paired_bootstrap(a["case_auroc"], b["case_auroc"]),
+                    "healthy_flagged": paired_bootstrap(a["case_flagged"], b["case_flagged"])}
+            print(contrast, variant, json.dumps({m: {k: v for k, v in r.items() if not k.startswith("case_")}
+                                                 for m, r in rows[variant].items()}), flush=True)
         result["contrasts"][contrast] = {"threshold": bank.threshold, "rows": rows, "val_cases": len(val),
                                          "modes": list(args.modes)}
     with atomic_path(args.out) as tmp:
