@@ -39,6 +39,13 @@ Section 9d (bias correction; the choice on validation, then new test subjects):
         --modes shipped self corrected --compare corrected self \
         --out docs/benchmark/ood_shift_corrected_test2_flair.json
 
+Section 9e (banks built for the robust map, ``ood build --standardise-to ... [--augment 2]``, against the
+shipped one; ``--bank LABEL=PATH`` scores several banks of one contrast, columns ``LABEL:MODE``):
+
+    python benchmarks/ood_shift.py --shift-root data/shift_val data/shift_val2 --split val --val data/bench_val \
+        --contrasts t1 --modes standardised --bank A=monai_bundle/models/ood_t1.pt D=data/banks/ood_t1_std.pt \
+        B=data/banks/ood_t1_aug2.pt --out docs/benchmark/ood_shift_augbank_val_t1.json
+
 (several ``--shift-root`` pool a variant's cases; ``--figure CASE`` draws one case's maps instead.)
 """
 
@@ -87,6 +94,18 @@ def robust_calibrations(bank: PatchCore, val: list[tuple[np.ndarray, np.ndarray]
             for m in modes if m in ROBUST_MODES}
 
 
+def bank_paths(specs: list[str] | None, contrast: str) -> dict[str, Path]:
+    """``--bank`` as label -> path (default: the shipped bank of ``contrast``, labelled ``shipped``)."""
+    if not specs:
+        return {"shipped": ood_bank_path(MODELS_ROOT, contrast)}
+    return {spec.split("=", 1)[0]: Path(spec.split("=", 1)[1]) for spec in specs}
+
+
+def load_banks(specs: list[str] | None, contrast: str) -> dict[str, PatchCore]:
+    return {label: PatchCore.load(path, modality=contrast, model_root=MODELS_ROOT)
+            for label, path in bank_paths(specs, contrast).items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shift-root", type=Path, nargs="+", default=[Path("data/shift")],
@@ -99,11 +118,16 @@ def main(argv=None) -> int:
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None,
                     help="per variant, a paired bootstrap interval over cases of mode A minus mode B: per-case lesion "
                          "AUROC (tumour cases) and per-case healthy brain flagged (healthy cases)")
+    ap.add_argument("--bank", nargs="+", default=None, metavar="LABEL=PATH",
+                    help="score these banks (of the one contrast in --contrasts) instead of the shipped one; with "
+                         "more than one, the columns are LABEL:MODE and --compare takes those names")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--figure", type=Path, default=None,
                     help="instead of the table: one case folder's image and maps (every --modes, first of --contrasts) "
                          "in three planes, written to --out (a PNG)")
     args = ap.parse_args(argv)
+    if args.bank and len(args.contrasts) != 1:
+        ap.error("--bank scores one contrast's banks: give one --contrasts")
     if args.figure is not None:
         return figure(args)
     variants = sorted({p.name for root in args.shift_root for p in root.iterdir() if (p / "manifest.json").exists()
@@ -111,40 +135,47 @@ def main(argv=None) -> int:
     variants = [v for v in ["training"] if v in variants] + [v for v in variants if v != "training"]
     result = {"command": "python " + " ".join(sys.argv), "variants": variants, "contrasts": {}}
     for contrast in args.contrasts:
-        bank = PatchCore.load(ood_bank_path(MODELS_ROOT, contrast), modality=contrast, model_root=MODELS_ROOT)
-        # validation: the product's robust calibrations (ood/robust.py), without and with standardisation
+        banks = load_banks(args.bank, contrast)
+        grid_bank = next(iter(banks.values()))
+        # validation: the product's robust calibrations (ood/robust.py) of every bank
         val = [(img, brain) for _, img, brain, _, _ in
-               tqdm(volumes(args.val, "val", "healthy", contrast, bank), desc=f"{contrast} val", unit="case")]
-        robust = robust_calibrations(bank, val, args.modes)
+               tqdm(volumes(args.val, "val", "healthy", contrast, grid_bank), desc=f"{contrast} val", unit="case")]
+        robust = {label: robust_calibrations(bank, val, args.modes) for label, bank in banks.items()}
+        columns = [(label, mode) for label in banks for mode in args.modes]
+        name = {c: c[1] if len(banks) == 1 else f"{c[0]}:{c[1]}" for c in columns}
         rows = {}
         for variant in variants:
             folders = [root / variant for root in args.shift_root if (root / variant / "manifest.json").exists()]
-            per = {m: {"labels": [], "scores": [], "healthy": [], "case_auroc": {}, "case_flagged": {}}
-                   for m in args.modes}
+            per = {name[c]: {"labels": [], "scores": [], "healthy": [], "case_auroc": {}, "case_flagged": {}}
+                   for c in columns}
             for folder, kind in ((f, k) for f in folders for k in ("tumour", "healthy")):
-                for case_id, img, whole, brain, seg in tqdm(volumes(folder, args.split, kind, contrast, bank),
+                for case_id, img, whole, brain, seg in tqdm(volumes(folder, args.split, kind, contrast, grid_bank),
                                                             desc=f"{contrast} {folder} {kind}", unit="case"):
-                    # the bank's own distances on the scored slices, shared by its calibration and self
-                    raw = distance_volume(bank, img, brain) if {"shipped", "self"} & set(args.modes) else None
-                    probs = {m: (bank.pixel_calibration.probability(raw) if m == "shipped" else
-                                 robust[m].from_distances(raw, brain) if m == "self" else
-                                 robust[m].probability(bank, img, whole, scored=brain)) for m in args.modes}
+                    probs = {}
+                    for label, bank in banks.items():
+                        # the bank's own distances on the scored slices, shared by its calibration and self
+                        raw = distance_volume(bank, img, brain) if {"shipped", "self"} & set(args.modes) else None
+                        for m in args.modes:
+                            probs[name[label, m]] = (
+                                bank.pixel_calibration.probability(raw) if m == "shipped" else
+                                robust[label][m].from_distances(raw, brain) if m == "self" else
+                                robust[label][m].probability(bank, img, whole, scored=brain))
                     key = f"{folder}/{case_id}"
-                    for mode, p in probs.items():
+                    for column, p in probs.items():
                         if kind == "tumour":
-                            per[mode]["labels"].append(seg[brain] > 0)
-                            per[mode]["scores"].append(p[brain])
-                            per[mode]["case_auroc"][key] = float(roc_auc_score(seg[brain] > 0, p[brain]))
+                            per[column]["labels"].append(seg[brain] > 0)
+                            per[column]["scores"].append(p[brain])
+                            per[column]["case_auroc"][key] = float(roc_auc_score(seg[brain] > 0, p[brain]))
                         else:
-                            per[mode]["healthy"].append(p[brain] >= bank.threshold)
-                            per[mode]["case_flagged"][key] = float(per[mode]["healthy"][-1].mean())
+                            per[column]["healthy"].append(p[brain] >= grid_bank.threshold)
+                            per[column]["case_flagged"][key] = float(per[column]["healthy"][-1].mean())
             rows[variant] = {}
-            for mode, d in per.items():
+            for column, d in per.items():
                 y, s = np.concatenate(d["labels"]), np.concatenate(d["scores"])
-                rows[variant][mode] = {"lesion_auroc": float(roc_auc_score(y, s)),
-                                       "healthy_flagged": float(np.concatenate(d["healthy"]).mean()),
-                                       "tumour_cases": len(d["labels"]), "healthy_cases": len(d["healthy"]),
-                                       "case_auroc": d["case_auroc"], "case_flagged": d["case_flagged"]}
+                rows[variant][column] = {"lesion_auroc": float(roc_auc_score(y, s)),
+                                         "healthy_flagged": float(np.concatenate(d["healthy"]).mean()),
+                                         "tumour_cases": len(d["labels"]), "healthy_cases": len(d["healthy"]),
+                                         "case_auroc": d["case_auroc"], "case_flagged": d["case_flagged"]}
             if args.compare:
                 a, b = (per[m] for m in args.compare)
                 rows[variant]["compare"] = {
@@ -153,8 +184,10 @@ def main(argv=None) -> int:
                     "healthy_flagged": paired_bootstrap(a["case_flagged"], b["case_flagged"])}
             print(contrast, variant, json.dumps({m: {k: v for k, v in r.items() if not k.startswith("case_")}
                                                  for m, r in rows[variant].items()}), flush=True)
-        result["contrasts"][contrast] = {"threshold": bank.threshold, "rows": rows, "val_cases": len(val),
-                                         "modes": list(args.modes)}
+        result["contrasts"][contrast] = {"threshold": grid_bank.threshold, "rows": rows, "val_cases": len(val),
+                                         "modes": [name[c] for c in columns],
+                                         "banks": {label: str(bank_paths(args.bank, contrast)[label])
+                                                   for label in banks}}
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1))
     print(markdown(result))
@@ -168,21 +201,24 @@ def figure(args) -> int:
     from localdiffusion.data.io import save_png
 
     contrast = args.contrasts[0]
-    bank = PatchCore.load(ood_bank_path(MODELS_ROOT, contrast), modality=contrast, model_root=MODELS_ROOT)
-    val = [(img, brain) for _, img, brain, _, _ in volumes(args.val, "val", "healthy", contrast, bank)]
-    robust = robust_calibrations(bank, val, args.modes)
-    prepared = prepare_case(read_case(args.figure, (contrast,)), *bank_grid(bank))
+    banks = load_banks(args.bank, contrast)
+    grid_bank = next(iter(banks.values()))
+    val = [(img, brain) for _, img, brain, _, _ in volumes(args.val, "val", "healthy", contrast, grid_bank)]
+    prepared = prepare_case(read_case(args.figure, (contrast,)), *bank_grid(grid_bank))
     img, brain = prepared.images[contrast], prepared.brain
     lesion = prepared.seg > 0 if prepared.seg is not None else np.zeros_like(brain)
     rows = [PlaneRow(f"{contrast} ({args.figure.name})", img, outline=lesion)]
-    for mode in args.modes:
-        if mode == "shipped":
-            p, t = bank.pixel_calibration.probability(distance_volume(bank, img, brain)), bank.threshold
-        else:
-            p, t = robust[mode].probability(bank, img, brain), robust[mode].threshold
-        flagged = (p >= t) & brain
-        rows.append(PlaneRow(f"{mode}: {100 * flagged[~lesion & brain].mean():.1f}% of non-lesion brain flagged",
-                             np.where(brain, p, 0), "viridis", 0.0, 1.0, flagged))
+    for label, bank in banks.items():
+        robust = robust_calibrations(bank, val, args.modes)
+        for mode in args.modes:
+            if mode == "shipped":
+                p, t = bank.pixel_calibration.probability(distance_volume(bank, img, brain)), bank.threshold
+            else:
+                p, t = robust[mode].probability(bank, img, brain), robust[mode].threshold
+            flagged = (p >= t) & brain
+            title = mode if len(banks) == 1 else f"{label}:{mode}"
+            rows.append(PlaneRow(f"{title}: {100 * flagged[~lesion & brain].mean():.1f}% of non-lesion brain flagged",
+                                 np.where(brain, p, 0), "viridis", 0.0, 1.0, flagged))
     centre = [int(np.round(np.mean(ax))) for ax in np.nonzero(lesion if lesion.any() else brain)]
     save_png(args.out, plane_grid(rows, centre, f"{contrast.upper()} OOD probability (red: tumour / >= the threshold)"))
     return 0

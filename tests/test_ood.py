@@ -303,3 +303,50 @@ def test_robust_bias_correction_sees_the_whole_brain_when_every_second_slice_is_
     seen = robust.backbone_input(_as_flair(tiny_patchcore), image * field, brain, scored)
     left = np.log(seen[scored] / image[scored]).std()  # the field left in the backbone's input (a scale is no field)
     assert left < 0.2 * np.log(field[scored]).std()
+
+
+def test_acquisition_augmentation_is_a_seeded_plausible_rescan():
+    from localdiffusion.volume.acquisition import FIELD_LOG_STD, _polynomial_field, augment_acquisition
+
+    image, brain, _ = _tissue_volume(0)
+    first = augment_acquisition(image, brain, "t1", np.random.default_rng(5))
+    np.testing.assert_array_equal(first, augment_acquisition(image, brain, "t1", np.random.default_rng(5)))
+    copies = [augment_acquisition(image, brain, "t1", np.random.default_rng(s)) for s in range(6)]
+    assert all(c.min() >= 0 and c.max() <= 1 and not c[~brain].any() for c in copies)
+    # each copy changes the image (bias, blur, contrast, noise) but keeps the anatomy: the tissues stay apart
+    assert min(np.abs(c - image)[brain].mean() for c in copies) > 0.005
+    assert min(np.corrcoef(c[brain], image[brain])[0, 1] for c in copies) > 0.6
+    fields = [_polynomial_field(image.shape, brain, np.random.default_rng(s)) for s in range(20)]
+    spreads = [f[brain].std() for f in fields]
+    assert max(spreads) <= FIELD_LOG_STD + 1e-9 and max(spreads) > 0.5 * FIELD_LOG_STD
+    assert all(abs(f[brain].mean()) < 1e-9 for f in fields)  # a field, not a scale
+
+
+def test_ood_build_cli_builds_a_bank_for_the_robust_map(cohort, tmp_path, capsys):
+    from localdiffusion.ood.robust import RobustCalibration, landmarks
+
+    image, brain = _volume(11)
+    robust = tmp_path / "t1_robust.json"
+    RobustCalibration("t1", landmarks(image, brain), Calibration.fit(np.arange(1000.0))).save(robust)
+    args = ["ood", "build", "--data", str(cohort), "--modality", "t1", "--bank-size", "200"]
+    assert main(args + ["--out", str(tmp_path / "plain.pt")]) == 0
+    assert main(args + ["--out", str(tmp_path / "robust.pt"), "--standardise-to", str(robust), "--augment", "1"]) == 0
+    plain, built = PatchCore.load(tmp_path / "plain.pt"), PatchCore.load(tmp_path / "robust.pt")
+    assert "robust_input" not in plain.meta
+    assert built.meta["robust_input"] == {"standardised": True, "augmented_copies": 1}
+    assert built.meta["candidates"] == 2 * plain.meta["candidates"]  # the same slices, each with one copy
+    assert not np.array_equal(built.bank.features, plain.bank.features)
+    # the bank's own calibration would map an unstandardised input against standardised patches: refused
+    case = next(iter((cohort / "ld0_test_t0000").glob("*_t1.nii.gz")), None) or next(cohort.rglob("*_t1.nii.gz"))
+    capsys.readouterr()
+    assert main(["ood", "map", "--input", str(case), "--bank", str(tmp_path / "robust.pt"),
+                 "--out", str(tmp_path / "ood.nii.gz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "robust.pt" in err[0] and "ood map --robust" in err[0]
+    assert not (tmp_path / "ood.nii.gz").exists()
+    no_reference = tmp_path / "flair_robust.json"
+    RobustCalibration("t1", None, Calibration.fit(np.arange(1000.0))).save(no_reference)
+    capsys.readouterr()
+    assert main(args + ["--out", str(tmp_path / "x.pt"), "--standardise-to", str(no_reference)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not standardise" in err[0] and not (tmp_path / "x.pt").exists()

@@ -327,6 +327,11 @@ def _add_ood(sub) -> None:
     b.add_argument("--bank-size", type=int, default=4000)
     b.add_argument("--fpr", type=float, default=0.01, help="calibrated false-positive rate of healthy voxels")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--standardise-to", type=Path, default=None, metavar="ROBUST_JSON",
+                   help="a bank for the robust map: standardise every volume onto this robust calibration's "
+                        "intensity landmarks first")
+    b.add_argument("--augment", type=int, default=0,
+                   help="add this many acquisition-augmented copies of every training volume (volume/acquisition.py)")
     b.set_defaults(func=_run_ood_build)
     m = ood.add_parser("map", help="OOD probability map (+ binary mask) in the input's geometry")
     m.add_argument("--input", required=True, type=Path)
@@ -357,8 +362,17 @@ def _run_ood_build(args) -> int:
 
     extractor = make_extractor(args.backbone, args.weights, layers=args.layers,
                                projection_dim=args.projection_dim, seed=args.seed)
+    reference = None
+    if args.standardise_to is not None:
+        from localdiffusion.ood.robust import RobustCalibration
+
+        reference = RobustCalibration.load(args.standardise_to).reference
+        if reference is None:
+            raise InputError(f"{args.standardise_to}: this robust calibration does not standardise intensities")
+    if args.augment < 0:
+        raise InputError(f"--augment must be >= 0, got {args.augment}")
     model = build_bank(args.data, args.modality, extractor, bank_size=args.bank_size,
-                       false_positive_rate=args.fpr, seed=args.seed)
+                       false_positive_rate=args.fpr, seed=args.seed, reference=reference, augment=args.augment)
     model.save(args.out)
     print(f"wrote {args.out}: {len(model.bank)} patches, threshold p >= {model.threshold:.3f}")
     return 0

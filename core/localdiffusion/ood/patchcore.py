@@ -43,6 +43,7 @@ class PatchCore:
                  image_calibration: Calibration | None = None):
         self.extractor, self.bank, self.meta = extractor, bank, meta
         self.pixel_calibration, self.image_calibration = pixel_calibration, image_calibration
+        self.path: Path | None = None  # the file it was loaded from (named in errors)
 
     @property
     def device(self) -> torch.device:
@@ -128,8 +129,14 @@ class PatchCore:
         return np.where(brain, prob, 0.0).astype(np.float32)
 
     def _require_calibration(self) -> None:
+        """The bank's own calibration maps the working grid's images as they are: refused for a bank built on
+        intensity-standardised volumes, whose patches only the robust map (ood/robust.py) gives it."""
+        name = self.path or "the bank"
         if self.pixel_calibration is None:
-            raise InputError("the bank is not calibrated (run calibrate on healthy validation slices)")
+            raise InputError(f"{name}: the bank is not calibrated (run calibrate on healthy validation slices)")
+        if self.meta.get("robust_input", {}).get("standardised"):
+            raise InputError(f"{name}: built on intensity-standardised volumes for the acquisition-robust map "
+                             f"(ood build --standardise-to); only that map can use it (ood map --robust)")
 
     @property
     def threshold(self) -> float:
@@ -186,4 +193,6 @@ class PatchCore:
                 raise InputError(f"{path}: backbone weights do not match {desc['backbone']}") from exc
             extractor.weights = desc["weights"]
         cal = lambda name: Calibration.from_arrays(arrays, name) if f"{name}_quantiles" in arrays else None  # noqa: E731
-        return cls(extractor, MemoryBank(arrays["bank"].astype(np.float32)), meta, cal("pixel"), cal("image"))
+        model = cls(extractor, MemoryBank(arrays["bank"].astype(np.float32)), meta, cal("pixel"), cal("image"))
+        model.path = path
+        return model
