@@ -9,7 +9,12 @@ Every case's T1 and FLAIR are given to their own contrast's gate exactly as ``tr
 (every third brain slice mapped by the shipped bank; the shipped ``input_gate.json``). Per
 folder and contrast: cases, how many the gate refuses / warns about, how many it declares
 unreadable for the maps, and the range of the typical probability and of the flagged fraction.
-The policy threshold (``UNRELIABLE_TYPICAL``) is fixed in the code, not fitted here.
+The policy thresholds (``UNRELIABLE_TYPICAL``, ``FIELD_MARGIN``) are fixed in the code, not fitted here.
+Section 9f (the coil-field check) on the in-domain test subjects and every shifted test variant (seed 0 and 1
+pooled by variant name; data/phantom_test links data/phantom's test cases):
+
+    mkdir -p data/phantom_test && ln -sf ../phantom/ld0_test_* data/phantom_test/
+    python benchmarks/gate_shift.py --data data/phantom_test data/shift/* data/shift2/* --out docs/benchmark/gate_field.json
 """
 
 from __future__ import annotations
@@ -54,17 +59,20 @@ def main() -> int:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| folder | contrast | cases | refused | warned | maps unreadable | typical (min-max) | flagged (min-max) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| folder | contrast | cases | refused | warned | maps unreadable | coil field named | typical (min-max) "
+             "| flagged (min-max) | field (min-max) |", "|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((Path(row["folder"]).name, row["contrast"]), []).append(row)
     for (folder, contrast), group in groups.items():
         typical = np.array([r["typical"] for r in group])
         flagged = np.array([r["flagged"] for r in group])
+        fields = np.array([r.get("field") or np.nan for r in group])
         lines.append(f"| {folder} | {contrast} | {len(group)} | {sum(r['verdict'] == 'refused' for r in group)} | "
                      f"{sum(r['verdict'] == 'warned' for r in group)} | {sum(r['map_reliable'] is False for r in group)} "
-                     f"| {typical.min():.2f}-{typical.max():.2f} | {100 * flagged.min():.1f}-{100 * flagged.max():.1f}% |")
+                     f"| {sum(bool(r.get('field_warned')) for r in group)} | {typical.min():.2f}-{typical.max():.2f} "
+                     f"| {100 * flagged.min():.1f}-{100 * flagged.max():.1f}% | {np.nanmin(fields):.3f}-"
+                     f"{np.nanmax(fields):.3f} |")
     return "\n".join(lines)
 
 

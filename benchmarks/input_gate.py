@@ -26,6 +26,7 @@ from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_corr
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
+from localdiffusion.volume.bias import field_strength
 from localdiffusion.volume.grid import prepare_case
 
 CONTRASTS = ("t1", "flair")
@@ -47,10 +48,14 @@ def judge(gate: InputGate, bank: PatchCore, declared: str, image: np.ndarray, af
     prepared = prepare_case(Case("x", {declared: image.astype(np.float32)}, affine, None), *bank_grid(bank))
     summary = map_summary(prepared, declared, bank)
     correlation = depth_correlation(prepared.images[declared], prepared.brain, prepared.grid.spacing)
-    report = gate.judge(declared, correlation, summary)
+    strength = (field_strength(prepared.images[declared], prepared.brain, prepared.grid.spacing)
+                if declared in gate.coil_field else None)
+    report = gate.judge(declared, correlation, summary, strength)
     verdict = "refused" if report.refusal else "warned" if report.warnings else "passed"
+    message = report.refusal or "; ".join(report.warnings)
     return {"correlation": correlation, "flagged": summary.flagged, "typical": summary.typical, "verdict": verdict,
-            "map_reliable": report.map_reliable, "message": report.refusal or "; ".join(report.warnings)}
+            "map_reliable": report.map_reliable, "field": strength, "field_warned": "receive-coil field" in message,
+            "message": message}
 
 
 def main() -> int:

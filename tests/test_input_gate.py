@@ -9,6 +9,7 @@ import pytest
 from localdiffusion.cli import main
 from localdiffusion.data.io import save_volume
 from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, MapSummary, depth_correlation
+from localdiffusion.errors import InputError
 from localdiffusion.shipped import MODELS_ROOT, shipped_model_dir
 from localdiffusion.volume.grid import prepare_case
 
@@ -113,3 +114,41 @@ def test_a_low_snr_flair_is_translated_with_the_warning_that_its_maps_cannot_be_
         else:
             assert len(unreadable) == 1 and unreadable[0].startswith(f"warning: {flair}: ") and "mark the acquisition" \
                 in unreadable[0], caplog.text
+
+
+def test_a_coil_field_stronger_than_any_healthy_validation_scan_warns():
+    gate = InputGate(GATE.correlation, GATE.flagged, 10, typical=GATE.typical, coil_field={"t1": 0.1})
+    strong = gate.judge("t1", 0.30, m(0.02), field_strength=0.13)  # above 1.25 x the validation maximum
+    assert strong.refusal is None and len(strong.warnings) == 1
+    assert "receive-coil field is stronger than in any healthy T1 validation scan" in strong.warnings[0]
+    assert "0.130" in strong.warnings[0] and "at most 0.100" in strong.warnings[0]
+    assert not gate.judge("t1", 0.30, m(0.02), field_strength=0.12).warnings  # within the margin
+    assert not gate.judge("flair", -0.08, m(0.02), field_strength=0.5).warnings  # no FLAIR calibration: not checked
+    assert not GATE.judge("t1", 0.30, m(0.02), field_strength=0.5).warnings  # a calibration from before the check
+    refused = gate.judge("t1", -0.08, m(0.02), field_strength=0.3).refusal  # a field can mimic the other contrast
+    assert refused.startswith("this looks like a FLAIR") and "receive-coil field is stronger" in refused
+
+
+def test_the_shipped_gate_warns_about_a_strong_coil_field_and_not_about_the_training_one(tmp_path, caplog):
+    """The same subject scanned with the training coil and with a coil three times stronger (section 9's
+    strong_bias variant): only the second is flagged, and the check costs no sampling (gate_input alone).
+    This subject's strong field also drags its depth-intensity correlation toward FLAIR's (+0.06): the
+    refusal then names the field as the likely cause."""
+    from localdiffusion.jobs.inputs import gate_input, prepare_input
+    from localdiffusion.phantom.generate import generate_case
+    from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
+
+    shipped = InputGate.load(MODELS_ROOT / GATE_FILE).coil_field
+    assert all(shipped.get(c, 0) > 0 for c in ("t1", "flair"))
+    for name, acquisition in (("training", None), ("strong", ACQUISITION_SHIFTS["strong_bias"])):
+        case = generate_case(200_000_321, tumour=False, spacing=2.0, acquisition=acquisition)
+        path = save_volume(tmp_path / f"{name}_t1.nii.gz", case.images["t1"], case.affine)
+        prepared = prepare_input(path, "t1", 2.0, (96, 112))
+        if name == "training":
+            assert not [w for w in gate_input(path, prepared, "t1", MODELS_ROOT) if "receive-coil field" in w]
+            continue
+        with pytest.raises(InputError, match="looks like a FLAIR.*receive-coil field is stronger"):
+            gate_input(path, prepared, "t1", MODELS_ROOT)
+        warnings = gate_input(path, prepared, "t1", MODELS_ROOT, force=True)
+        assert warnings[0].startswith("the scan's receive-coil field is stronger") and f"{shipped['t1']:.3f}" in warnings[0]
+        assert warnings[-1].startswith("translated although this looks like a FLAIR")

@@ -350,3 +350,12 @@ def test_ood_build_cli_builds_a_bank_for_the_robust_map(cohort, tmp_path, capsys
     assert main(args + ["--out", str(tmp_path / "x.pt"), "--standardise-to", str(no_reference)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not standardise" in err[0] and not (tmp_path / "x.pt").exists()
+
+
+def test_field_strength_reads_the_coil_field_and_not_the_anatomy():
+    from localdiffusion.volume.bias import field_strength
+
+    image, brain, field = _tissue_volume(0)
+    true = np.log(field[brain]).std()  # the oracle: the field the volume was multiplied by
+    assert abs(field_strength(image * field, brain, 2.0) / true - 1) < 0.3
+    assert field_strength(image, brain, 2.0) < 0.25 * true

@@ -26,6 +26,13 @@ not here):
   outputs say so (docs/BENCHMARK.md section 9: a spin-echo T1 puts the typical voxel at the
   healthy 9Xth percentile, while its flagged fraction stays under :data:`WARN_FLAGGED`).
 
+* **coil field** - the strength of the scan's receive-coil bias field (the spread of its N4 log
+  field over the brain, :func:`~localdiffusion.volume.bias.field_strength`). Above
+  :data:`FIELD_MARGIN` times the strongest healthy validation scan's, the translation and the maps
+  may follow the field rather than the anatomy (docs/BENCHMARK.md sections 9, 11c: under a strong
+  field T1 -> FLAIR errs over 5.8% of the brain and its risk map ranks those errors at chance),
+  and the outputs say so (section 9f). A warning only: the scan is still a brain of its contrast.
+
 ``force`` turns every refusal into a warning.
 """
 
@@ -51,6 +58,9 @@ REFUSE_FLAGGED = 0.5
 #: median OOD probability of the brain above which the OOD map is declared unreadable (product
 #: policy: the typical voxel less usual than 90% of healthy validation voxels)
 UNRELIABLE_TYPICAL = 0.9
+#: a coil field this many times stronger than the strongest healthy validation scan's warns (product
+#: policy, set on the validation values of docs/BENCHMARK.md section 9f before any test scan was measured)
+FIELD_MARGIN = 1.25
 #: how far outside its own validation range (as a fraction of the gap to the other contrast)
 #: a value may lie before it is called borderline
 BORDERLINE = 0.2
@@ -116,6 +126,7 @@ class GateReport:
     map: MapSummary | None
     warnings: list[str] = field(default_factory=list)
     refusal: str | None = None
+    field_strength: float | None = None
 
     @property
     def map_reliable(self) -> bool | None:
@@ -125,16 +136,33 @@ class GateReport:
 
 @dataclass
 class InputGate:
-    """Healthy-validation ranges: contrast -> (min, max) depth correlation, max flagged fraction
-    and max typical probability (``typical``: empty in calibrations written before it existed)."""
+    """Healthy-validation ranges: contrast -> (min, max) depth correlation, max flagged fraction,
+    max typical probability and max coil-field strength (``typical``, ``coil_field``: empty in calibrations
+    written before they existed, and then not checked)."""
 
     correlation: dict[str, tuple[float, float]]
     flagged: dict[str, float]
     cases: int
     split: str = "val"
     typical: dict[str, float] = field(default_factory=dict)
+    coil_field: dict[str, float] = field(default_factory=dict)
 
-    def judge(self, contrast: str, correlation: float, summary: MapSummary | None) -> GateReport:
+    def judge(self, contrast: str, correlation: float, summary: MapSummary | None,
+              field_strength: float | None = None) -> GateReport:
+        report = self._judge_contrast_and_map(contrast, correlation, summary)
+        report.field_strength = field_strength
+        if field_strength is not None and contrast in self.coil_field \
+                and field_strength > FIELD_MARGIN * self.coil_field[contrast]:
+            seen = (f"the scan's receive-coil field is stronger than in any healthy {NAMES.get(contrast, contrast)} "
+                    f"validation scan (N4 log-field spread {field_strength:.3f}, validation at most "
+                    f"{self.coil_field[contrast]:.3f})")
+            report.warnings.insert(0, f"{seen}: the translation, the OOD map and the risk map may follow the field "
+                                      f"rather than the anatomy (docs/BENCHMARK.md section 9f)")
+            if report.refusal:  # a strong field makes intensity vary with depth: it can mimic the other contrast
+                report.refusal += f"; note that {seen}, which can cause this"
+        return report
+
+    def _judge_contrast_and_map(self, contrast: str, correlation: float, summary: MapSummary | None) -> GateReport:
         report = GateReport(contrast, correlation, summary)
         name = NAMES.get(contrast, contrast)
         if report.map_reliable is False:
@@ -185,7 +213,7 @@ class InputGate:
         payload = {**asdict(self), "definition": {"depth_mm": DEPTH_MM, "dark_fraction": DARK_FRACTION,
                                                   "warn_flagged": WARN_FLAGGED, "refuse_flagged": REFUSE_FLAGGED,
                                                   "unreliable_typical": UNRELIABLE_TYPICAL,
-                                                  "borderline": BORDERLINE}}
+                                                  "borderline": BORDERLINE, "field_margin": FIELD_MARGIN}}
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
         return Path(path)
@@ -195,6 +223,7 @@ class InputGate:
         try:
             payload = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls({k: tuple(v) for k, v in payload["correlation"].items()}, dict(payload["flagged"]),
-                       int(payload["cases"]), payload.get("split", "val"), dict(payload.get("typical", {})))
+                       int(payload["cases"]), payload.get("split", "val"), dict(payload.get("typical", {})),
+                       dict(payload.get("coil_field", {})))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: not a valid input-gate calibration ({exc.__class__.__name__}: {exc})") from None

@@ -108,7 +108,8 @@ def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "v
                    contrasts: tuple[str, ...] = ("t1", "flair")) -> InputGate:
     """Fit the input gate on the healthy cases of ``split``: per contrast the range of the
     depth-intensity correlation, the largest fraction of brain its bank flags and the largest
-    median OOD probability (for the messages; the thresholds are policy, input_gate.py)."""
+    median OOD probability and the strongest coil field (for the messages and the field check; the thresholds
+    are policy, input_gate.py)."""
     from localdiffusion.ood.patchcore import PatchCore
     from localdiffusion.ood.volume import bank_grid
     from localdiffusion.shipped import ood_bank_path
@@ -116,15 +117,19 @@ def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "v
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
     if len(cases) < 3:
         raise InputError(f"{data}: {len(cases)} healthy {split} cases; the input gate needs at least 3")
-    correlation, flagged, typical = {}, {}, {}
+    from localdiffusion.volume.bias import field_strength
+
+    correlation, flagged, typical, fields = {}, {}, {}, {}
     for contrast in contrasts:
         bank = PatchCore.load(ood_bank_path(models_root, contrast), modality=contrast, model_root=models_root)
-        values, summaries = [], []
+        values, summaries, strengths = [], [], []
         for path in tqdm(cases, desc=f"input gate {contrast}", unit="case"):
             prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
             values.append(depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing))
             summaries.append(MapSummary.of(probability_volume(bank, prepared), prepared.brain, bank.threshold))
+            strengths.append(field_strength(prepared.images[contrast], prepared.brain, prepared.grid.spacing))
         correlation[contrast] = (float(np.min(values)), float(np.max(values)))
         flagged[contrast] = float(max(s.flagged for s in summaries))
         typical[contrast] = float(max(s.typical for s in summaries))
-    return InputGate(correlation, flagged, len(cases), split, typical)
+        fields[contrast] = float(max(strengths))
+    return InputGate(correlation, flagged, len(cases), split, typical, fields)

@@ -122,6 +122,7 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
     A models folder without ``input_gate.json`` is not gated, and says so.
     """
     from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, map_summary
+    from localdiffusion.volume.bias import field_strength
 
     gate_path = Path(models_root) / GATE_FILE
     if not gate_path.exists():
@@ -129,12 +130,14 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
     else:
         gate = InputGate.load(gate_path)
         correlation = depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing)
-        summary = None
+        summary, strength = None, None
+        if contrast in gate.coil_field:  # before any refusal: a strong field can mimic the other contrast
+            strength = field_strength(prepared.images[contrast], prepared.brain, prepared.grid.spacing)
         if gate.judge(contrast, correlation, None).refusal and not force:
             pass  # the wrong contrast is clear already: refuse without mapping the volume
         elif bank is not None:
             summary = map_summary(prepared, contrast, bank, probability)
-        report = gate.judge(contrast, correlation, summary)
+        report = gate.judge(contrast, correlation, summary, strength)
         if report.refusal and not force:
             raise InputError(f"{path}: {report.refusal} (--force translates anyway)")
         warnings = report.warnings + ([f"translated although {report.refusal} (--force)"] if report.refusal else [])
