@@ -22,11 +22,10 @@ from tqdm import tqdm
 
 from localdiffusion.data.io import atomic_path, load_volume
 from localdiffusion.data.readers import Case
-from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, map_summary
+from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, map_summary
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path
-from localdiffusion.volume.bias import field_strength
 from localdiffusion.volume.grid import prepare_case
 
 CONTRASTS = ("t1", "flair")
@@ -47,9 +46,7 @@ def fakes(t1: np.ndarray, seed: int) -> dict[str, np.ndarray]:
 def judge(gate: InputGate, bank: PatchCore, declared: str, image: np.ndarray, affine: np.ndarray) -> dict:
     prepared = prepare_case(Case("x", {declared: image.astype(np.float32)}, affine, None), *bank_grid(bank))
     summary = map_summary(prepared, declared, bank)
-    correlation = depth_correlation(prepared.images[declared], prepared.brain, prepared.grid.spacing)
-    strength = (field_strength(prepared.images[declared], prepared.brain, prepared.grid.spacing)
-                if declared in gate.coil_field else None)
+    correlation, strength = gate.measure(declared, prepared.images[declared], prepared.brain, prepared.grid.spacing)
     report = gate.judge(declared, correlation, summary, strength)
     verdict = "refused" if report.refusal else "warned" if report.warnings else "passed"
     message = report.refusal or "; ".join(report.warnings)

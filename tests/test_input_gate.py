@@ -125,15 +125,16 @@ def test_a_coil_field_stronger_than_any_healthy_validation_scan_warns():
     assert not gate.judge("t1", 0.30, m(0.02), field_strength=0.12).warnings  # within the margin
     assert not gate.judge("flair", -0.08, m(0.02), field_strength=0.5).warnings  # no FLAIR calibration: not checked
     assert not GATE.judge("t1", 0.30, m(0.02), field_strength=0.5).warnings  # a calibration from before the check
-    refused = gate.judge("t1", -0.08, m(0.02), field_strength=0.3).refusal  # a field can mimic the other contrast
+    refused = gate.judge("t1", -0.08, m(0.02), field_strength=0.3).refusal  # the other contrast, field or not
     assert refused.startswith("this looks like a FLAIR") and "receive-coil field is stronger" in refused
 
 
 def test_the_shipped_gate_warns_about_a_strong_coil_field_and_not_about_the_training_one(tmp_path, caplog):
     """The same subject scanned with the training coil and with a coil three times stronger (section 9's
     strong_bias variant): only the second is flagged, and the check costs no sampling (gate_input alone).
-    This subject's strong field also drags its depth-intensity correlation toward FLAIR's (+0.06): the
-    refusal then names the field as the likely cause."""
+    This subject's strong field drags its raw depth-intensity correlation toward FLAIR's (+0.06; it was
+    refused as a FLAIR before 0.11.0): under a strong field the contrast is judged on the corrected image,
+    so it is translated with the field warning, and its FLAIR is still refused by the T1 gate."""
     from localdiffusion.jobs.inputs import gate_input, prepare_input
     from localdiffusion.phantom.generate import generate_case
     from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
@@ -147,8 +148,12 @@ def test_the_shipped_gate_warns_about_a_strong_coil_field_and_not_about_the_trai
         if name == "training":
             assert not [w for w in gate_input(path, prepared, "t1", MODELS_ROOT) if "receive-coil field" in w]
             continue
-        with pytest.raises(InputError, match="looks like a FLAIR.*receive-coil field is stronger"):
-            gate_input(path, prepared, "t1", MODELS_ROOT)
-        warnings = gate_input(path, prepared, "t1", MODELS_ROOT, force=True)
-        assert warnings[0].startswith("the scan's receive-coil field is stronger") and f"{shipped['t1']:.3f}" in warnings[0]
-        assert warnings[-1].startswith("translated although this looks like a FLAIR")
+        raw = InputGate.load(MODELS_ROOT / GATE_FILE).judge("t1", depth_correlation(
+            prepared.images["t1"], prepared.brain, 2.0), None)
+        assert raw.refusal and "looks like a FLAIR" in raw.refusal  # what the uncorrected image would get
+        warnings = gate_input(path, prepared, "t1", MODELS_ROOT)
+        assert len(warnings) == 1 and warnings[0].startswith("the scan's receive-coil field is stronger")
+        assert f"{shipped['t1']:.3f}" in warnings[0] and "checked on the field-corrected image" in warnings[0]
+        flair = save_volume(tmp_path / "strong_flair.nii.gz", case.images["flair"], case.affine)
+        with pytest.raises(InputError, match="looks like a FLAIR"):
+            gate_input(flair, prepare_input(flair, "t1", 2.0, (96, 112)), "t1", MODELS_ROOT)

@@ -32,6 +32,9 @@ not here):
   may follow the field rather than the anatomy (docs/BENCHMARK.md sections 9, 11c: under a strong
   field T1 -> FLAIR errs over 5.8% of the brain and its risk map ranks those errors at chance),
   and the outputs say so (section 9f). A warning only: the scan is still a brain of its contrast.
+  A strong field also makes intensity vary with depth and can drag a T1's depth correlation toward
+  FLAIR's, so under such a field the contrast is judged on the N4-corrected image (:meth:`InputGate.measure`;
+  below the margin, as in every healthy validation scan, the image is judged as it is).
 
 ``force`` turns every refusal into a warning.
 """
@@ -147,19 +150,38 @@ class InputGate:
     typical: dict[str, float] = field(default_factory=dict)
     coil_field: dict[str, float] = field(default_factory=dict)
 
+    def strong_field(self, contrast: str, field_strength: float | None) -> bool:
+        """Is the field stronger than :data:`FIELD_MARGIN` times the healthy validation maximum?"""
+        return (field_strength is not None and contrast in self.coil_field
+                and field_strength > FIELD_MARGIN * self.coil_field[contrast])
+
+    def measure(self, contrast: str, image: np.ndarray, brain: np.ndarray, spacing_mm: float
+                ) -> tuple[float, float | None]:
+        """The depth correlation and the coil-field strength (None: this calibration has no field check) of a
+        working-grid image; under a strong field the correlation is measured on the N4-corrected image."""
+        from localdiffusion.volume.bias import log_bias_field
+
+        if contrast not in self.coil_field or not brain.any():
+            return depth_correlation(image, brain, spacing_mm), None
+        log_field = log_bias_field(image, brain, spacing_mm)
+        strength = float(log_field[brain].std())
+        if self.strong_field(contrast, strength):
+            image = np.where(brain, image * np.exp(-log_field), 0.0)
+        return depth_correlation(image, brain, spacing_mm), strength
+
     def judge(self, contrast: str, correlation: float, summary: MapSummary | None,
               field_strength: float | None = None) -> GateReport:
         report = self._judge_contrast_and_map(contrast, correlation, summary)
         report.field_strength = field_strength
-        if field_strength is not None and contrast in self.coil_field \
-                and field_strength > FIELD_MARGIN * self.coil_field[contrast]:
+        if self.strong_field(contrast, field_strength):
             seen = (f"the scan's receive-coil field is stronger than in any healthy {NAMES.get(contrast, contrast)} "
                     f"validation scan (N4 log-field spread {field_strength:.3f}, validation at most "
                     f"{self.coil_field[contrast]:.3f})")
             report.warnings.insert(0, f"{seen}: the translation, the OOD map and the risk map may follow the field "
-                                      f"rather than the anatomy (docs/BENCHMARK.md section 9f)")
-            if report.refusal:  # a strong field makes intensity vary with depth: it can mimic the other contrast
-                report.refusal += f"; note that {seen}, which can cause this"
+                                      f"rather than the anatomy; the contrast was checked on the field-corrected "
+                                      f"image (docs/BENCHMARK.md section 9f)")
+            if report.refusal:
+                report.refusal += f"; note that {seen} (checked on the field-corrected image)"
         return report
 
     def _judge_contrast_and_map(self, contrast: str, correlation: float, summary: MapSummary | None) -> GateReport:

@@ -121,18 +121,15 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
     the working grid; else, with a ``bank``, every third brain slice is mapped for the gate.
     A models folder without ``input_gate.json`` is not gated, and says so.
     """
-    from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, depth_correlation, map_summary
-    from localdiffusion.volume.bias import field_strength
+    from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, map_summary
 
     gate_path = Path(models_root) / GATE_FILE
     if not gate_path.exists():
         warnings = [f"{gate_path} not found: the input was not checked for contrast and distribution"]
     else:
         gate = InputGate.load(gate_path)
-        correlation = depth_correlation(prepared.images[contrast], prepared.brain, prepared.grid.spacing)
-        summary, strength = None, None
-        if contrast in gate.coil_field:  # before any refusal: a strong field can mimic the other contrast
-            strength = field_strength(prepared.images[contrast], prepared.brain, prepared.grid.spacing)
+        correlation, strength = gate.measure(contrast, prepared.images[contrast], prepared.brain, prepared.grid.spacing)
+        summary = None
         if gate.judge(contrast, correlation, None).refusal and not force:
             pass  # the wrong contrast is clear already: refuse without mapping the volume
         elif bank is not None:

@@ -34,8 +34,8 @@ def build_bank(data: str | Path, modality: str, extractor, *, bank_size: int = 4
         train = load_slice_set(data, "train", (modality,), kind=kind).healthy()
         train = train.subset(slice(None, None, slice_stride))
         val = load_slice_set(data, "val", (modality,), kind=kind).healthy()
-        train_images, train_brain, val_images, val_brain = train.images[modality], train.brain, val.images[modality], \
-            val.brain
+        train_images, train_brain = train.images[modality], train.brain
+        val_images, val_brain = val.images[modality], val.brain
     else:
         train_images, train_brain = _volume_slices(data, "train", kind, modality, reference, augment, seed,
                                                    slice_stride)
