@@ -51,7 +51,7 @@ def judge(gate: InputGate, bank: PatchCore, declared: str, image: np.ndarray, af
     verdict = "refused" if report.refusal else "warned" if report.warnings else "passed"
     message = report.refusal or "; ".join(report.warnings)
     return {"correlation": correlation, "flagged": summary.flagged, "typical": summary.typical, "verdict": verdict,
-            "map_reliable": report.map_reliable, "field": strength, "field_warned": "receive-coil field" in message,
+            "map_reliable": report.map_reliable, "field": strength, "field_warned": gate.strong_field(declared, strength),
             "message": message}
 
 

@@ -129,7 +129,6 @@ class GateReport:
     map: MapSummary | None
     warnings: list[str] = field(default_factory=list)
     refusal: str | None = None
-    field_strength: float | None = None
 
     @property
     def map_reliable(self) -> bool | None:
@@ -159,12 +158,12 @@ class InputGate:
                 ) -> tuple[float, float | None]:
         """The depth correlation and the coil-field strength (None: this calibration has no field check) of a
         working-grid image; under a strong field the correlation is measured on the N4-corrected image."""
-        from localdiffusion.volume.bias import log_bias_field
+        from localdiffusion.volume.bias import field_spread, log_bias_field
 
         if contrast not in self.coil_field or not brain.any():
             return depth_correlation(image, brain, spacing_mm), None
         log_field = log_bias_field(image, brain, spacing_mm)
-        strength = float(log_field[brain].std())
+        strength = field_spread(log_field, brain)
         if self.strong_field(contrast, strength):
             image = np.where(brain, image * np.exp(-log_field), 0.0)
         return depth_correlation(image, brain, spacing_mm), strength
@@ -172,7 +171,6 @@ class InputGate:
     def judge(self, contrast: str, correlation: float, summary: MapSummary | None,
               field_strength: float | None = None) -> GateReport:
         report = self._judge_contrast_and_map(contrast, correlation, summary)
-        report.field_strength = field_strength
         if self.strong_field(contrast, field_strength):
             seen = (f"the scan's receive-coil field is stronger than in any healthy {NAMES.get(contrast, contrast)} "
                     f"validation scan (N4 log-field spread {field_strength:.3f}, validation at most "

@@ -113,12 +113,11 @@ def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "v
     from localdiffusion.ood.patchcore import PatchCore
     from localdiffusion.ood.volume import bank_grid
     from localdiffusion.shipped import ood_bank_path
+    from localdiffusion.volume.bias import field_strength
 
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
     if len(cases) < 3:
         raise InputError(f"{data}: {len(cases)} healthy {split} cases; the input gate needs at least 3")
-    from localdiffusion.volume.bias import field_strength
-
     correlation, flagged, typical, fields = {}, {}, {}, {}
     for contrast in contrasts:
         bank = PatchCore.load(ood_bank_path(models_root, contrast), modality=contrast, model_root=models_root)

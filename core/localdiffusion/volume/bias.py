@@ -33,7 +33,12 @@ def correct_bias(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> np.
 def field_strength(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> float:
     """How strong the coil field of ``image`` is: the standard deviation over the brain of its N4 log field
     (0.1: about +-10% around the mean). The input gate compares it with healthy validation scans'."""
-    return float(log_bias_field(image, brain, spacing_mm)[brain].std()) if brain.any() else 0.0
+    return field_spread(log_bias_field(image, brain, spacing_mm), brain) if brain.any() else 0.0
+
+
+def field_spread(log_field: np.ndarray, brain: np.ndarray) -> float:
+    """:func:`field_strength` of an already fitted log field (the input gate also corrects with the field)."""
+    return float(log_field[brain].std())
 
 
 def log_bias_field(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> np.ndarray:
