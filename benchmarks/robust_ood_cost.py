@@ -1,6 +1,8 @@
-"""What the robust OOD map adds to a run (docs/BENCHMARK.md section 11d): on one input, in one
-process, the bank's OOD map, the robust OOD map (``ood_<source>_robust.json``) and one plain
-DDIM-25 translation, timed with ``time.perf_counter`` (the two maps ``--repeats`` times each).
+"""What the robust OOD map adds to a run (docs/BENCHMARK.md section 11d), and the input gate's coil-field
+check (section 9f): on one input, in one process, the bank's OOD map, the robust OOD map
+(``ood_<source>_robust.json``), the gate's measurement (``InputGate.measure``: the N4 field and the depth
+correlation) and one plain DDIM-25 translation, timed with ``time.perf_counter`` (all but the translation
+``--repeats`` times each).
 
     make demo   # writes outputs/demo/phantom/ld0_test_t0000/ld0_test_t0000_t1.nii.gz
     python benchmarks/robust_ood_cost.py --input outputs/demo/phantom/ld0_test_t0000/ld0_test_t0000_t1.nii.gz
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from localdiffusion.detectors.input_gate import GATE_FILE, InputGate
 from localdiffusion.jobs.inputs import prepare_input
 from localdiffusion.jobs.run import model_paths
 from localdiffusion.network.denoiser import load_denoiser
@@ -39,6 +42,7 @@ def main(argv=None) -> int:
     prepared = prepare_input(args.input, source, denoiser.config.spacing_mm, denoiser.config.in_plane)
     bank = PatchCore.load(paths["ood"], modality=source)
     robust = RobustCalibration.load(paths["robust"])
+    gate = InputGate.load(MODELS_ROOT / GATE_FILE)
 
     def timed(work) -> float:
         start = time.perf_counter()
@@ -48,6 +52,9 @@ def main(argv=None) -> int:
     seconds = {"bank OOD map": [timed(lambda: probability_volume(bank, prepared)) for _ in range(args.repeats)],
                "robust OOD map": [timed(lambda: robust.probability(bank, prepared.images[source], prepared.brain))
                                   for _ in range(args.repeats)],
+               "input gate's measurement (coil field, depth correlation)": [
+                   timed(lambda: gate.measure(source, prepared.images[source], prepared.brain, prepared.grid.spacing))
+                   for _ in range(args.repeats)],
                "one DDIM-25 translation": [timed(lambda: translate_prepared(
                    denoiser, prepared, sample_batch=batch_sampler("ddim", 25), progress=False))]}
     for name, values in seconds.items():
