@@ -216,6 +216,15 @@ def local_error(case: dict) -> np.ndarray:
     return neighbourhood_error(case["pred"], case["truth"])
 
 
+def off_tumour_error(case: dict, event_threshold: float) -> dict[str, float]:
+    """How wrong a translation is away from the lesion: the fraction of brain voxels outside the tumour
+    label with the gross-error event, and their mean absolute error (a global, acquisition-driven
+    failure shows here; a lesion painted over does not)."""
+    where = case["brain"] & (case["seg"] == 0)
+    return {"event_fraction": float((local_error(case)[where] > event_threshold).mean()),
+            "mae": float(np.abs(case["pred"] - case["truth"])[where].mean()), "kind": str(case["kind"])}
+
+
 def raw_maps(case: dict, sigma: float) -> dict[str, np.ndarray]:
     brain = case["brain"]
     maps = {"ood": case["ood"], "variance": case["variance"], "spread": np.abs(case["pred"] - case["second"]),
@@ -445,7 +454,8 @@ def shift(args) -> None:
     acquisition-shifted test variants: the event threshold comes from the in-domain healthy
     validation cases of ``--cache`` (the acquisition changes the input, not what counts as a gross
     error); per variant the event AUROC over the tumour cases' brain, the event voxels caught and the
-    healthy brain flagged, and the gate's typical OOD probability (its "map unreliable" reading)."""
+    healthy brain flagged, and the gate's typical OOD probability (its "map unreliable" reading); per
+    case (``case_errors``) how wrong the translation is outside the tumour (:func:`off_tumour_error`)."""
     from localdiffusion.detectors.input_gate import UNRELIABLE_TYPICAL, typical_probability
 
     healthy_val = [c for c in load_cases(args.cache, args.direction, "val").values() if str(c["kind"]) == "healthy"]
@@ -466,6 +476,8 @@ def shift(args) -> None:
               "threshold": 1 - shipped.combined.false_positive_rate, "command": "python " + " ".join(sys.argv),
               "variants": {}}
     for folder, cases in variants.items():
+        result.setdefault("case_errors", {})[folder.name] = {name: off_tumour_error(c, event_threshold)
+                                                             for name, c in cases.items()}
         rows = {}
         for label, calibration in maps.items():
             own = 1 - calibration.combined.false_positive_rate

@@ -402,3 +402,15 @@ def test_healing_rate_reads_1_for_a_healed_lesion_and_0_for_the_local_mapping():
     assert as_local["healing_rate"] == 0 and as_local["local_error"] == 0
     kept = row_metrics(truth, truth, brain, labels, ks, NoTumour(), local)
     assert kept["mean_oedema"] == pytest.approx(0.9) and kept["truth_edge_mean"] == pytest.approx(0.9)
+
+
+def test_robust_mask_rows_are_paired_against_the_banks_mask_rows():
+    from localdiffusion.benchmark.matrix import ROBUST_MASK, benchmark_rows
+
+    plain = benchmark_rows(10)
+    rows = benchmark_rows(10, with_robust=True)
+    assert not any(row.mask == ROBUST_MASK for row in plain.values())
+    for floor in ("0.95", "0"):
+        row = rows[f"LD robust patchcore mask, IND floor {floor}"]
+        assert row.mask == ROBUST_MASK and row.compare_to == f"LD patchcore mask, IND floor {floor}"
+        assert row.compare_to in rows

@@ -47,6 +47,10 @@ def plane_grid(rows: list[PlaneRow], centre: list[int], title: str):
     return fig
 
 
+#: the branching masks drawn over the condition, by mask kind (benchmark/matrix.py case_masks)
+MASK_COLOURS = {"patchcore": "yellow", "robust patchcore": "orange", "unet": "magenta"}
+
+
 def montage_figure(result: dict, max_cases: int = 6):
     """Per evaluated case (rows): condition, masks, baseline DDIM-25, Local Diffusion rows, truth."""
     import matplotlib
@@ -68,7 +72,7 @@ def montage_figure(result: dict, max_cases: int = 6):
             ax.imshow(image.T, cmap="gray", origin="lower", vmin=0, vmax=1)
             ax.contour(case["tumour"].T, levels=[0.5], colors="c", linewidths=0.6, origin="lower")
             if c == 0:
-                for kind, color in (("patchcore", "yellow"), ("unet", "magenta")):
+                for kind, color in MASK_COLOURS.items():
                     if kind in case["masks"]:
                         ax.contour((case["masks"][kind] >= 0.5).T, levels=[0.5], colors=color, linewidths=0.6,
                                    origin="lower")
@@ -76,6 +80,8 @@ def montage_figure(result: dict, max_cases: int = 6):
             if r == 0:
                 ax.set_title(title.replace(", IND floor", "\nfloor"), fontsize=8)
             ax.set_xticks([]), ax.set_yticks([])
-    fig.suptitle(f"{source} -> {target}, {result['split']} split, seed {result['seeds'][0]}: cyan = true tumour, "
-                 f"yellow = PatchCore branching mask, magenta = U-Net branching mask", fontsize=9)
+    drawn = {kind for case in shown for kind in case["masks"]}
+    legend = "".join(f", {colour} = {kind} branching mask" for kind, colour in MASK_COLOURS.items() if kind in drawn)
+    fig.suptitle(f"{source} -> {target}, {result['split']} split, seed {result['seeds'][0]}: cyan = true tumour"
+                 f"{legend}", fontsize=9)
     return fig

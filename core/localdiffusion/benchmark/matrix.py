@@ -4,7 +4,9 @@ Rows (:func:`benchmark_rows`): the local healthy mapping (a pixel-wise lookup, n
 the plain samplers (DDIM-25 on every seed, DDPM-100 on the first), and Local Diffusion
 (DDIM-25, every seed) with the oracle mask (the tumour label), the source-modality U-Net's
 mask and the product's PatchCore mask, each with the IND floor of the paper (0) and of the
-reference code (0.95). Every cell (row, case, seed) is computed once and kept in a cache
+reference code (0.95), and, when the source bank has a robust calibration, with the robust
+PatchCore mask (:mod:`~localdiffusion.ood.robust`), paired against the bank's mask. Every cell
+(row, case, seed) is computed once and kept in a cache
 (:class:`Cache`, keyed by the row's settings, the model files, the case and the seed), so
 a re-run computes only what changed.
 
@@ -19,7 +21,8 @@ see :func:`variant_rows`); such a row names the plain row it is to be compared w
 (``Row.compare_to``) and its paired differences against that row are reported too.
 
 Masks: the oracle is the label as it is; the PatchCore mask is the source bank's calibrated
-threshold and the U-Net mask the source segmenter's tumour prediction, both post-processed
+threshold, the robust PatchCore mask the robust calibration's (the same 1% of healthy validation
+voxels), and the U-Net mask the source segmenter's tumour prediction, all post-processed
 (:func:`~localdiffusion.methods.local_diffusion.branch_weight_volume`). Loading models and
 writing files: :mod:`localdiffusion.jobs.benchmark`.
 """
@@ -48,6 +51,7 @@ from localdiffusion.volume.grid import prepare_case
 BENCHMARK_VERSION = 2
 MIN_TUMOUR_FRACTION = 0.01
 BASELINE = "DDIM-25"
+ROBUST_MASK = "robust patchcore"  # Local Diffusion branching on the acquisition-robust OOD map
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class Row:
     kind: str  # "truth" (the upper bound), "lookup", "baseline" or "ld"
     sampler: str = "ddim"
     steps: int = 25
-    mask: str | None = None  # ld: "oracle", "unet" or "patchcore"
+    mask: str | None = None  # ld: "oracle", "unet", "patchcore" or ROBUST_MASK
     ind_floor: float | None = None
     all_seeds: bool = True  # False: the first seed only
     model: str | None = None  # another model's label (run_benchmark's ``models``); None: the direction's model
@@ -67,7 +71,12 @@ class Row:
         return {**own, **extra}
 
 
-def benchmark_rows(T: int, with_patchcore: bool = True, with_unet: bool = True) -> dict[str, Row]:
+def ld_row_name(mask: str, floor: float) -> str:
+    return f"LD {mask} mask, IND floor {floor:g}"
+
+
+def benchmark_rows(T: int, with_patchcore: bool = True, with_unet: bool = True, with_robust: bool = False
+                   ) -> dict[str, Row]:
     rows = {"true target (upper bound)": Row("truth", all_seeds=False),
             "local healthy mapping (lookup)": Row("lookup", all_seeds=False),
             BASELINE: Row("baseline", "ddim", min(25, T)),
@@ -75,7 +84,11 @@ def benchmark_rows(T: int, with_patchcore: bool = True, with_unet: bool = True) 
     masks = ["oracle"] + (["unet"] if with_unet else []) + (["patchcore"] if with_patchcore else [])
     for mask in masks:
         for floor in (0.95, 0.0):
-            rows[f"LD {mask} mask, IND floor {floor:g}"] = Row("ld", "ddim", min(25, T), mask, floor)
+            rows[ld_row_name(mask, floor)] = Row("ld", "ddim", min(25, T), mask, floor)
+    if with_robust:
+        for floor in (0.95, 0.0):
+            rows[ld_row_name(ROBUST_MASK, floor)] = Row("ld", "ddim", min(25, T), ROBUST_MASK, floor,
+                                                        compare_to=ld_row_name("patchcore", floor))
     return rows
 
 
@@ -121,13 +134,17 @@ def cell_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=None) -> dict[str, tuple]:
-    """Per mask kind: (volume, LocalDiffusionConfig overrides)."""
+def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=None, robust=None) -> dict[str, tuple]:
+    """Per mask kind: (volume, LocalDiffusionConfig overrides). ``robust``: the bank's
+    :class:`~localdiffusion.ood.robust.RobustCalibration`, for the robust PatchCore mask."""
     from localdiffusion.ood.volume import probability_volume
 
     masks = {"oracle": ((prepared.seg > 0).astype(np.float32), {"threshold": 0.5, "min_component": 0})}
     if ood_bank is not None:
         masks["patchcore"] = (probability_volume(ood_bank, prepared), {"threshold": ood_bank.threshold})
+    if ood_bank is not None and robust is not None:
+        masks[ROBUST_MASK] = (robust.probability(ood_bank, prepared.images[source], prepared.brain),
+                              {"threshold": robust.threshold})
     if source_segmenter is not None:
         ks = prepared.brain_slices() if ks is None else ks
         vol = np.zeros(prepared.grid.shape, np.float32)
@@ -140,18 +157,21 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                   ood_bank=None, source_segmenter=None, gate=None, seeds=(0,), max_cases: int | None = None,
                   max_slices: int | None = 4, ld_config: LocalDiffusionConfig | None = None,
                   rows: dict[str, Row] | None = None, cache: Cache | None = None, model_id: str = "",
-                  batch_size: int = 8, progress: bool = True, models: dict[str, tuple] | None = None) -> dict:
+                  batch_size: int = 8, progress: bool = True, models: dict[str, tuple] | None = None,
+                  robust: tuple | None = None) -> dict:
     """Every (row, case, seed) cell, from ``cache`` where it is there; returns summaries,
     per-case values, paired differences against DDIM-25 and the montage slices.
 
-    ``models``: label -> (denoiser, files id) of the other models rows may name (``Row.model``)."""
+    ``models``: label -> (denoiser, files id) of the other models rows may name (``Row.model``);
+    ``robust``: (the source bank's robust calibration, its file id), for the robust PatchCore rows."""
     models = models or {}
     cfg = denoiser.config
     cache = cache if cache is not None else MemoryCache()
     cases = cases_in_split(data, split, "tumour")
     ld_config = ld_config or LocalDiffusionConfig()
     rows = rows or benchmark_rows(denoiser.schedule.num_train_timesteps, ood_bank is not None,
-                                  source_segmenter is not None)
+                                  source_segmenter is not None, ood_bank is not None and robust is not None)
+    robust_calibration, robust_id = robust or (None, "")
     cells = {name: [] for name in rows}
     montage, evaluated, computed = [], 0, 0
     for path in cases:
@@ -172,12 +192,14 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
             for seed in (seeds if row.all_seeds else seeds[:1]):
                 row_model, row_id = models[row.model] if row.model else (denoiser, None)
                 key_parts = (model_id,) if row_id is None else (model_id, row_id)
+                key_parts += (robust_id,) if row.mask == ROBUST_MASK else ()
                 key = cell_key(BENCHMARK_VERSION, *key_parts, row.key(ld_config, gate is not None), prepared.case_id,
                                seed, ks.tolist())
                 cell = cache.get(key)
                 if cell is None:
                     if masks is None and row.kind == "ld":
-                        masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks)
+                        masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks,
+                                           robust_calibration)
                     pred, seconds, records = _translate(row_model, prepared, row, masks, ld_config, gate, seed, ks,
                                                         local, truth, batch_size)
                     cell = {"case_id": prepared.case_id, "seed": seed, "slices": len(ks),

@@ -73,15 +73,17 @@ class GivenMaps:
         reverse = load_reverse_model(model_dir, config, device) if "cycle" in files else None
         return cls(needs, bank, robust, reverse)
 
-    def source_maps(self, prepared: PreparedCase, ood: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The given maps of ``needs`` that depend on the source alone (the OOD maps; ``ood``: the bank's
-        map when the job has it already), so that a job can compute them before sampling."""
+    def source_maps(self, prepared: PreparedCase, known: dict[str, np.ndarray] | None = None
+                    ) -> dict[str, np.ndarray]:
+        """The given maps of ``needs`` that depend on the source alone (the OOD maps; ``known``: those the
+        job has computed already, by map name), so that a job can compute them before sampling."""
+        known = known or {}
         given = {}
         if "ood" in self.needs:
-            given["ood"] = ood if ood is not None else probability_volume(self.bank, prepared)
+            given["ood"] = known["ood"] if "ood" in known else probability_volume(self.bank, prepared)
         if "ood_robust" in self.needs:
-            given["ood_robust"] = self.robust.probability(self.bank, prepared.images[self.robust.modality],
-                                                          prepared.brain)
+            given["ood_robust"] = known["ood_robust"] if "ood_robust" in known else self.robust.probability(
+                self.bank, prepared.images[self.robust.modality], prepared.brain)
         return given
 
     def maps(self, prepared: PreparedCase, translation: np.ndarray, source: dict[str, np.ndarray] | None = None,

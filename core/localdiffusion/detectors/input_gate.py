@@ -169,8 +169,10 @@ class InputGate:
         return depth_correlation(image, brain, spacing_mm), strength
 
     def judge(self, contrast: str, correlation: float, summary: MapSummary | None,
-              field_strength: float | None = None) -> GateReport:
-        report = self._judge_contrast_and_map(contrast, correlation, summary)
+              field_strength: float | None = None, robust_map: bool = False) -> GateReport:
+        """The verdict on one input; ``robust_map``: the OOD map the user gets is the robust one
+        (ood/robust.py, calibrated on the scan itself), not the bank's map this gate reads."""
+        report = self._judge_contrast_and_map(contrast, correlation, summary, robust_map)
         if self.strong_field(contrast, field_strength):
             seen = (f"the scan's receive-coil field is stronger than in any healthy {NAMES.get(contrast, contrast)} "
                     f"validation scan (N4 log-field spread {field_strength:.3f}, validation at most "
@@ -182,22 +184,27 @@ class InputGate:
                 report.refusal += f"; note that {seen} (checked on the field-corrected image)"
         return report
 
-    def _judge_contrast_and_map(self, contrast: str, correlation: float, summary: MapSummary | None) -> GateReport:
+    def _judge_contrast_and_map(self, contrast: str, correlation: float, summary: MapSummary | None,
+                                robust_map: bool = False) -> GateReport:
         report = GateReport(contrast, correlation, summary)
         name = NAMES.get(contrast, contrast)
         if report.map_reliable is False:
             seen = (f"; healthy validation scans: at most {100 * self.typical[contrast]:.0f}%"
                     if contrast in self.typical else "")
+            unusual = (f"its typical brain voxel is less usual than {100 * summary.typical:.0f}% of healthy {name} "
+                       f"validation voxels{seen}. The scan probably comes from another scanner or protocol")
             report.warnings.append(
-                f"the OOD map cannot be read for this scan: its typical brain voxel is less usual than "
-                f"{100 * summary.typical:.0f}% of healthy {name} validation voxels{seen}. The scan probably "
-                f"comes from another scanner or protocol, so the OOD map, the risk map and Local Diffusion's "
-                f"masks mark the acquisition, not lesions; `localdiffusion ood map --robust` maps this scan against "
-                f"itself (docs/BENCHMARK.md section 9)")
+                f"the scan is far from the {name} training scans: {unusual}; the OOD map and Local Diffusion's "
+                f"masks are calibrated on the scan itself (the robust map), but the translation and the risk map "
+                f"may follow the acquisition (docs/BENCHMARK.md section 9)" if robust_map else
+                f"the OOD map cannot be read for this scan: {unusual}, so the OOD map, the risk map and Local "
+                f"Diffusion's masks mark the acquisition, not lesions; `localdiffusion ood map --robust` maps this "
+                f"scan against itself (docs/BENCHMARK.md section 9)")
         if summary is not None and summary.flagged > WARN_FLAGGED:
             flagged = summary.flagged
             message = (f"{100 * flagged:.0f}% of the brain is out of distribution for the {name} model (healthy "
-                       f"validation scans: at most {100 * self.flagged[contrast]:.0f}%)")
+                       f"validation scans: at most {100 * self.flagged[contrast]:.0f}%"
+                       + ("; the written OOD map is calibrated on the scan itself)" if robust_map else ")"))
             if flagged > REFUSE_FLAGGED:
                 report.refusal = (f"{message}: this does not look like a skull-stripped {name} brain scan the model "
                                   f"can translate")

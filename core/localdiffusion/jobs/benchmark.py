@@ -20,6 +20,7 @@ from localdiffusion.methods.local_diffusion import LocalDiffusionConfig, PatchCo
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.segmenter import load_segmenter
 from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.options import DIRECTIONS, default
 from localdiffusion.shipped import MODELS_ROOT
 from localdiffusion.volume.cohort import load_slice_set
@@ -109,7 +110,9 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     gate_model = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=root)) if gate else None
     lookup = fit_lookup(lookup_data or data, source, target, spacing=cfg.spacing_mm, in_plane=cfg.in_plane)
     T = denoiser.schedule.num_train_timesteps
-    table = benchmark_rows(T)
+    robust_path = paths["robust"]
+    robust = (RobustCalibration.load(robust_path), files_id(robust_path)) if robust_path.exists() else None
+    table = benchmark_rows(T, with_robust=robust is not None)
     others = {}
     for label, folder in (variant_models or {}).items():
         other = load_denoiser(folder)
@@ -126,7 +129,8 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
                            max_cases=max_cases, max_slices=max_slices,
                            ld_config=ld_config or LocalDiffusionConfig(threshold=bank.threshold),
                            cache=DirCache(cache_dir) if cache_dir else None, model_id=model_id,
-                           rows={name: row for name, row in table.items() if not rows or name in rows}, models=others)
+                           rows={name: row for name, row in table.items() if not rows or name in rows}, models=others,
+                           robust=robust)
     result["command"] = command
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

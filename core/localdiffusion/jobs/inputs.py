@@ -113,12 +113,14 @@ def check_sampling(denoiser, steps: int | None, t_intermediate: int = -1) -> Non
 
 
 def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_root: str | Path, *,
-               probability: np.ndarray | None = None, bank=None, force: bool = False) -> list[str]:
+               probability: np.ndarray | None = None, bank=None, force: bool = False,
+               robust_map: bool = False) -> list[str]:
     """The input gate (:mod:`~localdiffusion.detectors.input_gate`) before a translation.
 
     A refusal raises :class:`InputError` naming ``path`` unless ``force``; warnings (and a
     forced refusal) are logged and returned. ``probability``: the OOD map already computed on
     the working grid; else, with a ``bank``, every third brain slice is mapped for the gate.
+    ``robust_map``: the job writes the robust OOD map (the warnings say what that map means).
     A models folder without ``input_gate.json`` is not gated, and says so.
     """
     from localdiffusion.detectors.input_gate import GATE_FILE, InputGate, map_summary
@@ -134,7 +136,7 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
             pass  # the wrong contrast is clear already: refuse without mapping the volume
         elif bank is not None:
             summary = map_summary(prepared, contrast, bank, probability)
-        report = gate.judge(contrast, correlation, summary, strength)
+        report = gate.judge(contrast, correlation, summary, strength, robust_map=robust_map)
         if report.refusal and not force:
             raise InputError(f"{path}: {report.refusal} (--force translates anyway)")
         warnings = report.warnings + ([f"translated although {report.refusal} (--force)"] if report.refusal else [])

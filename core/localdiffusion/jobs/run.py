@@ -9,7 +9,9 @@ hallucination risk of the Local Diffusion translation (:mod:`localdiffusion.dete
 when the sampler is the calibration's DDIM step count (read from that file); a calibration
 that combines the cycle residual needs the reverse model ``<target>_to_<source>/`` too (the
 job back-translates the Local Diffusion translation with it), one that combines the robust OOD
-map the bank's robust calibration ``ood_<source>_robust.json``.
+map the bank's robust calibration ``ood_<source>_robust.json``. The written OOD map, and the one
+Local Diffusion branches on, is the source contrast's :data:`~localdiffusion.ood.robust.PRODUCT_MAP`
+(T1: the robust map, when its calibration is beside the bank); the input gate reads the bank's own.
 Everything is computed before anything is written; outputs are written atomically, on the
 input's grid and affine, and never over the input. ``report`` (e.g. the CLI's JSON lines)
 is told the progress of each phase and every written output.
@@ -18,6 +20,7 @@ is told the progress of each phase and every written output.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
@@ -37,10 +40,13 @@ from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalD
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.robust import PRODUCT_MAP, RobustCalibration
 from localdiffusion.ood.volume import probability_volume
 from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibration_path
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
+
+log = logging.getLogger("localdiffusion")
 
 #: ``report(event)``: ``{"event": "progress", "phase": ..., "fraction": ...}`` or ``{"event": "output", ...}``
 Report = Callable[[dict], None]
@@ -120,6 +126,20 @@ def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> RiskCalibr
     return calibration
 
 
+def _product_robust_map(paths: dict[str, Path], source: str, report: Report) -> RobustCalibration | None:
+    """The robust calibration when it is the source contrast's product map (``PRODUCT_MAP``) and is at
+    hand; a models folder without it falls back to the bank's own map, and says so."""
+    if PRODUCT_MAP.get(source) != "robust":
+        return None
+    if not paths["robust"].exists():
+        message = (f"{paths['robust']} not found: the OOD map and Local Diffusion's masks use the bank's own "
+                   f"calibration, which flags the acquisition of a scan from another scanner")
+        log.warning("warning: %s", message)
+        report({"event": "warning", "message": message})
+        return None
+    return RobustCalibration.load(paths["robust"])
+
+
 def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
             models_root: str | Path | None = None, progress: bool = True, report: Report | None = None
             ) -> dict[str, Path]:
@@ -141,6 +161,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
+    robust = _product_robust_map(paths, source, report)
     calibration = _risk_calibration(paths, options)
     given = GivenMaps.load(calibration.needs, ood_bank, paths["ood"], paths["diffusion"], denoiser.config,
                            device) if calibration is not None else None
@@ -151,15 +172,20 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     cycle = given is not None and given.reverse is not None
     report({"event": "phases", "phases": ["local"] + ["cycle"] * cycle + ["baseline"] * options.baseline})
     report({"event": "progress", "phase": "ood", "fraction": 0.0})
-    ood = probability_volume(ood_bank, prepared)
-    for warning in gate_input(input_path, prepared, source, models_root, probability=ood, bank=ood_bank,
-                              force=options.force):
+    bank_ood = probability_volume(ood_bank, prepared)  # the gate's reading: how far from the training scans
+    for warning in gate_input(input_path, prepared, source, models_root, probability=bank_ood, bank=ood_bank,
+                              force=options.force, robust_map=robust is not None):
         report({"event": "warning", "message": warning})
-    source_maps = given.source_maps(prepared, ood) if given is not None else None  # still the OOD phase
+    known = {"ood": bank_ood}
+    ood, threshold = bank_ood, ood_bank.threshold
+    if robust is not None:  # the map the job writes and Local Diffusion branches on
+        ood, threshold = robust.probability(ood_bank, prepared.images[source], prepared.brain), robust.threshold
+        known["ood_robust"] = ood
+    source_maps = given.source_maps(prepared, known) if given is not None else None  # still the OOD phase
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress,
                   noise_sigma_z=options.noise_sigma_z, z_harmonise=options.z_harmonise)
-    ld_config = LocalDiffusionConfig(mask_mode=options.mask_mode, threshold=ood_bank.threshold,
+    ld_config = LocalDiffusionConfig(mask_mode=options.mask_mode, threshold=threshold,
                                      ind_floor=options.ind_floor, shared_noise=options.shared_noise,
                                      t_intermediate=options.t_intermediate, max_rebranch=options.max_rebranch)
     plan = LocalDiffusionPlan(ood, ld_config, gate, brain_volume=prepared.brain)

@@ -22,10 +22,11 @@ Both are per-contrast choices (:data:`PREPROCESSING`) recorded in the calibratio
 A :class:`RobustCalibration` is fitted on healthy validation volumes (``localdiffusion ood
 calibrate-robust``) and stored beside its bank as ``ood_<modality>_robust.json``
 (:func:`~localdiffusion.shipped.robust_calibration_path`). Its threshold flags the same 1% of
-healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust`` and, as
-the detector ``ood_robust`` (:mod:`~localdiffusion.detectors.given`), by the T1 -> FLAIR risk map;
-Local Diffusion's masks, the input gate and the written OOD map still use the bank's own
-calibration, on which they are calibrated.
+healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust``, as the
+detector ``ood_robust`` (:mod:`~localdiffusion.detectors.given`) by the T1 -> FLAIR risk map, and,
+for the contrasts :data:`PRODUCT_MAP` names, as the OOD map the main job writes and Local Diffusion
+branches on. The input gate reads the bank's own map: it asks how far the scan is from the training
+scans, which the robust map, calibrated on the scan itself, cannot say.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ from localdiffusion.volume.grid import normalise
 #: with it 1.1%, at most 2.7% on any variant; for T1 it lowers the lesion AUROC on 6 of 7 variants)
 PREPROCESSING = {"t1": {"standardise": True, "bias_correct": False},
                  "flair": {"standardise": False, "bias_correct": True}}
+#: per contrast, the OOD map the main job writes and Local Diffusion branches on: this module's map
+#: ("robust") or the bank's own calibration ("bank"). T1: robust since 0.12.0 (docs/BENCHMARK.md 9c chose
+#: it on the validation shift variants, the highest lesion AUROC on all 7, in-domain too; 9g: Local
+#: Diffusion branching on it is no worse on validation). FLAIR: the bank's (Local Diffusion on the robust
+#: FLAIR map is not measured).
+PRODUCT_MAP = {"t1": "robust", "flair": "bank"}
 #: brain-intensity percentiles matched by the standardisation
 LANDMARK_LEVELS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99], np.float64)
 ROBUST_FORMAT = "localdiffusion-robust-ood-1"
