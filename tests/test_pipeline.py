@@ -132,8 +132,9 @@ def test_output_faults_fail_before_any_work(tiny_models, cohort, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, inputs untouched
 
 
-def test_run_writes_the_contrasts_product_ood_map_and_branches_on_it(tiny_models, cohort, tmp_path, capsys):
-    """T1's OOD map is the robust one (ood/robust.py PRODUCT_MAP): the written map is the robust probability,
+@pytest.mark.parametrize("direction", ["t1_to_flair", "flair_to_t1"])
+def test_run_writes_the_contrasts_product_ood_map_and_branches_on_it(tiny_models, cohort, tmp_path, capsys, direction):
+    """The OOD map is the robust one (ood/robust.py PRODUCT_MAP): the written map is the robust probability,
     not the bank's; a models folder without the robust calibration falls back to the bank's map and says so."""
     import json
     import shutil
@@ -144,29 +145,30 @@ def test_run_writes_the_contrasts_product_ood_map_and_branches_on_it(tiny_models
     from localdiffusion.ood.robust import PRODUCT_MAP, RobustCalibration
     from localdiffusion.ood.volume import probability_volume
 
-    assert PRODUCT_MAP["t1"] == "robust"
+    src = direction.split("_to_")[0]
+    assert PRODUCT_MAP[src] == "robust"
     models = tmp_path / "models"
     shutil.copytree(tiny_models, models)
     case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
-    t1 = case / f"{case.name}_t1.nii.gz"
-    config = load_denoiser(models / "t1_to_flair").config
-    prepared = prepare_input(t1, "t1", config.spacing_mm, config.in_plane)
-    bank = PatchCore.load(models / "ood_t1.pt", modality="t1", model_root=models)
-    robust = prepared.to_input_brain(RobustCalibration.load(models / "ood_t1_robust.json").probability(
-        bank, prepared.images["t1"], prepared.brain))
+    source = case / f"{case.name}_{src}.nii.gz"
+    config = load_denoiser(models / direction).config
+    prepared = prepare_input(source, src, config.spacing_mm, config.in_plane)
+    bank = PatchCore.load(models / f"ood_{src}.pt", modality=src, model_root=models)
+    robust = prepared.to_input_brain(RobustCalibration.load(models / f"ood_{src}_robust.json").probability(
+        bank, prepared.images[src], prepared.brain))
     own = prepared.to_input_brain(probability_volume(bank, prepared))
     assert np.abs(robust - own).max() > 0.1  # the two maps differ, so the test can tell them apart
 
     def written_ood(out: Path) -> np.ndarray:
         capsys.readouterr()
-        assert main(["run", "--input", str(t1), "--out-dir", str(out), "--models", str(models), "--steps", "2",
-                     "--no-baseline", "--no-risk-map", "--json"]) == 0
+        assert main(["run", "--input", str(source), "--out-dir", str(out), "--models", str(models), "--steps", "2",
+                     "--direction", direction, "--no-baseline", "--no-risk-map", "--json"]) == 0
         events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
         written_ood.warnings = [e["message"] for e in events if e["event"] == "warning"]
-        return nib.load(str(out / f"{case.name}_t1_ood_probability.nii.gz")).get_fdata()
+        return nib.load(str(out / f"{case.name}_{src}_ood_probability.nii.gz")).get_fdata()
 
     np.testing.assert_allclose(written_ood(tmp_path / "robust"), robust, atol=1e-5)
-    assert not any("ood_t1_robust.json" in w for w in written_ood.warnings)
-    (models / "ood_t1_robust.json").unlink()
+    assert not any(f"ood_{src}_robust.json" in w for w in written_ood.warnings)
+    (models / f"ood_{src}_robust.json").unlink()
     np.testing.assert_allclose(written_ood(tmp_path / "bank"), own, atol=1e-5)
-    assert any("ood_t1_robust.json not found" in w and "bank's own calibration" in w for w in written_ood.warnings)
+    assert any(f"ood_{src}_robust.json not found" in w and "bank's own calibration" in w for w in written_ood.warnings)

@@ -134,7 +134,7 @@ _TABLE = [
     Option("robust_ood", bool, False, "the acquisition-robust OOD map (per-volume self-calibration; T1 "
            "intensity-standardised, FLAIR bias-corrected first; <bank>_robust.json) instead of the bank's own "
            "calibration: for scans from another scanner, when the input gate says the OOD map cannot be read (the "
-           "main job's T1 OOD map is this one since 0.12.0, ood/robust.py PRODUCT_MAP)",
+           "main job's OOD map is this one since 0.12.0, ood/robust.py PRODUCT_MAP)",
            flag="--robust"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("risk_map", bool, True, "the hallucination-risk map (needs the model's risk_calibration.json and its "

@@ -11,7 +11,7 @@ that combines the cycle residual needs the reverse model ``<target>_to_<source>/
 job back-translates the Local Diffusion translation with it), one that combines the robust OOD
 map the bank's robust calibration ``ood_<source>_robust.json``. The written OOD map, and the one
 Local Diffusion branches on, is the source contrast's :data:`~localdiffusion.ood.robust.PRODUCT_MAP`
-(T1: the robust map, when its calibration is beside the bank); the input gate reads the bank's own.
+(T1 and FLAIR: the robust map, when its calibration is beside the bank); the input gate reads the bank's own.
 Everything is computed before anything is written; outputs are written atomically, on the
 input's grid and affine, and never over the input. ``report`` (e.g. the CLI's JSON lines)
 is told the progress of each phase and every written output.
