@@ -128,6 +128,9 @@ def test_a_coil_field_stronger_than_any_healthy_validation_scan_warns():
     assert strong.refusal is None and len(strong.warnings) == 1
     assert "receive-coil field is stronger than in any healthy T1 validation scan" in strong.warnings[0]
     assert "0.130" in strong.warnings[0] and "at most 0.100" in strong.warnings[0]
+    assert "the OOD map and the risk map may follow the field" in strong.warnings[0]
+    robust = gate.judge("t1", 0.30, m(0.02), field_strength=0.13, robust_map=True).warnings[0]
+    assert "the translation and the risk map may follow the field" in robust and "OOD map" not in robust
     assert not gate.judge("t1", 0.30, m(0.02), field_strength=0.12).warnings  # within the margin
     assert not gate.judge("flair", -0.08, m(0.02), field_strength=0.5).warnings  # no FLAIR calibration: not checked
     assert not GATE.judge("t1", 0.30, m(0.02), field_strength=0.5).warnings  # a calibration from before the check

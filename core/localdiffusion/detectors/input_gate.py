@@ -177,9 +177,10 @@ class InputGate:
             seen = (f"the scan's receive-coil field is stronger than in any healthy {NAMES.get(contrast, contrast)} "
                     f"validation scan (N4 log-field spread {field_strength:.3f}, validation at most "
                     f"{self.coil_field[contrast]:.3f})")
-            report.warnings.insert(0, f"{seen}: the translation, the OOD map and the risk map may follow the field "
-                                      f"rather than the anatomy; the contrast was checked on the field-corrected "
-                                      f"image (docs/BENCHMARK.md section 9f)")
+            maps = "the risk map" if robust_map else "the OOD map and the risk map"  # a robust map is self-calibrated
+            report.warnings.insert(0, f"{seen}: the translation and {maps} may follow the field rather than the "
+                                      f"anatomy; the contrast was checked on the field-corrected image "
+                                      f"(docs/BENCHMARK.md section 9f)")
             if report.refusal:
                 report.refusal += f"; note that {seen} (checked on the field-corrected image)"
         return report
