@@ -474,10 +474,9 @@ def shift(args) -> None:
             maps[f"risk refitted on val, {key}"] = refit(shipped, healthy_val, with_ood(shipped.needs, key))
     result = {"direction": args.direction, "event_threshold": event_threshold,
               "threshold": 1 - shipped.combined.false_positive_rate, "command": "python " + " ".join(sys.argv),
-              "variants": {}}
+              "variants": {}, "case_errors": {}}
     for folder, cases in variants.items():
-        result.setdefault("case_errors", {})[folder.name] = {name: off_tumour_error(c, event_threshold)
-                                                             for name, c in cases.items()}
+        result["case_errors"][folder.name] = {name: off_tumour_error(c, event_threshold) for name, c in cases.items()}
         rows = {}
         for label, calibration in maps.items():
             own = 1 - calibration.combined.false_positive_rate

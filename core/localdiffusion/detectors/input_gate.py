@@ -158,14 +158,14 @@ class InputGate:
                 ) -> tuple[float, float | None]:
         """The depth correlation and the coil-field strength (None: this calibration has no field check) of a
         working-grid image; under a strong field the correlation is measured on the N4-corrected image."""
-        from localdiffusion.volume.bias import field_spread, log_bias_field
+        from localdiffusion.volume.bias import field_spread, log_bias_field, remove_field
 
         if contrast not in self.coil_field or not brain.any():
             return depth_correlation(image, brain, spacing_mm), None
         log_field = log_bias_field(image, brain, spacing_mm)
         strength = field_spread(log_field, brain)
         if self.strong_field(contrast, strength):
-            image = np.where(brain, image * np.exp(-log_field), 0.0)
+            image = remove_field(image, brain, log_field)
         return depth_correlation(image, brain, spacing_mm), strength
 
     def judge(self, contrast: str, correlation: float, summary: MapSummary | None,

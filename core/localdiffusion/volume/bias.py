@@ -27,7 +27,12 @@ def correct_bias(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> np.
     The field is normalised to a brain-mean of 1 in log space, so intensities keep their scale."""
     if not brain.any():
         return np.zeros_like(image, dtype=np.float32)
-    return np.where(brain, image * np.exp(-log_bias_field(image, brain, spacing_mm)), 0.0).astype(np.float32)
+    return remove_field(image, brain, log_bias_field(image, brain, spacing_mm))
+
+
+def remove_field(image: np.ndarray, brain: np.ndarray, log_field: np.ndarray) -> np.ndarray:
+    """``image`` divided by the field of ``log_field`` inside ``brain``, 0 outside."""
+    return np.where(brain, image * np.exp(-log_field), 0.0).astype(np.float32)
 
 
 def field_strength(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> float:
