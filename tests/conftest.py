@@ -92,7 +92,7 @@ def _datastore_image(studies):
 def server(tiny_models, tmp_path_factory):
     """URL of a real MONAI Label server on 127.0.0.1 serving the app with the tiny models."""
     pytest.importorskip("monailabel", reason="MONAI Label is the optional 'label' extra (make test installs it)")
-    from localdiffusion.label.launch import local_server
+    from research.bench.label_server import local_server
 
     log = tmp_path_factory.mktemp("label_log") / "server.log"
     studies = tmp_path_factory.mktemp("studies")

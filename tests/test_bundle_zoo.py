@@ -1,4 +1,4 @@
-"""What the MONAI model zoo's CI checks (benchmarks/zoo_checks.py runs the zoo's own script
+"""What the MONAI model zoo's CI checks (tools/zoo_checks.py runs the zoo's own script
 when a clone is at hand), checked here with MONAI's API so that CI needs no network."""
 
 import hashlib
@@ -16,7 +16,7 @@ CONFIGS = BUNDLE / "configs"
 
 
 def _zoo_checks():
-    spec = importlib.util.spec_from_file_location("zoo_checks", ROOT / "benchmarks" / "zoo_checks.py")
+    spec = importlib.util.spec_from_file_location("zoo_checks", ROOT / "tools" / "zoo_checks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +33,7 @@ def test_large_files_lists_every_file_over_1_mb_with_its_md5():
 
     zoo = _zoo_checks()
     assert (BUNDLE / "large_files.yml").read_text() == zoo.large_files_yaml(), \
-        "stale: python benchmarks/zoo_checks.py --write-large-files"
+        "stale: python tools/zoo_checks.py --write-large-files"
     entries = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"]
     big = {p.relative_to(BUNDLE).as_posix() for p in BUNDLE.rglob("*") if p.is_file()
            and p.stat().st_size > 1 << 20 and "eval" not in p.parts}

@@ -7,7 +7,8 @@ from test_diffusion import tiny_config
 
 from localdiffusion.data.readers import read_case
 from localdiffusion.engine.scale import to_model_scale
-from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, LocalDiffusionPlan
+from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, LocalDiffusionPlan, branch_weight
+from localdiffusion.ood.volume import OodMap
 from localdiffusion.network.denoiser import Denoiser, adapt_state_dict, condition_offsets, load_denoiser
 from localdiffusion.training.diffusion import CropSampler, TrainConfig, train
 from localdiffusion.volume.batching import batch_sampler, plan_batches, translate_prepared
@@ -57,9 +58,9 @@ def test_a_widened_model_translates_volumes_exactly_as_before(tiny_plain, cohort
     ood[prepared.brain] = 0.0
     ks = prepared.brain_slices()
     ood[:, :, ks[len(ks) // 2]][prepared.brain[:, :, ks[len(ks) // 2]]] = 1.0  # one slice out of distribution
-    config = LocalDiffusionConfig(threshold=0.5, min_component=0, t_intermediate=0)
+    config = LocalDiffusionConfig(min_component=0, t_intermediate=0)
     runs = [translate_prepared(m, prepared, steps=3, progress=False,
-                               sample_batch=batch_sampler("ddim", 3, method=LocalDiffusionPlan(ood, config)))
+                               sample_batch=batch_sampler("ddim", 3, method=LocalDiffusionPlan(OodMap(ood, 0.5), config)))
             for m in (plain, wide)]
     np.testing.assert_allclose(runs[0], runs[1], atol=1e-5)
 
@@ -71,7 +72,7 @@ def test_local_diffusion_masks_each_condition_channel_with_its_own_slice():
     prob[0, 0, 2:6, 2:6] = 1.0  # the slice itself
     prob[0, 1, 8:12, 8:12] = 1.0  # its lower neighbour, elsewhere
     prob[1, 2, 0:4, 0:4] = 1.0  # slice 1: only a neighbour is out of distribution
-    ld = LocalDiffusion(wide, cond, prob, LocalDiffusionConfig(threshold=0.5, ind_floor=0.0))
+    ld = LocalDiffusion(wide, cond, branch_weight(prob, 0.5, "hard"), LocalDiffusionConfig(ind_floor=0.0))
     assert ld.branching.tolist() == [True, False]  # branching follows the slice's own mask
     torch.testing.assert_close(ld.cond_ood, to_model_scale(cond * prob))
     torch.testing.assert_close(ld.cond_ind, to_model_scale(cond * (1 - prob)))

@@ -8,7 +8,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from test_diffusion import tiny_config
 
-from localdiffusion.benchmark.consistency import consistency_scores, plane_scores, slice_mean_jitter, z_highpass_ratio
+from research.bench.consistency import consistency_scores, plane_scores, slice_mean_jitter, z_highpass_ratio
 from localdiffusion.data.readers import read_case
 from localdiffusion.engine.loop import SliceNoise
 from localdiffusion.network.denoiser import CONFIG_FILE, Denoiser, DiffusionConfig, load_denoiser, save_model

@@ -46,7 +46,7 @@ def test_a_scan_whose_typical_voxel_is_unusual_is_flagged_as_unreadable_for_the_
     assert GATE.judge("t1", 0.30, None).map_reliable is None
     old = InputGate(GATE.correlation, GATE.flagged, 10)  # a calibration written before `typical` existed
     assert "less usual than 95%" in old.judge("t1", 0.30, m(0.0, typical=0.95)).warnings[0]
-    # when the user gets the robust map (T1 since 0.12.0), the warning must not call that map unreadable: it is
+    # when the user gets the robust map (the main job's T1 map), the warning must not call that map unreadable: it is
     # calibrated on the scan itself; the translation and the risk map are what may follow the acquisition
     robust = GATE.judge("t1", 0.30, m(0.20, typical=0.95), robust_map=True)
     assert robust.map_reliable is False and "cannot be read" not in robust.warnings[0]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, cohort, tmp_path):
     from conftest import DATASTORE_IMAGE, _datastore_image
 
-    from localdiffusion.label.launch import local_server
+    from research.bench.label_server import local_server
 
     studies, scratch = tmp_path / "studies", tmp_path / "tmp"
     studies.mkdir()

@@ -4,7 +4,9 @@ import torch
 from localdiffusion.engine.assemble import sample_slices
 from localdiffusion.engine.loop import SliceNoise, Step
 from localdiffusion.engine.schedule import NoiseSchedule
-from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, local_diffusion_slices
+from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, branch_weight
+from localdiffusion.ood.volume import OodMap
+from sampling_helpers import local_diffusion_slices
 from localdiffusion.network.denoiser import Prediction
 
 
@@ -33,12 +35,12 @@ def _inputs(B=2, H=8, W=8):
 
 def test_branch_conditions_hard_and_soft():
     cond, prob = _inputs()
-    hard = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(mask_mode="hard", threshold=0.99, ind_floor=0.0))
-    soft = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(mask_mode="soft", ind_floor=0.0))
+    hard = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(mask_mode="hard", ind_floor=0.0))
+    soft = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "soft"), LocalDiffusionConfig(mask_mode="soft", ind_floor=0.0))
     assert hard.weight[0, 0, 5, 5] == 0 and soft.weight[0, 0, 5, 5] == pytest.approx(0.6)
     torch.testing.assert_close((hard.cond_ood + 1) / 2, cond * hard.weight)
     torch.testing.assert_close((soft.cond_ind + 1) / 2, cond * (1 - soft.weight))
-    floor = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(ind_floor=0.95))
+    floor = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(ind_floor=0.95))
     torch.testing.assert_close((floor.cond_ind + 1) / 2, cond * torch.clamp(1 - floor.weight, min=0.95))
     assert hard.branching.tolist() == [True, False]
 
@@ -46,7 +48,7 @@ def test_branch_conditions_hard_and_soft():
 def test_denoise_masks_ood_branch_and_uses_one_batched_call():
     cond, prob = _inputs()
     model = ClosedForm()
-    ld = LocalDiffusion(model, cond, prob, LocalDiffusionConfig(ind_floor=0.0))
+    ld = LocalDiffusion(model, cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(ind_floor=0.0))
     x0 = ld.denoise(torch.zeros(2, 2, 8, 8), 15)
     assert model.calls == [3]  # two branches of slice 0 + one input for slice 1
     w = ld.weight[0]
@@ -58,7 +60,7 @@ def test_denoise_masks_ood_branch_and_uses_one_batched_call():
 
 def test_fusion_is_the_s_composite():
     cond, prob = _inputs()
-    ld = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(t_intermediate=5))
+    ld = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(t_intermediate=5))
     x_t, x0 = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
     assert ld.hook(Step(0, 10, 8, x_t, x0, 5)) is None  # t above t_intermediate: keep branching
     new_x, new_x0 = ld.hook(Step(1, 5, 3, x_t, x0, 5))
@@ -133,8 +135,8 @@ def test_empty_ood_map_equals_baseline_exactly(sampler):
 
 def test_shared_and_independent_noise():
     cond, prob = _inputs()
-    shared = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(shared_noise=True))
-    indep = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(shared_noise=False))
+    shared = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(independent_noise=False))
+    indep = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(independent_noise=True))
     a = shared.step_noise(SliceNoise([1, 2]))((2, 8, 8))
     b = indep.step_noise(SliceNoise([1, 2]))((2, 8, 8))
     assert torch.equal(a[0, 0], a[0, 1]) and not torch.equal(b[0, 0], b[0, 1])
@@ -148,14 +150,14 @@ def test_bad_parameters():
         LocalDiffusionConfig(ind_floor=1.5)
     cond, prob = _inputs()
     with pytest.raises(ValueError):
-        LocalDiffusion(ClosedForm(20), cond, prob, LocalDiffusionConfig(t_intermediate=20))
+        LocalDiffusion(ClosedForm(20), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(t_intermediate=20))
 
 
 def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort):
-    from localdiffusion.benchmark.figures import montage_figure
-    from localdiffusion.benchmark.matrix import MemoryCache, run_benchmark
-    from localdiffusion.benchmark.reference import HealthyLookup
-    from localdiffusion.benchmark.report import differences_table, markdown_table
+    from research.bench.figures import montage_figure
+    from research.bench.matrix import MemoryCache, run_benchmark
+    from research.bench.reference import HealthyLookup
+    from research.bench.report import differences_table, markdown_table
     from localdiffusion.network.denoiser import Denoiser, DiffusionConfig
     from localdiffusion.network.segmenter import SegConfig, Segmenter
     from localdiffusion.volume.cohort import load_slice_set
@@ -193,7 +195,7 @@ def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort)
 
 
 def test_paired_bootstrap_claims_only_when_the_interval_excludes_zero():
-    from localdiffusion.benchmark.scoring import paired_bootstrap
+    from research.bench.scoring import paired_bootstrap
 
     cases = [f"c{i}" for i in range(20)]
     base = {c: 0.5 for c in cases}
@@ -234,8 +236,8 @@ def test_ood_branch_runs_on_a_crop_with_the_same_result_for_a_local_model():
     prob[0, :, 10:14, 20:23] = 1.0
     prob[1, :, 12:15, 24:26] = 1.0
     full_model, crop_model = ClosedForm(), ClosedForm()
-    full = LocalDiffusion(full_model, cond, prob, LocalDiffusionConfig(crop_margin=None))
-    crop = LocalDiffusion(crop_model, cond, prob, LocalDiffusionConfig(crop_margin=2))
+    full = LocalDiffusion(full_model, cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(crop_margin=None))
+    crop = LocalDiffusion(crop_model, cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(crop_margin=2))
     assert full.crop is None
     rows, cols = crop.crop
     assert (rows.start, rows.stop, cols.start, cols.stop) == (8, 17, 18, 28)  # union box + 2 px margin
@@ -251,7 +253,7 @@ def test_crop_is_rounded_to_the_network_downsampling_factor(tiny_models):
     factor = 2 ** (len(den.config.channels) - 1)
     prob = torch.zeros(2, 1, 48, 56)
     prob[0, :, 20:23, 30:31] = 1.0
-    rows, cols = LocalDiffusion(den, torch.rand(2, 1, 48, 56), prob, LocalDiffusionConfig(crop_margin=3)).crop
+    rows, cols = LocalDiffusion(den, torch.rand(2, 1, 48, 56), branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(crop_margin=3)).crop
     for sl in (rows, cols):
         assert (sl.stop - sl.start) % factor == 0 and sl.start >= 0
     assert rows.start <= 17 and rows.stop >= 26 and cols.start <= 27 and cols.stop >= 34
@@ -267,11 +269,11 @@ def test_branch_weight_volume_drops_scattered_false_positives():
     prob[[3, 20, 27], [5, 25, 8], 1] = 1.0  # scattered single pixels: a healthy slice must not branch
     prob[12:14, 12:14, 2] = 0.999  # a component of 4 pixels: below min_component 8
     brain = np.ones_like(prob, bool)
-    hard = branch_weight_volume(prob, LocalDiffusionConfig(threshold=0.99), brain)
+    hard = branch_weight_volume(OodMap(prob, 0.99), LocalDiffusionConfig(), brain)
     assert hard[:, :, 0].sum() >= 30 and hard[:, :, 1].sum() == 0 and hard[:, :, 2].sum() == 0
-    raw = branch_weight_volume(prob, LocalDiffusionConfig(threshold=0.99, min_component=0), brain)
+    raw = branch_weight_volume(OodMap(prob, 0.99), LocalDiffusionConfig(min_component=0), brain)
     assert raw[:, :, 1].sum() == 3
-    soft = branch_weight_volume(prob * 0.9 + 0.05, LocalDiffusionConfig(mask_mode="soft", threshold=0.9), brain)
+    soft = branch_weight_volume(OodMap(prob * 0.9 + 0.05, 0.9), LocalDiffusionConfig(mask_mode="soft"), brain)
     assert soft[:, :, 1].max() == 0 and soft[12, 12, 0] == pytest.approx(0.95)
 
 
@@ -339,7 +341,7 @@ def test_soft_fusion_selects_once_so_the_mask_edge_stays_between_the_branches():
     prob = torch.zeros(1, 1, 16, 16)
     prob[0, 0, 4:12, 4:12] = 1.0
     prob = torch.nn.functional.avg_pool2d(prob, 5, stride=1, padding=2)  # a soft edge
-    ld = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(mask_mode="soft", ind_floor=0.0, t_intermediate=5))
+    ld = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "soft"), LocalDiffusionConfig(mask_mode="soft", ind_floor=0.0, t_intermediate=5))
     x0 = ld.denoise(torch.zeros(1, 2, 16, 16), 5)
     _, fused = ld.hook(Step(0, 5, 3, torch.zeros(1, 2, 16, 16), x0, 3))
     low, high = x0.amin(1, keepdim=True), x0.amax(1, keepdim=True)
@@ -350,7 +352,7 @@ def test_soft_fusion_selects_once_so_the_mask_edge_stays_between_the_branches():
 
 def test_dilated_ood_branch_sees_a_ring_that_fusion_discards():
     cond, prob = _inputs()
-    ld = LocalDiffusion(ClosedForm(), cond, prob, LocalDiffusionConfig(ind_floor=0.0, ood_dilation=1, t_intermediate=5))
+    ld = LocalDiffusion(ClosedForm(), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(ind_floor=0.0, ood_dilation=1, t_intermediate=5))
     ring = (ld.branch_weight > 0) & (ld.weight == 0)
     assert ring[0].sum() == 5 * 5 - 3 * 3  # the 3 x 3 region grown by one pixel
     torch.testing.assert_close((ld.cond_ood + 1)[ring] / 2, cond[ring])  # the OOD branch sees the ring
@@ -379,7 +381,7 @@ def test_healing_rate_reads_1_for_a_healed_lesion_and_0_for_the_local_mapping():
     healthy mapping itself never is."""
     import numpy as np
 
-    from localdiffusion.benchmark.scoring import row_metrics
+    from research.bench.scoring import row_metrics
 
     class NoTumour:
         def tumour(self, slices):
@@ -405,7 +407,7 @@ def test_healing_rate_reads_1_for_a_healed_lesion_and_0_for_the_local_mapping():
 
 
 def test_robust_mask_rows_are_paired_against_the_banks_mask_rows():
-    from localdiffusion.benchmark.matrix import ROBUST_MASK, benchmark_rows
+    from research.bench.matrix import ROBUST_MASK, benchmark_rows
 
     plain = benchmark_rows(10)
     rows = benchmark_rows(10, with_robust=True)

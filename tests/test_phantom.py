@@ -5,7 +5,7 @@ import pytest
 
 from localdiffusion.errors import InputError
 from localdiffusion.phantom import physics
-from localdiffusion.phantom.dataset import SPLIT_BASE, case_seed, read_manifest, split_counts, write_cohort
+from localdiffusion.phantom.dataset import MANIFEST_JSON, SPLIT_BASE, case_seed, split_counts, write_cohort
 from localdiffusion.phantom.generate import ENHANCING, NECROSIS, OEDEMA, generate_case
 from localdiffusion.phantom.physics import TISSUE_ORDER
 
@@ -97,7 +97,7 @@ def test_split_seed_ranges_are_disjoint():
 
 
 def test_cohort_layout_manifest_and_preview(cohort):
-    cases = read_manifest(cohort)
+    cases = json.loads((cohort / MANIFEST_JSON).read_text(encoding="utf-8"))["cases"]
     assert len(cases) == 6
     assert {c["split"] for c in cases} == {"train", "val", "test"}
     for c in cases:

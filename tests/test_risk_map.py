@@ -1,17 +1,15 @@
-"""The risk map's definition (issue 17): smoothed, self-standardised detector maps, calibrated on
+"""The risk map's definition: smoothed, self-standardised detector maps, calibrated on
 healthy voxels; earlier calibration files keep their risk; the benchmark scores the product's maps."""
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from localdiffusion.detectors.cycle import cycle_residual
-from localdiffusion.detectors.risk import (RiskCalibration, detector_volumes, fit_on_volumes, neighbourhood_error,
-                                           risk_definition, risk_volume)
+from localdiffusion.detectors.risk import RiskCalibration, detector_volumes, fit_on_volumes, risk_definition, risk_volume
 from localdiffusion.ood.anomaly_map import Calibration
+from research.bench.gross_error import neighbourhood_error
 
 SHAPE = (24, 24, 16)
 
@@ -97,7 +95,7 @@ def test_neighbourhood_error_ignores_single_voxel_noise():
 
 
 def test_the_benchmark_scores_the_product_cycle_map():
-    """benchmarks/risk_map.py's cycle_self candidate is the product's cycle detector map."""
+    """research/risk_map/risk_map.py's cycle_self candidate is the product's cycle detector map."""
     bench = _benchmark()
     rng = np.random.default_rng(4)
     brain = _brain()
@@ -137,11 +135,9 @@ def test_fisher_counts_two_moderately_unusual_maps_above_one(tmp_path):
 
 
 def _benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "risk_map.py"
-    spec = importlib.util.spec_from_file_location("risk_map_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    from research.risk_map import risk_map
+
+    return risk_map
 
 
 def test_smoothing_along_the_slice_axis_round_trips_and_smooths_z_only(tmp_path):
@@ -181,7 +177,7 @@ def test_the_benchmark_selection_rule():
 
 
 def test_the_benchmark_refit_is_the_product_fit():
-    """benchmarks/risk_map.py refit (the shift stage's like-for-like comparison) fits the product's definition."""
+    """research/risk_map/risk_map.py refit (the shift stage's like-for-like comparison) fits the product's definition."""
     bench = _benchmark()
     rng = np.random.default_rng(7)
     brain = _brain()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from localdiffusion.engine.assemble import conditional_denoise
+from sampling_helpers import conditional_denoise
 from localdiffusion.engine.loop import SliceNoise, reverse_process
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.engine.updates import DDIM

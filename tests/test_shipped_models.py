@@ -1,6 +1,6 @@
 """Smoke tests of the shipped weights (monai_bundle/models) on one 2 mm phantom case each.
 
-The real trained models are measured by the benchmarks (docs/BENCHMARK.md); these tests
+The real trained models are measured by the benchmarks (research/RECORD.md); these tests
 only check that what ships loads, fits its declared size and behaves like a trained model:
 a short DDIM translation of a few healthy slices is far closer to the truth than noise,
 the OOD map is higher inside a tumour than in healthy brain, the segmenter finds the

@@ -160,3 +160,31 @@ def test_the_panel_shows_the_risk_map_by_default():
     assert declared["overlay"]["default"] == "risk" == declared["overlay"]["choices"][0]
     for direction in DIRECTIONS:
         assert RiskCalibration.load(model_paths(MODELS_ROOT, direction)["risk"]).steps == declared["steps"]["default"]
+
+
+def test_the_slicer_job_request_defaults_agree_with_the_options_table(monkeypatch):
+    """The background job's request (what a run without the panel sends) carries the table's defaults."""
+    from dataclasses import fields
+
+    from localdiffusion.options import OPTIONS
+
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    from SlicerLocalDiffusionLib.jobs import TranslationRequest
+
+    defaults = {f.name: f.default for f in fields(TranslationRequest)}
+    shared = [name for name in defaults if name in OPTIONS]
+    assert {"direction", "steps", "seed", "t_intermediate", "sampler", "device", "force"} <= set(shared)
+    for name in shared:
+        assert defaults[name] == OPTIONS[name].default, name
+
+
+def test_the_overlay_threshold_is_the_calibrated_flag_level():
+    """The panel's overlay threshold (parameter node and .ui slider) is the level every shipped map is
+    calibrated at (1% of healthy validation voxels)."""
+    from localdiffusion.options import FLAG_THRESHOLD
+
+    declared = _parameter_declarations()
+    assert declared["oodThreshold"]["default"] == pytest.approx(FLAG_THRESHOLD)
+    slider = _ui_widgets()["oodThresholdSlider"]
+    value = slider.find("./property[@name='value']/double")
+    assert float(value.text) == pytest.approx(FLAG_THRESHOLD)

@@ -10,7 +10,7 @@ from test_diffusion import tiny_config
 from localdiffusion.engine.assemble import sample_slices
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.errors import InputError
-from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig
+from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, branch_weight
 from localdiffusion.network.denoiser import Denoiser, adapt_state_dict, build_network, load_denoiser
 from localdiffusion.shipped import MODELS_ROOT
 from localdiffusion.training.diffusion import TrainConfig, train
@@ -119,10 +119,10 @@ def test_local_diffusion_with_a_learned_variance(crop_margin):
     cond = torch.rand(3, 1, 16, 16)
     ood = torch.zeros(3, 1, 16, 16)
     ood[0, :, 4:9, 5:10] = 1.0
-    config = LocalDiffusionConfig(threshold=0.5, crop_margin=crop_margin, t_intermediate=0, min_component=0)
+    config = LocalDiffusionConfig(crop_margin=crop_margin, t_intermediate=0, min_component=0)
     runs = {}
     for name, model in (("learned", den), ("plain", plain)):
-        method = LocalDiffusion(model, cond, ood, config)
+        method = LocalDiffusion(model, cond, branch_weight(ood, 0.5, "hard"), config)
         runs[name] = sample_slices(model, cond, [1, 2, 3], sampler="ddpm", steps=6, method=method)
         if name == "learned":
             fraction = method.variance_fraction()
@@ -170,7 +170,7 @@ def test_plain_checkpoints_still_load():
 
 
 def test_benchmark_adds_vsm_rows_paired_with_their_plain_rows(cohort, tiny_models, tmp_path):
-    from localdiffusion.benchmark.matrix import Row
+    from research.bench.matrix import Row
     from localdiffusion.cli import main
     from localdiffusion.methods.local_diffusion import LocalDiffusionConfig
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from localdiffusion.errors import InputError
-from localdiffusion.options import DIRECTIONS, MODALITIES, add_options
+from localdiffusion.options import DIRECTIONS, HEALTHY_FPR, MODALITIES, add_options
 from localdiffusion.shipped import ood_bank_path, shipped_model_dir
 
 EXIT_BAD_INPUT = 2
@@ -92,6 +92,8 @@ def _add_train(sub) -> None:
     from localdiffusion.training.diffusion import TrainConfig
     from localdiffusion.training.objectives import OBJECTIVES
 
+    from localdiffusion.network.denoiser import DiffusionConfig
+
     d = TrainConfig(data="", out="")
     p = sub.add_parser("train", help="train the conditional diffusion model on healthy slices")
     p.add_argument("--data", required=True, help="cohort folder (phantom manifest or BraTS/MSD cases)")
@@ -110,7 +112,7 @@ def _add_train(sub) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", type=Path, default=None, help="initialise from a model folder (fine-tuning)")
-    p.add_argument("--timesteps", type=int, default=100, help="T, training timesteps")
+    p.add_argument("--timesteps", type=int, default=DiffusionConfig.num_train_timesteps, help="T, training timesteps")
     p.add_argument("--prediction-type", default="sample", choices=["sample", "epsilon", "v_prediction"])
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
     p.add_argument("--num-res-blocks", type=int, default=2)
@@ -231,7 +233,7 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--rods-rho", type=float, default=None, help="RMS per-pixel size of the perturbation")
     p.add_argument("--max-cases", type=int, default=3)
     add_options(p, ["steps", "device"])
-    p.add_argument("--fpr", type=float, default=0.01, help="healthy false-positive rate of the risk threshold")
+    p.add_argument("--fpr", type=float, default=HEALTHY_FPR, help="healthy false-positive rate of the risk threshold")
     p.add_argument("--out", type=Path, default=None, help="default: <model>/risk_calibration.json")
     p.set_defaults(func=_run_calibrate_risk)
 
@@ -325,7 +327,7 @@ def _add_ood(sub) -> None:
                         "state_dict file, or diffusion:<model dir> (diffusion U-Net encoder)")
     b.add_argument("--projection-dim", type=int, default=None)
     b.add_argument("--bank-size", type=int, default=4000)
-    b.add_argument("--fpr", type=float, default=0.01, help="calibrated false-positive rate of healthy voxels")
+    b.add_argument("--fpr", type=float, default=HEALTHY_FPR, help="calibrated false-positive rate of healthy voxels")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--standardise-to", type=Path, default=None, metavar="ROBUST_JSON",
                    help="a bank for the robust map: standardise every volume onto this robust calibration's "
@@ -465,57 +467,8 @@ def _run_run(args) -> int:
     return 0
 
 
-def _add_benchmark(sub) -> None:
-    p = sub.add_parser("benchmark", help="hallucination benchmark: baselines against Local Diffusion on tumour cases")
-    p.add_argument("--data", required=True, type=Path, help="cohort with tumour cases (phantom manifest)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=list(DIRECTIONS))
-    p.add_argument("--models", type=Path, default=None, help=MODELS_HELP)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--max-cases", type=int, default=None)
-    p.add_argument("--max-slices", type=int, default=4, help="evaluated slices per case (evenly spread, the largest "
-                   "tumour slice included; 0 = every slice with at least 1%% tumour)")
-    p.add_argument("--lookup-data", type=Path, default=None,
-                   help="cohort whose healthy train/val cases fit the local healthy mapping (default: --data)")
-    p.add_argument("--cache", type=Path, default=None, help="keep every (row, case, seed) result here between runs")
-    p.add_argument("--rows", nargs="+", default=None, help="run only these rows (names as in the table)")
-    p.add_argument("--vsm-model", type=Path, default=None,
-                   help="a VSM-trained model folder of the direction: adds its DDPM rows beside the shipped model's")
-    add_options(p, ["gate", "t_intermediate"])
-    p.add_argument("--ood-dilation", type=int, default=0, help="Local Diffusion OOD-branch dilation (pixels)")
-    p.add_argument("--out-dir", type=Path, default=Path("docs/benchmark"), help="JSON and PNG montages")
-    p.add_argument("--markdown", type=Path, default=Path("docs/BENCHMARK.md"), help="file whose benchmark section is rewritten")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    p.set_defaults(func=_run_benchmark)
-
-
-def _run_benchmark(args) -> int:
-    import shlex
-
-    import torch
-
-    from localdiffusion.jobs.benchmark import benchmark_direction, render_section
-    from localdiffusion.methods.local_diffusion import LocalDiffusionConfig
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    command = "localdiffusion " + " ".join(shlex.quote(a) for a in args.argv)
-    ld_config = LocalDiffusionConfig(t_intermediate=args.t_intermediate, ood_dilation=args.ood_dilation)
-    for direction in args.directions:
-        result = benchmark_direction(direction, args.data, args.out_dir, models_root=args.models, split=args.split,
-                                     seeds=tuple(args.seeds), max_cases=args.max_cases,
-                                     max_slices=args.max_slices or None, gate=args.gate, lookup_data=args.lookup_data,
-                                     cache_dir=args.cache, ld_config=ld_config, rows=args.rows, command=command,
-                                     variant_models={"VSM": args.vsm_model} if args.vsm_model else None)
-        print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices, "
-              f"{result['computed_cells']} cells computed -> {args.out_dir}")
-    render_section(args.out_dir, args.markdown)
-    print(f"updated {args.markdown}")
-    return 0
-
-
 COMMANDS = [_add_run, _add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg,
-            _add_calibrate_risk, _add_calibrate_gate, _add_benchmark, _add_demo]
+            _add_calibrate_risk, _add_calibrate_gate, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

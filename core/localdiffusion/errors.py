@@ -3,7 +3,7 @@
 :class:`InputError` is raised for anything the user can fix: a bad file, a bad parameter,
 a missing model. Entry points map it, and only it, to a one-line message: exit code 2 on
 the command line (:mod:`localdiffusion.cli`), HTTP 400 on the MONAI Label server
-(:mod:`localdiffusion.label.server`). Every other exception is a programming error and
+(:mod:`localdiffusion.serving.server`). Every other exception is a programming error and
 keeps its traceback.
 """
 

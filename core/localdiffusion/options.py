@@ -1,7 +1,7 @@
 """One table of user options: default, range or choices, and help for every parameter a user sets.
 
 The CLI (:mod:`localdiffusion.cli`), the main job's :class:`~localdiffusion.jobs.run.JobOptions`
-and the MONAI Label parameter validation (:mod:`localdiffusion.label.tasks`) are built from
+and the MONAI Label parameter validation (:mod:`localdiffusion.serving.tasks`) are built from
 :data:`OPTIONS`; a test checks that the Slicer module's parameter node and ``.ui`` agree with
 it (Slicer may run without this package, against a server, so it cannot import it).
 The facts that several layers name live here too: the translation directions, the
@@ -27,6 +27,10 @@ OUTPUTS = ("local", "baseline", "ood", "ood_mask", "risk")
 #: outputs a client may ask for beside the Local Diffusion translation
 EXTRA_OUTPUTS = OUTPUTS[1:]
 DEVICES = ("auto", "cpu", "cuda")
+#: every shipped probability map (OOD, hallucination risk) is calibrated to flag this fraction of
+#: healthy validation voxels at the level 1 - HEALTHY_FPR; displays threshold it there
+HEALTHY_FPR = 0.01
+FLAG_THRESHOLD = 1.0 - HEALTHY_FPR
 #: output file formats ("input": the input's own, NIfTI for a DICOM series); suffixes in data/formats.py
 OUTPUT_FORMATS = ("input", "nifti", "nrrd", "metaimage", "mgz")
 
@@ -47,7 +51,7 @@ def output_suffix(name: str, direction: str) -> str:
 @dataclass(frozen=True)
 class Option:
     """A user parameter. A boolean becomes ``--x`` / ``--no-x`` on the command line, or only
-    ``flag`` when one is given (it stores the opposite of the default, e.g. ``--independent-noise``)."""
+    ``flag`` when one is given (it stores the opposite of the default, e.g. ``--force``)."""
 
     name: str
     type: type
@@ -121,20 +125,21 @@ _TABLE = [
     Option("batch_size", int, 0, "slices per network call; 0 = automatic (8 on the CPU, from the free memory on "
            "a GPU)", low=0, high=4096),
     Option("t_intermediate", int, 0, "Local Diffusion fusion timestep in training-timestep units; 0 = fuse at the "
-           "last step (chosen on validation, docs/BENCHMARK.md 4a), -1 = 10%% of the model's training timesteps "
+           "last step (chosen on validation, research/RECORD.md 4a), -1 = 10%% of the model's training timesteps "
            "(the paper's 10 of 100)", low=-1, high=100_000),
     Option("mask_mode", str, "hard", "Local Diffusion branching mask: hard (thresholded) or soft (probability)",
            choices=("hard", "soft")),
     Option("ind_floor", float, 0.95, "the in-distribution branch keeps max(1 - w, floor) of the condition "
            "(paper 0, reference code 0.95)", low=0.0, high=1.0),
-    Option("shared_noise", bool, True, "separate noise for each Local Diffusion branch", flag="--independent-noise"),
+    Option("independent_noise", bool, False, "draw each Local Diffusion branch's noise separately (default: both "
+           "branches share x_T and every step's noise, as the reference code does)", flag="--independent-noise"),
     Option("max_rebranch", int, 2, "how often the gate may send a slice back to branching", low=0, high=1000),
     Option("gate", bool, False, "Local Diffusion's classifier gate (a target-modality PatchCore that can send a "
-           "slice back to branching; off by default: on validation it only delayed fusion, docs/BENCHMARK.md 4a)"),
+           "slice back to branching; off by default: on validation it only delayed fusion, research/RECORD.md 4a)"),
     Option("robust_ood", bool, False, "the acquisition-robust OOD map (per-volume self-calibration; T1 "
            "intensity-standardised, FLAIR bias-corrected first; <bank>_robust.json) instead of the bank's own "
-           "calibration: for scans from another scanner, when the input gate says the OOD map cannot be read (the "
-           "main job's OOD map is this one since 0.12.0, ood/robust.py PRODUCT_MAP)",
+           "calibration, for scans from another scanner (the main job always writes and branches on this map, "
+           "ood/robust.py)",
            flag="--robust"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("risk_map", bool, True, "the hallucination-risk map (needs the model's risk_calibration.json and its "

@@ -6,7 +6,7 @@ recorded during it), and the models that compute them.
   volume's distances self-calibrated, T1 intensity-standardised and FLAIR bias-corrected before
   the backbone). In the risk
   it replaces the bank's map for T1 -> FLAIR: on validation it predicts gross errors better and on
-  shifted scanners it flags far less healthy brain (docs/BENCHMARK.md sections 11c and 11d). For
+  shifted scanners it flags far less healthy brain (research/RECORD.md sections 11c and 11d). For
   T1 it costs one more PatchCore pass over the standardised image;
 * ``cycle``: the cycle residual (:mod:`~localdiffusion.detectors.cycle`, one more translation).
 

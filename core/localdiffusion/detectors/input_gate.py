@@ -10,7 +10,7 @@ not here):
   mm, the darkest 30% - CSF - left out). White matter lies deeper than the cortex: on T1 it is
   brighter than grey matter (positive correlation), on FLAIR darker (negative). On the
   phantom's healthy validation volumes T1 gives +0.26 to +0.36 and FLAIR -0.15 to -0.02,
-  tumours included (docs/BENCHMARK.md section 6). A value past the midpoint between the two
+  tumours included (research/RECORD.md section 6). A value past the midpoint between the two
   contrasts' ranges is refused ("looks like a FLAIR"); one outside the own range by more than
   a fifth of the gap is translated with a warning. No depth structure at all (a constant or
   two-valued image) is refused.
@@ -23,13 +23,13 @@ not here):
   calibration). A lesion, however large, leaves most of the brain typical; a scan from another
   scanner or protocol moves every voxel. Above :data:`UNRELIABLE_TYPICAL` the OOD map, the
   risk map and Local Diffusion's masks mark the acquisition rather than lesions, and the
-  outputs say so (docs/BENCHMARK.md section 9: a spin-echo T1 puts the typical voxel at the
+  outputs say so (research/RECORD.md section 9: a spin-echo T1 puts the typical voxel at the
   healthy 9Xth percentile, while its flagged fraction stays under :data:`WARN_FLAGGED`).
 
 * **coil field** - the strength of the scan's receive-coil bias field (the spread of its N4 log
   field over the brain, :func:`~localdiffusion.volume.bias.field_strength`). Above
   :data:`FIELD_MARGIN` times the strongest healthy validation scan's, the translation and the maps
-  may follow the field rather than the anatomy (docs/BENCHMARK.md sections 9, 11c: under a strong
+  may follow the field rather than the anatomy (research/RECORD.md sections 9, 11c: under a strong
   field T1 -> FLAIR errs over 5.8% of the brain and its risk map ranks those errors at chance),
   and the outputs say so (section 9f). A warning only: the scan is still a brain of its contrast.
   A strong field also makes intensity vary with depth and can drag a T1's depth correlation toward
@@ -62,7 +62,7 @@ REFUSE_FLAGGED = 0.5
 #: policy: the typical voxel less usual than 90% of healthy validation voxels)
 UNRELIABLE_TYPICAL = 0.9
 #: a coil field this many times stronger than the strongest healthy validation scan's warns (product
-#: policy, set on the validation values of docs/BENCHMARK.md section 9f before any test scan was measured)
+#: policy, set on the validation values of research/RECORD.md section 9f before any test scan was measured)
 FIELD_MARGIN = 1.25
 #: how far outside its own validation range (as a fraction of the gap to the other contrast)
 #: a value may lie before it is called borderline
@@ -180,7 +180,7 @@ class InputGate:
             maps = "the risk map" if robust_map else "the OOD map and the risk map"  # a robust map is self-calibrated
             report.warnings.insert(0, f"{seen}: the translation and {maps} may follow the field rather than the "
                                       f"anatomy; the contrast was checked on the field-corrected image "
-                                      f"(docs/BENCHMARK.md section 9f)")
+                                      f"(research/RECORD.md section 9f)")
             if report.refusal:
                 report.refusal += f"; note that {seen} (checked on the field-corrected image)"
         return report
@@ -197,10 +197,10 @@ class InputGate:
             report.warnings.append(
                 f"the scan is far from the {name} training scans: {unusual}; the OOD map and Local Diffusion's "
                 f"masks are calibrated on the scan itself (the robust map), but the translation and the risk map "
-                f"may follow the acquisition (docs/BENCHMARK.md section 9)" if robust_map else
+                f"may follow the acquisition (research/RECORD.md section 9)" if robust_map else
                 f"the OOD map cannot be read for this scan: {unusual}, so the OOD map, the risk map and Local "
                 f"Diffusion's masks mark the acquisition, not lesions; `localdiffusion ood map --robust` maps this "
-                f"scan against itself (docs/BENCHMARK.md section 9)")
+                f"scan against itself (research/RECORD.md section 9)")
         if summary is not None and summary.flagged > WARN_FLAGGED:
             flagged = summary.flagged
             message = (f"{100 * flagged:.0f}% of the brain is out of distribution for the {name} model (healthy "

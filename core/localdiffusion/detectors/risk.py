@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from scipy.ndimage import gaussian_filter, uniform_filter
+from scipy.ndimage import gaussian_filter
 
 from localdiffusion.data.io import atomic_path
 from localdiffusion.detectors.maps import DETECTORS
@@ -58,7 +58,7 @@ class RiskDefault:
 
 
 #: The risk map each direction ships, chosen on validation as the predictor of :data:`GROSS_ERROR`
-#: by the rule of docs/BENCHMARK.md section 11b (the candidates reaching AUROC 0.90 on validation,
+#: by the rule of research/RECORD.md section 11b (the candidates reaching AUROC 0.90 on validation,
 #: the one catching most event voxels at 1% healthy false alarms); the maps are the OOD probability
 #: (T1 -> FLAIR: the acquisition-robust one, section 11d), the cycle residual and the x0-trajectory variance.
 RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "cycle"), 2.0, "fisher"),
@@ -124,13 +124,7 @@ def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combinatio
             "validated_against": {"event": "gross translation error: |translation - truth| averaged over a "
                                            "cube of `neighbourhood` voxels above the `healthy_quantile` of that "
                                            "quantity on healthy validation brain voxels",
-                                  **GROSS_ERROR, "report": "docs/BENCHMARK.md section 11"}}
-
-
-def neighbourhood_error(translation: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """The event's quantity: ``|translation - truth|`` averaged over the :data:`GROSS_ERROR` cube."""
-    error = np.abs(translation.astype(np.float32) - truth.astype(np.float32))
-    return uniform_filter(error, size=GROSS_ERROR["neighbourhood"], mode="constant")
+                                  **GROSS_ERROR, "report": "research/RECORD.md section 11"}}
 
 
 def self_standardise(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:

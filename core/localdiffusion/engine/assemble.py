@@ -61,16 +61,6 @@ class DenoiserWrapper(Protocol):
     def wrap(self, denoise: Denoise, schedule, timesteps: Sequence[int], update: UpdateRule) -> Denoise: ...
 
 
-def conditional_denoise(denoiser, condition: torch.Tensor) -> Denoise:
-    """Bind a condition (B, 1, H, W) in [-1, 1] to a :class:`~localdiffusion.network.denoiser.Denoiser`;
-    clip x0_hat to [-1, 1]."""
-
-    def denoise(x_t: torch.Tensor, t: int) -> torch.Tensor:
-        return denoiser(x_t, condition, t).clamp(-1.0, 1.0)
-
-    return denoise
-
-
 class Plain:
     """The plain reverse process: one channel, the full condition."""
 

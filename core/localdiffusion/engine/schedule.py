@@ -12,6 +12,9 @@ import torch
 from monai.networks.schedulers import NoiseSchedules
 
 
+#: training timesteps T of a new model (the shipped models were trained with it)
+DEFAULT_TIMESTEPS = 100
+
 class NoiseSchedule:
     """MONAI beta schedule (default ``sigmoid_beta``) with T training steps.
 
@@ -20,7 +23,7 @@ class NoiseSchedule:
     Attributes are float64 CPU tensors of length T: ``betas``, ``alphas_cumprod``.
     """
 
-    def __init__(self, num_train_timesteps: int = 100, schedule: str = "sigmoid_beta",
+    def __init__(self, num_train_timesteps: int = DEFAULT_TIMESTEPS, schedule: str = "sigmoid_beta",
                  beta_start: float | None = None, beta_end: float | None = None, sig_range: float = 6.0):
         if num_train_timesteps < 2:
             raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")

@@ -18,7 +18,7 @@ from localdiffusion.detectors.risk import RiskCalibration, Smoothing, fit_on_vol
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_sampling
 from localdiffusion.ood.volume import probability_volume
-from localdiffusion.options import default
+from localdiffusion.options import HEALTHY_FPR, default
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
 from localdiffusion.volume.cohort import cases_in_split, has_manifest
 from localdiffusion.volume.grid import prepare_case
@@ -27,7 +27,7 @@ from localdiffusion.volume.grid import prepare_case
 def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: tuple[str, ...] | None = None,
                    smoothing: Smoothing | None = None, combination: str | None = None, rods=None,
                    split: str = "val", max_cases: int = 3,
-                   steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = 0.01,
+                   steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = HEALTHY_FPR,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
     """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``).
 

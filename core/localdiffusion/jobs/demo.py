@@ -18,11 +18,12 @@ import nibabel as nib
 import numpy as np
 
 from localdiffusion.data.io import save_png
+from localdiffusion.options import FLAG_THRESHOLD, HEALTHY_FPR, default
 from localdiffusion.phantom.dataset import write_cohort
 from localdiffusion.volume.grid import normalise
 
 
-def run_demo(out: str | Path, seed: int = 0, steps: int = 25) -> Iterator[str]:
+def run_demo(out: str | Path, seed: int = 0, steps: int = default("steps")) -> Iterator[str]:
     from localdiffusion.jobs.run import JobOptions, run_job
 
     out = Path(out)
@@ -50,11 +51,11 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path]):
     scale = lambda v, m: normalise(v, v > 0, modality=m)[0]  # noqa: E731  the pipeline's own intensity scale
     ood = load(outputs["ood"])
     risk = load(outputs["risk"]) if "risk" in outputs else None
-    panels = [("T1 (condition)", scale(t1, "t1"), None), ("OOD probability >= 0.99 (1% healthy FPR)", scale(t1, "t1"), ood),
+    panels = [("T1 (condition)", scale(t1, "t1"), None), (f"OOD probability >= {FLAG_THRESHOLD:g} ({HEALTHY_FPR:.0%} healthy FPR)", scale(t1, "t1"), ood),
               ("baseline FLAIR (DDIM-25)", load(outputs["baseline"]), None),
               ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair, "flair"), None)]
     if risk is not None:
-        panels.append(("hallucination risk >= 0.99", load(outputs["local"]), risk))
+        panels.append((f"hallucination risk >= {FLAG_THRESHOLD:g}", load(outputs["local"]), risk))
     centre = [int(round(c.mean())) for c in np.nonzero(seg > 0)] if seg.any() else [n // 2 for n in seg.shape]
     centre[2] = z
     planes = {"axial": lambda v: v[:, :, centre[2]].T, "coronal": lambda v: v[:, centre[1], :].T,
@@ -64,8 +65,8 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path]):
         for ax, (title, vol, overlay) in zip(axes[r], panels):
             ax.imshow(cut(vol), cmap="gray", origin="lower", vmin=0, vmax=1)
             if overlay is not None:
-                shown = np.ma.masked_less(cut(overlay), 0.99)  # the calibrated threshold (1% of healthy voxels)
-                ax.imshow(shown, cmap="autumn", origin="lower", vmin=0.99, vmax=1.0, alpha=0.8)
+                shown = np.ma.masked_less(cut(overlay), FLAG_THRESHOLD)  # the calibrated threshold
+                ax.imshow(shown, cmap="autumn", origin="lower", vmin=FLAG_THRESHOLD, vmax=1.0, alpha=0.8)
             ax.contour(cut(seg) > 0, levels=[0.5], colors="c", linewidths=0.6, origin="lower")
             ax.set_title(title if r == 0 else "", fontsize=9)
             ax.set_xticks([])

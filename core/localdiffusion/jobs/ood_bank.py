@@ -4,7 +4,7 @@ calibrate on healthy *validation* slices (``localdiffusion ood build``).
 A bank for the acquisition-robust map (``ood/robust.py``) can be built on what that map's backbone
 sees: every volume intensity-standardised onto a robust calibration's landmarks (``reference``), and
 with ``augment`` generic acquisition-augmented copies of each training volume
-(``volume/acquisition.py``; docs/BENCHMARK.md section 9e).
+(``volume/acquisition.py``; research/RECORD.md section 9e).
 """
 
 from __future__ import annotations

@@ -13,23 +13,34 @@ from localdiffusion.jobs.inputs import check_outputs, prepare_input
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
-from localdiffusion.ood.volume import bank_grid, probability_volume
+from localdiffusion.ood.volume import OodMap, bank_grid, bank_map
 from localdiffusion.shipped import robust_calibration_path
 
 
 def probability_map(input_path: str | Path, bank_path: str | Path, modality: str | None = None,
                     model_root: str | Path | None = None, device: str = "auto", robust: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray, float]:
-    """The OOD probability of one volume on its own grid: (probability, affine, calibrated threshold).
-    ``robust``: the bank's acquisition-robust calibration (:mod:`~localdiffusion.ood.robust`) instead of its own."""
+                    ) -> tuple[OodMap, np.ndarray]:
+    """The OOD map of one volume on its own grid.
+
+    Args:
+        input_path: a volume file or DICOM series folder of the bank's contrast.
+        bank_path: a PatchCore bank (``ood_<contrast>.pt``).
+        modality: the input's contrast, checked against the bank's (default: the bank's).
+        model_root, device: where the bank's backbone weights are; where the network runs.
+        robust: the bank's acquisition-robust calibration (:mod:`~localdiffusion.ood.robust`) instead
+            of its own.
+    Returns:
+        (the map on the input's grid with its calibrated threshold, the input's (4, 4) affine).
+    """
     calibration = RobustCalibration.load(robust_calibration_path(bank_path)) if robust else None
     model = PatchCore.load(bank_path, modality=modality, model_root=model_root).to(select_device(device))
     contrast = model.meta["modality"]
     prepared = prepare_input(input_path, contrast, *bank_grid(model))
     if calibration is None:
-        return prepared.to_input_brain(probability_volume(model, prepared)), prepared.input_affine, float(model.threshold)
-    prob = calibration.probability(model, prepared.images[contrast], prepared.brain)
-    return prepared.to_input_brain(prob), prepared.input_affine, float(calibration.threshold)
+        ood = bank_map(model, prepared)
+    else:
+        ood = OodMap(calibration.probability(model, prepared.images[contrast], prepared.brain), calibration.threshold)
+    return OodMap(prepared.to_input_brain(ood.probability), float(ood.threshold)), prepared.input_affine
 
 
 def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Path,
@@ -44,7 +55,7 @@ def map_volume(input_path: str | Path, bank_path: str | Path, out_path: str | Pa
         stem, suffix = split_suffix(out_path)
         mask_path = out_path.with_name(f"{stem}_mask{suffix or '.nii.gz'}")
     check_outputs([input_path], {"--out": out_path, "--mask-out": mask_path})
-    prob, affine, threshold = probability_map(input_path, bank_path, modality, device=device, robust=robust)
-    save_volumes({out_path: (prob, affine), mask_path: ((prob >= threshold).astype(np.uint8), affine)},
+    ood, affine = probability_map(input_path, bank_path, modality, device=device, robust=robust)
+    save_volumes({out_path: (ood.probability, affine), mask_path: (ood.flagged().astype(np.uint8), affine)},
                  protect=[input_path])
     return out_path, Path(mask_path)

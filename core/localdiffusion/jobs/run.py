@@ -10,11 +10,12 @@ when the sampler is the calibration's DDIM step count (read from that file); a c
 that combines the cycle residual needs the reverse model ``<target>_to_<source>/`` too (the
 job back-translates the Local Diffusion translation with it), one that combines the robust OOD
 map the bank's robust calibration ``ood_<source>_robust.json``. The written OOD map, and the one
-Local Diffusion branches on, is the source contrast's :data:`~localdiffusion.ood.robust.PRODUCT_MAP`
-(T1 and FLAIR: the robust map, when its calibration is beside the bank); the input gate reads the bank's own.
-Everything is computed before anything is written; outputs are written atomically, on the
-input's grid and affine, and never over the input. ``report`` (e.g. the CLI's JSON lines)
-is told the progress of each phase and every written output.
+Local Diffusion branches on, is the source contrast's acquisition-robust map
+(:mod:`~localdiffusion.ood.robust`, when its calibration is beside the bank); the input gate reads
+the bank's own. :func:`compute_job` computes everything and writes nothing; :func:`write_outputs`
+writes atomically, on the input's grid and affine, never over the input (the CLI, the bundle, the
+cohort runner and the MONAI Label app share it). ``report`` (e.g. the CLI's JSON lines) is told the
+progress of each phase and every written output.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalD
 from localdiffusion.network.denoiser import load_denoiser
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
-from localdiffusion.ood.robust import PRODUCT_MAP, RobustCalibration
-from localdiffusion.ood.volume import probability_volume
+from localdiffusion.ood.robust import RobustCalibration
+from localdiffusion.ood.volume import OodMap, bank_map
 from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibration_path
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
@@ -66,7 +67,7 @@ class JobOptions:
     t_intermediate: int = default("t_intermediate")
     mask_mode: str = default("mask_mode")
     ind_floor: float = default("ind_floor")
-    shared_noise: bool = default("shared_noise")
+    independent_noise: bool = default("independent_noise")
     max_rebranch: int = default("max_rebranch")
     gate: bool = default("gate")
     baseline: bool = default("baseline")
@@ -126,11 +127,9 @@ def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> RiskCalibr
     return calibration
 
 
-def _product_robust_map(paths: dict[str, Path], source: str, report: Report) -> RobustCalibration | None:
-    """The robust calibration when it is the source contrast's product map (``PRODUCT_MAP``) and is at
-    hand; a models folder without it falls back to the bank's own map, and says so."""
-    if PRODUCT_MAP.get(source) != "robust":
-        return None
+def _robust_calibration(paths: dict[str, Path], report: Report) -> RobustCalibration | None:
+    """The source contrast's robust calibration, the OOD map the job writes and branches on; a models
+    folder without it falls back to the bank's own map, and says so."""
     if not paths["robust"].exists():
         message = (f"{paths['robust']} not found: the OOD map and Local Diffusion's masks use the bank's own "
                    f"calibration, which flags the acquisition of a scan from another scanner")
@@ -140,16 +139,47 @@ def _product_robust_map(paths: dict[str, Path], source: str, report: Report) -> 
     return RobustCalibration.load(paths["robust"])
 
 
-def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
-            models_root: str | Path | None = None, progress: bool = True, report: Report | None = None
-            ) -> dict[str, Path]:
-    """Translate one volume; returns the written paths keyed by output name."""
+@dataclass
+class JobResult:
+    """What the main job computes for one volume, on the input's grid.
+
+    Attributes:
+        volumes: output name (:data:`~localdiffusion.options.OUTPUTS`) -> (X, Y, Z) volume on
+            the input's grid: float32 translations, OOD probability and risk, uint8 OOD mask.
+        affine: (4, 4) voxel-to-RAS affine of the input.
+        ood: the OOD map Local Diffusion branched on, on the working grid, with its threshold.
+        warnings: the input gate's and the job's warnings, in order.
+    """
+
+    volumes: dict[str, np.ndarray]
+    affine: np.ndarray
+    ood: OodMap
+    warnings: list[str]
+
+
+def compute_job(input_path: str | Path, options: JobOptions | None = None, models_root: str | Path | None = None,
+                progress: bool = True, report: Report | None = None) -> JobResult:
+    """Compute the main job's outputs for one volume; writes nothing.
+
+    Args:
+        input_path: a volume file or a DICOM series folder of the direction's source contrast.
+        options: the job's parameters (default: the options table's defaults).
+        models_root: the models folder (default: the shipped models).
+        progress: show progress bars on stderr.
+        report: told ``{"event": "progress" | "warning" | "phases", ...}`` as the job goes.
+    Returns:
+        a :class:`JobResult`; the risk map only when a calibration fits the sampler and step count
+        (:func:`planned_outputs`), the baseline only when ``options.baseline``.
+    """
     options = options or JobOptions()
-    report = report or (lambda event: None)
-    out_dir = Path(out_dir)
-    planned = output_paths(input_path, out_dir, options, OUTPUTS)
-    check_out_dir(out_dir)
-    check_outputs([input_path], planned)
+    warnings: list[str] = []
+
+    def tell(event: dict) -> None:
+        if event["event"] == "warning":
+            warnings.append(event["message"])
+        if report is not None:
+            report(event)
+
     models_root = Path(models_root) if models_root else MODELS_ROOT
     paths = model_paths(models_root, options.direction)
     source, target = DIRECTIONS[options.direction]
@@ -161,7 +191,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
-    robust = _product_robust_map(paths, source, report)
+    robust = _robust_calibration(paths, tell)
     calibration = _risk_calibration(paths, options)
     given = GivenMaps.load(calibration.needs, ood_bank, paths["ood"], paths["diffusion"], denoiser.config,
                            device) if calibration is not None else None
@@ -170,30 +200,30 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
 
     # the sampling phases, each reported from 0 to 1 (clients weigh them equally)
     cycle = given is not None and given.reverse is not None
-    report({"event": "phases", "phases": ["local"] + ["cycle"] * cycle + ["baseline"] * options.baseline})
-    report({"event": "progress", "phase": "ood", "fraction": 0.0})
-    bank_ood = probability_volume(ood_bank, prepared)  # the gate's reading: how far from the training scans
-    for warning in gate_input(input_path, prepared, source, models_root, probability=bank_ood, bank=ood_bank,
-                              force=options.force, robust_map=robust is not None):
-        report({"event": "warning", "message": warning})
-    known = {"ood": bank_ood}
-    ood, threshold = bank_ood, ood_bank.threshold
+    tell({"event": "phases", "phases": ["local"] + ["cycle"] * cycle + ["baseline"] * options.baseline})
+    tell({"event": "progress", "phase": "ood", "fraction": 0.0})
+    bank = bank_map(ood_bank, prepared)  # the gate's reading: how far from the training scans
+    for warning in gate_input(input_path, prepared, source, models_root, probability=bank.probability,
+                              bank=ood_bank, force=options.force, robust_map=robust is not None):
+        tell({"event": "warning", "message": warning})
+    known = {"ood": bank.probability}
+    ood = bank
     if robust is not None:  # the map the job writes and Local Diffusion branches on
-        ood, threshold = robust.probability(ood_bank, prepared.images[source], prepared.brain), robust.threshold
-        known["ood_robust"] = ood
+        ood = OodMap(robust.probability(ood_bank, prepared.images[source], prepared.brain), robust.threshold)
+        known["ood_robust"] = ood.probability
     source_maps = given.source_maps(prepared, known) if given is not None else None  # still the OOD phase
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress,
                   noise_sigma_z=options.noise_sigma_z, z_harmonise=options.z_harmonise)
-    ld_config = LocalDiffusionConfig(mask_mode=options.mask_mode, threshold=threshold,
-                                     ind_floor=options.ind_floor, shared_noise=options.shared_noise,
+    ld_config = LocalDiffusionConfig(mask_mode=options.mask_mode, ind_floor=options.ind_floor,
+                                     independent_noise=options.independent_noise,
                                      t_intermediate=options.t_intermediate, max_rebranch=options.max_rebranch)
     plan = LocalDiffusionPlan(ood, ld_config, gate, brain_volume=prepared.brain)
     local = batch_sampler(options.sampler, options.steps, method=plan)
-    phase = lambda name: (lambda done, total: report({"event": "progress", "phase": name,  # noqa: E731
-                                                       "fraction": done / max(total, 1)}))
-    volumes = {"ood": ood, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
-                                                       sample_batch=local, on_batch=phase("local"))}
+    phase = lambda name: (lambda done, total: tell({"event": "progress", "phase": name,  # noqa: E731
+                                                     "fraction": done / max(total, 1)}))
+    volumes = {"ood": ood.probability, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
+                                                                   sample_batch=local, on_batch=phase("local"))}
     if recorder is not None:
         maps = given.maps(prepared, volumes["local"], source_maps, steps=options.steps, seed=options.seed,
                           batch_size=options.batch_size, on_batch=phase("cycle"))
@@ -206,9 +236,44 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
         ood, dataclasses.replace(ld_config, mask_mode="hard"), prepared.brain)
     on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
     on_input["ood_mask"] = (prepared.to_input_brain(branch_mask) >= 0.5).astype(np.uint8)
-    outputs = {name: planned[name] for name in on_input}
-    save_volumes({outputs[name]: (volume, prepared.input_affine) for name, volume in on_input.items()},
-                 protect=[input_path])
+    ordered = {name: on_input[name] for name in OUTPUTS if name in on_input}
+    return JobResult(ordered, prepared.input_affine, ood, warnings)
+
+
+def write_outputs(result: JobResult, paths: dict[str, Path], protect=(), report: Report | None = None
+                  ) -> dict[str, Path]:
+    """Write a job's volumes all-or-nothing, each atomically; the writer every entry point shares.
+
+    Args:
+        result: from :func:`compute_job`.
+        paths: output name -> file (its suffix picks the format); only these volumes are written.
+        protect: files that must never be overwritten (the input).
+        report: told ``{"event": "output", "name": ..., "path": ...}`` for each written file.
+    Returns:
+        output name -> written path, in :data:`~localdiffusion.options.OUTPUTS` order.
+    """
+    outputs = {name: Path(paths[name]) for name in result.volumes if name in paths}
+    save_volumes({outputs[name]: (result.volumes[name], result.affine) for name in outputs}, protect=protect)
     for name, path in outputs.items():
-        report({"event": "output", "name": name, "path": str(path)})
+        if report is not None:
+            report({"event": "output", "name": name, "path": str(path)})
     return outputs
+
+
+def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | None = None,
+            models_root: str | Path | None = None, progress: bool = True, report: Report | None = None
+            ) -> dict[str, Path]:
+    """The main job: check the outputs, :func:`compute_job`, then :func:`write_outputs`.
+
+    Args:
+        input_path, options, models_root, progress, report: as :func:`compute_job`.
+        out_dir: where ``<input stem>_<output suffix><format suffix>`` files go.
+    Returns:
+        output name -> written path.
+    """
+    options = options or JobOptions()
+    planned = output_paths(input_path, out_dir, options, OUTPUTS)
+    check_out_dir(Path(out_dir))
+    check_outputs([input_path], planned)
+    result = compute_job(input_path, options, models_root, progress, report)
+    return write_outputs(result, planned, protect=[input_path], report=report)

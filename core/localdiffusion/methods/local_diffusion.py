@@ -30,8 +30,9 @@ With a 2.5D model the condition has one channel per slice (centre first) and so 
 OOD probability: every condition channel is masked with the weight of its own slice, while
 the branching, fusion and the gate use the centre slice's weight.
 
-Masks ``w`` (B, 1, H, W) come from the OOD probability: ``hard`` = (p >= threshold),
-``soft`` = p. On volumes, :func:`branch_weight_volume` first post-processes the hard mask
+Masks ``w`` (B, 1, H, W) come from the OOD probability and its calibrated threshold
+(:func:`branch_weight`): ``hard`` = (p >= threshold), ``soft`` = p; :class:`LocalDiffusion`
+takes the weight, final. On volumes, :func:`branch_weight_volume` first post-processes the hard mask
 (median filter, small components removed) so that scattered false-positive pixels do not
 make a healthy slice branch. A slice whose mask is empty is never branched, and a batch
 with no branching slice runs the plain process (:meth:`LocalDiffusion.resolve`), so with an
@@ -41,7 +42,7 @@ Speed: the OOD branch runs on a crop around the OOD region of the batch's branch
 (bounding box + ``crop_margin`` pixels, rounded to the network's downsampling factor).
 Outside its mask the OOD branch's x0 is the background anyway; the crop only changes the
 network's context near the crop border (its receptive field, and the global attention at
-the lowest level), measured by ``benchmarks/ld_speed.py`` (docs/BENCHMARK.md, 4b).
+the lowest level), measured by ``research/speed/ld_speed.py`` (research/RECORD.md, 4b).
 Images: conditions in [0, 1]; the network state in [-1, 1]; background 0 in [0, 1].
 """
 
@@ -49,16 +50,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from localdiffusion.engine.assemble import Plain, sample_slices
+from localdiffusion.engine.assemble import Plain
 from localdiffusion.engine.crop import Box, box_shape, crop_box, downsampling_factor, paste
-from localdiffusion.engine.loop import SliceNoise, Step, StepHook
+from localdiffusion.engine.loop import SliceNoise, Step
 from localdiffusion.engine.scale import to_model_scale
 from localdiffusion.network.denoiser import Prediction
+from localdiffusion.ood.volume import OodMap
 from localdiffusion.options import default
 
 
@@ -71,10 +73,9 @@ class Gate(Protocol):
 
 @dataclass
 class LocalDiffusionConfig:
-    mask_mode: str = default("mask_mode")  # "hard": p >= threshold; "soft": p
-    threshold: float = 0.99  # OOD probability threshold for the hard mask (the calibrated one)
+    mask_mode: str = default("mask_mode")  # "hard": p >= the map's threshold; "soft": p
     ind_floor: float = default("ind_floor")  # IND branch keeps max(1 - w, floor) of the condition (paper 0, reference 0.95)
-    shared_noise: bool = default("shared_noise")  # same x_T and per-step noise for both branches
+    independent_noise: bool = default("independent_noise")  # False: same x_T and per-step noise for both branches
     t_intermediate: int = default("t_intermediate")  # training-timestep units; -1: round(0.1 T) (paper: 10 of 100)
     max_rebranch: int = default("max_rebranch")
     background: float = 0.0  # target background value in [0, 1]
@@ -87,8 +88,6 @@ class LocalDiffusionConfig:
             raise ValueError(f"mask_mode must be 'hard' or 'soft', got {self.mask_mode!r}")
         if not 0.0 <= self.ind_floor <= 1.0:
             raise ValueError(f"ind_floor must be in [0, 1], got {self.ind_floor}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.max_rebranch < 0:
             raise ValueError("max_rebranch must be >= 0")
         if self.min_component < 0:
@@ -111,10 +110,34 @@ def _uncrop(values: torch.Tensor, like: torch.Tensor, fill: float, rows: slice, 
     return whole
 
 
-class LocalDiffusion:
-    """Per-batch Local Diffusion state; see the module docstring."""
+def branch_weight(probability: torch.Tensor, threshold: float, mask_mode: str) -> torch.Tensor:
+    """The branching weight of slices from their OOD probability.
 
-    def __init__(self, denoiser, condition: torch.Tensor, ood_probability: torch.Tensor,
+    Args:
+        probability: (B, C, H, W) in [0, 1], a channel per condition slice.
+        threshold: the probability's calibrated threshold.
+        mask_mode: ``hard`` (``p >= threshold`` as 0/1) or ``soft`` (``p``).
+    Returns:
+        (B, C, H, W) float weight in [0, 1].
+    """
+    p = probability.float().clamp(0, 1)
+    return (p >= threshold).float() if mask_mode == "hard" else p
+
+
+class LocalDiffusion:
+    """Per-batch Local Diffusion state; see the module docstring.
+
+    Args:
+        denoiser: a :class:`~localdiffusion.network.denoiser.Denoiser`.
+        condition: (B, C, H, W) in [0, 1], a channel per condition slice (centre first).
+        weight: (B, C, H, W) branching weight in [0, 1] (:func:`branch_weight`): the OOD branch
+            sees ``condition * w``, the IND branch ``condition * max(1 - w, ind_floor)``.
+        config, gate: see :class:`LocalDiffusionConfig` and :class:`Gate`.
+        placement: the slices' windows in their whole slices (brain crops) and the whole-slice
+            shape, so that the gate judges whole slices.
+    """
+
+    def __init__(self, denoiser, condition: torch.Tensor, weight: torch.Tensor,
                  config: LocalDiffusionConfig | None = None, gate: Gate | None = None,
                  placement: tuple[list[Box], tuple[int, int]] | None = None):
         self.denoiser, self.config, self.gate = denoiser, config or LocalDiffusionConfig(), gate
@@ -123,10 +146,9 @@ class LocalDiffusion:
         self.t_intermediate = round(0.1 * T) if cfg.t_intermediate == -1 else int(cfg.t_intermediate)
         if not 0 <= self.t_intermediate < T:
             raise ValueError(f"t_intermediate must be in [0, {T - 1}], got {self.t_intermediate}")
-        p = ood_probability.float().clamp(0, 1)
-        if p.shape[1] != condition.shape[1]:
-            raise ValueError(f"OOD probability has {p.shape[1]} channels, the condition {condition.shape[1]}")
-        weights = (p >= cfg.threshold).float() if cfg.mask_mode == "hard" else p  # one channel per condition slice
+        weights = weight.float().clamp(0, 1)  # one channel per condition slice
+        if weights.shape[1] != condition.shape[1]:
+            raise ValueError(f"branching weight has {weights.shape[1]} channels, the condition {condition.shape[1]}")
         r = cfg.ood_dilation
         branch_weights = weights if r == 0 else F.max_pool2d(weights, 2 * r + 1, stride=1, padding=r)
         self.weight, self.branch_weight = weights[:, :1], branch_weights[:, :1]  # the slice being translated
@@ -222,7 +244,7 @@ class LocalDiffusion:
     def step_noise(self, base: SliceNoise) -> Callable:
         def draw(item_shape) -> torch.Tensor:
             c, h, w = item_shape
-            rows = [base.draw(b, (1, h, w)).expand(c, h, w) if self.config.shared_noise or not bool(self.branching[b])
+            rows = [base.draw(b, (1, h, w)).expand(c, h, w) if not self.config.independent_noise or not bool(self.branching[b])
                     else base.draw(b, (c, h, w)) for b in range(len(base))]
             return torch.stack(rows).to(base.device)
 
@@ -251,40 +273,27 @@ class LocalDiffusion:
         return x[:, 0:1]
 
 
-def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: torch.Tensor, seeds,
-                           config: LocalDiffusionConfig | None = None, gate: Gate | None = None, *,
-                           sampler: str = default("sampler"), steps: int | None = default("steps"),
-                           eta: float | None = None, wrappers=(), hooks: Iterable[StepHook] = ()
-                           ) -> tuple[torch.Tensor, LocalDiffusion]:
-    """Local Diffusion translation of conditions (B, C, H, W) in [0, 1]; returns ([-1, 1] x0, its state).
-
-    ``seeds``: one per slice, or a :class:`~localdiffusion.engine.loop.SliceNoise`;
-    ``ood_probability`` (B, C, H, W) in [0, 1], a channel per condition slice; ``wrappers`` e.g. RODS. A convenience over
-    :func:`~localdiffusion.engine.assemble.sample_slices` that keeps the Local Diffusion object
-    (rebranch counts, fusion steps).
-    """
-    base = seeds if isinstance(seeds, SliceNoise) else SliceNoise(seeds, condition.device)
-    placement = (list(base.windows), base.plane) if base.windows is not None else None
-    ld = LocalDiffusion(denoiser, condition, ood_probability, config, gate, placement)
-    out = sample_slices(denoiser, condition, base, sampler=sampler, steps=steps, eta=eta, method=ld,
-                        wrappers=wrappers, hooks=hooks)
-    return out, ld
-
-
-def branch_weight_volume(ood_probability_volume, config: LocalDiffusionConfig, brain_volume=None):
-    """Working-grid (X, Y, Z) OOD probability -> the branching weight per voxel in [0, 1].
+def branch_weight_volume(ood_map: OodMap, config: LocalDiffusionConfig, brain_volume=None):
+    """The branching weight of a volume from its OOD map.
 
     hard: the thresholded mask, post-processed per axial slice (3 x 3 median, components
     under ``min_component`` pixels dropped, inside the brain) unless ``min_component`` is 0;
     soft: the probability, zeroed away from the post-processed mask (dilated by 2 pixels).
+
+    Args:
+        ood_map: the working-grid (X, Y, Z) OOD probability and its calibrated threshold.
+        config: ``mask_mode`` and ``min_component`` are read.
+        brain_volume: (X, Y, Z) brain mask limiting the post-processing (default: everywhere).
+    Returns:
+        (X, Y, Z) float32 weight in [0, 1].
     """
     import numpy as np
     from scipy import ndimage
 
     from localdiffusion.ood.postprocess import postprocess
 
-    prob = np.clip(np.asarray(ood_probability_volume, np.float32), 0.0, 1.0)
-    mask = prob >= config.threshold
+    prob = np.clip(np.asarray(ood_map.probability, np.float32), 0.0, 1.0)
+    mask = prob >= ood_map.threshold
     if config.min_component > 0:
         brain = np.ones_like(mask) if brain_volume is None else np.asarray(brain_volume) > 0
         mask = np.moveaxis(postprocess(np.moveaxis(mask, 2, 0), np.moveaxis(brain, 2, 0), config.min_component), 0, 2)
@@ -297,17 +306,16 @@ def branch_weight_volume(ood_probability_volume, config: LocalDiffusionConfig, b
 class LocalDiffusionPlan:
     """Local Diffusion over a volume: a method plan for :func:`~localdiffusion.volume.batching.batch_sampler`.
 
-    ``ood_probability_volume`` (X, Y, Z) on the working grid, e.g. from
-    :func:`~localdiffusion.ood.volume.probability_volume`; it becomes the branching weight
+    ``ood_map``: the working-grid OOD map with its threshold (e.g.
+    :func:`~localdiffusion.ood.volume.bank_map`); it becomes the branching weight
     (:attr:`weight`) once, through :func:`branch_weight_volume` (``brain_volume`` limits the
     post-processing); each batch then gets a :class:`LocalDiffusion` on its slices' windows.
     """
 
-    def __init__(self, ood_probability_volume, config: LocalDiffusionConfig | None = None, gate: Gate | None = None,
+    def __init__(self, ood_map: OodMap, config: LocalDiffusionConfig | None = None, gate: Gate | None = None,
                  brain_volume=None):
-        config = config or LocalDiffusionConfig()
-        self.weight = branch_weight_volume(ood_probability_volume, config, brain_volume)
-        self.config = dataclasses.replace(config, threshold=1.0)  # the weight is final: a {0, 1} mask stays as it is
+        self.config = config or LocalDiffusionConfig()
+        self.weight = branch_weight_volume(ood_map, self.config, brain_volume)
         self.gate = gate
         self._runs: list[tuple] = []  # (slice indices, LocalDiffusion) of every batch sampled with this plan
 

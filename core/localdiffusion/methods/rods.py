@@ -22,7 +22,7 @@ Two estimators of ``H`` (``RODSConfig.estimator``):
   *is* ``x + d``, so H costs two extra network evaluations (CAS: three). It converges to
   the autograd value on a true score field (tested); on our trained network it does not
   agree (bf16 rounding, and a learned x0 network is not a gradient field), so the default
-  is autograd, evaluated on every 2nd window step (cost: docs/BENCHMARK.md 4c).
+  is autograd, evaluated on every 2nd window step (cost: research/RECORD.md 4c).
 
 Both estimators hand back the x0 predictions at ``x`` and ``x + d`` they computed anyway:
 the plain prediction and the corrected one cost no further network evaluation.
@@ -57,7 +57,7 @@ class RODSConfig:
     window: tuple[float, float] = (0.1, 0.5)
     mode: str = "cas"
     estimator: str = "autograd"
-    stride: int = 2  # evaluate H on every stride-th step of the window (cost: docs/BENCHMARK.md 4c)
+    stride: int = 2  # evaluate H on every stride-th step of the window (cost: research/RECORD.md 4c)
 
     def __post_init__(self):
         self.window = tuple(float(w) for w in self.window)

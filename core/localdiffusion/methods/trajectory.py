@@ -37,7 +37,3 @@ class TrajectoryVariance:
         if len(self.history) < 2:
             return torch.zeros_like(self.history[0]) if self.history else torch.zeros(0)
         return torch.stack(self.history).var(dim=0, unbiased=False)
-
-    def slice_score(self, region: torch.Tensor) -> torch.Tensor:
-        v = self.variance()
-        return (v * region).flatten(1).sum(1) / region.flatten(1).sum(1).clamp_min(1)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from monai.networks.nets import DiffusionModelUNet
 
-from localdiffusion.engine.schedule import NoiseSchedule
+from localdiffusion.engine.schedule import DEFAULT_TIMESTEPS, NoiseSchedule
 from localdiffusion.errors import InputError
 from localdiffusion.network.device import autocast_dtype
 from localdiffusion.shipped import MODELS_ENV, direction_name
@@ -45,7 +45,7 @@ class DiffusionConfig:
     num_res_blocks: int = 2
     num_head_channels: int = 32
     norm_num_groups: int = 16
-    num_train_timesteps: int = 100
+    num_train_timesteps: int = DEFAULT_TIMESTEPS
     schedule: str = "sigmoid_beta"
     prediction_type: str = "sample"  # x0; "epsilon" and "v_prediction" also supported
     use_flash_attention: bool = True  # torch SDPA kernels; no effect on the weights
@@ -53,7 +53,7 @@ class DiffusionConfig:
     in_plane: tuple[int, int] = (96, 112)
     learned_variance: bool = False  # VSM: a second output channel, the reverse step's log-variance fraction
     condition_slices: int = 1  # 2.5D: the source slice and (n - 1) / 2 neighbours on each side
-    # how this model is sampled when the user does not say (chosen on validation, docs/BENCHMARK.md 8a/8b):
+    # how this model is sampled when the user does not say (chosen on validation, research/RECORD.md 8a/8b):
     noise_sigma_z: float = 0.0  # slice-correlated noise (volume/batching.py z_mixes); 0 = independent slices
     z_harmonise: float = 0.0  # sigma (slices) of the banding filter (volume/harmonise.py); 0 = off
     extra: dict = field(default_factory=dict)  # provenance, e.g. the training objective and its weights

@@ -8,7 +8,7 @@ import torch
 from localdiffusion.errors import InputError
 
 #: slices per network call on the CPU when the batch size is automatic (larger batches are no
-#: faster on 2 cores; section 1 of docs/BENCHMARK.md)
+#: faster on 2 cores; section 1 of research/RECORD.md)
 CPU_BATCH = 8
 #: share of the GPU's free memory an automatic batch may use, and the largest batch it picks
 GPU_MEMORY_SHARE = 0.6

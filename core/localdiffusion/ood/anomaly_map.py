@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from localdiffusion.errors import InputError
 from localdiffusion.ood.memory_bank import MemoryBank
+from localdiffusion.options import HEALTHY_FPR
 
 REFERENCE_SIZE = 224
 REFERENCE_SIGMA = 4.0
@@ -69,7 +70,7 @@ class Calibration:
     threshold: float  # raw score at 1 - false_positive_rate (derived, stored for reference)
 
     @classmethod
-    def fit(cls, healthy_scores: np.ndarray, false_positive_rate: float = 0.01, n_levels: int = 2001) -> "Calibration":
+    def fit(cls, healthy_scores: np.ndarray, false_positive_rate: float = HEALTHY_FPR, n_levels: int = 2001) -> "Calibration":
         if not 0 < false_positive_rate < 0.5:
             raise InputError(f"false_positive_rate must be in (0, 0.5), got {false_positive_rate}")
         scores = np.asarray(healthy_scores, dtype=np.float64).ravel()

@@ -169,7 +169,7 @@ class DiffusionEncoderExtractor(torch.nn.Module):
 #: with ImageNet (or a local weights file): the PatchCore paper's backbone and stages
 PRETRAINED_DEFAULT = ("wide_resnet50_2", ("layer2", "layer3"))
 #: offline (random init, BatchNorm recalibrated): chosen by pixel AUPRC on the phantom's
-#: tumour validation split among the options in docs/BENCHMARK.md
+#: tumour validation split among the options in research/RECORD.md
 OFFLINE_DEFAULT = ("resnet18", ("layer1", "layer2"))
 
 

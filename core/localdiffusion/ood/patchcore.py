@@ -23,6 +23,7 @@ from localdiffusion.errors import InputError
 from localdiffusion.ood.anomaly_map import Calibration, anomaly_map, image_score
 from localdiffusion.ood.features import DiffusionEncoderExtractor, FeatureExtractor
 from localdiffusion.ood.memory_bank import MemoryBank, greedy_coreset
+from localdiffusion.options import HEALTHY_FPR
 
 BANK_FORMAT = "localdiffusion.patchcore/1"
 
@@ -106,7 +107,7 @@ class PatchCore:
                 images += [np.nan] * b
         return SliceScores(np.concatenate(pixel), np.asarray(images, np.float32))
 
-    def calibrate(self, slices: np.ndarray, brain: np.ndarray, false_positive_rate: float = 0.01) -> None:
+    def calibrate(self, slices: np.ndarray, brain: np.ndarray, false_positive_rate: float = HEALTHY_FPR) -> None:
         """Fit the pixel and image calibrations on healthy validation slices."""
         scores = self.score(slices, brain)
         self.pixel_calibration = Calibration.fit(scores.pixel[brain], false_positive_rate)

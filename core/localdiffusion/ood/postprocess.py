@@ -3,7 +3,7 @@
 Per slice: erode the brain mask by one voxel, 3 x 3 median filter, drop connected
 components smaller than ``min_component`` pixels. Local Diffusion branches on the result
 (:func:`~localdiffusion.methods.local_diffusion.branch_weight_volume`); the detection
-metrics (:mod:`~localdiffusion.ood.evaluation`) score it.
+metrics (:mod:`~research.bench.detection`) score it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ some contrasts intensity standardisation before the backbone.
 A bank's own calibration (:class:`~localdiffusion.ood.anomaly_map.Calibration`) turns a patch
 distance into the fraction of healthy *validation* voxels with a lower distance. A scan from
 another scanner (spin-echo T1, a stronger bias field, more noise) moves every distance, and the
-map then flags the acquisition instead of lesions (docs/BENCHMARK.md section 9). Two steps help:
+map then flags the acquisition instead of lesions (research/RECORD.md section 9). Two steps help:
 
 * **self-calibration**: a volume's distances are standardised by their own brain median and MAD
   (a scanner that moves every distance moves the median with it) before the calibration of the
@@ -23,9 +23,8 @@ A :class:`RobustCalibration` is fitted on healthy validation volumes (``localdif
 calibrate-robust``) and stored beside its bank as ``ood_<modality>_robust.json``
 (:func:`~localdiffusion.shipped.robust_calibration_path`). Its threshold flags the same 1% of
 healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust``, as the
-detector ``ood_robust`` (:mod:`~localdiffusion.detectors.given`) by the T1 -> FLAIR risk map, and,
-for the contrasts :data:`PRODUCT_MAP` names, as the OOD map the main job writes and Local Diffusion
-branches on. The input gate reads the bank's own map: it asks how far the scan is from the training
+detector ``ood_robust`` (:mod:`~localdiffusion.detectors.given`) by the T1 -> FLAIR risk map, and
+as the OOD map the main job writes and Local Diffusion branches on (both contrasts). The input gate reads the bank's own map: it asks how far the scan is from the training
 scans, which the robust map, calibrated on the scan itself, cannot say.
 """
 
@@ -44,21 +43,16 @@ from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.volume import bank_grid
 from localdiffusion.volume.bias import correct_bias
 from localdiffusion.volume.grid import normalise
+from localdiffusion.options import HEALTHY_FPR
 
 #: per contrast, what the robust map does to the image before the backbone, each chosen on the
 #: validation shift variants by section 9c's rule (the highest lesion AUROC on most variants among the
-#: choices flagging <= 5% of healthy brain on every one): ``standardise`` (docs/BENCHMARK.md 9c: it
+#: choices flagging <= 5% of healthy brain on every one): ``standardise`` (research/RECORD.md 9c: it
 #: raises the T1 map's lesion AUROC under every shift and drops FLAIR's to 0.65-0.71) and
 #: ``bias_correct`` (9d: without it the FLAIR map flags 9.1% of healthy brain under a strong coil field,
 #: with it 1.1%, at most 2.7% on any variant; for T1 it lowers the lesion AUROC on 6 of 7 variants)
 PREPROCESSING = {"t1": {"standardise": True, "bias_correct": False},
                  "flair": {"standardise": False, "bias_correct": True}}
-#: per contrast, the OOD map the main job writes and Local Diffusion branches on: this module's map
-#: ("robust") or the bank's own calibration ("bank"; a contrast not listed). Both robust since 0.12.0:
-#: docs/BENCHMARK.md 9c-9d chose each contrast's robust map on the validation shift variants (it keeps
-#: healthy false alarms <= 5% on every variant, the banks' maps do not), and 9g found Local Diffusion
-#: branching on it no worse than on the bank's map on validation, by a rule fixed before measuring.
-PRODUCT_MAP = {"t1": "robust", "flair": "robust"}
 #: brain-intensity percentiles matched by the standardisation
 LANDMARK_LEVELS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99], np.float64)
 ROBUST_FORMAT = "localdiffusion-robust-ood-1"
@@ -164,7 +158,7 @@ class RobustCalibration:
 
     @classmethod
     def fit(cls, bank: PatchCore, volumes: list[tuple[np.ndarray, np.ndarray]], standardise: bool,
-            false_positive_rate: float = 0.01, bias_correct: bool = False) -> "RobustCalibration":
+            false_positive_rate: float = HEALTHY_FPR, bias_correct: bool = False) -> "RobustCalibration":
         """Fit on healthy validation ``volumes`` ((image, brain) pairs on the bank's working grid), scoring
         every :data:`CALIBRATION_SLICE_STRIDE`-th brain slice (landmarks and scores from those)."""
         if not volumes:

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.volume.grid import DEFAULT_SPACING_MM, PreparedCase
+
+
+@dataclass(frozen=True)
+class OodMap:
+    """An OOD probability volume with the threshold of the calibration that produced it.
+
+    Attributes:
+        probability: (X, Y, Z) float32 in [0, 1] on the working grid.
+        threshold: the probability at or above which a voxel is flagged (1 - the calibrated
+            healthy false-positive rate).
+    """
+
+    probability: np.ndarray
+    threshold: float
+
+    def flagged(self) -> np.ndarray:
+        """(X, Y, Z) bool: the voxels at or above the threshold."""
+        return self.probability >= self.threshold
+
+
+def bank_map(model: PatchCore, prepared: PreparedCase) -> OodMap:
+    """The bank's own calibrated OOD map of a prepared volume (see :func:`probability_volume`)."""
+    return OodMap(probability_volume(model, prepared), float(model.threshold))
 
 
 def probability_volume(model: PatchCore, prepared: PreparedCase) -> np.ndarray:

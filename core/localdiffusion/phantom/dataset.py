@@ -136,13 +136,6 @@ def _manifest_csv(entries: list[dict]) -> str:
     return buf.getvalue()
 
 
-def read_manifest(root: str | Path) -> list[dict]:
-    path = Path(root) / MANIFEST_JSON
-    if not path.exists():
-        raise InputError(f"{path}: no phantom manifest (generate data with `localdiffusion phantom`)")
-    return json.loads(path.read_text(encoding="utf-8"))["cases"]
-
-
 def preview_figure(case: PhantomCase, title: str):
     """Montage: T1, FLAIR, T2 and a label overlay; axial and coronal through the lesion."""
     import matplotlib

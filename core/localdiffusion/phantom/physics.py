@@ -85,7 +85,7 @@ class Sequence:
 @dataclass(frozen=True)
 class Acquisition:
     """The scanner settings a subject's protocol is drawn from. The default is the training
-    distribution; :data:`ACQUISITION_SHIFTS` lists the shifted test variants (issue 17): a
+    distribution; :data:`ACQUISITION_SHIFTS` lists the shifted test variants: a
     spin-echo T1 (BraTS mixes 3D gradient-echo and 2D spin-echo native T1), MPRAGE timings
     outside the training ranges, a stronger receive-coil bias, lower and higher SNR."""
 

@@ -2,10 +2,10 @@
 might have imaged it.
 
 A PatchCore bank built from one scanner's healthy scans calls another scanner's healthy texture
-unusual (docs/BENCHMARK.md section 9). One remedy the issue names is a bank that has seen other
+unusual (research/RECORD.md section 9). One remedy the issue names is a bank that has seen other
 acquisitions. The perturbations here are the generic ones of MRI augmentation (a smooth receive
 field, resolution, a monotone contrast change, noise), with ranges fixed from physical plausibility
-before any measurement (docs/BENCHMARK.md section 9e), not read off the phantom's shifted variants:
+before any measurement (research/RECORD.md section 9e), not read off the phantom's shifted variants:
 
 * a smooth multiplicative field ``exp(p(x, y, z))``, ``p`` a random polynomial of degree <= 3 whose
   standard deviation over the brain is drawn from ``U(0, FIELD_LOG_STD)``;

@@ -2,7 +2,7 @@
 
 A coil's receive field multiplies the image by a smooth field. A scanner whose field is stronger
 than the training data's moves every patch's intensities and texture statistics, and the OOD map
-then flags the field instead of lesions (docs/BENCHMARK.md section 9: under a 25% field the FLAIR
+then flags the field instead of lesions (research/RECORD.md section 9: under a 25% field the FLAIR
 map flags 11% of healthy brain even self-calibrated). N4 (Tustison et al. 2010) estimates the
 field as a B-spline in log intensity that sharpens the intensity histogram; it is the standard
 correction before MRI analysis (BraTS pipelines, FreeSurfer, ANTs). It is fitted inside the brain

@@ -2,7 +2,7 @@
 
 Every axial slice is sampled from its own 2D (or 2.5D) condition, so each comes out with its
 own brightness and its own coarse shading; scrolled in coronal or sagittal views that is
-horizontal banding (docs/BENCHMARK.md section 8). 2.5D conditioning and slice-correlated
+horizontal banding (research/RECORD.md section 8). 2.5D conditioning and slice-correlated
 noise remove part of it; what remains is a slice-to-slice offset of the *coarse* image.
 
 :func:`harmonise_z` smooths only that coarse part along z and keeps each slice's detail:
@@ -19,7 +19,7 @@ of the coarse image along z (the brain's shape, a large lesion) is smoothed too,
 
 ``sigma_z`` is a property of a model (how much banding its sampling leaves): the validated
 value is in the model's configuration (``DiffusionConfig.z_harmonise``), chosen on validation
-(docs/BENCHMARK.md 8b). The filter needs every brain slice of the volume: it is applied by
+(research/RECORD.md 8b). The filter needs every brain slice of the volume: it is applied by
 :func:`~localdiffusion.volume.batching.translate_prepared` to whole translations only.
 """
 

@@ -1,0 +1,184 @@
+"""MONAI Label inference tasks: thin adapters from a request to the ``localdiffusion`` core.
+
+A request holds ``image`` (the uploaded volume in any format the readers take, saved by
+MONAI Label to a temporary file with the upload's suffix) and the client's ``params``. Each
+task validates its parameters (:class:`~localdiffusion.errors.InputError` names the problem;
+the server answers 400), runs the core on the file and returns ``(result path, JSON)``;
+MONAI Label sends the file back and deletes it. The result is written as the client's
+``result_extension`` and ``result_dtype`` ask (MONAI Label's own parameters; the stock Slicer
+plugin asks for ``.nrrd``), NIfTI otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+
+from localdiffusion.data.formats import WRITABLE_SUFFIXES
+from localdiffusion.data.io import load_volume, save_volume
+from localdiffusion.errors import InputError
+from localdiffusion.jobs.ood_map import probability_map
+from localdiffusion.jobs.run import JobOptions, compute_job
+from localdiffusion.options import DIRECTIONS, EXTRA_OUTPUTS, OPTIONS, parse_params
+from localdiffusion.ood.volume import OodMap
+from localdiffusion.shipped import ood_bank_path
+
+#: the main job's parameters a MONAI Label client may set (validated by the options table)
+JOB_PARAMS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "t_intermediate", "mask_mode",
+              "ind_floor", "device", "force")
+OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair}))
+
+
+#: ``result_dtype`` values a client may ask for
+RESULT_DTYPES = ("uint8", "int16", "uint16", "int32", "float32", "float64")
+
+
+def _write_result(request: dict, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write the result where MONAI Label expects it: a temporary file it deletes after sending
+    (no folder left behind), in the requested ``result_extension`` and ``result_dtype``."""
+    suffix = str(request.get("result_extension") or ".nii.gz")
+    suffix = suffix if suffix.startswith(".") else "." + suffix
+    if suffix.lower() not in WRITABLE_SUFFIXES:
+        raise InputError(f"parameter 'result_extension' must be one of {list(WRITABLE_SUFFIXES)}, got {suffix!r}")
+    dtype = request.get("result_dtype") or None
+    if dtype is not None and str(dtype) not in RESULT_DTYPES:
+        raise InputError(f"parameter 'result_dtype' must be one of {list(RESULT_DTYPES)}, got {dtype!r}")
+    handle, path = tempfile.mkstemp(prefix="ld_label_", suffix=suffix)
+    os.close(handle)
+    return save_volume(path, data, affine, dtype=dtype)
+
+
+def _messages_name_the_upload(call):
+    """A user-fault message names "the uploaded image", not the server's temporary copy of it."""
+
+    @functools.wraps(call)
+    def wrapped(self, request: dict[str, Any]):
+        try:
+            return call(self, request)
+        except InputError as exc:
+            image = str(request.get("image", ""))
+            if image and image in str(exc):
+                raise InputError(str(exc).replace(image, "the uploaded image")) from exc
+            raise
+
+    return wrapped
+
+
+def _modality(request: dict, default: str) -> str:
+    value = str(request.get("modality", default))
+    if value not in OOD_MODALITIES:
+        raise InputError(f"parameter 'modality' must be one of {list(OOD_MODALITIES)}, got {value!r}")
+    return value
+
+
+class LocalDiffusionTask(InferTask):
+    """The main job; the result image is the Local Diffusion translation, or a 4D volume
+    ``[local, *extra_outputs]`` (channels last) when ``extra_outputs`` asks for more."""
+
+    def __init__(self, models_root: Path):
+        super().__init__(InferType.OTHERS, None, 3, "Local Diffusion T1 <-> FLAIR translation (research use only)",
+                         {**{name: OPTIONS[name].default for name in JOB_PARAMS}, "extra_outputs": []})
+        self.models_root = Path(models_root)
+
+    def is_valid(self) -> bool:
+        return all((self.models_root / d).is_dir() for d in DIRECTIONS)
+
+    @_messages_name_the_upload
+    def __call__(self, request: dict[str, Any]):
+        options = JobOptions(**parse_params(request, JOB_PARAMS))
+        extras = request.get("extra_outputs", [])
+        every = extras == "all"  # every output these models and settings produce
+        if isinstance(extras, str):
+            extras = list(EXTRA_OUTPUTS) if every else [e for e in extras.split(",") if e]
+        if not isinstance(extras, list) or any(e not in EXTRA_OUTPUTS for e in extras):
+            raise InputError(f"parameter 'extra_outputs' must be 'all' or a list from {list(EXTRA_OUTPUTS)}, "
+                             f"got {extras!r}")
+        options.baseline = "baseline" in extras
+        options.risk_map = "risk" in extras  # its back-translation costs about one more translation
+        job = compute_job(request["image"], options, self.models_root, progress=False)
+        if every:
+            extras = [e for e in extras if e in job.volumes]
+        missing = [e for e in extras if e not in job.volumes]
+        if missing:
+            raise InputError(f"{missing} not available for these models or settings (risk needs the calibrated "
+                             "DDIM step count and the reverse model)")
+        names = ["local", *extras]
+        volumes = [job.volumes[n] for n in names]
+        data = volumes[0] if len(names) == 1 else np.stack([v.astype(np.float32) for v in volumes], axis=-1)
+        result = _write_result(request, data, job.affine)
+        return str(result), {"channels": names, "direction": options.direction, "steps": options.steps,
+                             "sampler": options.sampler, "seed": options.seed, "warnings": job.warnings}
+
+
+class OodMapTask(InferTask):
+    """Calibrated PatchCore OOD probability of the input contrast (``modality`` t1 or flair)."""
+
+    def __init__(self, models_root: Path):
+        super().__init__(InferType.OTHERS, None, 3, "PatchCore OOD probability map",
+                         {"modality": "t1", "robust_ood": False})
+        self.models_root = Path(models_root)
+
+    def is_valid(self) -> bool:
+        return any(ood_bank_path(self.models_root, m).exists() for m in OOD_MODALITIES)
+
+    def _map(self, request: dict[str, Any]) -> tuple[OodMap, np.ndarray, dict]:
+        """The request's OOD map, its affine and the result parameters they share."""
+        modality = _modality(request, "t1")
+        robust = OPTIONS["robust_ood"].check(request.get("robust_ood"))
+        ood, affine = probability_map(request["image"], ood_bank_path(self.models_root, modality), modality,
+                                      self.models_root, robust=robust)
+        return ood, affine, {"modality": modality, "threshold": ood.threshold, "robust_ood": robust}
+
+    @_messages_name_the_upload
+    def __call__(self, request: dict[str, Any]):
+        ood, affine, params = self._map(request)
+        return str(_write_result(request, ood.probability, affine)), params
+
+
+class OodSegmentationTask(OodMapTask):
+    """The OOD region as a label (probability >= the bank's calibrated threshold): a segmentation
+    model, so that clients that list only segmentation models (the stock Slicer MONAILabel
+    plugin) show where the input is out of distribution."""
+
+    LABELS = {"out_of_distribution": 1}
+
+    def __init__(self, models_root: Path):
+        InferTask.__init__(self, InferType.SEGMENTATION, dict(self.LABELS), 3,
+                           "Where the input is out of distribution (thresholded PatchCore map)",
+                           {"modality": "t1", "robust_ood": False})
+        self.models_root = Path(models_root)
+
+    @_messages_name_the_upload
+    def __call__(self, request: dict[str, Any]):
+        ood, affine, params = self._map(request)
+        return str(_write_result(request, ood.flagged().astype(np.uint8), affine)), {**params, "labels": self.LABELS}
+
+
+class TumourSegmentationTask(InferTask):
+    """Tumour segmentation U-Net of the input contrast; BraTS labels (1 necrosis, 2 oedema, 4 enhancing)."""
+
+    LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4}
+
+    def __init__(self, models_root: Path):
+        super().__init__(InferType.SEGMENTATION, dict(self.LABELS), 3, "Glioma segmentation (BraTS labels)",
+                         {"modality": "flair"})
+        self.models_root = Path(models_root)
+
+    def is_valid(self) -> bool:
+        return (self.models_root / "seg_flair").is_dir()
+
+    @_messages_name_the_upload
+    def __call__(self, request: dict[str, Any]):
+        from localdiffusion.jobs.segment import segment_volume
+        from localdiffusion.network.segmenter import load_segmenter
+
+        modality = _modality(request, "flair")
+        load_volume(request["image"])  # a clear error for an unreadable or broken upload
+        labels, affine = segment_volume(load_segmenter(self.models_root / f"seg_{modality}"), request["image"])
+        return str(_write_result(request, labels, affine)), {"modality": modality, "labels": self.LABELS}

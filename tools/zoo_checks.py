@@ -1,0 +1,84 @@
+"""Run the MONAI model zoo's own bundle checks (``ci/verify_bundle.py``) on ``monai_bundle``, offline.
+
+    python tools/zoo_checks.py --zoo <clone of Project-MONAI/model-zoo>
+    python tools/zoo_checks.py --write-large-files   # refresh monai_bundle/large_files.yml
+
+The bundle is copied to ``<tmp>/models/<name>`` (the zoo's layout) with the metadata schema
+placed where ``verify_metadata`` would download it, so nothing is fetched. Three checks are
+excused exactly as the zoo excuses its own diffusion bundles (``ci/bundle_custom_data.py``
+lists ``brats_mri_axial_slices_generative_diffusion`` in the same three lists); why, in
+monai_bundle/docs/README.md ("Model zoo checks"):
+
+* preferred file ``models/model.pt``: the bundle holds two translation models (and banks,
+  segmenters) in sub-folders, one per direction;
+* network input/output shape: the denoiser takes x_t, the condition and the timestep, not
+  the single image ``verify_net_in_out`` feeds it;
+* TorchScript export: the sampler loop and PatchCore (faiss) are Python, as in the zoo's
+  diffusion bundles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
+NAME = "slicer_local_diffusion_mri_translation"
+LARGE_FILE_BYTES = 1 << 20  # the zoo keeps files over 1 MB out of its repository
+URL = "https://raw.githubusercontent.com/SlicerLocalDiffusion/SlicerLocalDiffusion/main/monai_bundle/"
+
+
+def large_files() -> list[Path]:
+    return sorted(p.relative_to(BUNDLE) for p in BUNDLE.rglob("*") if p.is_file()
+                  and p.stat().st_size > LARGE_FILE_BYTES and "eval" not in p.parts)
+
+
+def large_files_yaml() -> str:
+    lines = ["# files over 1 MB (the model zoo keeps them out of its repository); written by",
+             "# tools/zoo_checks.py --write-large-files, checked by tests/test_bundle_zoo.py", "large_files:"]
+    for rel in large_files():
+        md5 = hashlib.md5((BUNDLE / rel).read_bytes()).hexdigest()
+        lines += [f'  - path: "{rel.as_posix()}"', f'    url: "{URL}{rel.as_posix()}"', f'    hash_val: "{md5}"',
+                  '    hash_type: "md5"']
+    return "\n".join(lines) + "\n"
+
+
+def run_zoo_checks(zoo: Path) -> None:
+    sys.path.insert(0, str(zoo / "ci"))
+    import bundle_custom_data
+    import verify_bundle
+
+    for excused in ("exclude_verify_preferred_files_list", "exclude_verify_shape_list",
+                    "exclude_verify_torchscript_list"):
+        getattr(bundle_custom_data, excused).append(NAME)
+        getattr(verify_bundle, excused).append(NAME)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        target = models / NAME
+        shutil.copytree(BUNDLE, target, ignore=shutil.ignore_patterns("eval", "logs", "__pycache__"))
+        shutil.copy(zoo / "models" / "model_info.json", models / "model_info.json")
+        (target / "eval").mkdir()
+        shutil.copy(BUNDLE / "configs" / "metadata_schema.json", target / "eval" / "schema.json")
+        verify_bundle.verify(NAME, str(models), mode="full")
+    print(f"model zoo checks passed for {NAME} (excused: preferred models/model.pt, shape, TorchScript)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, help="a clone of Project-MONAI/model-zoo")
+    parser.add_argument("--write-large-files", action="store_true")
+    args = parser.parse_args()
+    if args.write_large_files:
+        (BUNDLE / "large_files.yml").write_text(large_files_yaml())
+        print(f"wrote {BUNDLE / 'large_files.yml'}: {len(large_files())} files")
+    if args.zoo:
+        run_zoo_checks(args.zoo)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
