@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test install install-test install-label wheel clean
+.PHONY: demo test test-fast install install-test install-label wheel clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/localdiffusion demo --out $(DEMO_OUT)
 
+# the whole suite: what CI runs
 test: install-test
 	$(BIN)/python -m pytest -q --durations=15 tests
+
+# the fast lane: unit tests (no servers, installs, subprocesses or shipped models), under 2 minutes
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # a wheel that carries the shipped bundle (for the Slicer module's Resources/wheels or pip)
 wheel: | $(BIN)/python

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigWorkflow
 
+pytestmark = pytest.mark.slow  # real servers, installs, subprocesses or shipped models
+
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundle"
 CONFIGS = BUNDLE / "configs"
 
@@ -194,4 +196,4 @@ def test_one_version_for_package_bundle_and_label_app():
     from SlicerLocalDiffusionLib.dependencies import LOCALDIFFUSION_VERSION
 
     assert LOCALDIFFUSION_VERSION == localdiffusion.__version__  # the Slicer module's pinned package
-    assert "version=__version__" in (BUNDLE.parent / "core" / "localdiffusion" / "label" / "app.py").read_text()
+    assert "version=__version__" in (BUNDLE.parent / "core" / "localdiffusion" / "serving" / "app.py").read_text()

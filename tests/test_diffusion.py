@@ -185,6 +185,7 @@ def test_train_resume_continues_from_saved_step(cohort, tmp_path):
         train(_train_cfg(cohort, out, 6), tiny_config(num_res_blocks=2), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(cohort, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

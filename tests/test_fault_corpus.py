@@ -19,6 +19,8 @@ import pytest
 from localdiffusion.cli import main
 from localdiffusion.errors import InputError
 
+pytestmark = pytest.mark.slow  # real servers, installs, subprocesses or shipped models
+
 EYE = np.eye(4)
 
 

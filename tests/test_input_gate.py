@@ -78,6 +78,7 @@ def test_depth_correlation_tells_t1_from_flair_with_a_tumour(tumour_case):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_the_shipped_gate_refuses_a_flair_and_a_checkerboard_before_sampling(tumour_case, tmp_path, capsys, caplog):
     assert (MODELS_ROOT / GATE_FILE).is_file()
     flair = save_volume(tmp_path / "case_flair.nii.gz", tumour_case.images["flair"], tumour_case.affine)
@@ -141,8 +142,8 @@ def test_a_coil_field_stronger_than_any_healthy_validation_scan_warns():
 def test_the_shipped_gate_warns_about_a_strong_coil_field_and_not_about_the_training_one(tmp_path, caplog):
     """The same subject scanned with the training coil and with a coil three times stronger (section 9's
     strong_bias variant): only the second is flagged, and the check costs no sampling (gate_input alone).
-    This subject's strong field drags its raw depth-intensity correlation toward FLAIR's (+0.06; it was
-    refused as a FLAIR before 0.11.0): under a strong field the contrast is judged on the corrected image,
+    This subject's strong field drags its raw depth-intensity correlation toward FLAIR's (+0.06, which
+    the raw check would refuse as a FLAIR): under a strong field the contrast is judged on the corrected image,
     so it is translated with the field warning, and its FLAIR is still refused by the T1 gate."""
     from localdiffusion.jobs.inputs import gate_input, prepare_input
     from localdiffusion.phantom.generate import generate_case

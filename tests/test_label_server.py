@@ -11,6 +11,8 @@ import pytest
 pytest.importorskip("monailabel", reason="MONAI Label is the optional 'label' extra (make test installs it)")
 import requests  # noqa: E402  (installed with MONAI Label)
 
+pytestmark = pytest.mark.slow  # real servers, installs, subprocesses or shipped models
+
 
 def _case(cohort):
     return next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)

@@ -153,6 +153,7 @@ def test_bad_parameters():
         LocalDiffusion(ClosedForm(20), cond, branch_weight(prob, 0.99, "hard"), LocalDiffusionConfig(t_intermediate=20))
 
 
+@pytest.mark.slow
 def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort):
     from research.bench.figures import montage_figure
     from research.bench.matrix import MemoryCache, run_benchmark
@@ -207,15 +208,16 @@ def test_paired_bootstrap_claims_only_when_the_interval_excludes_zero():
     assert not paired_bootstrap(base, base)["claim"]
 
 
+@pytest.mark.slow
 def test_benchmark_command_writes_json_png_and_the_markdown_section(cohort, tiny_models, tmp_path):
     import json
 
-    from localdiffusion.cli import main
+    from research.hallucination.__main__ import main
 
     md = tmp_path / "docs" / "BENCHMARK.md"
     md.parent.mkdir()
     md.write_text("# Benchmarks\n\nkept above\n")
-    args = ["benchmark", "--data", str(cohort), "--models", str(tiny_models), "--out-dir", str(tmp_path / "docs" / "b"),
+    args = ["--data", str(cohort), "--models", str(tiny_models), "--out-dir", str(tmp_path / "docs" / "b"),
             "--markdown", str(md), "--max-cases", "1", "--max-slices", "1", "--cache", str(tmp_path / "cache")]
     assert main(args) == 0
     for direction in ("t1_to_flair", "flair_to_t1"):

@@ -118,6 +118,7 @@ def test_bad_banks(tiny_patchcore, tmp_path):
         FeatureExtractor("resnet18", ("layer9",))
 
 
+@pytest.mark.slow
 def test_ood_map_cli_writes_probability_and_mask(tiny_patchcore, tmp_path, capsys):
     import nibabel as nib
 
@@ -145,6 +146,7 @@ def test_ood_map_cli_writes_probability_and_mask(tiny_patchcore, tmp_path, capsy
     assert not (tmp_path / "x.nii.gz").exists()
 
 
+@pytest.mark.slow
 def test_ood_build_cli_calibrates_on_validation(cohort, tmp_path):
     bank = tmp_path / "t1_bank.pt"
     assert main(["ood", "build", "--data", str(cohort), "--modality", "t1", "--out", str(bank),
@@ -188,6 +190,7 @@ def _volume(seed, n=16):
     return tuple(np.moveaxis(a, 0, 2) for a in _textures(n, seed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("standardise,bias_correct", [(False, False), (True, False), (False, True)])
 def test_robust_map_survives_a_noisier_scanner_and_keeps_the_lesion(tiny_patchcore, standardise, bias_correct,
                                                                      tmp_path):
@@ -221,11 +224,12 @@ def test_robust_calibration_files_before_bias_correction_still_load(tiny_patchco
 
     path = RobustCalibration.fit(tiny_patchcore, [_volume(11)], standardise=False).save(tmp_path / "old.json")
     payload = json.loads(path.read_text())
-    del payload["bias_correct"]  # as written before the option (0.6.0-0.9.0): no correction
+    del payload["bias_correct"]  # a file without the option: no correction
     path.write_text(json.dumps(payload))
     assert RobustCalibration.load(path).bias_correct is False
 
 
+@pytest.mark.slow
 def test_robust_map_from_the_command_line(tiny_patchcore, cohort, tmp_path, capsys):
     import nibabel as nib
 
@@ -322,6 +326,7 @@ def test_acquisition_augmentation_is_a_seeded_plausible_rescan():
     assert all(abs(f[brain].mean()) < 1e-9 for f in fields)  # a field, not a scale
 
 
+@pytest.mark.slow
 def test_ood_build_cli_builds_a_bank_for_the_robust_map(cohort, tmp_path, capsys):
     from localdiffusion.ood.robust import RobustCalibration, landmarks
 

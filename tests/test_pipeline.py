@@ -8,6 +8,7 @@ from localdiffusion.cli import main
 from localdiffusion.data.io import save_volume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["t1_to_flair", "flair_to_t1"])
 def test_run_writes_every_output_on_the_input_grid(tiny_models, cohort, tmp_path, direction):
     src = direction.split("_to_")[0]
@@ -132,6 +133,7 @@ def test_output_faults_fail_before_any_work(tiny_models, cohort, tmp_path, capsy
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, inputs untouched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["t1_to_flair", "flair_to_t1"])
 def test_run_writes_the_contrasts_product_ood_map_and_branches_on_it(tiny_models, cohort, tmp_path, capsys, direction):
     """The OOD map is the robust one (ood/robust.py): the written map is the robust probability,

@@ -66,7 +66,7 @@ def test_cycle_risk_flags_an_error_region_and_not_a_noisier_subject(tmp_path):
 
 
 def test_an_unsmoothed_ood_variance_calibration_keeps_its_risk():
-    """Files from 0.6.0 and earlier: the OOD probability as it is, the variance through its CDF, the maximum."""
+    """A file without smoothing or combination: the OOD probability as it is, the variance through its CDF, the maximum."""
     rng = np.random.default_rng(2)
     brain = _brain()
     healthy = {"ood": rng.uniform(0, 1, 20000).astype(np.float32), "variance": rng.gamma(2.0, 1e-4, 20000)}

@@ -24,6 +24,8 @@ from localdiffusion.shipped import MODELS_ROOT
 from localdiffusion.volume.batching import translate_prepared
 from localdiffusion.volume.grid import prepare_case
 
+pytestmark = pytest.mark.slow  # real servers, installs, subprocesses or shipped models
+
 
 def _prepared(phantom, modalities, spacing=2.0, in_plane=(96, 112)):
     case = Case("smoke", {m: phantom.images[m].astype(np.float32) for m in modalities}, phantom.affine, phantom.seg)

@@ -24,6 +24,8 @@ from SlicerLocalDiffusionLib import (LocalTranslation, ServerTranslation, Transl
                                     start_translation, style_overlay)
 from SlicerLocalDiffusionLib.jobs import read_events, run_progress, written_outputs  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real servers, installs, subprocesses or shipped models
+
 
 def _tumour_case(cohort):
     return next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)

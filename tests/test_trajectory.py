@@ -80,6 +80,7 @@ def test_volume_recorder_fills_only_the_sampled_slices():
     assert "rods_flagged" not in rec.slices and "curvature" not in rec.volumes()  # RODS off
 
 
+@pytest.mark.slow
 def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path, capsys):
     import json
     import shutil
@@ -118,7 +119,7 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
                  "--out", str(tmp_path / "never.json")]) == 2
     err = capsys.readouterr().err
     assert "--smoothing" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "never.json").exists()
-    legacy = {k: v for k, v in saved.items() if k != "rods"} | {"rods_eps": 0.5}  # a 0.2.0 file
+    legacy = {k: v for k, v in saved.items() if k != "rods"} | {"rods_eps": 0.5}  # a file with the older flat rods_eps key
     (tmp_path / "legacy.json").write_text(json.dumps(legacy))
     from localdiffusion.detectors.risk import RiskCalibration
 

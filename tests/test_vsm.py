@@ -169,10 +169,11 @@ def test_plain_checkpoints_still_load():
     assert shipped.predict(torch.zeros(1, 1, 96, 112), condition, 3).fraction is None
 
 
+@pytest.mark.slow
 def test_benchmark_adds_vsm_rows_paired_with_their_plain_rows(cohort, tiny_models, tmp_path):
-    from research.bench.matrix import Row
-    from localdiffusion.cli import main
     from localdiffusion.methods.local_diffusion import LocalDiffusionConfig
+    from research.bench.matrix import Row
+    from research.hallucination.__main__ import main
 
     # rows of the shipped model keep their cache keys (cells computed before VSM rows existed stay valid)
     assert "model" not in Row("baseline").key(LocalDiffusionConfig(), False)
@@ -183,7 +184,7 @@ def test_benchmark_adds_vsm_rows_paired_with_their_plain_rows(cohort, tiny_model
     md.write_text("# Benchmarks\n")
     rows = ["DDIM-25", "DDPM-10", "VSM DDPM-10", "LD oracle mask, IND floor 0, DDPM-10",
             "VSM + LD oracle mask, IND floor 0, DDPM-10"]
-    assert main(["benchmark", "--data", str(cohort), "--models", str(tiny_models), "--directions", "flair_to_t1",
+    assert main(["--data", str(cohort), "--models", str(tiny_models), "--directions", "flair_to_t1",
                  "--out-dir", str(tmp_path / "b"), "--markdown", str(md), "--max-cases", "1", "--max-slices", "1",
                  "--vsm-model", str(vsm), "--rows", *rows]) == 0
     result = json.loads((tmp_path / "b" / "hallucination_flair_to_t1.json").read_text())

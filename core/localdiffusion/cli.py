@@ -1,4 +1,4 @@
-"""Command line: ``localdiffusion <command> ...``.
+"""Hallucination-aware T1 <-> FLAIR translation: `localdiffusion run` is the main job, `demo` runs it on the phantom.
 
 User parameters come from the options table (:mod:`localdiffusion.options`). Every command
 turns a user fault (:class:`~localdiffusion.errors.InputError`, and only that) into one

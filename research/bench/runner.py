@@ -1,5 +1,5 @@
 """Run the hallucination benchmark for a direction and write its JSON, montage and markdown section
-(``localdiffusion benchmark``)."""
+(``python -m research.hallucination``)."""
 
 from __future__ import annotations
 
@@ -146,5 +146,5 @@ def render_section(out_dir: str | Path, markdown: str | Path) -> None:
     results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out_dir.glob("hallucination_*.json"), reverse=True)]
     results = [r for r in results if r.get("version") == BENCHMARK_VERSION]  # older results lack v2's columns
     figures = [str((out_dir / r["figure"]).resolve().relative_to(markdown.parent.resolve())) for r in results]
-    commands = sorted({r.get("command") or "localdiffusion benchmark" for r in results})
+    commands = sorted({r.get("command") or "python -m research.hallucination" for r in results})
     update_markdown(markdown, markdown_section(results, "`, `".join(commands), figures))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import nibabel as nib
 
-from localdiffusion.options import output_suffix
+from localdiffusion.options import FLAG_THRESHOLD, output_suffix
 
-MAPS = {"ood": 0.99, "ood_mask": 0.5, "risk": 0.99}
+MAPS = {"ood": FLAG_THRESHOLD, "ood_mask": 0.5, "risk": FLAG_THRESHOLD}
 
 
 def read(path: Path):

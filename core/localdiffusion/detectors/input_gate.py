@@ -2,41 +2,8 @@
 translation, because a valid file of the wrong kind is translated without complaint: a FLAIR
 given to the T1 -> FLAIR model loses its lesion, a checkerboard comes back as a brain.
 
-Two whole-volume measurements, both calibrated on healthy validation volumes
-(``localdiffusion calibrate-gate``; the numbers live in ``input_gate.json`` beside the models,
-not here):
-
-* **contrast** - the rank correlation of intensity with depth below the brain surface (3-15
-  mm, the darkest 30% - CSF - left out). White matter lies deeper than the cortex: on T1 it is
-  brighter than grey matter (positive correlation), on FLAIR darker (negative). On the
-  phantom's healthy validation volumes T1 gives +0.26 to +0.36 and FLAIR -0.15 to -0.02,
-  tumours included (research/RECORD.md section 6). A value past the midpoint between the two
-  contrasts' ranges is refused ("looks like a FLAIR"); one outside the own range by more than
-  a fifth of the gap is translated with a warning. No depth structure at all (a constant or
-  two-valued image) is refused.
-* **distribution** - the fraction of brain voxels the expected contrast's PatchCore bank flags
-  at its calibrated threshold (healthy validation: at most a few percent). Above
-  :data:`REFUSE_FLAGGED` the map has nothing left to say and the scan is refused; above
-  :data:`WARN_FLAGGED` it is translated with a warning.
-* **map reliability** - the median OOD probability of the brain: the healthy-validation
-  percentile of the typical brain voxel (about 0.5 on healthy validation scans, by the bank's
-  calibration). A lesion, however large, leaves most of the brain typical; a scan from another
-  scanner or protocol moves every voxel. Above :data:`UNRELIABLE_TYPICAL` the OOD map, the
-  risk map and Local Diffusion's masks mark the acquisition rather than lesions, and the
-  outputs say so (research/RECORD.md section 9: a spin-echo T1 puts the typical voxel at the
-  healthy 9Xth percentile, while its flagged fraction stays under :data:`WARN_FLAGGED`).
-
-* **coil field** - the strength of the scan's receive-coil bias field (the spread of its N4 log
-  field over the brain, :func:`~localdiffusion.volume.bias.field_strength`). Above
-  :data:`FIELD_MARGIN` times the strongest healthy validation scan's, the translation and the maps
-  may follow the field rather than the anatomy (research/RECORD.md sections 9, 11c: under a strong
-  field T1 -> FLAIR errs over 5.8% of the brain and its risk map ranks those errors at chance),
-  and the outputs say so (section 9f). A warning only: the scan is still a brain of its contrast.
-  A strong field also makes intensity vary with depth and can drag a T1's depth correlation toward
-  FLAIR's, so under such a field the contrast is judged on the N4-corrected image (:meth:`InputGate.measure`;
-  below the margin, as in every healthy validation scan, the image is judged as it is).
-
-``force`` turns every refusal into a warning.
+Holds the measurements (:func:`depth_correlation`, :func:`flagged_fraction`, :func:`typical_probability`,
+:class:`MapSummary`) and :class:`InputGate`, which judges them against ``input_gate.json``.
 """
 
 from __future__ import annotations
@@ -140,7 +107,44 @@ class GateReport:
 class InputGate:
     """Healthy-validation ranges: contrast -> (min, max) depth correlation, max flagged fraction,
     max typical probability and max coil-field strength (``typical``, ``coil_field``: empty in calibrations
-    written before they existed, and then not checked)."""
+    written before they existed, and then not checked).
+
+    Two whole-volume measurements, both calibrated on healthy validation volumes
+    (``localdiffusion calibrate-gate``; the numbers live in ``input_gate.json`` beside the models,
+    not here):
+
+    * **contrast** - the rank correlation of intensity with depth below the brain surface (3-15
+      mm, the darkest 30% - CSF - left out). White matter lies deeper than the cortex: on T1 it is
+      brighter than grey matter (positive correlation), on FLAIR darker (negative). On the
+      phantom's healthy validation volumes T1 gives +0.26 to +0.36 and FLAIR -0.15 to -0.02,
+      tumours included (research/RECORD.md section 6). A value past the midpoint between the two
+      contrasts' ranges is refused ("looks like a FLAIR"); one outside the own range by more than
+      a fifth of the gap is translated with a warning. No depth structure at all (a constant or
+      two-valued image) is refused.
+    * **distribution** - the fraction of brain voxels the expected contrast's PatchCore bank flags
+      at its calibrated threshold (healthy validation: at most a few percent). Above
+      :data:`REFUSE_FLAGGED` the map has nothing left to say and the scan is refused; above
+      :data:`WARN_FLAGGED` it is translated with a warning.
+    * **map reliability** - the median OOD probability of the brain: the healthy-validation
+      percentile of the typical brain voxel (about 0.5 on healthy validation scans, by the bank's
+      calibration). A lesion, however large, leaves most of the brain typical; a scan from another
+      scanner or protocol moves every voxel. Above :data:`UNRELIABLE_TYPICAL` the OOD map, the
+      risk map and Local Diffusion's masks mark the acquisition rather than lesions, and the
+      outputs say so (research/RECORD.md section 9: a spin-echo T1 puts the typical voxel at the
+      healthy 9Xth percentile, while its flagged fraction stays under :data:`WARN_FLAGGED`).
+
+    * **coil field** - the strength of the scan's receive-coil bias field (the spread of its N4 log
+      field over the brain, :func:`~localdiffusion.volume.bias.field_strength`). Above
+      :data:`FIELD_MARGIN` times the strongest healthy validation scan's, the translation and the maps
+      may follow the field rather than the anatomy (research/RECORD.md sections 9, 11c: under a strong
+      field T1 -> FLAIR errs over 5.8% of the brain and its risk map ranks those errors at chance),
+      and the outputs say so (section 9f). A warning only: the scan is still a brain of its contrast.
+      A strong field also makes intensity vary with depth and can drag a T1's depth correlation toward
+      FLAIR's, so under such a field the contrast is judged on the N4-corrected image (:meth:`InputGate.measure`;
+      below the margin, as in every healthy validation scan, the image is judged as it is).
+
+    ``force`` turns every refusal into a warning.
+    """
 
     correlation: dict[str, tuple[float, float]]
     flagged: dict[str, float]

@@ -1,25 +1,7 @@
 """Per-voxel hallucination-risk map: a calibrated union of the registered detectors.
 
-Each detector's map (:mod:`~localdiffusion.detectors.maps`: OOD probability, x0-trajectory
-variance, RODS curvature, the cycle residual, ...) is taken inside the brain, smoothed with a
-3D Gaussian of ``smoothing`` voxels (so that single-voxel noise does not count and the map is
-not speckle), standardised by the volume's own brain median and MAD when the calibration lists
-it in ``standardised`` (a new fit lists the detectors that ask for it), and turned into "the probability that a healthy voxel scores lower" with an empirical CDF
-fitted on healthy *validation* data (:class:`~localdiffusion.ood.anomaly_map.Calibration`);
-a map that is already a probability (the OOD map) is taken as it is when it is not smoothed.
-The raw combined score is the maximum over the calibration's detectors, or Fisher's
-combination of their probabilities (``combination``); a last calibration
-of that score on the same healthy data gives the risk, so that ``risk >= 1 - a`` flags a
-fraction ``a`` of healthy voxels.
-
-The calibration file (``<model>/risk_calibration.json``) holds one CDF per fitted detector
-under its name, the combined CDF, the detectors, the smoothing, the combination and the
-standardised maps, the step count of the
-calibration runs (the risk map is written only for that DDIM step count), the RODS settings
-with their healthy-calibrated ``eps``, and the risk's definition (what it combines, the event
-it was validated against: :data:`GROSS_ERROR`). Fitting it is a job:
-:mod:`localdiffusion.jobs.calibrate`. Files from 0.6.0 and earlier (OOD + variance + curvature,
-unsmoothed) load and give the same risk as before.
+Holds the per-direction defaults (:data:`RISK_DEFAULTS`), the map preparation (:func:`detector_volumes`),
+the combination (:func:`combine`) and :class:`RiskCalibration`, which documents the map.
 """
 
 from __future__ import annotations
@@ -96,9 +78,18 @@ COMBINATIONS = ("max", "fisher")
 
 
 def combine(parts: list[np.ndarray], how: str) -> np.ndarray:
-    """One score from per-detector healthy-calibrated probabilities: ``max`` (the most unusual
-    map decides) or ``fisher`` (Fisher's sum of -log(1 - p): two moderately unusual maps count
-    as much as one very unusual one). Either is calibrated again on healthy voxels afterwards."""
+    """One score from per-detector healthy-calibrated probabilities.
+
+    ``max``: the most unusual map decides; ``fisher``: Fisher's method, ``sum(-log(1 - p))`` (two
+    moderately unusual maps count as much as one very unusual one). Either is calibrated again on
+    healthy voxels afterwards.
+
+    Args:
+        parts: arrays of one shape, probabilities in [0, 1].
+        how: ``max`` or ``fisher``.
+    Returns:
+        the combined raw score, that shape.
+    """
     if how == "max":
         return np.maximum.reduce(parts)
     if how == "fisher":
@@ -138,8 +129,17 @@ def self_standardise(volume: np.ndarray, brain: np.ndarray) -> np.ndarray:
 def detector_volumes(maps: dict[str, np.ndarray], brain: np.ndarray, smoothing: Smoothing,
                      names: tuple[str, ...] | None = None, standardised: tuple[str, ...] = ()
                      ) -> dict[str, np.ndarray]:
-    """The maps the risk combines: each of ``names`` (default: every map given) inside the brain,
-    smoothed by a 3D Gaussian of ``smoothing`` voxels, then self-standardised if in ``standardised``."""
+    """The maps the risk combines, prepared: inside the brain, smoothed, self-standardised if asked.
+
+    Args:
+        maps: detector name -> raw (X, Y, Z) map.
+        brain: (X, Y, Z) bool.
+        smoothing: a 3D Gaussian's sigma in voxels (one value, or x, y, z).
+        names: the detectors to take (default: every map given; a missing one is skipped).
+        standardised: detectors divided by their own brain spread (:func:`self_standardise`).
+    Returns:
+        detector name -> (X, Y, Z) float32 map.
+    """
     out = {}
     for name in names or tuple(maps):
         if maps.get(name) is None:
@@ -155,6 +155,30 @@ def detector_volumes(maps: dict[str, np.ndarray], brain: np.ndarray, smoothing: 
 
 @dataclass
 class RiskCalibration:
+    """A direction's calibrated risk map: what it combines, how, and the healthy-validation CDFs.
+
+    Each detector's map (:mod:`~localdiffusion.detectors.maps`: OOD probability, x0-trajectory
+    variance, RODS curvature, the cycle residual, ...) is taken inside the brain, smoothed with a
+    3D Gaussian of ``smoothing`` voxels (so that single-voxel noise does not count and the map is
+    not speckle), standardised by the volume's own brain median and MAD when the calibration lists
+    it in ``standardised`` (a new fit lists the detectors that ask for it), and turned into "the probability that a healthy voxel scores lower" with an empirical CDF
+    fitted on healthy *validation* data (:class:`~localdiffusion.ood.anomaly_map.Calibration`);
+    a map that is already a probability (the OOD map) is taken as it is when it is not smoothed.
+    The raw combined score is the maximum over the calibration's detectors, or Fisher's
+    combination of their probabilities (``combination``); a last calibration
+    of that score on the same healthy data gives the risk, so that ``risk >= 1 - a`` flags a
+    fraction ``a`` of healthy voxels.
+
+    The calibration file (``<model>/risk_calibration.json``) holds one CDF per fitted detector
+    under its name, the combined CDF, the detectors, the smoothing, the combination and the
+    standardised maps, the step count of the
+    calibration runs (the risk map is written only for that DDIM step count), the RODS settings
+    with their healthy-calibrated ``eps``, and the risk's definition (what it combines, the event
+    it was validated against: :data:`GROSS_ERROR`). Fitting it is a job:
+    :mod:`localdiffusion.jobs.calibrate`. Files without smoothing, combination or standardised
+    maps (OOD + variance + curvature, unsmoothed, maximum) load with those meanings.
+    """
+
     components: dict[str, Calibration]  # detector name -> CDF on healthy validation voxels
     combined: Calibration
     last_k: int = 10
@@ -268,8 +292,8 @@ def fit_on_volumes(cases: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], de
 
 
 def rods_config_from(payload: dict) -> RODSConfig | None:
-    """The RODS settings stored in a calibration or benchmark JSON; files from 0.2.0 kept only
-    ``rods_eps`` (they were CAS, autograd, every step of the window)."""
+    """The RODS settings stored in a calibration or benchmark JSON; a file with only
+    ``rods_eps`` means CAS, autograd, every step of the window."""
     if payload.get("rods") is not None:
         return RODSConfig.from_dict(payload["rods"])
     if payload.get("rods_eps") is not None:
@@ -278,8 +302,17 @@ def rods_config_from(payload: dict) -> RODSConfig | None:
 
 
 def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
-    """Working-grid risk (X, Y, Z) from the raw detector maps (e.g. ``recorder.volumes({"ood": p, "cycle": c})``);
-    0 outside the brain. An optional detector the calibration combines but this run did not produce
-    (RODS curvature without RODS) is left out, as at fitting time; any other missing map is a ValueError."""
+    """The calibrated risk of a working-grid volume.
+
+    An optional detector the calibration combines but this run did not produce (RODS curvature
+    without RODS) is left out, as at fitting time; any other missing map is a ValueError.
+
+    Args:
+        calibration: the direction's :class:`RiskCalibration`.
+        maps: detector name -> raw (X, Y, Z) map (e.g. ``recorder.volumes({"ood": p, "cycle": c})``).
+        brain: (X, Y, Z) bool.
+    Returns:
+        (X, Y, Z) float32 risk in [0, 1]; 0 outside the brain.
+    """
     volumes = detector_volumes(maps, brain, calibration.smoothing, calibration.needs, calibration.standardised)
     return np.where(brain, calibration.risk(volumes), 0.0).astype(np.float32)

@@ -1,24 +1,7 @@
 """The one function that assembles a sampler call: :func:`sample_slices`.
 
-A call is (noise, x_T, timesteps, update rule, denoiser wrappers, hooks) around
-:func:`~localdiffusion.engine.loop.reverse_process`. What varies plugs in:
-
-* a *method* (:class:`Method`): how the state is laid out and denoised. :class:`Plain`
-  (one channel, the full condition) is the default; Local Diffusion
-  (:class:`~localdiffusion.methods.local_diffusion.LocalDiffusion`) carries one channel per
-  branch, its own denoise, a fusion hook and per-branch noise;
-* *wrappers* around the method's denoise (``wrapper.wrap(denoise, schedule, timesteps,
-  update) -> denoise``), e.g. RODS (:class:`~localdiffusion.methods.rods.RODSConfig`); hooks
-  with a ``watch_denoiser`` method are handed the wrapped denoiser (RODS's per-step record);
-* *hooks*: observers of the (B, 1, H, W) result state at every step (the method decides
-  what a multi-channel state looks like to them, e.g. the Local Diffusion composite).
-
-A model with a learned variance (VSM) hands the update rule the log-variance fraction of
-the method's latest network call, laid out like the state (``Method.variance_fraction``);
-with a RODS wrapper that is the call at the last point RODS evaluated in the step.
-
-Conditions are (B, C, h, w) in [0, 1] (C = 1, or the slice and its neighbours for a 2.5D
-model, centre first); the result is x0 (B, 1, h, w) in the model scale [-1, 1].
+Holds :func:`sample_slices` (which documents how a call is assembled), the :class:`Method` and
+:class:`DenoiserWrapper` protocols and the plain method :class:`Plain`.
 """
 
 from __future__ import annotations
@@ -95,11 +78,29 @@ class Plain:
 def sample_slices(denoiser, condition: torch.Tensor, seeds: Sequence[int] | SliceNoise, *, sampler: str = "ddim",
                   steps: int | None = None, eta: float | None = None, method: Method | None = None,
                   wrappers: Iterable[DenoiserWrapper] = (), hooks: Iterable[StepHook] = ()) -> torch.Tensor:
-    """Translate a batch of conditions (B, C, h, w) in [0, 1]; returns x0 (B, 1, h, w) in [-1, 1].
+    """Translate a batch of conditions: (noise, x_T, timesteps, update rule, wrappers, hooks) around
+    :func:`~localdiffusion.engine.loop.reverse_process`.
 
-    ``seeds``: one per slice, or a :class:`SliceNoise` (e.g. with crop windows). ``steps``:
-    the respaced chain length (None: every training timestep). ``method``: default
-    :class:`Plain`. ``wrappers`` wrap the method's denoise, innermost first.
+    What varies plugs in: a *method* (:class:`Method`: how the state is laid out and denoised;
+    :class:`Plain` by default, or :class:`~localdiffusion.methods.local_diffusion.LocalDiffusion`
+    with one channel per branch, its own denoise, a fusion hook and per-branch noise); *wrappers*
+    around the method's denoise (``wrapper.wrap(denoise, schedule, timesteps, update) -> denoise``,
+    e.g. RODS; hooks with a ``watch_denoiser`` method are handed the wrapped denoiser); *hooks*
+    observing the (B, 1, H, W) result state at every step. A model with a learned variance (VSM)
+    hands the update rule the log-variance fraction of the method's latest network call.
+
+    Args:
+        denoiser: a :class:`~localdiffusion.network.denoiser.Denoiser`.
+        condition: (B, C, h, w) in [0, 1] (C = 1, or the slice and its neighbours for a 2.5D model,
+            centre first).
+        seeds: one per slice, or a :class:`~localdiffusion.engine.loop.SliceNoise` (e.g. with crop windows).
+        sampler, steps, eta: the update rule (:data:`~localdiffusion.engine.updates.UPDATE_RULES`), the
+            respaced chain length (None: every training timestep) and its noise scale (None: the rule's).
+        method: default :class:`Plain`.
+        wrappers: wrap the method's denoise, innermost first.
+        hooks: step observers.
+    Returns:
+        x0, (B, 1, h, w) in [-1, 1].
     """
     schedule = denoiser.schedule
     noise = seeds if isinstance(seeds, SliceNoise) else SliceNoise(seeds, condition.device)

@@ -1,19 +1,7 @@
 """Reverse processes as one loop over (denoise, x, timesteps, update).
 
-``reverse_process`` is the only sampling loop in the package. Everything else composes
-with it:
-
-* an *update* rule (:mod:`~localdiffusion.engine.updates`) maps (x_t, x0_hat) to x_s;
-* the *denoise* callable ``denoise(x_t, t) -> x0_hat`` may be wrapped (Local Diffusion
-  branches, RODS perturbs where it evaluates);
-* *hooks* see every step as a :class:`Step` and may replace ``x_t``/``x0_hat`` (fusion,
-  trajectory recording).
-
-Shapes: x (B, C, H, W) in the model scale [-1, 1] (C = 1, or one channel per Local
-Diffusion branch); timesteps are decreasing ints. The loop is assembled by
-:func:`~localdiffusion.engine.assemble.sample_slices` and nowhere else.
-Randomness comes from :class:`SliceNoise`: one generator per slice, so a slice's result
-depends on its own seed only, not on the batch it was sampled in.
+Holds :func:`reverse_process` (documented there), the step record :class:`Step`, hooks and
+:class:`SliceNoise`.
 """
 
 from __future__ import annotations
@@ -103,10 +91,25 @@ class SliceNoise:
 def reverse_process(denoise: Callable[[torch.Tensor, int], torch.Tensor], x_T: torch.Tensor,
                     schedule: NoiseSchedule, timesteps: Sequence[int], update: UpdateRule, noise: SliceNoise,
                     hooks: Iterable[StepHook] = (), progress: bool = False) -> torch.Tensor:
-    """Run the chain ``timesteps[0] -> ... -> timesteps[-1] -> clean`` from ``x_T``.
+    """Run the chain ``timesteps[0] -> ... -> timesteps[-1] -> clean`` from ``x_T``: the only sampling loop.
 
-    At each step: ``x0_hat = denoise(x_t, t)``; every hook may replace (x_t, x0_hat);
-    then ``x_t = update(schedule, x_t, x0_hat, t, t_prev, noise)``. Returns x at t = -1.
+    At each step: ``x0_hat = denoise(x_t, t)``; every hook sees a :class:`Step` and may replace
+    (x_t, x0_hat) (fusion, trajectory recording); then ``x_t = update(schedule, x_t, x0_hat, t,
+    t_prev, noise)`` (:mod:`~localdiffusion.engine.updates`). It is assembled by
+    :func:`~localdiffusion.engine.assemble.sample_slices` and nowhere else. Randomness comes from
+    :class:`SliceNoise`: one generator per slice, so a slice's result depends on its own seed only.
+
+    Args:
+        denoise: ``denoise(x_t, t) -> x0_hat``, both (B, C, H, W) in [-1, 1].
+        x_T: (B, C, H, W) start state (C = 1, or one channel per Local Diffusion branch).
+        schedule: the model's noise schedule.
+        timesteps: decreasing ints.
+        update: the update rule.
+        noise: the slices' generators.
+        hooks: step observers, in order.
+        progress: show a progress bar.
+    Returns:
+        x at t = -1, (B, C, H, W) in [-1, 1].
     """
     hooks = list(hooks)
     steps = list(timesteps)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from monai.networks.schedulers import NoiseSchedules
 
-
 #: training timesteps T of a new model (the shipped models were trained with it)
 DEFAULT_TIMESTEPS = 100
+
 
 class NoiseSchedule:
     """MONAI beta schedule (default ``sigmoid_beta``) with T training steps.
@@ -51,13 +51,28 @@ class NoiseSchedule:
         return [int(s) for s in steps]
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """q(x_t | x0) sample: ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``; ``t`` is (B,)."""
+        """A sample of q(x_t | x0) (Ho et al. 2020, Eq. 4): ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``.
+
+        Args:
+            x0, noise: (B, C, H, W).
+            t: (B,) long timesteps.
+        Returns:
+            x_t, (B, C, H, W).
+        """
         abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def posterior_coefficients(self, t: int, s: int) -> tuple[float, float, float]:
-        """(coef_x0, coef_xt, variance) of q(x_s | x_t, x0) for the respaced step t -> s:
-        mean = coef_x0 x0 + coef_xt x_t. The one place these coefficients are computed."""
+        """The posterior q(x_s | x_t, x0) of the respaced step t -> s (Ho et al. 2020, Eqs. 6-7,
+        with ``beta = 1 - abar_t / abar_s`` as in Nichol & Dhariwal 2021, Sec. 4):
+        ``mean = coef_x0 x0 + coef_xt x_t``, ``variance = beta-tilde``. The one place these
+        coefficients are computed.
+
+        Args:
+            t, s: timesteps, ``s < t``; ``s = -1`` is the clean image.
+        Returns:
+            (coef_x0, coef_xt, variance) as floats.
+        """
         a_t, a_s = self.abar(t), self.abar(s)
         beta = 1.0 - a_t / a_s
         coef_x0 = a_s**0.5 * beta / (1.0 - a_t)
@@ -66,7 +81,8 @@ class NoiseSchedule:
         return coef_x0, coef_xt, variance
 
     def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, t: int, s: int) -> tuple[torch.Tensor, float]:
-        """Mean and variance of q(x_s | x_t, x0) for the respaced step t -> s."""
+        """Mean (shaped like ``x_t``) and variance (a float) of q(x_s | x_t, x0) for the step t -> s
+        (:meth:`posterior_coefficients`)."""
         coef_x0, coef_xt, variance = self.posterior_coefficients(t, s)
         return coef_x0 * x0 + coef_xt * x_t, variance
 
@@ -84,8 +100,15 @@ class NoiseSchedule:
         return torch.where(s < 0, tilde_first, tilde).log(), beta.log()
 
     def learned_log_variance(self, fraction: torch.Tensor, t: torch.Tensor | int, s: torch.Tensor | int) -> torch.Tensor:
-        """Per-pixel ``f log beta + (1 - f) log beta-tilde`` of the steps ``t -> s`` for log-variance
-        fractions ``f`` (B, C, H, W) in [0, 1]; ``t``/``s`` ints or (B,)."""
+        """Per-pixel ``f log beta + (1 - f) log beta-tilde`` (Nichol & Dhariwal 2021, Eq. 15) of
+        the steps ``t -> s``.
+
+        Args:
+            fraction: (B, C, H, W) log-variance fractions ``f`` in [0, 1].
+            t, s: ints or (B,) long tensors.
+        Returns:
+            (B, C, H, W) log variances.
+        """
         batch = fraction.shape[0]
         low, high = (v.to(fraction.device, fraction.dtype).view(-1, *([1] * (fraction.dim() - 1)))
                      for v in self.log_variance_range(torch.as_tensor(t).expand(batch),
@@ -97,11 +120,22 @@ class NoiseSchedule:
         return torch.exp(self.learned_log_variance(fraction, t, s))
 
     def eps_from_x0(self, x_t: torch.Tensor, x0: torch.Tensor, t: int) -> torch.Tensor:
+        """The noise implied by ``x_t`` and ``x0`` (Ho et al. 2020, Eq. 4 solved for it); shaped like ``x_t``."""
         a_t = self.abar(t)
         return (x_t - a_t**0.5 * x0) / (1.0 - a_t) ** 0.5
 
     def x0_from_output(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
-        """Convert a network output ("sample", "epsilon" or "v_prediction") to x0_hat; t is (B,)."""
+        """x0_hat from a network output: the output itself (``sample``), Eq. 4 solved for x0
+        (``epsilon``), or ``sqrt(abar) x_t - sqrt(1 - abar) v`` (``v_prediction``, Salimans & Ho
+        2022, Sec. 4).
+
+        Args:
+            output, x_t: (B, C, H, W).
+            t: (B,) long timesteps.
+            prediction_type: ``sample``, ``epsilon`` or ``v_prediction``.
+        Returns:
+            x0_hat, (B, C, H, W).
+        """
         if prediction_type == "sample":
             return output
         abar = self.alphas_cumprod.to(x_t.device)[t].to(x_t.dtype).view(-1, *([1] * (x_t.dim() - 1)))
@@ -112,6 +146,8 @@ class NoiseSchedule:
         raise ValueError(f"unknown prediction_type {prediction_type!r}")
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+        """What the network regresses for ``prediction_type`` (x0, the noise, or v = sqrt(abar) noise
+        - sqrt(1 - abar) x0); shaped like ``x0``; ``t`` is (B,)."""
         if prediction_type == "sample":
             return x0
         if prediction_type == "epsilon":

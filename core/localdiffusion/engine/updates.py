@@ -45,19 +45,37 @@ class UpdateRule:
         self.eta = eta
 
     def coefficients(self, schedule: NoiseSchedule, t: int, s: int) -> tuple[float, float, float]:
-        """(c_x0, c_xt, sigma) of the step t -> s."""
+        """The step's affine form ``x_s = c_x0 x0_hat + c_xt x_t + sigma z``.
+
+        Args:
+            schedule: the model's noise schedule.
+            t, s: timesteps, ``s < t``; ``s = -1`` the clean image.
+        Returns:
+            (c_x0, c_xt, sigma) as floats.
+        """
         raise NotImplementedError
 
     def __call__(self, schedule: NoiseSchedule, x_t: torch.Tensor, x0_hat: torch.Tensor, t: int, s: int,
                  noise: Noise) -> torch.Tensor:
+        """One step.
+
+        Args:
+            schedule: the model's noise schedule.
+            x_t, x0_hat: (B, C, H, W) state and the model's clean-image prediction, in [-1, 1].
+            t, s: timesteps, ``s < t``; ``s = -1`` returns x0_hat.
+            noise: draws the step's standard normal noise for the batch.
+        Returns:
+            x_s, (B, C, H, W).
+        """
         raise NotImplementedError
 
 
 class DDPM(UpdateRule):
-    """Ancestral DDPM step on any respaced chain: sample q(x_s | x_t, x0_hat), noise scaled by ``eta``.
+    """Ancestral DDPM step on any respaced chain (Ho et al. 2020, Algorithm 2, with x0_hat in the
+    posterior mean of Eq. 7): sample q(x_s | x_t, x0_hat), noise scaled by ``eta``.
 
     With a learned variance the step's variance is the model's, per pixel, between the
-    respaced step's beta-tilde and beta (improved DDPM's respacing of a learned range);
+    respaced step's beta-tilde and beta (Nichol & Dhariwal 2021, Eq. 15 and Sec. 4);
     :meth:`coefficients` states the fixed (beta-tilde) one."""
 
     name = "ddpm"
@@ -78,7 +96,11 @@ class DDPM(UpdateRule):
 
 
 class DDIM(UpdateRule):
-    """DDIM step (Song et al.) with stochasticity ``eta`` (0 = deterministic)."""
+    """DDIM step (Song et al. 2021, Eq. 12) with stochasticity ``eta`` (0 = deterministic):
+
+        x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z,
+        sigma = eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)   (Eq. 16)
+    """
 
     name = "ddim"
 

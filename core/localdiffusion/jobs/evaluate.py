@@ -1,20 +1,6 @@
 """Translation quality on a cohort split: PSNR and SSIM over the whole brain.
 
-Each case is translated on its working grid with the default sampler. Intensities are on
-the normalised [0, 1] scale, the region is the brain mask of the working grid. Per case:
-
-* ``psnr``: 10 log10(1 / MSE), the MSE pooled over every brain voxel of the volume;
-* ``ssim``: the 2D SSIM map (11 x 11 Gaussian window) of every slice, averaged over every
-  brain voxel of the volume;
-* ``psnr_slice_mean``: the mean of per-slice PSNRs (stricter: small edge slices count as
-  much as central ones), reported for comparison;
-* ``psnr_range``, ``ssim_range``: the same with the data range set to the true volume's
-  99.5th brain percentile instead of 1. These do not depend on where the normalisation
-  puts the intensities (FLAIR's median sits at 0.5, so its brain uses only about
-  [0, 0.65] and plain PSNR reads about 4 dB higher than with a p99.5 -> 1 scale); the
-  quality bar is judged on them.
-
-The report gives mean and standard deviation over cases.
+Holds :func:`evaluate_translation` (documented there) and :func:`write_report`.
 """
 
 from __future__ import annotations
@@ -44,7 +30,24 @@ def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "tes
                          max_cases: int | None = None, crop_margin: int | None = BRAIN_CROP_MARGIN) -> dict:
     """Translate every case of ``split`` (phantom ``kind``) and score it against the truth.
 
-    ``crop_margin``: brain crops (the default) or None = whole slices (see :mod:`~localdiffusion.volume.batching`)."""
+    ``crop_margin``: brain crops (the default) or None = whole slices (see :mod:`~localdiffusion.volume.batching`).
+
+    Each case is translated on its working grid with the default sampler. Intensities are on
+    the normalised [0, 1] scale, the region is the brain mask of the working grid. Per case:
+
+    * ``psnr``: 10 log10(1 / MSE), the MSE pooled over every brain voxel of the volume;
+    * ``ssim``: the 2D SSIM map (11 x 11 Gaussian window) of every slice, averaged over every
+      brain voxel of the volume;
+    * ``psnr_slice_mean``: the mean of per-slice PSNRs (stricter: small edge slices count as
+      much as central ones), reported for comparison;
+    * ``psnr_range``, ``ssim_range``: the same with the data range set to the true volume's
+      99.5th brain percentile instead of 1. These do not depend on where the normalisation
+      puts the intensities (FLAIR's median sits at 0.5, so its brain uses only about
+      [0, 0.65] and plain PSNR reads about 4 dB higher than with a p99.5 -> 1 scale); the
+      quality bar is judged on them.
+
+    The report gives mean and standard deviation over cases.
+    """
     check_sampling(denoiser, steps)
     cfg = denoiser.config
     noise_sigma_z, z_harmonise = cfg.sampling("noise_sigma_z", noise_sigma_z), cfg.sampling("z_harmonise", z_harmonise)

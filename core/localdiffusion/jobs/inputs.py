@@ -18,7 +18,16 @@ log = logging.getLogger("localdiffusion")
 
 
 def prepare_input(path: str | Path, modality: str, spacing: float, in_plane: tuple[int, int]) -> PreparedCase:
-    """Load one 3D input volume and put it on its working grid."""
+    """Load one 3D input volume and put it on its working grid.
+
+    Args:
+        path: a volume file or a DICOM series folder.
+        modality: the contrast it is read as.
+        spacing, in_plane: the working grid (mm, in-plane size) of the model that will read it.
+    Returns:
+        the :class:`~localdiffusion.volume.grid.PreparedCase`; :class:`InputError` naming ``path``
+        for an unreadable, invalid or unstripped input.
+    """
     data, affine = load_volume(path)
     refuse_label_map(data, path)
     case = Case(volume_stem(path), {modality: data}, affine, None, "volume", {modality: Path(path)})

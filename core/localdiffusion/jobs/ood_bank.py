@@ -28,7 +28,7 @@ def build_bank(data: str | Path, modality: str, extractor, *, bank_size: int = 4
                reference: np.ndarray | None = None, augment: int = 0) -> PatchCore:
     """The bank of ``data``'s healthy training slices (every ``slice_stride``-th), calibrated on up to
     ``max_val_slices`` healthy validation slices; with ``reference`` or ``augment``, built volume by volume
-    (module docstring)."""
+    (intensity-standardised onto ``reference``, with ``augment`` acquisition-augmented copies each)."""
     kind = "healthy" if has_manifest(data) else None
     if reference is None and not augment:
         train = load_slice_set(data, "train", (modality,), kind=kind).healthy()

@@ -1,49 +1,9 @@
-"""Local Diffusion (Kim, Jin et al., ECCV 2024): branching, fusion and a classifier gate.
+"""Local Diffusion (Kim, Jin et al., ECCV 2024, arXiv 2404.05980): branching, fusion and a classifier gate.
 
-A method for :func:`~localdiffusion.engine.assemble.sample_slices` (no second loop; it
-combines with the denoiser wrappers there, RODS included). The state is (B, 2, H, W):
-channel 0 is the OOD branch, channel 1 the in-distribution (IND) branch.
-:class:`LocalDiffusion` supplies
-
-* ``denoise(x, t)``: one batched network call for every branch of every slice: branching
-  slices contribute two inputs (OOD branch with ``cond * w_b``, IND branch with
-  ``cond * max(1 - w, floor)``), fused slices one (the full condition). ``w_b`` is the OOD
-  weight dilated by ``ood_dilation`` pixels (0: ``w``): a ring of healthy context so that the
-  OOD branch does not render the lesion's border as the brain's surface; the ring is
-  discarded at fusion. The OOD branch's x0 is the background outside ``w_b > 0`` and its own
-  prediction inside (a selection, not a blend: a soft mask is applied once, at fusion).
-* ``hook``: at the first step with ``t <= t_intermediate`` a slice is fused (S-operator,
-  Eq. 8): ``x0 = w x0_ood + (1 - w) x0_ind`` and ``x_t = w x_ood + (1 - w) x_ind``, both
-  channels then hold the fused state and ordinary posterior sampling continues to t = 0.
-  The gate scores the fused x0 first: if the OOD region has been healed the slice stays in
-  (returns to) branching from its branch states and tries again at the next step, at most
-  ``max_rebranch`` times; the last step always fuses. With a gate, fusion starts no later
-  than the second-to-last step, so that the gate judges at least once at any sampler
-  length (at DDIM-25, T = 100, t_intermediate 10 gives t = 8, 4, 0 anyway). Per slice:
-  ``fused_at`` (t of the fusion), ``rebranches`` and ``judged`` (gate verdicts).
-* ``step_noise``: shared noise repeats one draw for both branches (as the reference code);
-  independent noise draws each branch separately. Fused slices always share.
-* ``hooks``: the fusion hook, then the caller's observers, who see the composite
-  (B, 1, H, W) state (:meth:`LocalDiffusion.composite`).
-
-With a 2.5D model the condition has one channel per slice (centre first) and so does the
-OOD probability: every condition channel is masked with the weight of its own slice, while
-the branching, fusion and the gate use the centre slice's weight.
-
-Masks ``w`` (B, 1, H, W) come from the OOD probability and its calibrated threshold
-(:func:`branch_weight`): ``hard`` = (p >= threshold), ``soft`` = p; :class:`LocalDiffusion`
-takes the weight, final. On volumes, :func:`branch_weight_volume` first post-processes the hard mask
-(median filter, small components removed) so that scattered false-positive pixels do not
-make a healthy slice branch. A slice whose mask is empty is never branched, and a batch
-with no branching slice runs the plain process (:meth:`LocalDiffusion.resolve`), so with an
-empty OOD map the output equals the baseline sampler's for the same seeds, exactly.
-
-Speed: the OOD branch runs on a crop around the OOD region of the batch's branching slices
-(bounding box + ``crop_margin`` pixels, rounded to the network's downsampling factor).
-Outside its mask the OOD branch's x0 is the background anyway; the crop only changes the
-network's context near the crop border (its receptive field, and the global attention at
-the lowest level), measured by ``research/speed/ld_speed.py`` (research/RECORD.md, 4b).
-Images: conditions in [0, 1]; the network state in [-1, 1]; background 0 in [0, 1].
+Holds :class:`LocalDiffusion` (a method for :func:`~localdiffusion.engine.assemble.sample_slices`,
+one batch of slices), the branching weight of slices and volumes (:func:`branch_weight`,
+:func:`branch_weight_volume`), the volume plan (:class:`LocalDiffusionPlan`) and the default gate
+(:class:`PatchCoreGate`). Images: conditions in [0, 1]; the network state in [-1, 1].
 """
 
 from __future__ import annotations
@@ -125,7 +85,34 @@ def branch_weight(probability: torch.Tensor, threshold: float, mask_mode: str) -
 
 
 class LocalDiffusion:
-    """Per-batch Local Diffusion state; see the module docstring.
+    """Local Diffusion on one batch of slices.
+
+    The state is (B, 2, H, W): channel 0 is the OOD branch, channel 1 the in-distribution (IND)
+    branch. It supplies
+
+    * ``denoise(x, t)``: one batched network call for every branch of every slice: branching
+      slices contribute two inputs (OOD branch with ``cond * w_b``, IND branch with
+      ``cond * max(1 - w, floor)``; the paper's branch conditions, Sec. 3.2, with the reference
+      code's floor), fused slices one (the full condition). ``w_b`` is ``w`` dilated by
+      ``ood_dilation`` pixels (a ring of healthy context, discarded at fusion). The OOD branch's
+      x0 is the background outside ``w_b > 0`` and its own prediction inside (a selection: a
+      soft mask is applied once, at fusion).
+    * ``hook``: at the first step with ``t <= t_intermediate`` a slice is fused (Eq. 8):
+      ``x0 = w x0_ood + (1 - w) x0_ind`` and ``x_t = w x_ood + (1 - w) x_ind``; both channels then
+      hold the fused state and ordinary posterior sampling continues to t = 0 (Eq. 9). The gate
+      (Algorithm 1) scores the fused x0 first: if the OOD region has been healed the slice stays
+      in (returns to) branching and tries again at the next step, at most ``max_rebranch`` times;
+      the last step always fuses. With a gate, fusion starts no later than the second-to-last
+      step, so that the gate judges at least once.
+    * ``step_noise``: by default both branches share x_T and every step's noise (the reference
+      code); ``independent_noise`` draws each branch separately. Fused slices always share.
+
+    With a 2.5D model every condition channel is masked with the weight of its own slice, while
+    branching, fusion and the gate use the centre slice's weight. A slice with an empty weight
+    never branches, and a batch with no branching slice runs the plain process
+    (:meth:`resolve`), so with an empty OOD map the output equals the baseline's for the same
+    seeds, exactly. The OOD branch runs on a crop around the batch's OOD region (bounding box +
+    ``crop_margin`` pixels); per slice it records ``fused_at``, ``rebranches`` and ``judged``.
 
     Args:
         denoiser: a :class:`~localdiffusion.network.denoiser.Denoiser`.

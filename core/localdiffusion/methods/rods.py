@@ -1,40 +1,7 @@
 """RODS robust sampling for the VP x0-parameterised model (implemented from the paper).
 
-Score from the x0 prediction: ``v(x) = -(x - sqrt(abar_t) x0_hat(x)) / (1 - abar_t)``.
-Curvature index (one-step approximation): with ``g = grad ||v(x)||`` and a perturbation
-``d`` of RMS size ``rho`` per pixel,
-
-    H(x) = || grad ||v(x + d)|| - grad ||v(x)|| ||.
-
-A step is high-risk when ``H > eps``. Directions (our reading of the paper):
-
-* ``cas`` (curvature-aware): ``d`` along ``g`` (the gradient of the score norm);
-* ``sas`` (sharpness-aware): ``d`` along the score ``v`` (the gradient of the log-density,
-  i.e. the worst-case point in the direction of the function's gradient).
-
-Two estimators of ``H`` (``RODSConfig.estimator``):
-
-* ``autograd``: both gradients by vector-Jacobian products through the network (two
-  forward + backward passes);
-* ``finite_difference``: a score field's Jacobian ``J`` is symmetric (the Hessian of the
-  log-density), so ``g = J^T v/||v|| = J v/||v||`` is a directional derivative, estimated
-  by a forward difference of step ``rho`` along ``v``. With SAS the first difference point
-  *is* ``x + d``, so H costs two extra network evaluations (CAS: three). It converges to
-  the autograd value on a true score field (tested); on our trained network it does not
-  agree (bf16 rounding, and a learned x0 network is not a gradient field), so the default
-  is autograd, evaluated on every 2nd window step (cost: research/RECORD.md 4c).
-
-Both estimators hand back the x0 predictions at ``x`` and ``x + d`` they computed anyway:
-the plain prediction and the corrected one cost no further network evaluation.
-
-For a high-risk slice the update direction computed at ``x + d`` is applied at ``x``. Our
-update rules are affine in (x_t, x0): ``x_s = c_x0 x0 + c_xt x_t (+ noise)``, and the rule
-in use says its coefficients (:meth:`~localdiffusion.engine.updates.UpdateRule.coefficients`),
-so this equals using ``x0_eff = x0_hat(x + d) + (c_xt - 1) / c_x0 d`` at ``x``. The state may
-have several channels (Local Diffusion's branches): H and the correction are per slice. RODS acts only for steps
-inside ``window`` (fractions of the trajectory, default 10% to 50%), on every
-``stride``-th step of it; elsewhere, and for slices below ``eps``, the plain x0 prediction
-is returned unchanged.
+Holds the curvature estimators (:func:`curvature_index`, :func:`finite_difference_curvature`), the
+wrapper's settings (:class:`RODSConfig`) and the wrapper itself (:class:`RODS`, which documents the method).
 """
 
 from __future__ import annotations
@@ -124,7 +91,18 @@ def _radius(x: torch.Tensor, rho: float) -> float:
 
 
 def curvature_index(field: ScoreField, x: torch.Tensor, rho: float, mode: str = "cas") -> Curvature:
-    """Exact (autograd) ``H`` for a differentiable score field: two forward + backward passes."""
+    """The exact curvature index ``H = || grad ||v(x + d)|| - grad ||v(x)|| ||`` by autograd (two
+    forward + backward passes through the network).
+
+    Args:
+        field: the score field ``v`` (with the x0 predictions it computes).
+        x: (B, C, H, W) state.
+        rho: the perturbation's RMS size per pixel.
+        mode: ``cas`` (``d`` along ``grad ||v||``) or ``sas`` (``d`` along ``v``).
+    Returns:
+        a :class:`Curvature`: per-slice ``H`` (B,), the perturbation and the x0 predictions at ``x``
+        and ``x + d``.
+    """
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
         v, at_x = _evaluate(field, x_)
@@ -158,7 +136,44 @@ def finite_difference_curvature(field: ScoreField, x: torch.Tensor, rho: float, 
 
 @dataclass
 class RODS:
-    """Wraps ``denoise(x, t) -> x0`` (differentiable) into the RODS-corrected predictor."""
+    """Wraps ``denoise(x, t) -> x0`` (differentiable) into the RODS-corrected predictor.
+
+    Score from the x0 prediction: ``v(x) = -(x - sqrt(abar_t) x0_hat(x)) / (1 - abar_t)``.
+    Curvature index (one-step approximation): with ``g = grad ||v(x)||`` and a perturbation
+    ``d`` of RMS size ``rho`` per pixel,
+
+        H(x) = || grad ||v(x + d)|| - grad ||v(x)|| ||.
+
+    A step is high-risk when ``H > eps``. Directions (our reading of the paper):
+
+    * ``cas`` (curvature-aware): ``d`` along ``g`` (the gradient of the score norm);
+    * ``sas`` (sharpness-aware): ``d`` along the score ``v`` (the gradient of the log-density,
+      i.e. the worst-case point in the direction of the function's gradient).
+
+    Two estimators of ``H`` (``RODSConfig.estimator``):
+
+    * ``autograd``: both gradients by vector-Jacobian products through the network (two
+      forward + backward passes);
+    * ``finite_difference``: a score field's Jacobian ``J`` is symmetric (the Hessian of the
+      log-density), so ``g = J^T v/||v|| = J v/||v||`` is a directional derivative, estimated
+      by a forward difference of step ``rho`` along ``v``. With SAS the first difference point
+      *is* ``x + d``, so H costs two extra network evaluations (CAS: three). It converges to
+      the autograd value on a true score field (tested); on our trained network it does not
+      agree (bf16 rounding, and a learned x0 network is not a gradient field), so the default
+      is autograd, evaluated on every 2nd window step (cost: research/RECORD.md 4c).
+
+    Both estimators hand back the x0 predictions at ``x`` and ``x + d`` they computed anyway:
+    the plain prediction and the corrected one cost no further network evaluation.
+
+    For a high-risk slice the update direction computed at ``x + d`` is applied at ``x``. Our
+    update rules are affine in (x_t, x0): ``x_s = c_x0 x0 + c_xt x_t (+ noise)``, and the rule
+    in use says its coefficients (:meth:`~localdiffusion.engine.updates.UpdateRule.coefficients`),
+    so this equals using ``x0_eff = x0_hat(x + d) + (c_xt - 1) / c_x0 d`` at ``x``. The state may
+    have several channels (Local Diffusion's branches): H and the correction are per slice. RODS acts only for steps
+    inside ``window`` (fractions of the trajectory, default 10% to 50%), on every
+    ``stride``-th step of it; elsewhere, and for slices below ``eps``, the plain x0 prediction
+    is returned unchanged.
+    """
 
     denoise: Callable[[torch.Tensor, int], torch.Tensor]
     schedule: NoiseSchedule

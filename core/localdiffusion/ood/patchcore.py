@@ -124,7 +124,14 @@ class PatchCore:
         return np.where(brain, prob, 0.0).astype(np.float32), self.image_calibration.probability(scores.image)
 
     def pixel_probability(self, slices: np.ndarray, brain: np.ndarray) -> np.ndarray:
-        """OOD probability maps (N, H, W) only (no image scores are computed)."""
+        """Calibrated OOD probability maps of slices (no image scores are computed).
+
+        Args:
+            slices: (N, H, W) normalised slices of the bank's contrast.
+            brain: (N, H, W) bool brain masks.
+        Returns:
+            (N, H, W) float32 in [0, 1].
+        """
         self._require_calibration()
         prob = self.pixel_calibration.probability(self.score(slices, brain, image=False).pixel)
         return np.where(brain, prob, 0.0).astype(np.float32)

@@ -1,9 +1,8 @@
-"""Post-processing of binary OOD maps (production and evaluation use the same rule).
+"""Post-processing of binary OOD maps.
 
 Per slice: erode the brain mask by one voxel, 3 x 3 median filter, drop connected
 components smaller than ``min_component`` pixels. Local Diffusion branches on the result
-(:func:`~localdiffusion.methods.local_diffusion.branch_weight_volume`); the detection
-metrics (:mod:`~research.bench.detection`) score it.
+(:func:`~localdiffusion.methods.local_diffusion.branch_weight_volume`).
 """
 
 from __future__ import annotations

@@ -1,31 +1,8 @@
 """An OOD probability that survives a change of scanner: per-volume self-calibration, and for
 some contrasts intensity standardisation before the backbone.
 
-A bank's own calibration (:class:`~localdiffusion.ood.anomaly_map.Calibration`) turns a patch
-distance into the fraction of healthy *validation* voxels with a lower distance. A scan from
-another scanner (spin-echo T1, a stronger bias field, more noise) moves every distance, and the
-map then flags the acquisition instead of lesions (research/RECORD.md section 9). Two steps help:
-
-* **self-calibration**: a volume's distances are standardised by their own brain median and MAD
-  (a scanner that moves every distance moves the median with it) before the calibration of the
-  healthy validation volumes' standardised distances; a lesion stays in the tail;
-* **intensity standardisation** (``standardise``): the brain intensities are first mapped
-  piecewise-linearly onto the healthy validation volumes' mean percentiles (landmarks
-  :data:`LANDMARK_LEVELS`, Nyul-style). It helps T1 and hurts FLAIR, where mapping a tumour
-  volume's percentiles onto healthy ones pulls the bright lesion tail down (section 9);
-* **bias correction** (``bias_correct``): the coil's smooth field is removed first (N4,
-  :mod:`~localdiffusion.volume.bias`). Under a strong field it stops the FLAIR map flagging the
-  field, at a small cost in lesion AUROC elsewhere (section 9d); it hurts the standardised T1 map.
-
-Both are per-contrast choices (:data:`PREPROCESSING`) recorded in the calibration.
-
-A :class:`RobustCalibration` is fitted on healthy validation volumes (``localdiffusion ood
-calibrate-robust``) and stored beside its bank as ``ood_<modality>_robust.json``
-(:func:`~localdiffusion.shipped.robust_calibration_path`). Its threshold flags the same 1% of
-healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust``, as the
-detector ``ood_robust`` (:mod:`~localdiffusion.detectors.given`) by the T1 -> FLAIR risk map, and
-as the OOD map the main job writes and Local Diffusion branches on (both contrasts). The input gate reads the bank's own map: it asks how far the scan is from the training
-scans, which the robust map, calibrated on the scan itself, cannot say.
+Holds the steps (:func:`standardise_intensities`, :func:`standardise_scores`, :func:`distance_volume`) and
+:class:`RobustCalibration`, which documents the method and its file.
 """
 
 from __future__ import annotations
@@ -115,7 +92,34 @@ def bias_corrected(image: np.ndarray, brain: np.ndarray, modality: str, spacing_
 
 @dataclass
 class RobustCalibration:
-    """How one contrast's bank distances become an acquisition-robust probability (module docstring)."""
+    """How one contrast's bank distances become an acquisition-robust probability (below).
+
+    A bank's own calibration (:class:`~localdiffusion.ood.anomaly_map.Calibration`) turns a patch
+    distance into the fraction of healthy *validation* voxels with a lower distance. A scan from
+    another scanner (spin-echo T1, a stronger bias field, more noise) moves every distance, and the
+    map then flags the acquisition instead of lesions (research/RECORD.md section 9). Two steps help:
+
+    * **self-calibration**: a volume's distances are standardised by their own brain median and MAD
+      (a scanner that moves every distance moves the median with it) before the calibration of the
+      healthy validation volumes' standardised distances; a lesion stays in the tail;
+    * **intensity standardisation** (``standardise``): the brain intensities are first mapped
+      piecewise-linearly onto the healthy validation volumes' mean percentiles (landmarks
+      :data:`LANDMARK_LEVELS`, Nyul-style). It helps T1 and hurts FLAIR, where mapping a tumour
+      volume's percentiles onto healthy ones pulls the bright lesion tail down (section 9);
+    * **bias correction** (``bias_correct``): the coil's smooth field is removed first (N4,
+      :mod:`~localdiffusion.volume.bias`). Under a strong field it stops the FLAIR map flagging the
+      field, at a small cost in lesion AUROC elsewhere (section 9d); it hurts the standardised T1 map.
+
+    Both are per-contrast choices (:data:`PREPROCESSING`) recorded in the calibration.
+
+    A :class:`RobustCalibration` is fitted on healthy validation volumes (``localdiffusion ood
+    calibrate-robust``) and stored beside its bank as ``ood_<modality>_robust.json``
+    (:func:`~localdiffusion.shipped.robust_calibration_path`). Its threshold flags the same 1% of
+    healthy validation voxels as the bank's. It is used by ``localdiffusion ood map --robust``, as the
+    detector ``ood_robust`` (:mod:`~localdiffusion.detectors.given`) by the T1 -> FLAIR risk map, and
+    as the OOD map the main job writes and Local Diffusion branches on (both contrasts). The input gate reads the bank's own map: it asks how far the scan is from the training
+    scans, which the robust map, calibrated on the scan itself, cannot say.
+    """
 
     modality: str
     reference: np.ndarray | None  # landmark intensities of the healthy validation volumes; None: no standardisation
@@ -128,8 +132,17 @@ class RobustCalibration:
 
     def probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray | None = None
                     ) -> np.ndarray:
-        """Robust OOD probability (X, Y, Z) of a working-grid ``image``; 0 outside ``scored`` (default: all of
-        ``brain``; a calibration or a benchmark scores a subset, e.g. :func:`strided_brain`)."""
+        """The acquisition-robust OOD probability of a working-grid image.
+
+        Args:
+            bank: the PatchCore bank this calibration belongs to.
+            image: (X, Y, Z) normalised working-grid image of the bank's contrast.
+            brain: (X, Y, Z) bool brain mask.
+            scored: (X, Y, Z) bool voxels to score (default: all of ``brain``; a calibration or a
+                benchmark scores a subset, e.g. :func:`strided_brain`).
+        Returns:
+            (X, Y, Z) float32 in [0, 1]; 0 outside ``scored``.
+        """
         if bank.meta["modality"] != self.modality:
             raise InputError(f"robust calibration is for {self.modality}, the bank for {bank.meta['modality']}")
         scored = brain if scored is None else scored
@@ -194,7 +207,7 @@ class RobustCalibration:
             reference = None if data["reference"] is None else np.asarray(data["reference"], np.float64)
             if bool(data["standardise"]) != (reference is not None):
                 raise ValueError("standardise and reference disagree")
-            # files written before the option (0.6.0-0.9.0) have no bias_correct: they did not correct
+            # a file without bias_correct did not correct
             return cls(data["modality"], reference, Calibration.from_arrays(data, "pixel"),
                        bool(data.get("bias_correct", False)))
         except (ValueError, KeyError, TypeError) as exc:

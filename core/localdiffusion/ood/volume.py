@@ -34,7 +34,14 @@ def bank_map(model: PatchCore, prepared: PreparedCase) -> OodMap:
 
 
 def probability_volume(model: PatchCore, prepared: PreparedCase) -> np.ndarray:
-    """OOD probability on the working grid (X, Y, Z); 0 outside brain slices."""
+    """The bank's calibrated OOD probability of a prepared volume.
+
+    Args:
+        model: a PatchCore bank of the volume's contrast.
+        prepared: the volume on the bank's working grid.
+    Returns:
+        (X, Y, Z) float32 in [0, 1]; 0 outside brain slices.
+    """
     modality = model.meta["modality"]
     ks = prepared.brain_slices()
     slices = np.moveaxis(prepared.images[modality][:, :, ks], 2, 0)

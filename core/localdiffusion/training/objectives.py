@@ -1,24 +1,6 @@
 """Training objectives of the denoiser: ``plain`` and ``vsm``.
 
-``plain``: the mean squared error between the network's first output and its target (x0
-for the "sample" parameterisation), t ~ U{0..T-1}.
-
-``vsm`` (variance-guided score modulation, Bhosale et al.; reference code bhosalems/VSM,
-``DDPM-IP/guided_diffusion/gaussian_diffusion.py``) adds, for a network with a learned
-variance (:class:`~localdiffusion.network.denoiser.DiffusionConfig` ``learned_variance``):
-
-* the variational term of improved DDPM ("hybrid" loss): the KL between the true posterior
-  q(x_{t-1} | x_t, x0) and the model's Gaussian (its mean from the *detached* x0 prediction,
-  so that this term trains the variance only), the decoder's discretised Gaussian NLL at
-  t = 0, in bits per pixel, scaled by T / 1000 as in improved DDPM's rescaled MSE;
-* the smoothness regulariser ``mean(1 / (1 + J^2))`` with ``J = -1 / sigma^2`` the diagonal
-  score Jacobian of the learned Gaussian, weighted by ``rho`` or, time-aware, by
-  ``rho / sqrt(1 - abar_t)``. It penalises small |J| (an over-smooth score), i.e. large
-  learned variances.
-
-With ``rho = 0`` the objective is improved DDPM's hybrid loss; the gradient reaching the x0
-output is then the plain objective's (tested). The learned fraction is a sigmoid, so the
-variance stays between beta-tilde and beta (the reference's linear map can leave it).
+Holds :data:`OBJECTIVES`, :class:`Objective` and :func:`losses`, which documents each objective.
 """
 
 from __future__ import annotations
@@ -82,7 +64,28 @@ def losses(objective: Objective, schedule: NoiseSchedule, output: torch.Tensor, 
     """Loss terms (scalars) for one batch; ``loss`` is what is minimised.
 
     ``output``: the network's raw output (B, 1 or 2, H, W) in fp32; ``x_t`` the noised
-    ``x0`` with ``noise`` at timesteps ``t`` (B,)."""
+    ``x0`` with ``noise`` at timesteps ``t`` (B,).
+
+    ``plain``: the mean squared error between the network's first output and its target (x0
+    for the "sample" parameterisation), t ~ U{0..T-1}.
+
+    ``vsm`` (variance-guided score modulation, Bhosale et al.; reference code bhosalems/VSM,
+    ``DDPM-IP/guided_diffusion/gaussian_diffusion.py``) adds, for a network with a learned
+    variance (:class:`~localdiffusion.network.denoiser.DiffusionConfig` ``learned_variance``):
+
+    * the variational term of improved DDPM ("hybrid" loss): the KL between the true posterior
+      q(x_{t-1} | x_t, x0) and the model's Gaussian (its mean from the *detached* x0 prediction,
+      so that this term trains the variance only), the decoder's discretised Gaussian NLL at
+      t = 0, in bits per pixel, scaled by T / 1000 as in improved DDPM's rescaled MSE;
+    * the smoothness regulariser ``mean(1 / (1 + J^2))`` with ``J = -1 / sigma^2`` the diagonal
+      score Jacobian of the learned Gaussian, weighted by ``rho`` or, time-aware, by
+      ``rho / sqrt(1 - abar_t)``. It penalises small |J| (an over-smooth score), i.e. large
+      learned variances.
+
+    With ``rho = 0`` the objective is improved DDPM's hybrid loss; the gradient reaching the x0
+    output is then the plain objective's (tested). The learned fraction is a sigmoid, so the
+    variance stays between beta-tilde and beta (the reference's linear map can leave it).
+    """
     target = schedule.training_target(x0, noise, t, prediction_type)
     mse = torch.nn.functional.mse_loss(output[:, :1], target)
     if not objective.learned_variance:

@@ -1,21 +1,7 @@
 """Generic acquisition augmentation of a working-grid volume: the same anatomy as another scanner
 might have imaged it.
 
-A PatchCore bank built from one scanner's healthy scans calls another scanner's healthy texture
-unusual (research/RECORD.md section 9). One remedy the issue names is a bank that has seen other
-acquisitions. The perturbations here are the generic ones of MRI augmentation (a smooth receive
-field, resolution, a monotone contrast change, noise), with ranges fixed from physical plausibility
-before any measurement (research/RECORD.md section 9e), not read off the phantom's shifted variants:
-
-* a smooth multiplicative field ``exp(p(x, y, z))``, ``p`` a random polynomial of degree <= 3 whose
-  standard deviation over the brain is drawn from ``U(0, FIELD_LOG_STD)``;
-* with probability 1/2 an anisotropic Gaussian blur, sigma per axis ``U(0, BLUR_SIGMA)`` voxels
-  (other in-plane resolutions and slice thicknesses);
-* a gamma curve ``x ** U(GAMMA)`` on the [0, 1] scale;
-* Gaussian noise of standard deviation ``U(0, NOISE_STD)`` times the brain median, magnitude taken
-  (a magnitude image's noise is Rician);
-
-then the image is normalised again by its contrast's rule, as every working-grid image is.
+Holds :func:`augment_acquisition`, which documents the augmentation.
 """
 
 from __future__ import annotations
@@ -51,7 +37,24 @@ def _polynomial_field(shape: tuple[int, int, int], brain: np.ndarray, rng: np.ra
 def augment_acquisition(image: np.ndarray, brain: np.ndarray, modality: str, rng: np.random.Generator
                         ) -> np.ndarray:
     """``image`` (X, Y, Z, normalised, 0 outside ``brain``) as another acquisition might show it
-    (module docstring), normalised again; 0 outside ``brain``."""
+    (below), normalised again; 0 outside ``brain``.
+
+    A PatchCore bank built from one scanner's healthy scans calls another scanner's healthy texture
+    unusual (research/RECORD.md section 9). One remedy the issue names is a bank that has seen other
+    acquisitions. The perturbations here are the generic ones of MRI augmentation (a smooth receive
+    field, resolution, a monotone contrast change, noise), with ranges fixed from physical plausibility
+    before any measurement (research/RECORD.md section 9e), not read off the phantom's shifted variants:
+
+    * a smooth multiplicative field ``exp(p(x, y, z))``, ``p`` a random polynomial of degree <= 3 whose
+      standard deviation over the brain is drawn from ``U(0, FIELD_LOG_STD)``;
+    * with probability 1/2 an anisotropic Gaussian blur, sigma per axis ``U(0, BLUR_SIGMA)`` voxels
+      (other in-plane resolutions and slice thicknesses);
+    * a gamma curve ``x ** U(GAMMA)`` on the [0, 1] scale;
+    * Gaussian noise of standard deviation ``U(0, NOISE_STD)`` times the brain median, magnitude taken
+      (a magnitude image's noise is Rician);
+
+    then the image is normalised again by its contrast's rule, as every working-grid image is.
+    """
     out = image.astype(np.float64) * np.exp(_polynomial_field(image.shape, brain, rng))
     if rng.uniform() < 0.5:
         sigma = rng.uniform(0.0, BLUR_SIGMA, size=3)

@@ -1,25 +1,8 @@
 """Batching a volume's slices through a sampler: the volume-sampling engine.
 
-:func:`translate_prepared` takes a case on its working grid (:mod:`~localdiffusion.volume.grid`),
-plans its brain slices into batches, hands each batch to a *batch sampler* (the plain
-reverse process, Local Diffusion, with or without RODS: :func:`batch_sampler`) and puts the
-results back into a working-grid volume in [0, 1]. Slices without brain are left as
-background and never sampled. No file is read or written here (that is :mod:`localdiffusion.jobs`).
-
-Slice ``k`` of the working grid is sampled with seed ``seed * 1_000_003 + k`` on its brain
-crop (:data:`BRAIN_CROP_MARGIN`): the bounding box of its brain plus a margin, sides rounded
-up to :data:`BRAIN_CROP_MULTIPLE` pixels; slices whose crops have one size are batched
-together. The network was trained on 64 x 64 crops, so a crop is nothing new to it; it
-skips the background, and the global attention at the lowest level costs the square of
-the crop's area. Noise is drawn on the whole slice and cropped (the same x_T as without
-the crop, there). A slice's window and noise depend on the slice alone: results do not
-depend on the batch size.
-
-Slice-correlated noise (``noise_sigma_z`` > 0, :func:`z_mixes`): slice k's noise is a
-Gaussian-weighted mix (sigma in slices, truncated at 2 sigma, unit variance) of the
-independent noise streams of slices k - r .. k + r, the same streams those slices use, so
-neighbouring slices start from and are driven by largely the same noise (less banding
-along z) while every slice still depends on its seed and position alone.
+Holds the slice seeds, the batch plan (:class:`SliceBatch`, :func:`plan_batches`), slice-correlated noise
+(:func:`z_mixes`), the sampler of one batch (:func:`batch_sampler`) and :func:`translate_prepared`, which
+documents the volume loop.
 """
 
 from __future__ import annotations
@@ -52,7 +35,7 @@ def slice_seed(seed: int, k: int) -> int:
 
 
 def z_mixes(seed: int, k: int, sigma: float) -> list[tuple[int, float]]:
-    """(seed, weight) of the noise streams slice ``k`` mixes (see the module docstring)."""
+    """(seed, weight) of the noise streams slice ``k`` mixes (see :func:`translate_prepared`)."""
     if sigma <= 0:
         return [(slice_seed(seed, k), 1.0)]
     r = max(1, int(np.ceil(2 * sigma)))
@@ -128,8 +111,16 @@ class MethodPlan(Protocol):
 
 def batch_sampler(sampler: str = default("sampler"), steps: int | None = default("steps"), *,
                   method: MethodPlan | None = None, rods=None) -> SampleBatch:
-    """A batch sampler for :func:`translate_prepared`: the plain reverse process, or ``method``
-    (e.g. Local Diffusion), optionally wrapped in RODS (a :class:`~localdiffusion.methods.rods.RODSConfig`)."""
+    """A batch sampler for :func:`translate_prepared`.
+
+    Args:
+        sampler, steps: the update rule and chain length.
+        method: a plan (e.g. :class:`~localdiffusion.methods.local_diffusion.LocalDiffusionPlan`); None:
+            the plain reverse process.
+        rods: a :class:`~localdiffusion.methods.rods.RODSConfig` wrapping the denoiser, or None.
+    Returns:
+        ``sample(denoiser, condition (B, C, h, w), batch, noise) -> x0 (B, 1, h, w)`` in [-1, 1].
+    """
     wrappers = [rods] if rods is not None else []
 
     def sample(denoiser, cond01, batch, hooks=()):
@@ -150,18 +141,34 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
                        on_batch: Callable[[int, int], None] | None = None,
                        noise_sigma_z: float = default("noise_sigma_z"),
                        z_harmonise: float = default("z_harmonise")) -> np.ndarray:
-    """Translate every brain slice of ``prepared``; returns the working-grid volume in [0, 1].
+    """Translate every brain slice of a case on its working grid; no file is read or written here.
 
-    ``sample_batch`` (:func:`batch_sampler`) replaces the plain ``sampler``/``steps``; the batching,
-    seeding and reassembly stay here. ``slices`` restricts sampling to those indices k
-    (evaluation); the other slices stay 0. ``recorder`` (e.g.
-    :class:`~localdiffusion.detectors.maps.VolumeRecorder`) records every batch's detector maps.
-    ``crop_margin``: each slice runs on its brain crop with this margin; None = whole slices.
-    ``on_batch(done, total)`` is called after every batch (progress reports).
-    ``noise_sigma_z``: slice-correlated noise (:func:`z_mixes`); 0 = independent slices.
-    ``z_harmonise``: the banding filter's sigma (:func:`~localdiffusion.volume.harmonise.harmonise_z`),
-    applied to whole translations only (``slices`` None: it needs every brain slice); 0 = off.
-    Both take the model's validated value when negative (``DiffusionConfig.sampling``).
+    Plans the brain slices into batches, hands each to a batch sampler (:func:`batch_sampler`: the
+    plain reverse process, Local Diffusion, with or without RODS) and puts the results back into a
+    working-grid volume. Slices without brain stay background. Slice ``k`` is sampled with seed
+    ``seed * 1_000_003 + k`` on its brain crop (:data:`BRAIN_CROP_MARGIN`, sides rounded up to
+    :data:`BRAIN_CROP_MULTIPLE` pixels; the network was trained on 64 x 64 crops), from noise drawn
+    on the whole slice and cropped; slices whose crops share a size are batched together, and
+    results do not depend on the batch size. Slice-correlated noise (``noise_sigma_z`` > 0,
+    :func:`z_mixes`): slice k's noise is a Gaussian-weighted, unit-variance mix of the independent
+    noise streams of slices k - r .. k + r (truncated at 2 sigma).
+
+    Args:
+        denoiser: the model.
+        prepared: the case on its working grid (:class:`~localdiffusion.volume.grid.PreparedCase`).
+        sampler, steps, seed, batch_size: the plain sampler (replaced by ``sample_batch``), the seed,
+            slices per network call (0: automatic).
+        progress: show a progress bar.
+        sample_batch: from :func:`batch_sampler`.
+        slices: sample only these indices k (evaluation); the others stay 0.
+        recorder: records every batch's detector maps (e.g. :class:`~localdiffusion.detectors.maps.VolumeRecorder`).
+        crop_margin: the brain crop's margin; None = whole slices.
+        on_batch: ``on_batch(done, total)`` after every batch.
+        noise_sigma_z: slice-correlated noise sigma in slices; 0 = independent; negative = the model's.
+        z_harmonise: the banding filter's sigma (:func:`~localdiffusion.volume.harmonise.harmonise_z`),
+            applied to whole translations only; 0 = off; negative = the model's.
+    Returns:
+        (X, Y, Z) float32 working-grid volume in [0, 1].
     """
     sample_batch = sample_batch or batch_sampler(sampler, steps)
     noise_sigma_z = denoiser.config.sampling("noise_sigma_z", noise_sigma_z)

@@ -1,20 +1,7 @@
 """The working grid: volumes <-> normalised axial slices, and the exact way back.
 
-A *working grid* is an axis-aligned RAS grid at ``spacing`` mm (default 2 mm) whose
-in-plane size (default 96 x 112 voxels, 192 x 224 mm, divisible by 8) holds the whole
-brain with margin, centred on the brain; along z it covers the input's whole extent.
-Axial slices are ``volume[:, :, k]`` of the working grid, shape (96, 112) = (X: right-left,
-Y: posterior-anterior).
-
-Intensities are normalised per volume, by contrast (:data:`NORMALISATION`), and clipped to
-[0, 1]; background stays 0. Contrasts where lesions are bright (FLAIR, T2, T1ce): the
-foreground median (brain voxels of the skull-stripped input, see brain_mask.py) is mapped to 0.5. A high
-percentile would be set by the lesion itself and darken all healthy tissue (on the phantom,
-p99.5/median is 1.28 +- 0.07 for healthy FLAIR volumes and up to 2.1 with a glioma).
-Native T1, where gliomas are dark and the top percentiles stay healthy white matter: the
-99.5th foreground percentile is mapped to 1 (p99.5/median 1.60 +- 0.16 healthy, 1.54 +-
-0.12 with a glioma); on the validation split this gave the T1 OOD detector a pixel AUPRC of
-0.170 against 0.106 with the median. Translated volumes are written in this [0, 1] scale.
+Holds :class:`WorkingGrid`, :func:`normalise` and :class:`PreparedCase` (a volume on its working grid and
+the way back, documented there).
 """
 
 from __future__ import annotations
@@ -128,7 +115,24 @@ def normalise(volume: np.ndarray, foreground: np.ndarray, name: object = "input"
 
 @dataclass
 class PreparedCase:
-    """A case on its working grid: normalised images (X, Y, Z) in [0, 1], mask, labels."""
+    """A case on its working grid: normalised images (X, Y, Z) in [0, 1], mask, labels.
+
+    A *working grid* is an axis-aligned RAS grid at ``spacing`` mm (default 2 mm) whose
+    in-plane size (default 96 x 112 voxels, 192 x 224 mm, divisible by 8) holds the whole
+    brain with margin, centred on the brain; along z it covers the input's whole extent.
+    Axial slices are ``volume[:, :, k]`` of the working grid, shape (96, 112) = (X: right-left,
+    Y: posterior-anterior).
+
+    Intensities are normalised per volume, by contrast (:data:`NORMALISATION`), and clipped to
+    [0, 1]; background stays 0. Contrasts where lesions are bright (FLAIR, T2, T1ce): the
+    foreground median (brain voxels of the skull-stripped input, see brain_mask.py) is mapped to 0.5. A high
+    percentile would be set by the lesion itself and darken all healthy tissue (on the phantom,
+    p99.5/median is 1.28 +- 0.07 for healthy FLAIR volumes and up to 2.1 with a glioma).
+    Native T1, where gliomas are dark and the top percentiles stay healthy white matter: the
+    99.5th foreground percentile is mapped to 1 (p99.5/median 1.60 +- 0.16 healthy, 1.54 +-
+    0.12 with a glioma); on the validation split this gave the T1 OOD detector a pixel AUPRC of
+    0.170 against 0.106 with the median. Translated volumes are written in this [0, 1] scale.
+    """
 
     case_id: str
     images: dict[str, np.ndarray]
