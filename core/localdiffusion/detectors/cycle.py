@@ -3,7 +3,7 @@
 A translation that invented tissue cannot be undone: translating it back with the reverse
 model (FLAIR -> T1 for a T1 -> FLAIR translation) does not give the source there. The map is
 ``|source - back-translation|`` inside the brain. Its level differs from subject to subject
-(a healthy calibration of the raw residual flagged 36% of healthy test brain, BENCHMARK
+(a healthy calibration of the raw residual flagged 36% of healthy test brain, research/RECORD.md
 section 11), so the risk map standardises it by the volume's own brain median and MAD
 (:attr:`CycleResidual.self_standardised`; applied after smoothing in
 :func:`~localdiffusion.detectors.risk.detector_volumes`).

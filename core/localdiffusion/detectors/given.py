@@ -1,7 +1,7 @@
 """The detector maps a risk calibration is *given* (computed by the job around the sampling, not
 recorded during it), and the models that compute them.
 
-* ``ood``: the bank's own OOD probability of the condition (the map Local Diffusion's masks use);
+* ``ood``: the bank's own OOD probability of the condition (the map the input gate reads);
 * ``ood_robust``: the acquisition-robust OOD probability (:mod:`~localdiffusion.ood.robust`: the
   volume's distances self-calibrated, T1 intensity-standardised and FLAIR bias-corrected before
   the backbone). In the risk

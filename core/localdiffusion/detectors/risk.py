@@ -21,7 +21,7 @@ from localdiffusion.errors import InputError
 from localdiffusion.methods.rods import RODSConfig
 from localdiffusion.ood.anomaly_map import Calibration
 
-#: The event the risk map is validated against (BENCHMARK section 11), recorded in every calibration
+#: The event the risk map is validated against (research/RECORD.md section 11), recorded in every calibration
 #: file: a gross translation error is the absolute error averaged over a cube of
 #: ``neighbourhood`` voxels (a voxel and its 2 mm neighbours: acquisition noise does not count)
 #: above the ``healthy_quantile`` of that quantity on healthy validation brain voxels.

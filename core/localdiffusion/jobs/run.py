@@ -1,21 +1,8 @@
 """The main job on one volume: OOD map, baseline and Local Diffusion translations, risk map.
 
-``run_job`` is what the CLI (``localdiffusion run``), the MONAI bundle, the MONAI Label app
-and the Slicer module (through the CLI) call. Models come from one folder (default: the shipped
-``monai_bundle/models``): ``<source>_to_<target>/`` (diffusion model) and
-``ood_<modality>.pt`` (PatchCore banks; the target-modality bank is the gate's classifier);
-with ``<source>_to_<target>/risk_calibration.json`` the job also writes the per-voxel
-hallucination risk of the Local Diffusion translation (:mod:`localdiffusion.detectors.risk`),
-when the sampler is the calibration's DDIM step count (read from that file); a calibration
-that combines the cycle residual needs the reverse model ``<target>_to_<source>/`` too (the
-job back-translates the Local Diffusion translation with it), one that combines the robust OOD
-map the bank's robust calibration ``ood_<source>_robust.json``. The written OOD map, and the one
-Local Diffusion branches on, is the source contrast's acquisition-robust map
-(:mod:`~localdiffusion.ood.robust`, when its calibration is beside the bank); the input gate reads
-the bank's own. :func:`compute_job` computes everything and writes nothing; :func:`write_outputs`
-writes atomically, on the input's grid and affine, never over the input (the CLI, the bundle, the
-cohort runner and the MONAI Label app share it). ``report`` (e.g. the CLI's JSON lines) is told the
-progress of each phase and every written output.
+Holds :class:`JobOptions`, :func:`compute_job` (computes, writes nothing), :func:`write_outputs`
+(the one writer the CLI, the bundle, the cohort runner and :func:`run_job` share) and the output
+naming rule (:func:`planned_outputs`, :func:`output_paths`).
 """
 
 from __future__ import annotations
@@ -160,6 +147,15 @@ class JobResult:
 def compute_job(input_path: str | Path, options: JobOptions | None = None, models_root: str | Path | None = None,
                 progress: bool = True, report: Report | None = None) -> JobResult:
     """Compute the main job's outputs for one volume; writes nothing.
+
+    Models come from one folder (default: the shipped ``monai_bundle/models``):
+    ``<source>_to_<target>/`` (the diffusion model), ``ood_<contrast>.pt`` (PatchCore banks; the
+    target contrast's is the gate's classifier) and ``ood_<source>_robust.json`` (the
+    acquisition-robust calibration: the OOD map the job returns and Local Diffusion branches on;
+    without it, the bank's own map, with a warning); the input gate reads the bank's own map.
+    With ``<source>_to_<target>/risk_calibration.json`` fitted for the sampler and step count the
+    job also computes the per-voxel hallucination risk (:mod:`~localdiffusion.detectors.risk`);
+    a calibration that combines the cycle residual needs the reverse model ``<target>_to_<source>/``.
 
     Args:
         input_path: a volume file or a DICOM series folder of the direction's source contrast.
