@@ -46,3 +46,19 @@ def test_gpu_autocast_and_batch_size_from_free_memory():
         on_cpu = cpu(x, x, 5)
         on_gpu = Denoiser(config, network=cpu.network.to(device)).eval()(x.to(device), x.to(device), 5).cpu()
     assert np.abs((on_cpu - on_gpu).numpy()).max() < 0.05  # the same network, half-precision rounding apart
+
+
+def test_ranks_and_workers_divide_the_cores_instead_of_each_taking_all(monkeypatch):
+    from localdiffusion.network.device import available_cores, thread_count, use_threads
+
+    cores = available_cores()
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert thread_count() == cores and thread_count(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks on this machine
+    assert thread_count() == max(1, cores // 2)
+    assert thread_count(sharers=4 * cores) == 1  # never fewer than one
+    before = torch.get_num_threads()
+    try:
+        assert use_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

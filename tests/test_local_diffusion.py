@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -418,3 +419,41 @@ def test_robust_mask_rows_are_paired_against_the_banks_mask_rows():
         row = rows[f"LD robust patchcore mask, IND floor {floor}"]
         assert row.mask == ROBUST_MASK and row.compare_to == f"LD patchcore mask, IND floor {floor}"
         assert row.compare_to in rows
+
+
+def test_the_baseline_copies_the_batches_local_diffusion_sampled_plainly_bit_for_bit(tiny_models, cohort):
+    """Where Local Diffusion never branched (whole batches with an empty mask), the baseline is the plain
+    process with the same seeds and batches: it copies those samples, and the result is the baseline
+    computed from scratch, bit for bit, with fewer network calls."""
+    from localdiffusion.data.readers import read_case
+    from localdiffusion.methods.local_diffusion import LocalDiffusionPlan
+    from localdiffusion.network.denoiser import load_denoiser
+    from localdiffusion.volume.batching import SampledSlices, batch_sampler, translate_prepared
+    from localdiffusion.volume.cohort import cases_in_split
+    from localdiffusion.volume.grid import prepare_case
+
+    den = load_denoiser(tiny_models / "t1_to_flair", autocast=False)
+    prepared = prepare_case(read_case(cases_in_split(cohort, "test", "tumour")[0], ("t1", "flair")),
+                            den.config.spacing_mm, den.config.in_plane)
+    ks = prepared.brain_slices()
+    ood = np.zeros(prepared.grid.shape, np.float32)
+    ood[:, :, ks[len(ks) // 2]][prepared.brain[:, :, ks[len(ks) // 2]]] = 1.0  # one slice out of distribution
+    plan = LocalDiffusionPlan(OodMap(ood, 0.5), LocalDiffusionConfig(min_component=0))
+    common = dict(steps=3, seed=4, batch_size=2, progress=False)
+    raw = []
+    translate_prepared(den, prepared, sample_batch=batch_sampler("ddim", 3, method=plan), on_raw=raw.append, **common)
+    plain = plan.plain_slices()
+    assert 0 < len(plain) < len(ks) and ks[len(ks) // 2] not in plain
+
+    calls = []
+    counted = batch_sampler("ddim", 3)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return counted(*args, **kwargs)
+
+    fresh = translate_prepared(den, prepared, **common)
+    reused = translate_prepared(den, prepared, sample_batch=counting, reuse=SampledSlices(raw[0], plain), **common)
+    np.testing.assert_array_equal(reused, fresh)
+    n_batches = -(-len(ks) // 2)
+    assert len(calls) < n_batches  # the never-branched batches were copied, not sampled

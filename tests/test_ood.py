@@ -364,3 +364,24 @@ def test_field_strength_reads_the_coil_field_and_not_the_anatomy():
     true = np.log(field[brain]).std()  # the oracle: the field the volume was multiplied by
     assert abs(field_strength(image * field, brain, 2.0) / true - 1) < 0.3
     assert field_strength(image, brain, 2.0) < 0.25 * true
+
+
+def test_the_coil_field_is_fitted_once_per_volume(monkeypatch):
+    """The input gate and the robust FLAIR map both need the N4 field of the same volume: one fit."""
+    from localdiffusion.volume import bias
+
+    fits = []
+    real = bias._fit_log_bias_field
+    monkeypatch.setattr(bias, "_fit_log_bias_field", lambda *a: fits.append(1) or real(*a))
+    rng = np.random.default_rng(3)
+    brain = np.zeros((24, 24, 12), bool)
+    brain[4:20, 4:20, 2:10] = True
+    image = np.where(brain, rng.uniform(0.4, 0.6, brain.shape), 0).astype(np.float32)
+    first = bias.log_bias_field(image, brain, 2.0)
+    again = bias.log_bias_field(image.copy(), brain.copy(), 2.0)
+    np.testing.assert_array_equal(first, again)
+    assert len(fits) == 1
+    other = image.copy()
+    other[10, 10, 5] += 0.1  # another volume is fitted anew
+    bias.log_bias_field(other, brain, 2.0)
+    assert len(fits) == 2

@@ -27,7 +27,7 @@ def test_run_writes_every_output_on_the_input_grid(tiny_models, cohort, tmp_path
         assert np.isfinite(img.get_fdata()).all()
 
 
-def test_run_bad_input_leaves_no_outputs(tiny_models, tmp_path, capsys):
+def test_run_bad_input_leaves_no_outputs(tiny_models, cohort, tmp_path, capsys):
     bad = tmp_path / "nan.nii.gz"
     data = np.ones((20, 20, 20), np.float32)
     data[1, 1, 1] = np.nan
@@ -36,8 +36,12 @@ def test_run_bad_input_leaves_no_outputs(tiny_models, tmp_path, capsys):
     assert main(["run", "--input", str(bad), "--out-dir", str(out), "--models", str(tiny_models)]) == 2
     assert "NaN" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
-    assert main(["run", "--input", str(bad), "--out-dir", str(out), "--models", str(tmp_path / "none")]) == 2
+    # the input is read before the models: a bad file is refused first; a good one with no models says so
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    good = case / f"{case.name}_t1.nii.gz"
+    assert main(["run", "--input", str(good), "--out-dir", str(out), "--models", str(tmp_path / "none")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
 
 
 def test_demo_figure_from_job_outputs(tiny_models, cohort, tmp_path):
@@ -173,3 +177,38 @@ def test_run_writes_the_contrasts_product_ood_map_and_branches_on_it(tiny_models
     (models / f"ood_{src}_robust.json").unlink()
     np.testing.assert_allclose(written_ood(tmp_path / "bank"), own, atol=1e-5)
     assert any(f"ood_{src}_robust.json not found" in w and "bank's own calibration" in w for w in written_ood.warnings)
+
+
+@pytest.mark.slow
+def test_run_says_plainly_why_it_writes_no_risk_map(tiny_models, cohort, tmp_path, capsys):
+    """No calibration, or one fitted for another step count: the outputs are written without a risk map,
+    and a warning says which and how to get one; a calibration for the step count asked for is used."""
+    import json
+    import shutil
+
+    from localdiffusion.detectors.risk import fit_on_volumes
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    source = case / f"{case.name}_t1.nii.gz"
+
+    def run(out: str, steps: int) -> tuple[list[str], list[str]]:
+        capsys.readouterr()
+        assert main(["run", "--input", str(source), "--out-dir", str(tmp_path / out), "--models", str(models),
+                     "--steps", str(steps), "--no-baseline", "--json"]) == 0
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        return ([e["message"] for e in events if e["event"] == "warning"],
+                [e["name"] for e in events if e["event"] == "output"])
+
+    warnings, outputs = run("none", 2)
+    assert "risk" not in outputs and any("no hallucination-risk map" in w and "risk_calibration.json not found" in w
+                                         for w in warnings)
+    rng = np.random.default_rng(0)
+    brain = np.ones((8, 8, 4), bool)
+    healthy = [(brain, {"ood": rng.uniform(0, 1, brain.shape).astype(np.float32)}) for _ in range(30)]
+    fit_on_volumes(healthy, ("ood",), 1.0, "max", steps=3).save(models / "t1_to_flair" / "risk_calibration.json")
+    warnings, outputs = run("other_steps", 2)
+    assert "risk" not in outputs and any("calibrated for DDIM-3, not DDIM-2" in w for w in warnings)
+    warnings, outputs = run("calibrated", 3)
+    assert "risk" in outputs and not any("hallucination-risk" in w for w in warnings)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from localdiffusion.errors import InputError
-from localdiffusion.options import DIRECTIONS, HEALTHY_FPR, MODALITIES, add_options
+from localdiffusion.options import DIRECTIONS, HEALTHY_FPR, MODALITIES, RUN_OPTIONS, add_options
 from localdiffusion.shipped import ood_bank_path, shipped_model_dir
 
 EXIT_BAD_INPUT = 2
@@ -24,10 +24,27 @@ INPUT_HELP = ("3D volume of the source contrast: NIfTI, NRRD, MetaImage (.mha/.m
               "DICOM series")
 
 
+#: each command's one-line help (also what `localdiffusion --help` lists without building every parser)
+COMMAND_HELP = {
+    "phantom": "generate the physics-phantom cohort (BraTS 2021 layout)",
+    "demo": "the main job on the embedded default data (phantom from nilearn's MNI152)",
+    "check": "read and validate one case (BraTS 2020/2021/2023 folder or MSD image)",
+    "train": "train the conditional diffusion model on healthy slices",
+    "translate": "translate a volume (e.g. T1 -> FLAIR) with a trained model",
+    "calibrate-gate": "fit the input gate (contrast and distribution checks) on healthy validation cases",
+    "calibrate-risk": "fit the hallucination-risk calibration on healthy validation cases",
+    "evaluate": "translation PSNR/SSIM over the brain on a cohort split",
+    "ood": "PatchCore OOD detector: build a calibrated bank, map a volume",
+    "train-seg": "train the downstream tumour-segmentation U-Net",
+    "run": "the main job: OOD map, baseline and Local Diffusion translation of a volume or a cohort (resumable; "
+           "shards across torchrun ranks)",
+}
+
+
 def _add_phantom(sub) -> None:
     from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
 
-    p = sub.add_parser("phantom", help="generate the physics-phantom cohort (BraTS 2021 layout)")
+    p = sub.add_parser("phantom", help=COMMAND_HELP["phantom"])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--healthy", type=int, default=0, help="number of healthy cases")
     p.add_argument("--tumour", type=int, default=0, help="number of glioma cases")
@@ -54,7 +71,7 @@ def _run_phantom(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the main job on the embedded default data (phantom from nilearn's MNI152)")
+    p = sub.add_parser("demo", help=COMMAND_HELP["demo"])
     p.add_argument("--out", type=Path, default=Path("outputs/demo"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run_demo)
@@ -69,7 +86,7 @@ def _run_demo(args) -> int:
 
 
 def _add_check(sub) -> None:
-    p = sub.add_parser("check", help="read and validate one case (BraTS 2020/2021/2023 folder or MSD image)")
+    p = sub.add_parser("check", help=COMMAND_HELP["check"])
     p.add_argument("--case", required=True, type=Path)
     p.add_argument("--modalities", nargs="+", default=["t1", "flair"])
     p.set_defaults(func=_run_check)
@@ -95,7 +112,7 @@ def _add_train(sub) -> None:
     from localdiffusion.network.denoiser import DiffusionConfig
 
     d = TrainConfig(data="", out="")
-    p = sub.add_parser("train", help="train the conditional diffusion model on healthy slices")
+    p = sub.add_parser("train", help=COMMAND_HELP["train"])
     p.add_argument("--data", required=True, help="cohort folder (phantom manifest or BraTS/MSD cases)")
     p.add_argument("--source", default="t1")
     p.add_argument("--target", default="flair")
@@ -156,7 +173,7 @@ def _crop_margin(args) -> int | None:
 
 
 def _add_translate(sub) -> None:
-    p = sub.add_parser("translate", help="translate a volume (e.g. T1 -> FLAIR) with a trained model")
+    p = sub.add_parser("translate", help=COMMAND_HELP["translate"])
     p.add_argument("--input", required=True, type=Path, help=INPUT_HELP)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
@@ -182,8 +199,7 @@ def _run_translate(args) -> int:
 
 
 def _add_calibrate_gate(sub) -> None:
-    p = sub.add_parser("calibrate-gate", help="fit the input gate (contrast and distribution checks) on healthy "
-                       "validation cases")
+    p = sub.add_parser("calibrate-gate", help=COMMAND_HELP["calibrate-gate"])
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--models", type=Path, default=None, help=MODELS_HELP + "; the gate is written there")
     p.add_argument("--split", default="val")
@@ -209,7 +225,7 @@ def _add_calibrate_risk(sub) -> None:
     from localdiffusion.detectors.maps import DETECTORS
     from localdiffusion.detectors.risk import COMBINATIONS, RISK_DEFAULTS, smoothing_label
 
-    p = sub.add_parser("calibrate-risk", help="fit the hallucination-risk calibration on healthy validation cases")
+    p = sub.add_parser("calibrate-risk", help=COMMAND_HELP["calibrate-risk"])
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
@@ -277,7 +293,7 @@ def _run_calibrate_risk(args) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="translation PSNR/SSIM over the brain on a cohort split")
+    p = sub.add_parser("evaluate", help=COMMAND_HELP["evaluate"])
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--model", type=Path, default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -312,7 +328,7 @@ def _run_evaluate(args) -> int:
 
 
 def _add_ood(sub) -> None:
-    p = sub.add_parser("ood", help="PatchCore OOD detector: build a calibrated bank, map a volume")
+    p = sub.add_parser("ood", help=COMMAND_HELP["ood"])
     ood = p.add_subparsers(dest="ood_command", required=True)
     b = ood.add_parser("build", help="fit on healthy train slices, calibrate on healthy val slices")
     b.add_argument("--data", required=True, type=Path)
@@ -403,7 +419,7 @@ def _run_ood_calibrate_robust(args) -> int:
 
 
 def _add_train_seg(sub) -> None:
-    p = sub.add_parser("train-seg", help="train the downstream tumour-segmentation U-Net")
+    p = sub.add_parser("train-seg", help=COMMAND_HELP["train-seg"])
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--modality", default="flair", choices=["t1", "flair", "t2"])
     p.add_argument("--out", required=True, type=Path)
@@ -424,15 +440,12 @@ def _run_train_seg(args) -> int:
 
 
 def _add_run(sub) -> None:
-    from localdiffusion.jobs.run import JOB_OPTIONS
-
-    p = sub.add_parser("run", help="the main job: OOD map, baseline and Local Diffusion translation of a volume "
-                       "or a cohort (resumable; shards across torchrun ranks)")
+    p = sub.add_parser("run", help=COMMAND_HELP["run"])
     p.add_argument("--input", required=True, type=Path, help=INPUT_HELP + "; or a cohort: a folder of volumes, a "
                    "MONAI datalist JSON, a BraTS 2020/2021/2023 release or an MSD Task01 folder")
     p.add_argument("--out-dir", required=True, type=Path)
     p.add_argument("--models", type=Path, default=None, help=MODELS_HELP)
-    add_options(p, JOB_OPTIONS)
+    add_options(p, RUN_OPTIONS + ("threads",))
     p.add_argument("--json", action="store_true",
                    help="report progress and outputs as JSON lines on stdout (for programs, e.g. the Slicer module)")
     p.set_defaults(func=_run_run)
@@ -442,11 +455,27 @@ def _json_line(event: dict) -> None:
     print(json.dumps(event), flush=True)
 
 
+def _check_input_early(path: Path) -> None:
+    """A single volume file is read and validated before the networks are loaded, so that a bad file is
+    refused in a fraction of a second (folders, datalists and releases are resolved by the cohort reader)."""
+    from localdiffusion.data.io import check_exists, load_volume
+
+    check_exists(path)
+    if path.is_file() and path.suffix.lower() != ".json":
+        load_volume(path)
+
+
 def _run_run(args) -> int:
     import os
 
+    _check_input_early(args.input)
+    if args.json:
+        _json_line({"event": "progress", "phase": "load", "fraction": 0.0})
     from localdiffusion.jobs.cohort import CohortTranslator, is_cohort, resolve_cohort
     from localdiffusion.jobs.run import JOB_OPTIONS, JobOptions, run_job
+    from localdiffusion.network.device import use_threads
+
+    use_threads(args.threads)
 
     options = JobOptions(**{name: getattr(args, name) for name in JOB_OPTIONS})
     items = resolve_cohort(args.input, DIRECTIONS[options.direction][0])
@@ -471,18 +500,24 @@ COMMANDS = [_add_run, _add_phantom, _add_check, _add_train, _add_translate, _add
             _add_calibrate_risk, _add_calibrate_gate, _add_demo]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; with ``only``, just that command's arguments are built (the others are
+    listed by name and help), so that option parsing imports nothing heavy for the commands not run."""
     parser = argparse.ArgumentParser(prog="localdiffusion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
-        add(sub)
+        name = add.__name__[len("_add_"):].replace("_", "-")
+        if only is None or only == name:
+            add(sub)
+        else:
+            sub.add_parser(name, help=COMMAND_HELP[name])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    command = argv[0] if argv and argv[0] in COMMAND_HELP else ""
+    args = build_parser(only=command).parse_args(argv)
     args.argv = argv
     # notes and warnings (which DICOM series was taken, a borderline input) go to stderr, one line each
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)

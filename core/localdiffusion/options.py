@@ -145,6 +145,8 @@ _TABLE = [
     Option("risk_map", bool, True, "the hallucination-risk map (needs the model's risk_calibration.json and its "
            "DDIM step count; its back-translation by the reverse model costs about one more translation)"),
     Option("device", str, "auto", "where the networks run", choices=DEVICES),
+    Option("threads", int, 0, "CPU threads for the networks; 0 = the cores this process may use, divided among the "
+           "torchrun ranks on this machine", low=0, high=4096),
     Option("force", bool, False, "translate even an input the input gate refuses (wrong contrast, not a brain "
            "scan like the training data); it is then translated with a warning", flag="--force"),
     Option("output_format", str, "input", "output file format: the input's own (NIfTI for a DICOM series), nifti, "
@@ -152,6 +154,10 @@ _TABLE = [
 ]
 #: name -> :class:`Option`
 OPTIONS: dict[str, Option] = {o.name: o for o in _TABLE}
+#: the main job's user options, in the order of :class:`~localdiffusion.jobs.run.JobOptions`' fields
+RUN_OPTIONS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "batch_size", "t_intermediate",
+               "mask_mode", "ind_floor", "independent_noise", "max_rebranch", "gate", "baseline", "device", "force",
+               "output_format", "risk_map")
 
 
 def default(name: str) -> Any:

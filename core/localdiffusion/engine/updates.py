@@ -16,14 +16,15 @@ history on the instance (one instance per sampling run, made by :func:`make_upda
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # the rules do arithmetic only: importing them (the options table does) loads no torch
+    import torch
 
-from localdiffusion.engine.schedule import NoiseSchedule
+    from localdiffusion.engine.schedule import NoiseSchedule
 
 #: ``noise(item_shape) -> (B, *item_shape)`` standard normal noise (a SliceNoise or a wrapper)
-Noise = Callable[[tuple], torch.Tensor]
+Noise = Callable[[tuple], "torch.Tensor"]
 
 
 class UpdateRule:

@@ -30,9 +30,9 @@ from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.ood.volume import OodMap, bank_map
-from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, default, output_suffix
+from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, RUN_OPTIONS, default, output_suffix
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibration_path
-from localdiffusion.volume.batching import batch_sampler, translate_prepared
+from localdiffusion.volume.batching import SampledSlices, batch_sampler, translate_prepared
 
 log = logging.getLogger("localdiffusion")
 
@@ -70,6 +70,8 @@ class JobOptions:
 
 #: the main job's user options (the fields that are rows of the options table), in field order
 JOB_OPTIONS = tuple(f.name for f in fields(JobOptions) if f.name in OPTIONS)
+if JOB_OPTIONS != RUN_OPTIONS:  # the command line builds its flags from RUN_OPTIONS without importing this module
+    raise ImportError(f"options.RUN_OPTIONS {RUN_OPTIONS} differs from JobOptions' fields {JOB_OPTIONS}")
 
 
 def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
@@ -88,7 +90,7 @@ def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOpt
     fitted for this sampler and step count), named ``<input stem>_<suffix><format suffix>``."""
     names = [name for name in OUTPUTS if name != "baseline" or options.baseline]
     paths = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)
-    if _risk_calibration(paths, options) is None:
+    if _risk_calibration(paths, options)[0] is None:
         names.remove("risk")
     return output_paths(input_path, out_dir, options, names)
 
@@ -99,19 +101,33 @@ def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOption
     return {name: Path(out_dir) / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in names}
 
 
-def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> RiskCalibration | None:
-    """The risk calibration the job uses: none when not asked for, absent, fitted for another
-    sampler or step count, or combining a map whose model file is not at hand (the cycle residual's
-    reverse model, the robust OOD map's calibration): no risk map rather than a miscalibrated one."""
-    if not (options.risk_map and paths["risk"].exists()):
-        return None
-    calibration = RiskCalibration.load(paths["risk"])
-    if (options.sampler, options.steps) != ("ddim", calibration.steps):
-        return None
+def risk_calibration_files(model_dir: Path) -> list[Path]:
+    """A model's risk calibrations: ``risk_calibration.json`` and any ``risk_calibration_<sampler><steps>.json``
+    fitted for another step count."""
+    return sorted(model_dir.glob("risk_calibration*.json"))
+
+
+def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> tuple[RiskCalibration | None, str]:
+    """The risk calibration the job uses, or None and why not: none asked for, none fitted for this sampler
+    and step count, or one combining a map whose model file is not at hand (the cycle residual's reverse
+    model, the robust OOD map's calibration): no risk map rather than a miscalibrated one."""
+    if not options.risk_map:
+        return None, ""
+    files = risk_calibration_files(paths["diffusion"])
+    if not files:
+        return None, f"no hallucination-risk map: {paths['risk']} not found"
+    fitted = [RiskCalibration.load(path) for path in files]
+    matching = [c for c in fitted if (options.sampler, options.steps) == ("ddim", c.steps)]
+    if not matching:
+        counts = ", ".join(f"DDIM-{c.steps}" for c in fitted)
+        return None, (f"no hallucination-risk map: it is calibrated for {counts}, not {options.sampler.upper()}-"
+                      f"{options.steps} (use --sampler ddim --steps {fitted[0].steps} for one)")
+    calibration = matching[0]
     needed = GivenMaps.files(calibration.needs, paths["ood"], paths["diffusion"], options.direction)
-    if not all(path.exists() for path in needed.values()):
-        return None
-    return calibration
+    missing = [str(path) for path in needed.values() if not path.exists()]
+    if missing:
+        return None, f"no hallucination-risk map: it needs {', '.join(missing)}, which is not there"
+    return calibration, ""
 
 
 def _robust_calibration(paths: dict[str, Path], report: Report) -> RobustCalibration | None:
@@ -188,11 +204,14 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
     robust = _robust_calibration(paths, tell)
-    calibration = _risk_calibration(paths, options)
+    calibration, no_risk = _risk_calibration(paths, options)
     given = GivenMaps.load(calibration.needs, ood_bank, paths["ood"], paths["diffusion"], denoiser.config,
                            device) if calibration is not None else None
     prepared = prepare_input(input_path, source, denoiser.config.spacing_mm, denoiser.config.in_plane)
     check_sampling(denoiser, options.steps, options.t_intermediate)
+    if no_risk:  # said once the input is known to be translatable
+        log.warning("warning: %s", no_risk)
+        tell({"event": "warning", "message": no_risk})
 
     # the sampling phases, each reported from 0 to 1 (clients weigh them equally)
     cycle = given is not None and given.reverse is not None
@@ -218,15 +237,18 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     local = batch_sampler(options.sampler, options.steps, method=plan)
     phase = lambda name: (lambda done, total: tell({"event": "progress", "phase": name,  # noqa: E731
                                                      "fraction": done / max(total, 1)}))
+    raw_local = []  # Local Diffusion's raw samples: the baseline copies its batches that never branched
     volumes = {"ood": ood.probability, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
-                                                                   sample_batch=local, on_batch=phase("local"))}
+                                                                   sample_batch=local, on_batch=phase("local"),
+                                                                   on_raw=raw_local.append)}
     if recorder is not None:
         maps = given.maps(prepared, volumes["local"], source_maps, steps=options.steps, seed=options.seed,
                           batch_size=options.batch_size, on_batch=phase("cycle"))
         volumes["risk"] = risk_volume(calibration, recorder.volumes(maps), prepared.brain)
     if options.baseline:
         volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,
-                                                 **common, on_batch=phase("baseline"))
+                                                 **common, on_batch=phase("baseline"),
+                                                 reuse=SampledSlices(raw_local[0], plan.plain_slices()))
     # where Local Diffusion branched (the hard mask; a soft plan's weight is the probability near it)
     branch_mask = plan.weight if options.mask_mode == "hard" else branch_weight_volume(
         ood, dataclasses.replace(ld_config, mask_mode="hard"), prepared.brain)

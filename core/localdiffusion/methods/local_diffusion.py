@@ -313,6 +313,11 @@ class LocalDiffusionPlan:
         self._runs.append((batch.ks, ld))
         return ld
 
+    def plain_slices(self) -> frozenset:
+        """The slices of every batch that never branched: sampled by the plain process, exactly as a
+        baseline pass with the same seeds and batches samples them."""
+        return frozenset(int(k) for ks, ld in self._runs if bool((ld.fused_at < 0).all()) for k in ks)
+
     def slice_records(self) -> dict[int, dict]:
         """Per sampled slice k: whether it branched, the t it fused at (-1: never branched), how often
         the gate judged it and sent it back to branching."""

@@ -3,6 +3,8 @@ precision of each device; the batch size a device takes when the user leaves it 
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from localdiffusion.errors import InputError
@@ -13,6 +15,39 @@ CPU_BATCH = 8
 #: share of the GPU's free memory an automatic batch may use, and the largest batch it picks
 GPU_MEMORY_SHARE = 0.6
 MAX_AUTO_BATCH = 256
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def thread_count(requested: int = 0, sharers: int | None = None) -> int:
+    """Threads for this process's networks.
+
+    Args:
+        requested: a positive count is taken as it is; 0 divides the cores.
+        sharers: how many processes or workers share this process's cores (default: torchrun's
+            ``LOCAL_WORLD_SIZE``, the ranks on this machine; 1 without torchrun).
+    Returns:
+        ``requested``, or the available cores divided by ``sharers`` (at least 1).
+    """
+    if requested > 0:
+        return requested
+    if sharers is None:
+        sharers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, available_cores() // max(1, sharers))
+
+
+def use_threads(requested: int = 0, sharers: int | None = None) -> int:
+    """Set torch's intra-op threads to :func:`thread_count` (ranks and workers then divide the cores
+    instead of each taking all of them); returns the count."""
+    count = thread_count(requested, sharers)
+    torch.set_num_threads(count)
+    return count
 
 
 def select_device(device: str = "auto") -> torch.device:

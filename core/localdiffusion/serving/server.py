@@ -42,6 +42,7 @@ from monailabel.interfaces.utils.app import app_instance
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from localdiffusion.errors import InputError
+from localdiffusion.network.device import use_threads
 
 NO_IMAGE = "Neither Image nor File"
 WORKERS = max(1, int(os.environ.get("LOCALDIFFUSION_LABEL_WORKERS", "1")))
@@ -69,6 +70,8 @@ class _Admission:
 
 
 _EXECUTOR = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="localdiffusion-infer")
+#: the worker threads share the server's cores instead of each taking all of them
+THREADS = use_threads(int(os.environ.get("LOCALDIFFUSION_LABEL_THREADS", "0")), sharers=WORKERS)
 _ADMISSION = _Admission(QUEUE)
 
 

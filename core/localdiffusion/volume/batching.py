@@ -132,6 +132,20 @@ def batch_sampler(sampler: str = default("sampler"), steps: int | None = default
     return sample
 
 
+@dataclass(frozen=True)
+class SampledSlices:
+    """Slices an earlier pass sampled exactly as this pass would (same model, sampler, seeds and batches,
+    the plain process): their raw samples are copied instead of sampled again.
+
+    Attributes:
+        volume: (X, Y, Z) the earlier pass's raw samples in [0, 1] (before the banding filter).
+        slices: the slice indices k that may be copied; a batch is copied only when all of its slices are.
+    """
+
+    volume: np.ndarray
+    slices: frozenset
+
+
 @torch.no_grad()
 def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: str = default("sampler"),
                        steps: int | None = default("steps"), seed: int = default("seed"),
@@ -140,7 +154,8 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
                        recorder=None, crop_margin: int | None = BRAIN_CROP_MARGIN,
                        on_batch: Callable[[int, int], None] | None = None,
                        noise_sigma_z: float = default("noise_sigma_z"),
-                       z_harmonise: float = default("z_harmonise")) -> np.ndarray:
+                       z_harmonise: float = default("z_harmonise"), reuse: SampledSlices | None = None,
+                       on_raw: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
     """Translate every brain slice of a case on its working grid; no file is read or written here.
 
     Plans the brain slices into batches, hands each to a batch sampler (:func:`batch_sampler`: the
@@ -167,6 +182,8 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
         noise_sigma_z: slice-correlated noise sigma in slices; 0 = independent; negative = the model's.
         z_harmonise: the banding filter's sigma (:func:`~localdiffusion.volume.harmonise.harmonise_z`),
             applied to whole translations only; 0 = off; negative = the model's.
+        reuse: batches an earlier pass sampled identically, copied instead of sampled.
+        on_raw: given the raw samples (X, Y, Z) before the banding filter.
     Returns:
         (X, Y, Z) float32 working-grid volume in [0, 1].
     """
@@ -185,6 +202,11 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
     batches = plan_batches(prepared.brain, ks, seed, batch_size, multiple, crop_margin, noise_sigma_z)
     for done, batch in enumerate(tqdm(batches, desc=f"translate {prepared.case_id}", unit="batch",
                                       disable=not progress), 1):
+        if reuse is not None and all(int(k) in reuse.slices for k in batch.ks):
+            result[:, :, batch.ks] = reuse.volume[:, :, batch.ks]
+            if on_batch is not None:
+                on_batch(done, len(batches))
+            continue
         cond = batch.take(source, device, denoiser.config.condition_offsets)
         hooks = recorder.begin(batch) if recorder is not None else []
         pred = sample_batch(denoiser, cond, batch, hooks)
@@ -194,4 +216,6 @@ def translate_prepared(denoiser: Denoiser, prepared: PreparedCase, *, sampler: s
         if on_batch is not None:
             on_batch(done, len(batches))
     result[~prepared.brain] = 0.0
+    if on_raw is not None:
+        on_raw(result.copy())
     return harmonise_z(result, prepared.brain, z_harmonise) if slices is None else result

@@ -12,6 +12,9 @@ is smooth; the fit costs a fraction), then evaluated at full resolution.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -46,8 +49,39 @@ def field_spread(log_field: np.ndarray, brain: np.ndarray) -> float:
     return float(log_field[brain].std())
 
 
+#: the latest fit, (key, log field): the input gate and the robust FLAIR map fit the same volume, once
+_LAST_FIT: list = []
+_FIT_LOCK = threading.Lock()  # server workers may fit concurrently
+
+
+def _fit_key(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> tuple:
+    digest = hashlib.blake2b(np.ascontiguousarray(image, np.float32).tobytes(), digest_size=16)
+    digest.update(np.ascontiguousarray(brain, bool).tobytes())
+    return image.shape, float(spacing_mm), digest.hexdigest()
+
+
 def log_bias_field(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> np.ndarray:
-    """The N4-estimated log bias field of ``image`` (X, Y, Z), with a brain-mean of 0."""
+    """The N4-estimated log bias field of a working-grid volume, fitted once per volume (the latest fit is
+    kept, keyed by the volume's content).
+
+    Args:
+        image: (X, Y, Z), >= 0 in the brain.
+        brain: (X, Y, Z) bool; the field is fitted on these voxels.
+        spacing_mm: the grid's voxel size.
+    Returns:
+        (X, Y, Z) float32 log field with a brain-mean of 0.
+    """
+    key = _fit_key(image, brain, spacing_mm)
+    with _FIT_LOCK:
+        if _LAST_FIT and _LAST_FIT[0][0] == key:
+            return _LAST_FIT[0][1].copy()
+    field = _fit_log_bias_field(image, brain, spacing_mm)
+    with _FIT_LOCK:
+        _LAST_FIT[:] = [(key, field)]
+    return field.copy()
+
+
+def _fit_log_bias_field(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> np.ndarray:
     # SimpleITK indexes (Z, Y, X): transposing keeps x first in the image's own axes
     floor = max(float(image[brain].max()) * 1e-3, 1e-6)  # N4 takes logs: no zeros inside the mask
     full = sitk.GetImageFromArray(np.where(brain, np.maximum(image, floor), 0.0).astype(np.float32).T)
