@@ -106,10 +106,9 @@ def _run_check(args) -> int:
 
 
 def _add_train(sub) -> None:
+    from localdiffusion.network.denoiser import DiffusionConfig
     from localdiffusion.training.diffusion import TrainConfig
     from localdiffusion.training.objectives import OBJECTIVES
-
-    from localdiffusion.network.denoiser import DiffusionConfig
 
     d = TrainConfig(data="", out="")
     p = sub.add_parser("train", help=COMMAND_HELP["train"])
@@ -496,8 +495,10 @@ def _run_run(args) -> int:
     return 0
 
 
-COMMANDS = [_add_run, _add_phantom, _add_check, _add_train, _add_translate, _add_evaluate, _add_ood, _add_train_seg,
-            _add_calibrate_risk, _add_calibrate_gate, _add_demo]
+#: command -> the function that adds its parser, in the order `--help` lists them
+COMMANDS = {"run": _add_run, "phantom": _add_phantom, "check": _add_check, "train": _add_train,
+            "translate": _add_translate, "evaluate": _add_evaluate, "ood": _add_ood, "train-seg": _add_train_seg,
+            "calibrate-risk": _add_calibrate_risk, "calibrate-gate": _add_calibrate_gate, "demo": _add_demo}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -505,8 +506,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     listed by name and help), so that option parsing imports nothing heavy for the commands not run."""
     parser = argparse.ArgumentParser(prog="localdiffusion", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in COMMANDS:
-        name = add.__name__[len("_add_"):].replace("_", "-")
+    for name, add in COMMANDS.items():
         if only is None or only == name:
             add(sub)
         else:
@@ -516,7 +516,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    command = argv[0] if argv and argv[0] in COMMAND_HELP else ""
+    command = argv[0] if argv and argv[0] in COMMANDS else ""
     args = build_parser(only=command).parse_args(argv)
     args.argv = argv
     # notes and warnings (which DICOM series was taken, a borderline input) go to stderr, one line each

@@ -130,16 +130,13 @@ def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> tuple[Risk
     return calibration, ""
 
 
-def _robust_calibration(paths: dict[str, Path], report: Report) -> RobustCalibration | None:
-    """The source contrast's robust calibration, the OOD map the job writes and branches on; a models
-    folder without it falls back to the bank's own map, and says so."""
+def _robust_calibration(paths: dict[str, Path]) -> tuple[RobustCalibration | None, str]:
+    """The source contrast's robust calibration, the OOD map the job writes and branches on; or None and
+    what that means: a models folder without it falls back to the bank's own map."""
     if not paths["robust"].exists():
-        message = (f"{paths['robust']} not found: the OOD map and Local Diffusion's masks use the bank's own "
-                   f"calibration, which flags the acquisition of a scan from another scanner")
-        log.warning("warning: %s", message)
-        report({"event": "warning", "message": message})
-        return None
-    return RobustCalibration.load(paths["robust"])
+        return None, (f"{paths['robust']} not found: the OOD map and Local Diffusion's masks use the bank's own "
+                      f"calibration, which flags the acquisition of a scan from another scanner")
+    return RobustCalibration.load(paths["robust"]), ""
 
 
 @dataclass
@@ -192,6 +189,10 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
         if report is not None:
             report(event)
 
+    def warn(message: str) -> None:
+        log.warning("warning: %s", message)
+        tell({"event": "warning", "message": message})
+
     models_root = Path(models_root) if models_root else MODELS_ROOT
     paths = model_paths(models_root, options.direction)
     source, target = DIRECTIONS[options.direction]
@@ -203,15 +204,16 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
-    robust = _robust_calibration(paths, tell)
+    robust, no_robust = _robust_calibration(paths)
+    if no_robust:
+        warn(no_robust)
     calibration, no_risk = _risk_calibration(paths, options)
     given = GivenMaps.load(calibration.needs, ood_bank, paths["ood"], paths["diffusion"], denoiser.config,
                            device) if calibration is not None else None
     prepared = prepare_input(input_path, source, denoiser.config.spacing_mm, denoiser.config.in_plane)
     check_sampling(denoiser, options.steps, options.t_intermediate)
     if no_risk:  # said once the input is known to be translatable
-        log.warning("warning: %s", no_risk)
-        tell({"event": "warning", "message": no_risk})
+        warn(no_risk)
 
     # the sampling phases, each reported from 0 to 1 (clients weigh them equally)
     cycle = given is not None and given.reverse is not None
