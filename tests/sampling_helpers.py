@@ -8,7 +8,7 @@ import torch
 
 from localdiffusion.engine.assemble import Denoise, sample_slices
 from localdiffusion.engine.loop import SliceNoise, StepHook
-from localdiffusion.methods.local_diffusion import Gate, LocalDiffusion, LocalDiffusionConfig, branch_weight
+from localdiffusion.methods.local_diffusion import Gate, LocalDiffusion, LocalDiffusionConfig
 from localdiffusion.options import default
 
 
@@ -41,3 +41,17 @@ def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: t
     out = sample_slices(denoiser, condition, base, sampler=sampler, steps=steps, eta=eta, method=ld,
                         wrappers=wrappers, hooks=hooks)
     return out, ld
+
+
+def branch_weight(probability: torch.Tensor, threshold: float, mask_mode: str) -> torch.Tensor:
+    """The branching weight of slices from their OOD probability.
+
+    Args:
+        probability: (B, C, H, W) in [0, 1], a channel per condition slice.
+        threshold: the probability's calibrated threshold.
+        mask_mode: ``hard`` (``p >= threshold`` as 0/1) or ``soft`` (``p``).
+    Returns:
+        (B, C, H, W) float weight in [0, 1].
+    """
+    p = probability.float().clamp(0, 1)
+    return (p >= threshold).float() if mask_mode == "hard" else p

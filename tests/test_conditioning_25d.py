@@ -7,13 +7,14 @@ from test_diffusion import tiny_config
 
 from localdiffusion.data.readers import read_case
 from localdiffusion.engine.scale import to_model_scale
-from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, LocalDiffusionPlan, branch_weight
+from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, LocalDiffusionPlan
 from localdiffusion.ood.volume import OodMap
 from localdiffusion.network.denoiser import Denoiser, adapt_state_dict, condition_offsets, load_denoiser
 from localdiffusion.training.diffusion import CropSampler, TrainConfig, train
 from localdiffusion.volume.batching import batch_sampler, plan_batches, translate_prepared
 from localdiffusion.volume.cohort import cases_in_split, load_slice_set
 from localdiffusion.volume.grid import prepare_case
+from sampling_helpers import branch_weight
 
 
 def test_offsets_and_neighbour_planes_from_the_volume():

@@ -5,9 +5,9 @@ import torch
 from localdiffusion.engine.assemble import sample_slices
 from localdiffusion.engine.loop import SliceNoise, Step
 from localdiffusion.engine.schedule import NoiseSchedule
-from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, branch_weight
+from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig
 from localdiffusion.ood.volume import OodMap
-from sampling_helpers import local_diffusion_slices
+from sampling_helpers import branch_weight, local_diffusion_slices
 from localdiffusion.network.denoiser import Prediction
 
 

@@ -10,11 +10,12 @@ from test_diffusion import tiny_config
 from localdiffusion.engine.assemble import sample_slices
 from localdiffusion.engine.schedule import NoiseSchedule
 from localdiffusion.errors import InputError
-from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig, branch_weight
+from localdiffusion.methods.local_diffusion import LocalDiffusion, LocalDiffusionConfig
 from localdiffusion.network.denoiser import Denoiser, adapt_state_dict, build_network, load_denoiser
 from localdiffusion.shipped import MODELS_ROOT
 from localdiffusion.training.diffusion import TrainConfig, train
 from localdiffusion.training.objectives import Objective, losses
+from sampling_helpers import branch_weight
 
 
 def _vsm_denoiser(seed=0, bias=None) -> Denoiser:

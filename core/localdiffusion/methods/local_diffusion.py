@@ -1,8 +1,7 @@
 """Local Diffusion (Kim, Jin et al., ECCV 2024, arXiv 2404.05980): branching, fusion and a classifier gate.
 
 Holds :class:`LocalDiffusion` (a method for :func:`~localdiffusion.engine.assemble.sample_slices`,
-one batch of slices), the branching weight of slices and volumes (:func:`branch_weight`,
-:func:`branch_weight_volume`), the volume plan (:class:`LocalDiffusionPlan`) and the default gate
+one batch of slices), the branching weight of a volume (:func:`branch_weight_volume`), the volume plan (:class:`LocalDiffusionPlan`) and the default gate
 (:class:`PatchCoreGate`). Images: conditions in [0, 1]; the network state in [-1, 1].
 """
 
@@ -70,20 +69,6 @@ def _uncrop(values: torch.Tensor, like: torch.Tensor, fill: float, rows: slice, 
     return whole
 
 
-def branch_weight(probability: torch.Tensor, threshold: float, mask_mode: str) -> torch.Tensor:
-    """The branching weight of slices from their OOD probability.
-
-    Args:
-        probability: (B, C, H, W) in [0, 1], a channel per condition slice.
-        threshold: the probability's calibrated threshold.
-        mask_mode: ``hard`` (``p >= threshold`` as 0/1) or ``soft`` (``p``).
-    Returns:
-        (B, C, H, W) float weight in [0, 1].
-    """
-    p = probability.float().clamp(0, 1)
-    return (p >= threshold).float() if mask_mode == "hard" else p
-
-
 class LocalDiffusion:
     """Local Diffusion on one batch of slices.
 
@@ -117,7 +102,8 @@ class LocalDiffusion:
     Args:
         denoiser: a :class:`~localdiffusion.network.denoiser.Denoiser`.
         condition: (B, C, H, W) in [0, 1], a channel per condition slice (centre first).
-        weight: (B, C, H, W) branching weight in [0, 1] (:func:`branch_weight`): the OOD branch
+        weight: (B, C, H, W) branching weight in [0, 1] (a 0/1 mask, or the probability for soft masks;
+            from a volume: :class:`LocalDiffusionPlan`): the OOD branch
             sees ``condition * w``, the IND branch ``condition * max(1 - w, ind_floor)``.
         config, gate: see :class:`LocalDiffusionConfig` and :class:`Gate`.
         placement: the slices' windows in their whole slices (brain crops) and the whole-slice
