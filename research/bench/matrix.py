@@ -70,7 +70,8 @@ class Row:
 
     def key(self, ld_config: LocalDiffusionConfig, gate: bool) -> dict:
         extra = {"ld": dataclasses.asdict(ld_config), "gate": gate} if self.kind == "ld" else {}
-        own = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model", "compare_to") or v is not None}
+        own = {k: v for k, v in dataclasses.asdict(self).items()
+               if k != "compare_to" and (k != "model" or v is not None)}  # the pairing changes no cell
         return {**own, **extra}
 
 
@@ -92,6 +93,27 @@ def benchmark_rows(T: int, with_patchcore: bool = True, with_unet: bool = True, 
         for floor in (0.95, 0.0):
             rows[ld_row_name(ROBUST_MASK, floor)] = Row("ld", BASELINE_SAMPLER, min(BASELINE_STEPS, T), ROBUST_MASK, floor,
                                                         compare_to=ld_row_name("patchcore", floor))
+    return rows
+
+
+def step_rows(T: int, steps: int, reference: int = 25, with_robust: bool = False) -> dict[str, Row]:
+    """The plain row and the Local Diffusion rows (oracle, PatchCore and, ``with_robust``, robust PatchCore
+    masks; both IND floors) sampled with DDIM-``reference`` and with DDIM-``steps``, each of the latter
+    paired against its DDIM-``reference`` namesake. Names carry the step count (``DDIM-5``,
+    ``LD oracle mask, IND floor 0, DDIM-5``)."""
+    rows = {}
+    for count in (reference, steps):
+        count = min(count, T)
+        against = None if count == min(reference, T) else min(reference, T)
+        plain = f"{BASELINE_SAMPLER.upper()}-{count}"
+        rows[plain] = Row("baseline", BASELINE_SAMPLER, count,
+                          compare_to=against and f"{BASELINE_SAMPLER.upper()}-{against}")
+        masks = ["oracle", "patchcore"] + ([ROBUST_MASK] if with_robust else [])
+        for mask in masks:
+            for floor in (0.95, 0.0):
+                name = ld_row_name(mask, floor)
+                rows[f"{name}, {plain}"] = Row("ld", BASELINE_SAMPLER, count, mask, floor, compare_to=against and
+                                               f"{name}, {BASELINE_SAMPLER.upper()}-{against}")
     return rows
 
 

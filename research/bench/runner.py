@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from research.bench.figures import montage_figure
-from research.bench.matrix import BENCHMARK_VERSION, benchmark_rows, run_benchmark, variant_rows
+from research.bench.matrix import BENCHMARK_VERSION, benchmark_rows, run_benchmark, step_rows, variant_rows
 from research.bench.reference import HealthyLookup
 from research.bench.report import SECTION_END, SECTION_START, json_ready, markdown_section
 from localdiffusion.data.io import atomic_path, save_png
@@ -91,14 +91,17 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
                         gate: bool = default("gate"), lookup_data: str | Path | None = None,
                         cache_dir: str | Path | None = None, ld_config: LocalDiffusionConfig | None = None,
                         rows: list[str] | None = None, command: str = "",
-                        variant_models: dict[str, str | Path] | None = None) -> dict:
+                        variant_models: dict[str, str | Path] | None = None, steps: tuple[int, ...] = (),
+                        reference_steps: int = 25) -> dict:
     """Load the models of ``direction`` (``t1_to_flair``), run the benchmark, write JSON and PNG.
 
     ``lookup_data``: the cohort whose healthy train/val cases fit the local healthy mapping
     (default ``data``); ``cache_dir``: where cells are kept between runs (default: none);
     ``rows``: names of :func:`~research.bench.matrix.benchmark_rows` to run (default: all);
     ``variant_models``: label -> model folder of the same direction (e.g. ``{"VSM": ...}``), whose
-    rows (:func:`~research.bench.matrix.variant_rows`) are added."""
+    rows (:func:`~research.bench.matrix.variant_rows`) are added; ``steps``: step counts whose plain and Local
+    Diffusion rows are added, each paired against its DDIM-``reference_steps`` namesake
+    (:func:`~research.bench.matrix.step_rows`)."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
     root = Path(models_root) if models_root else MODELS_ROOT
@@ -113,6 +116,8 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     robust_path = paths["robust"]
     robust = (RobustCalibration.load(robust_path), files_id(robust_path)) if robust_path.exists() else None
     table = benchmark_rows(T, with_robust=robust is not None)
+    for count in steps:
+        table.update(step_rows(T, count, reference_steps, with_robust=robust is not None))
     others = {}
     for label, folder in (variant_models or {}).items():
         other = load_denoiser(folder)

@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", nargs="+", default=None, help="run only these rows (names as in the table)")
     p.add_argument("--vsm-model", type=Path, default=None,
                    help="a VSM-trained model folder of the direction: adds its DDPM rows beside the shipped model's")
+    p.add_argument("--steps", type=int, nargs="+", default=[],
+                   help="also run the plain and Local Diffusion rows at these DDIM step counts, each paired against "
+                        "its --reference-steps namesake (rows named e.g. 'DDIM-5', 'LD oracle mask, IND floor 0, DDIM-5')")
+    p.add_argument("--reference-steps", type=int, default=25, help="the step count --steps rows are paired against")
     add_options(p, ["gate", "t_intermediate"])
     p.add_argument("--ood-dilation", type=int, default=0, help="Local Diffusion OOD-branch dilation (pixels)")
     p.add_argument("--out-dir", type=Path, default=Path("research/results"), help="JSON and PNG montages")
@@ -59,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                      seeds=tuple(args.seeds), max_cases=args.max_cases,
                                      max_slices=args.max_slices or None, gate=args.gate, lookup_data=args.lookup_data,
                                      cache_dir=args.cache, ld_config=ld_config, rows=args.rows, command=command,
-                                     variant_models={"VSM": args.vsm_model} if args.vsm_model else None)
+                                     variant_models={"VSM": args.vsm_model} if args.vsm_model else None,
+                                     steps=tuple(args.steps), reference_steps=args.reference_steps)
         print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices, "
               f"{result['computed_cells']} cells computed -> {args.out_dir}")
     render_section(args.out_dir, args.markdown)
