@@ -45,7 +45,7 @@ class SlicerLocalDiffusionParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     direction: Annotated[str, Choice(["t1_to_flair", "flair_to_t1"])] = "t1_to_flair"
-    steps: Annotated[int, WithinRange(1, 100)] = 25
+    steps: Annotated[int, WithinRange(0, 100)] = 0  # 0: the model's validated step count
     seed: Annotated[int, WithinRange(0, 1_000_000)] = 0
     tIntermediate: Annotated[int, WithinRange(-1, 99)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"

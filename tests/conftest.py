@@ -36,7 +36,7 @@ def cohort(tmp_path_factory):
 
 
 TINY_MODELS = dict(channels=(8, 16), attention_levels=(False, True), num_res_blocks=1, num_head_channels=8,
-                   norm_num_groups=8, num_train_timesteps=10, spacing_mm=4.0, in_plane=(48, 56))
+                   norm_num_groups=8, num_train_timesteps=10, spacing_mm=4.0, in_plane=(48, 56), steps=3)
 
 
 @pytest.fixture(scope="session")

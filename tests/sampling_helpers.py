@@ -24,7 +24,7 @@ def conditional_denoise(denoiser, condition: torch.Tensor) -> Denoise:
 
 def local_diffusion_slices(denoiser, condition: torch.Tensor, ood_probability: torch.Tensor, seeds,
                            config: LocalDiffusionConfig | None = None, gate: Gate | None = None, *,
-                           sampler: str = default("sampler"), steps: int | None = default("steps"),
+                           sampler: str = default("sampler"), steps: int | None = 25,
                            eta: float | None = None, wrappers=(), hooks: Iterable[StepHook] = (),
                            threshold: float = 0.99) -> tuple[torch.Tensor, LocalDiffusion]:
     """Local Diffusion translation of conditions (B, C, H, W) in [0, 1]; returns ([-1, 1] x0, its state).

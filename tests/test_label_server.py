@@ -141,7 +141,7 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(server, cohort,
     assert not_nifti.status_code == 400 and "NIfTI" in not_nifti.json()["detail"]
     unknown = _infer(server, "no_such_model", t1)
     assert unknown.status_code == 404 and "no_such_model" in unknown.json()["detail"]
-    for params, words in (({"steps": 0}, "steps"), ({"direction": "t1_to_t2"}, "direction"),
+    for params, words in (({"steps": -1}, "steps"), ({"direction": "t1_to_t2"}, "direction"),
                           ({"extra_outputs": ["everything"]}, "extra_outputs"),
                           ({"extra_outputs": "every"}, "extra_outputs"), ({"seed": "x"}, "seed")):
         bad = _infer(server, "local_diffusion", t1, params)

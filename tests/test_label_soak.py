@@ -47,7 +47,7 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
                                             params={"output": "image", "image": DATASTORE_IMAGE}), {200}),
             "text": lambda: (upload(text, "ood_map", "{}"), {400}),
             "params": lambda: (upload(t1, "ood_map", "[1, 2]"), {400}),
-            "steps": lambda: (upload(t1, "local_diffusion", json.dumps({"steps": 0})), {400}),
+            "steps": lambda: (upload(t1, "local_diffusion", json.dumps({"steps": -1})), {400}),
             "path": lambda: (requests.post(f"{url}/infer/ood_map", timeout=60,
                                            params={"output": "image", "image": str(t1)}), {404}),
         }

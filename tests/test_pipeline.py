@@ -52,8 +52,50 @@ def test_demo_figure_from_job_outputs(tiny_models, cohort, tmp_path):
     case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
     outputs = run_job(case / f"{case.name}_t1.nii.gz", tmp_path, JobOptions(steps=2, t_intermediate=5), tiny_models,
                       progress=False)
-    png = save_png(tmp_path / "translation.png", comparison_figure(case, case.name, outputs))
+    png = save_png(tmp_path / "translation.png", comparison_figure(case, case.name, outputs, 2))
     assert png.stat().st_size > 20_000
+
+
+def test_every_pass_samples_with_the_models_validated_step_count(tiny_models, cohort, tmp_path, monkeypatch):
+    """Steps 0 (the default) is the model's config.json count, for every pass and for the risk
+    calibration it looks up; a count the user names wins."""
+    from localdiffusion.detectors.risk import calibration_for, calibration_name
+    from localdiffusion.jobs.run import JobOptions, compute_job
+    from localdiffusion.network.denoiser import read_config
+    from localdiffusion.options import default
+    from localdiffusion.volume import batching
+
+    sampled = []  # the step count of every batch any pass samples
+    real = batching.sample_slices
+    monkeypatch.setattr(batching, "sample_slices", lambda *a, steps, **k: sampled.append(steps) or real(*a, steps=steps, **k))
+
+    config = read_config(tiny_models / "t1_to_flair")
+    assert default("steps") == 0 and config.steps == 3
+    assert (config.sampling_steps(0), config.sampling_steps(7), config.sampling_steps(None)) == (3, 7, None)
+    assert calibration_name(3, config.steps) == "risk_calibration.json"
+    assert calibration_name(25, config.steps) == "risk_calibration_ddim25.json"
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    t1 = case / f"{case.name}_t1.nii.gz"
+    job = compute_job(t1, JobOptions(t_intermediate=5), tiny_models, progress=False)
+    assert job.steps == 3 and len(sampled) > 1 and set(sampled) == {3}
+    sampled.clear()
+    other = compute_job(t1, JobOptions(t_intermediate=5, steps=2), tiny_models, progress=False)
+    assert other.steps == 2 and len(sampled) > 1 and set(sampled) == {2}
+    assert calibration_for(tiny_models / "t1_to_flair", "ddim", 3)[0] is None  # none fitted in the tiny models
+
+
+def test_the_shipped_models_have_a_risk_calibration_for_their_own_and_for_25_steps():
+    from localdiffusion.detectors.risk import calibration_for
+    from localdiffusion.network.denoiser import read_config
+    from localdiffusion.options import DIRECTIONS
+    from localdiffusion.shipped import MODELS_ROOT
+
+    for direction in DIRECTIONS:
+        model = MODELS_ROOT / direction
+        for steps in (read_config(model).steps, 25):
+            calibration, why = calibration_for(model, "ddim", steps)
+            assert calibration is not None and calibration.steps == steps, why
+        assert calibration_for(model, "ddpm", 25)[0] is None
 
 
 def test_run_json_lines_report_progress_outputs_and_errors(tiny_models, cohort, tmp_path, capsys):
@@ -71,7 +113,7 @@ def test_run_json_lines_report_progress_outputs_and_errors(tiny_models, cohort, 
     assert [e["fraction"] for e in progress if e["phase"] == "baseline"][-1] == 1.0
     outputs = {e["name"]: e["path"] for e in events if e["event"] == "output"}
     assert set(outputs) == {"local", "baseline", "ood", "ood_mask"} and all(Path(p).is_file() for p in outputs.values())
-    assert main(args[:-3] + ["--steps", "0", "--json"]) == 2
+    assert main(args[:-3] + ["--steps", "-1", "--json"]) == 2
     error = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert error["event"] == "error" and "steps" in error["message"]
 
@@ -97,7 +139,7 @@ def test_options_table_checks_client_parameters():
 
     assert parse_params({"steps": "10", "device": "cpu"}, ["steps", "device", "seed"]) == {"steps": 10, "device": "cpu",
                                                                                         "seed": 0}
-    for bad in ({"steps": 0}, {"steps": "ten"}, {"steps": 2.5}, {"device": "tpu"}, {"seed": -1}):
+    for bad in ({"steps": -1}, {"steps": "ten"}, {"steps": 2.5}, {"device": "tpu"}, {"seed": -1}):
         with pytest.raises(InputError, match=next(iter(bad))):
             parse_params(bad, ["steps", "device", "seed"])
     with pytest.raises(InputError, match="JSON object"):
@@ -209,6 +251,13 @@ def test_run_says_plainly_why_it_writes_no_risk_map(tiny_models, cohort, tmp_pat
     healthy = [(brain, {"ood": rng.uniform(0, 1, brain.shape).astype(np.float32)}) for _ in range(30)]
     fit_on_volumes(healthy, ("ood",), 1.0, "max", steps=3).save(models / "t1_to_flair" / "risk_calibration.json")
     warnings, outputs = run("other_steps", 2)
-    assert "risk" not in outputs and any("calibrated for DDIM-3, not DDIM-2" in w for w in warnings)
+    assert "risk" not in outputs and any("for DDIM with --steps 3, not DDIM with --steps 2" in w for w in warnings)
     warnings, outputs = run("calibrated", 3)
     assert "risk" in outputs and not any("hallucination-risk" in w for w in warnings)
+    # a second calibration for another step count beside the first: each step count gets its own
+    fit_on_volumes(healthy, ("ood",), 1.0, "max", steps=2).save(models / "t1_to_flair" / "risk_calibration_ddim2.json")
+    for steps in (2, 3):
+        warnings, outputs = run(f"both_{steps}", steps)
+        assert "risk" in outputs and not any("hallucination-risk" in w for w in warnings)
+    warnings, outputs = run("neither", 4)
+    assert "risk" not in outputs and any("--steps 2 or --steps 3, not DDIM with --steps 4" in w for w in warnings)

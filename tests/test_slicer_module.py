@@ -149,17 +149,20 @@ def test_ui_widgets_agree_with_the_parameter_node():
 
 
 def test_the_panel_shows_the_risk_map_by_default():
-    """Its default overlay is the risk map, and its default step count is the one the shipped risk
-    calibrations were fitted for (so that a default run writes one)."""
+    """Its default overlay is the risk map, and its default step count is the model's validated one,
+    for which each shipped model's risk calibration was fitted (so that a default run writes one)."""
     from localdiffusion.detectors.risk import RiskCalibration
     from localdiffusion.jobs.run import model_paths
-    from localdiffusion.options import DIRECTIONS
+    from localdiffusion.network.denoiser import read_config
+    from localdiffusion.options import DIRECTIONS, default
     from localdiffusion.shipped import MODELS_ROOT
 
     declared = _parameter_declarations()
     assert declared["overlay"]["default"] == "risk" == declared["overlay"]["choices"][0]
+    assert declared["steps"]["default"] == 0 == default("steps")
     for direction in DIRECTIONS:
-        assert RiskCalibration.load(model_paths(MODELS_ROOT, direction)["risk"]).steps == declared["steps"]["default"]
+        paths = model_paths(MODELS_ROOT, direction)
+        assert RiskCalibration.load(paths["risk"]).steps == read_config(paths["diffusion"]).steps
 
 
 def test_the_slicer_job_request_defaults_agree_with_the_options_table(monkeypatch):

@@ -99,10 +99,12 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     # no calibration yet: a clear error and nothing written
     assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map", str(risk),
                  "--steps", "6"]) == 2
-    assert "risk calibration not found" in capsys.readouterr().err and not out.exists() and not risk.exists()
+    assert "risk_calibration.json not found" in capsys.readouterr().err and not out.exists() and not risk.exists()
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--max-cases", "1", "--rods",
                  "--steps", "10"]) == 0
-    saved = json.loads((model / "risk_calibration.json").read_text())
+    # another step count than the default is kept beside the default's file
+    saved = json.loads((model / "risk_calibration_ddim10.json").read_text())
+    assert not (model / "risk_calibration.json").exists()
     # the default risk: robust OOD + cycle residual, smoothed, each with its CDF; RODS eps fitted beside it
     assert saved["rods"]["eps"] > 0 and saved["detectors"] == ["cycle", "ood_robust"]
     assert saved["smoothing"] == RISK_DEFAULTS["t1_to_flair"].smoothing
@@ -127,7 +129,7 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert (old.eps, old.mode, old.estimator, old.stride) == (0.5, "cas", "autograd", 1)
     assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map", str(risk),
                  "--rods", "--steps", "8"]) == 2  # not the calibrated step count
-    assert "fitted for DDIM-10" in capsys.readouterr().err and not out.exists()
+    assert "for DDIM with --steps 10, not DDIM with --steps 8" in capsys.readouterr().err and not out.exists()
     assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map", str(risk),
                  "--rods", "--steps", "10"]) == 0
     ref, img = nib.load(str(t1)), nib.load(str(risk))

@@ -34,7 +34,7 @@ class TranslationRequest:
     """What the clinician chose in the panel (mirrors the parameter node)."""
 
     direction: str = "t1_to_flair"
-    steps: int = 25
+    steps: int = 0  # the model's validated step count
     seed: int = 0
     t_intermediate: int = 0  # 0: fuse at the last step (the default); -1: 10% of T (the paper)
     sampler: str = "ddim"

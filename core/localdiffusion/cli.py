@@ -249,13 +249,16 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--max-cases", type=int, default=3)
     add_options(p, ["steps", "device"])
     p.add_argument("--fpr", type=float, default=HEALTHY_FPR, help="healthy false-positive rate of the risk threshold")
-    p.add_argument("--out", type=Path, default=None, help="default: <model>/risk_calibration.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: <model>/risk_calibration.json for the model's validated step count, else "
+                        "<model>/risk_calibration_ddim<steps>.json (run and translate pick the one fitted for their "
+                        "step count)")
     p.set_defaults(func=_run_calibrate_risk)
 
 
 def _run_calibrate_risk(args) -> int:
     from localdiffusion.detectors.given import GivenMaps
-    from localdiffusion.detectors.risk import parse_smoothing, risk_default
+    from localdiffusion.detectors.risk import calibration_name, parse_smoothing, risk_default
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
     from localdiffusion.network.denoiser import load_denoiser
@@ -284,7 +287,7 @@ def _run_calibrate_risk(args) -> int:
     calibration = calibrate_risk(denoiser, args.data, given, detectors=detectors,
                                  smoothing=smoothing, combination=args.combination, rods=rods,
                                  max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
-    out = args.out or model / "risk_calibration.json"
+    out = args.out or model / calibration_name(calibration.steps, denoiser.config.steps)
     calibration.save(out)
     print(f"wrote {out}" + (f" (RODS {calibration.rods.describe()}, eps {calibration.rods.eps:.4g})"
                             if calibration.rods is not None else ""))

@@ -113,8 +113,9 @@ class Option:
 _TABLE = [
     Option("direction", str, "t1_to_flair", "translation direction", choices=tuple(DIRECTIONS)),
     Option("sampler", str, "ddim", "reverse-process update rule", choices=tuple(UPDATE_RULES)),
-    Option("steps", int, 25, "reverse-process steps (at most the model's training timesteps, 100 for the "
-           "shipped models; the risk map needs the step count of its calibration)", low=1, high=1000),
+    Option("steps", int, 0, "reverse-process steps of every pass; 0 = the model's validated count (its config.json: "
+           "the fewest steps no worse than 25 on validation); at most the model's training timesteps, 100 for the "
+           "shipped models; the risk map needs a step count it is calibrated for", low=0, high=1000),
     Option("seed", int, 0, "random seed (slice k uses seed * 1000003 + k)", low=0, high=2**31 - 1),
     Option("noise_sigma_z", float, -1.0, "slice-correlated noise: each slice's noise mixes its neighbours' with "
            "Gaussian weights of this sigma (in slices); 0 = independent slices, -1 = the model's validated value "

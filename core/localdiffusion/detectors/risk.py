@@ -301,6 +301,38 @@ def rods_config_from(payload: dict) -> RODSConfig | None:
     return None
 
 
+def calibration_name(steps: int, model_steps: int) -> str:
+    """The file a model's risk calibration for DDIM-``steps`` is kept in: ``risk_calibration.json`` for the
+    model's validated step count ``model_steps``, ``risk_calibration_ddim<steps>.json`` for another."""
+    return "risk_calibration.json" if steps == model_steps else f"risk_calibration_ddim{steps}.json"
+
+
+def calibration_files(model_dir: str | Path) -> list[Path]:
+    """A model's risk calibrations: ``risk_calibration.json`` (the default step count's) and any
+    ``risk_calibration_<sampler><steps>.json`` fitted for another step count."""
+    return sorted(Path(model_dir).glob("risk_calibration*.json"))
+
+
+def calibration_for(model_dir: str | Path, sampler: str, steps: int) -> tuple[RiskCalibration | None, str]:
+    """The risk calibration of ``model_dir`` fitted for ``sampler`` with ``steps``.
+
+    Returns:
+        (calibration, "") or (None, why there is none: no file, or none for this step count).
+    """
+    files = calibration_files(model_dir)
+    if not files:
+        return None, f"no hallucination-risk map: {Path(model_dir) / 'risk_calibration.json'} not found"
+    fitted = [RiskCalibration.load(path) for path in files]
+    matching = [c for c in fitted if c.steps is None or (sampler, steps) == ("ddim", c.steps)]
+    if not matching:
+        counts = sorted({c.steps for c in fitted})
+        return None, (f"no hallucination-risk map: the risk calibrations in {model_dir} are for DDIM with "
+                      f"{' or '.join(f'--steps {n}' for n in counts)}, not {sampler.upper()} with --steps {steps} "
+                      f"(use --sampler ddim --steps {counts[0]}, or fit one: `localdiffusion calibrate-risk "
+                      f"--steps {steps}`)")
+    return matching[0], ""
+
+
 def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
     """The calibrated risk of a working-grid volume.
 

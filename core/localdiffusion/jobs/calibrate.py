@@ -38,8 +38,9 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with ``eps`` out of
     reach, so the trajectory is the plain one) and its ``eps`` is fitted.
     """
-    check_sampling(denoiser, steps)
     cfg = denoiser.config
+    steps = cfg.sampling_steps(steps)  # 0: the model's validated count
+    check_sampling(denoiser, steps)
     chosen = risk_default(cfg.direction)
     detectors = tuple(detectors or chosen.detectors)
     smoothing = chosen.smoothing if smoothing is None else smoothing

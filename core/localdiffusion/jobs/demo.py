@@ -3,7 +3,7 @@
 1. Generate a phantom glioma case from nilearn's MNI152 template (test-split seed range)
    and its preview montage.
 2. Run the main job (:func:`~localdiffusion.jobs.run.run_job`) on its T1 with the shipped
-   models: OOD map, baseline and Local Diffusion FLAIR (DDIM-25).
+   models: OOD map, baseline and Local Diffusion FLAIR (the model's validated DDIM step count), risk map.
 3. Write ``translation.png``: condition, OOD map, baseline, Local Diffusion, true FLAIR and
    the hallucination-risk map, in the axial, coronal and sagittal planes through the centre
    of the tumour (banding between independently sampled axial slices shows in the last two).
@@ -25,6 +25,8 @@ from localdiffusion.volume.grid import normalise
 
 def run_demo(out: str | Path, seed: int = 0, steps: int = default("steps")) -> Iterator[str]:
     from localdiffusion.jobs.run import JobOptions, run_job
+    from localdiffusion.network.denoiser import read_config
+    from localdiffusion.shipped import shipped_model_dir
 
     out = Path(out)
     entries = write_cohort(out / "phantom", 0, 1, seed, split="test", preview=True)
@@ -35,11 +37,12 @@ def run_demo(out: str | Path, seed: int = 0, steps: int = default("steps")) -> I
     outputs = run_job(case_dir / f"{case_id}_t1.nii.gz", out, JobOptions(steps=steps, seed=seed))
     for name, path in outputs.items():
         yield f"{name}: {path}"
-    png = save_png(out / "translation.png", comparison_figure(case_dir, case_id, outputs))
+    steps = read_config(shipped_model_dir()).sampling_steps(steps)
+    png = save_png(out / "translation.png", comparison_figure(case_dir, case_id, outputs, steps))
     yield f"figure: {png}"
 
 
-def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path]):
+def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path], steps: int):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +55,7 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path]):
     ood = load(outputs["ood"])
     risk = load(outputs["risk"]) if "risk" in outputs else None
     panels = [("T1 (condition)", scale(t1, "t1"), None), (f"OOD probability >= {FLAG_THRESHOLD:g} ({HEALTHY_FPR:.0%} healthy FPR)", scale(t1, "t1"), ood),
-              ("baseline FLAIR (DDIM-25)", load(outputs["baseline"]), None),
+              (f"baseline FLAIR (DDIM-{steps})", load(outputs["baseline"]), None),
               ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair, "flair"), None)]
     if risk is not None:
         panels.append((f"hallucination risk >= {FLAG_THRESHOLD:g}", load(outputs["local"]), risk))

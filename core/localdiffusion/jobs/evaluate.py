@@ -48,8 +48,9 @@ def evaluate_translation(denoiser: Denoiser, data: str | Path, split: str = "tes
 
     The report gives mean and standard deviation over cases.
     """
-    check_sampling(denoiser, steps)
     cfg = denoiser.config
+    steps = cfg.sampling_steps(steps)  # 0: the model's validated count
+    check_sampling(denoiser, steps)
     noise_sigma_z, z_harmonise = cfg.sampling("noise_sigma_z", noise_sigma_z), cfg.sampling("z_harmonise", z_harmonise)
     cases = cases_in_split(data, split, kind if has_manifest(data) else None)[:max_cases]
     per_case = []

@@ -20,12 +20,12 @@ from localdiffusion.data.io import save_volumes, volume_stem
 from localdiffusion.detectors.cycle import reverse_model_dir
 from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import RiskCalibration, risk_volume
+from localdiffusion.detectors.risk import RiskCalibration, calibration_for, risk_volume
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_out_dir, check_outputs, check_sampling, gate_input, prepare_input
 from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
                                                     branch_weight_volume)
-from localdiffusion.network.denoiser import load_denoiser
+from localdiffusion.network.denoiser import load_denoiser, read_config
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
@@ -101,28 +101,16 @@ def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOption
     return {name: Path(out_dir) / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in names}
 
 
-def risk_calibration_files(model_dir: Path) -> list[Path]:
-    """A model's risk calibrations: ``risk_calibration.json`` and any ``risk_calibration_<sampler><steps>.json``
-    fitted for another step count."""
-    return sorted(model_dir.glob("risk_calibration*.json"))
-
-
 def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> tuple[RiskCalibration | None, str]:
     """The risk calibration the job uses, or None and why not: none asked for, none fitted for this sampler
     and step count, or one combining a map whose model file is not at hand (the cycle residual's reverse
     model, the robust OOD map's calibration): no risk map rather than a miscalibrated one."""
     if not options.risk_map:
         return None, ""
-    files = risk_calibration_files(paths["diffusion"])
-    if not files:
-        return None, f"no hallucination-risk map: {paths['risk']} not found"
-    fitted = [RiskCalibration.load(path) for path in files]
-    matching = [c for c in fitted if (options.sampler, options.steps) == ("ddim", c.steps)]
-    if not matching:
-        counts = ", ".join(f"DDIM-{c.steps}" for c in fitted)
-        return None, (f"no hallucination-risk map: it is calibrated for {counts}, not {options.sampler.upper()}-"
-                      f"{options.steps} (use --sampler ddim --steps {fitted[0].steps} for one)")
-    calibration = matching[0]
+    steps = read_config(paths["diffusion"]).sampling_steps(options.steps)
+    calibration, why = calibration_for(paths["diffusion"], options.sampler, steps)
+    if calibration is None:
+        return None, why
     needed = GivenMaps.files(calibration.needs, paths["ood"], paths["diffusion"], options.direction)
     missing = [str(path) for path in needed.values() if not path.exists()]
     if missing:
@@ -149,12 +137,14 @@ class JobResult:
         affine: (4, 4) voxel-to-RAS affine of the input.
         ood: the OOD map Local Diffusion branched on, on the working grid, with its threshold.
         warnings: the input gate's and the job's warnings, in order.
+        steps: the step count every pass sampled with (the model's validated one unless the options named one).
     """
 
     volumes: dict[str, np.ndarray]
     affine: np.ndarray
     ood: OodMap
     warnings: list[str]
+    steps: int
 
 
 def compute_job(input_path: str | Path, options: JobOptions | None = None, models_root: str | Path | None = None,
@@ -201,6 +191,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     if (denoiser.config.source, denoiser.config.target) != (source, target):
         raise InputError(f"{paths['diffusion']}: model translates {denoiser.config.source} -> "
                          f"{denoiser.config.target}, not {source} -> {target}")
+    options = dataclasses.replace(options, steps=denoiser.config.sampling_steps(options.steps))  # 0: the model's
     ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
@@ -257,7 +248,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
     on_input["ood_mask"] = (prepared.to_input_brain(branch_mask) >= 0.5).astype(np.uint8)
     ordered = {name: on_input[name] for name in OUTPUTS if name in on_input}
-    return JobResult(ordered, prepared.input_affine, ood, warnings)
+    return JobResult(ordered, prepared.input_affine, ood, warnings, options.steps)
 
 
 def write_outputs(result: JobResult, paths: dict[str, Path], protect=(), report: Report | None = None

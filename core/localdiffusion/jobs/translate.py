@@ -17,7 +17,7 @@ import numpy as np
 from localdiffusion.data.io import save_volumes
 from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import RiskCalibration, risk_volume
+from localdiffusion.detectors.risk import calibration_for, risk_volume
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_outputs, check_sampling, gate_input, prepare_input
 from localdiffusion.network.denoiser import load_denoiser
@@ -65,16 +65,16 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     device = select_device(device)
     denoiser = load_denoiser(model_dir, device)
     cfg = denoiser.config
+    steps = cfg.sampling_steps(steps)  # 0: the model's validated count
     calibration, bank, rods_config = None, None, None
     if risk_map is not None or rods:
-        calibration = RiskCalibration.load(Path(model_dir) / "risk_calibration.json")
-        if calibration.steps is not None and (sampler, steps) != ("ddim", calibration.steps):
-            raise InputError(f"{model_dir}/risk_calibration.json was fitted for DDIM-{calibration.steps}; "
-                             f"use --sampler ddim --steps {calibration.steps} with --risk-map/--rods")
+        calibration, why = calibration_for(model_dir, sampler, steps)
+        if calibration is None:
+            raise InputError(f"--risk-map/--rods: {why}")
     if rods:
         if calibration.rods is None:
-            raise InputError(f"{model_dir}/risk_calibration.json: fitted without RODS; "
-                             "run `localdiffusion calibrate-risk --rods` first")
+            raise InputError(f"{model_dir}: the risk calibration for DDIM-{steps} was fitted without RODS; "
+                             f"run `localdiffusion calibrate-risk --rods --steps {steps}` first")
         rods_config = calibration.rods
     bank_path = Path(ood_bank) if ood_bank else ood_bank_path(Path(model_dir).parent, cfg.source)
     if risk_map is not None or bank_path.exists():  # the gate uses the bank when there is one

@@ -56,6 +56,7 @@ class DiffusionConfig:
     # how this model is sampled when the user does not say (chosen on validation, research/RECORD.md 8a/8b):
     noise_sigma_z: float = 0.0  # slice-correlated noise (volume/batching.py z_mixes); 0 = independent slices
     z_harmonise: float = 0.0  # sigma (slices) of the banding filter (volume/harmonise.py); 0 = off
+    steps: int = 25  # DDIM steps of every pass (research/steps: the fewest no worse than DDIM-25 on validation)
     extra: dict = field(default_factory=dict)  # provenance, e.g. the training objective and its weights
 
     def __post_init__(self):
@@ -75,6 +76,11 @@ class DiffusionConfig:
         """A z-sampling setting (``noise_sigma_z``, ``z_harmonise``): ``value``, or this model's own when it is
         negative (the options' default -1: "the model's validated value")."""
         return float(getattr(self, name)) if value < 0 else float(value)
+
+    def sampling_steps(self, value: int | None) -> int | None:
+        """The step count to sample with: ``value``, or this model's validated one when it is 0 (the
+        options' default: "the model's"); None stays None (every training timestep)."""
+        return self.steps if value == 0 else value
 
     @property
     def direction(self) -> str:
@@ -191,6 +197,18 @@ def save_model(folder: str | Path, config: DiffusionConfig, state_dict: dict) ->
     return folder
 
 
+def read_config(folder: str | Path) -> DiffusionConfig:
+    """A model folder's ``config.json`` without its weights; an :class:`InputError` naming the file otherwise."""
+    config_path = Path(folder) / CONFIG_FILE
+    if not config_path.exists():
+        raise InputError(f"{config_path}: model configuration not found (is --model a trained model folder? "
+                         f"--models or ${MODELS_ENV} name a folder holding <direction>/config.json)")
+    try:
+        return DiffusionConfig.from_json(config_path.read_text(encoding="utf-8"))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{config_path}: invalid model configuration ({exc})") from exc
+
+
 def load_denoiser(folder: str | Path, device: str | torch.device = "cpu", autocast: bool = True) -> Denoiser:
     """Load ``config.json`` + ``model.pt``; clear errors for missing or mismatched weights."""
     folder = Path(folder)
@@ -200,10 +218,7 @@ def load_denoiser(folder: str | Path, device: str | torch.device = "cpu", autoca
                          f"--models or ${MODELS_ENV} name a folder holding <direction>/config.json)")
     if not weights_path.exists():
         raise InputError(f"{weights_path}: model weights not found")
-    try:
-        config = DiffusionConfig.from_json(config_path.read_text(encoding="utf-8"))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{config_path}: invalid model configuration ({exc})") from exc
+    config = read_config(folder)
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -112,7 +112,7 @@ class LocalDiffusionTask(InferTask):
         volumes = [job.volumes[n] for n in names]
         data = volumes[0] if len(names) == 1 else np.stack([v.astype(np.float32) for v in volumes], axis=-1)
         result = _write_result(request, data, job.affine)
-        return str(result), {"channels": names, "direction": options.direction, "steps": options.steps,
+        return str(result), {"channels": names, "direction": options.direction, "steps": job.steps,
                              "sampler": options.sampler, "seed": options.seed, "warnings": job.warnings}
 
 

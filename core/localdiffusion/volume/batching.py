@@ -114,7 +114,7 @@ def batch_sampler(sampler: str = default("sampler"), steps: int | None = default
     """A batch sampler for :func:`translate_prepared`.
 
     Args:
-        sampler, steps: the update rule and chain length.
+        sampler, steps: the update rule and chain length (0: the model's validated count).
         method: a plan (e.g. :class:`~localdiffusion.methods.local_diffusion.LocalDiffusionPlan`); None:
             the plain reverse process.
         rods: a :class:`~localdiffusion.methods.rods.RODSConfig` wrapping the denoiser, or None.
@@ -126,8 +126,8 @@ def batch_sampler(sampler: str = default("sampler"), steps: int | None = default
     def sample(denoiser, cond01, batch, hooks=()):
         noise = batch.noise(cond01.device)
         plugin = method(denoiser, cond01, batch, noise) if method is not None else None
-        return sample_slices(denoiser, cond01, noise, sampler=sampler, steps=steps, method=plugin, wrappers=wrappers,
-                             hooks=hooks)
+        return sample_slices(denoiser, cond01, noise, sampler=sampler, steps=denoiser.config.sampling_steps(steps),
+                             method=plugin, wrappers=wrappers, hooks=hooks)
 
     return sample
 
