@@ -169,7 +169,8 @@ class RiskCalibration:
     of that score on the same healthy data gives the risk, so that ``risk >= 1 - a`` flags a
     fraction ``a`` of healthy voxels.
 
-    The calibration file (``<model>/risk_calibration.json``) holds one CDF per fitted detector
+    The calibration file (``<model>/risk_calibration.json``, or ``risk_calibration_ddim<steps>.json`` for another
+    step count than the model's, :func:`calibration_name`) holds one CDF per fitted detector
     under its name, the combined CDF, the detectors, the smoothing, the combination and the
     standardised maps, the step count of the
     calibration runs (the risk map is written only for that DDIM step count), the RODS settings

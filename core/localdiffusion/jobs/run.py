@@ -61,7 +61,7 @@ class JobOptions:
     device: str = default("device")
     force: bool = default("force")
     output_format: str = default("output_format")
-    risk_map: bool = default("risk_map")  # written when the model folder holds risk_calibration.json
+    risk_map: bool = default("risk_map")  # written when the model folder holds a risk calibration for the step count
 
     def __post_init__(self):
         for name in JOB_OPTIONS:
@@ -156,7 +156,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     target contrast's is the gate's classifier) and ``ood_<source>_robust.json`` (the
     acquisition-robust calibration: the OOD map the job returns and Local Diffusion branches on;
     without it, the bank's own map, with a warning); the input gate reads the bank's own map.
-    With ``<source>_to_<target>/risk_calibration.json`` fitted for the sampler and step count the
+    With a ``<source>_to_<target>/risk_calibration*.json`` fitted for the sampler and step count the
     job also computes the per-voxel hallucination risk (:mod:`~localdiffusion.detectors.risk`);
     a calibration that combines the cycle residual needs the reverse model ``<target>_to_<source>/``.
 

@@ -4,7 +4,7 @@ normalise -> working grid -> brain slices in batches -> reverse process -> reass
 map back to the input grid -> write atomically. Output intensities are on the normalised
 [0, 1] scale of the target contrast (:data:`~localdiffusion.volume.grid.NORMALISATION`);
 voxels outside the input's foreground are 0. Optionally the calibrated hallucination-risk
-map and RODS sampling (both need ``<model>/risk_calibration.json``).
+map and RODS sampling (both need a ``<model>/risk_calibration*.json`` fitted for the step count).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     """Translate one NIfTI volume with the model in ``model_dir`` and write ``out_path``.
 
     ``risk_map``: also write the calibrated per-voxel hallucination risk (needs
-    ``<model_dir>/risk_calibration.json``, the source-modality OOD bank, by default
+    a ``<model_dir>/risk_calibration*.json`` fitted for the step count, the source-modality OOD bank, by default
     ``ood_<source>.pt`` beside the model folder, for the robust OOD map its robust calibration beside
     the bank, and for the cycle residual the reverse model beside the model folder). ``rods``: sample
     with RODS at the calibrated ``eps``. ``crop_margin``: see :func:`~localdiffusion.volume.batching.translate_prepared`.
