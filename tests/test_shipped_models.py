@@ -75,8 +75,12 @@ def test_shipped_flair_segmenter_finds_the_tumour(tumour_case):
 
 @pytest.mark.parametrize("direction", sorted(DIRECTIONS))
 def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
-    calibration = RiskCalibration.load(model_paths(MODELS_ROOT, direction)["risk"])
-    assert calibration.steps == 25 and calibration.rods is not None and calibration.rods.eps > 0
+    from localdiffusion.network.denoiser import read_config
+
+    paths = model_paths(MODELS_ROOT, direction)
+    calibration = RiskCalibration.load(paths["risk"])  # fitted for the model's own step count
+    assert calibration.steps == read_config(paths["diffusion"]).steps
+    assert calibration.rods is not None and calibration.rods.eps > 0
     # the risk chosen on validation (BENCHMARK section 11), its definition recorded in the file
     chosen = RISK_DEFAULTS[direction]
     assert set(calibration.needs) == set(chosen.detectors) and calibration.smoothing == chosen.smoothing

@@ -136,7 +136,7 @@ def test_server_errors_name_the_problem(server, cohort):
     scene = slicer.vtkMRMLScene()
     t1 = nifti_to_node(case / f"{case.name}_t1.nii.gz", scene, "T1")
     with pytest.raises(RuntimeError, match="answered 400.*steps"):
-        run_translation(t1, TranslationRequest(steps=0, server=server), scene, timeout=120)
+        run_translation(t1, TranslationRequest(steps=-1, server=server), scene, timeout=120)
     with pytest.raises(RuntimeError, match="not reachable"):
         run_translation(t1, TranslationRequest(server="http://127.0.0.1:9"), scene, timeout=60)
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # no partial results
