@@ -1,0 +1,1 @@
+"""How well the branching mask follows the lesion (README.md)."""
