@@ -1,0 +1,52 @@
+"""The research yardsticks behind the sampling-steps choice and the OOD-mask study, checked on references."""
+
+import numpy as np
+
+from localdiffusion.methods.local_diffusion import LocalDiffusionConfig
+from research.bench.matrix import benchmark_rows, cell_key, step_rows
+from research.ood_masks.masks import level_set_mask, mask_figures
+from research.steps.risk import case_figures
+
+
+def _ball(shape, centre, radius):
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius ** 2
+
+
+def test_step_rows_pair_each_row_with_its_ddim25_namesake_and_share_its_cache_cells():
+    rows = step_rows(100, 5, 25, with_robust=True)
+    assert rows["DDIM-5"].steps == 5 and rows["DDIM-5"].compare_to == "DDIM-25" and rows["DDIM-25"].compare_to is None
+    name = "LD robust patchcore mask, IND floor 0.95"
+    assert rows[f"{name}, DDIM-5"].compare_to == f"{name}, DDIM-25" and rows[f"{name}, DDIM-5"].ind_floor == 0.95
+    # the pairing changes no cell: the DDIM-25 row of the study and of the benchmark are one cached cell
+    config = LocalDiffusionConfig()
+    plain = benchmark_rows(100, with_unet=False, with_robust=True)
+    assert cell_key(rows["DDIM-25"].key(config, False)) == cell_key(plain["DDIM-25"].key(config, False))
+    assert cell_key(rows[f"{name}, DDIM-25"].key(config, False)) == cell_key(plain[name].key(config, False))
+
+
+def test_the_risk_figures_score_an_oracle_and_a_constant_risk_as_they_should():
+    shape = (20, 20, 10)
+    brain = _ball(shape, (10, 10, 5), 9)
+    error = np.where(_ball(shape, (6, 10, 5), 3), 1.0, 0.1).astype(np.float32)
+    event = (error > 0.5) & brain
+    oracle = case_figures({"brain": brain, "error": error, "risk": event.astype(np.float32)}, 0.5)
+    assert oracle["auroc"] == 1.0 and oracle["event_flagged"] == 1.0 and oracle["nonevent_flagged"] == 0.0
+    constant = case_figures({"brain": brain, "error": error, "risk": np.full(shape, 0.5, np.float32)}, 0.5)
+    assert constant["auroc"] == 0.5 and constant["event_flagged"] == 0.0 and constant["brain_flagged"] == 0.0
+
+
+def test_the_mask_figures_tell_a_halo_from_the_lesion_and_a_level_set_tightens_it():
+    shape = (40, 40, 20)
+    brain = _ball(shape, (20, 20, 10), 19)
+    seg = np.where(_ball(shape, (20, 20, 10), 4), 2, 0).astype(np.uint8)
+    exact = mask_figures(seg > 0, seg, brain)
+    assert exact["dice"] == 1.0 and exact["healthy_in_mask"] == 0.0 and exact["covers_oedema"] == 1.0
+    halo = _ball(shape, (20, 20, 10), 8)
+    loose = mask_figures(halo, seg, brain)
+    assert loose["volume_ratio"] > 5 and loose["dice"] < 0.5 and loose["healthy_in_mask"] > 0
+    # a score peaked on the lesion: the level set inside the halo comes back to about the lesion
+    distance = np.sqrt(sum((g - 20.0 if i < 2 else g - 10.0) ** 2 for i, g in enumerate(np.indices(shape))))
+    score = np.exp(-((distance / 6.0) ** 2))
+    tight = mask_figures(level_set_mask(halo, score, 0.5), seg, brain)
+    assert tight["dice"] > 0.8 and tight["volume_ratio"] < loose["volume_ratio"]
