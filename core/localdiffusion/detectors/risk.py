@@ -309,8 +309,8 @@ def calibration_name(steps: int, model_steps: int) -> str:
 
 
 def calibration_files(model_dir: str | Path) -> list[Path]:
-    """A model's risk calibrations: ``risk_calibration.json`` (the default step count's) and any
-    ``risk_calibration_<sampler><steps>.json`` fitted for another step count."""
+    """A model's risk calibrations: ``risk_calibration.json`` (for the model's own step count) and any
+    ``risk_calibration_ddim<steps>.json`` fitted for another step count (:func:`calibration_name`)."""
     return sorted(Path(model_dir).glob("risk_calibration*.json"))
 
 
