@@ -3,7 +3,7 @@
 import numpy as np
 
 from localdiffusion.methods.local_diffusion import LocalDiffusionConfig
-from research.bench.matrix import benchmark_rows, cell_key, step_rows
+from research.bench.matrix import benchmark_rows, cell_key, level_rows, step_rows
 from research.ood_masks.masks import level_set_mask, mask_figures
 from research.steps.risk import case_figures
 
@@ -50,3 +50,10 @@ def test_the_mask_figures_tell_a_halo_from_the_lesion_and_a_level_set_tightens_i
     score = np.exp(-((distance / 6.0) ** 2))
     tight = mask_figures(level_set_mask(halo, score, 0.5), seg, brain)
     assert tight["dice"] > 0.8 and tight["volume_ratio"] < loose["volume_ratio"]
+
+
+def test_level_rows_branch_on_the_tightened_robust_mask_paired_against_the_robust_mask():
+    rows = level_rows(100, [0.25, 0.5])
+    row = rows["LD robust patchcore level 0.5 mask, IND floor 0.95"]
+    assert row.mask == "robust patchcore level 0.5" and row.steps == 25 and row.ind_floor == 0.95
+    assert row.compare_to == "LD robust patchcore mask, IND floor 0.95" and len(rows) == 2

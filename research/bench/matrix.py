@@ -118,6 +118,19 @@ def step_rows(T: int, steps: int, reference: int = 25, with_robust: bool = False
     return rows
 
 
+def level_mask(level: float) -> str:
+    """The mask kind of the robust PatchCore mask tightened to ``level`` (research/ood_masks level sets)."""
+    return f"{ROBUST_MASK} level {level:g}"
+
+
+def level_rows(T: int, levels) -> dict[str, Row]:
+    """Local Diffusion (DDIM-25, IND floor 0.95) on the robust PatchCore mask tightened to each level set
+    (:func:`research.ood_masks.masks.level_set_mask`), each paired against the robust PatchCore mask."""
+    return {ld_row_name(level_mask(level), 0.95): Row("ld", BASELINE_SAMPLER, min(BASELINE_STEPS, T), level_mask(level),
+                                                     0.95, compare_to=ld_row_name(ROBUST_MASK, 0.95))
+            for level in levels}
+
+
 def variant_rows(label: str, T: int, steps: int = BASELINE_STEPS) -> dict[str, Row]:
     """Rows of another model ``label`` (e.g. "VSM") sampled with the DDPM update (where a learned
     variance acts) beside the same rows of the direction's model: alone and with Local
@@ -160,17 +173,27 @@ def cell_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=None, robust=None) -> dict[str, tuple]:
+def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=None, robust=None,
+               levels=()) -> dict[str, tuple]:
     """Per mask kind: (OOD map with its threshold, LocalDiffusionConfig overrides). ``robust``: the
-    bank's :class:`~localdiffusion.ood.robust.RobustCalibration`, for the robust PatchCore mask."""
+    bank's :class:`~localdiffusion.ood.robust.RobustCalibration`, for the robust PatchCore mask and its
+    level sets at ``levels`` (:func:`level_mask`)."""
+    from localdiffusion.ood.robust import distance_volume, standardise_scores
     from localdiffusion.ood.volume import OodMap, bank_map
+    from research.ood_masks.masks import level_set_mask
 
     masks = {"oracle": (OodMap((prepared.seg > 0).astype(np.float32), 0.5), {"min_component": 0})}
     if ood_bank is not None:
         masks["patchcore"] = (bank_map(ood_bank, prepared), {})
-    if ood_bank is not None and robust is not None:
-        masks[ROBUST_MASK] = (OodMap(robust.probability(ood_bank, prepared.images[source], prepared.brain),
-                                     robust.threshold), {})
+    if ood_bank is not None and robust is not None:  # what robust.probability computes, its distances kept
+        seen = robust.backbone_input(ood_bank, prepared.images[source], prepared.brain, prepared.brain)
+        distances = distance_volume(ood_bank, seen, prepared.brain)
+        robust_map = OodMap(robust.from_distances(distances, prepared.brain), robust.threshold)
+        masks[ROBUST_MASK] = (robust_map, {})
+        for level in levels:
+            hard = branch_weight_volume(robust_map, LocalDiffusionConfig(mask_mode="hard"), prepared.brain) >= 0.5
+            tight = level_set_mask(hard, standardise_scores(distances, prepared.brain), level)
+            masks[level_mask(level)] = (OodMap(tight.astype(np.float32), 0.5), {"min_component": 0})
     if source_segmenter is not None:
         ks = prepared.brain_slices() if ks is None else ks
         vol = np.zeros(prepared.grid.shape, np.float32)
@@ -224,8 +247,10 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                 cell = cache.get(key)
                 if cell is None:
                     if masks is None and row.kind == "ld":
+                        levels = sorted({float(r.mask.rsplit(" level ", 1)[1]) for r in rows.values()
+                                         if r.mask and " level " in r.mask})
                         masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks,
-                                           robust_calibration)
+                                           robust_calibration, levels)
                     pred, seconds, records = _translate(row_model, prepared, row, masks, ld_config, gate, seed, ks,
                                                         local, truth, batch_size)
                     cell = {"case_id": prepared.case_id, "seed": seed, "slices": len(ks),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from research.bench.figures import montage_figure
-from research.bench.matrix import BENCHMARK_VERSION, benchmark_rows, run_benchmark, step_rows, variant_rows
+from research.bench.matrix import BENCHMARK_VERSION, benchmark_rows, level_rows, run_benchmark, step_rows, variant_rows
 from research.bench.reference import HealthyLookup
 from research.bench.report import SECTION_END, SECTION_START, json_ready, markdown_section
 from localdiffusion.data.io import atomic_path, save_png
@@ -92,7 +92,7 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
                         cache_dir: str | Path | None = None, ld_config: LocalDiffusionConfig | None = None,
                         rows: list[str] | None = None, command: str = "",
                         variant_models: dict[str, str | Path] | None = None, steps: tuple[int, ...] = (),
-                        reference_steps: int = 25) -> dict:
+                        reference_steps: int = 25, mask_levels: tuple[float, ...] = ()) -> dict:
     """Load the models of ``direction`` (``t1_to_flair``), run the benchmark, write JSON and PNG.
 
     ``lookup_data``: the cohort whose healthy train/val cases fit the local healthy mapping
@@ -101,7 +101,8 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     ``variant_models``: label -> model folder of the same direction (e.g. ``{"VSM": ...}``), whose
     rows (:func:`~research.bench.matrix.variant_rows`) are added; ``steps``: step counts whose plain and Local
     Diffusion rows are added, each paired against its DDIM-``reference_steps`` namesake
-    (:func:`~research.bench.matrix.step_rows`)."""
+    (:func:`~research.bench.matrix.step_rows`); ``mask_levels``: rows on the robust PatchCore mask tightened to
+    these level sets (:func:`~research.bench.matrix.level_rows`)."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
     root = Path(models_root) if models_root else MODELS_ROOT
@@ -118,6 +119,8 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     table = benchmark_rows(T, with_robust=robust is not None)
     for count in steps:
         table.update(step_rows(T, count, reference_steps, with_robust=robust is not None))
+    if mask_levels and robust is not None:
+        table.update(level_rows(T, mask_levels))
     others = {}
     for label, folder in (variant_models or {}).items():
         other = load_denoiser(folder)

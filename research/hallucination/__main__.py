@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the plain and Local Diffusion rows at these DDIM step counts, each paired against "
                         "its --reference-steps namesake (rows named e.g. 'DDIM-5', 'LD oracle mask, IND floor 0, DDIM-5')")
     p.add_argument("--reference-steps", type=int, default=25, help="the step count --steps rows are paired against")
+    p.add_argument("--mask-levels", type=float, nargs="+", default=[],
+                   help="also run Local Diffusion on the robust PatchCore mask tightened to these level sets "
+                        "(research/ood_masks), rows 'LD robust patchcore level L mask, IND floor 0.95'")
     add_options(p, ["gate", "t_intermediate"])
     p.add_argument("--ood-dilation", type=int, default=0, help="Local Diffusion OOD-branch dilation (pixels)")
     p.add_argument("--out-dir", type=Path, default=Path("research/results"), help="JSON and PNG montages")
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                                      max_slices=args.max_slices or None, gate=args.gate, lookup_data=args.lookup_data,
                                      cache_dir=args.cache, ld_config=ld_config, rows=args.rows, command=command,
                                      variant_models={"VSM": args.vsm_model} if args.vsm_model else None,
-                                     steps=tuple(args.steps), reference_steps=args.reference_steps)
+                                     steps=tuple(args.steps), reference_steps=args.reference_steps,
+                                     mask_levels=tuple(args.mask_levels))
         print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices, "
               f"{result['computed_cells']} cells computed -> {args.out_dir}")
     render_section(args.out_dir, args.markdown)
