@@ -457,3 +457,24 @@ def test_the_baseline_copies_the_batches_local_diffusion_sampled_plainly_bit_for
     np.testing.assert_array_equal(reused, fresh)
     n_batches = -(-len(ks) // 2)
     assert len(calls) < n_batches  # the never-branched batches were copied, not sampled
+
+
+def test_a_mask_level_shrinks_the_halo_to_the_lesion():
+    from scipy import ndimage
+
+    from localdiffusion.methods.local_diffusion import branch_weight_volume
+    from localdiffusion.ood.volume import OodMap
+
+    brain = np.ones((48, 48, 12), bool)
+    lesion = np.zeros_like(brain)
+    lesion[18:28, 18:28, 3:9] = True
+    # a score peaking on the lesion and spilling into its neighbourhood, as a blurred patch distance does
+    score = ndimage.gaussian_filter(lesion.astype(np.float32) * 10.0, 2.5)
+    probability = np.clip(score / score.max() * 2.0, 0.0, 1.0)  # the threshold 0.99 takes the whole halo
+    halo = branch_weight_volume(OodMap(probability, 0.99), LocalDiffusionConfig(), brain) > 0.5
+    tight = branch_weight_volume(OodMap(probability, 0.99, score, 0.5), LocalDiffusionConfig(), brain) > 0.5
+    dice = lambda m: 2 * (m & lesion).sum() / (m.sum() + lesion.sum())  # noqa: E731
+    assert halo.sum() > 1.3 * lesion.sum() and tight.sum() < halo.sum()
+    assert dice(tight) > dice(halo) + 0.1 and (tight & lesion).sum() > 0.7 * lesion.sum()
+    no_score = branch_weight_volume(OodMap(probability, 0.99, None, 0.5), LocalDiffusionConfig(), brain) > 0.5
+    np.testing.assert_array_equal(no_score, halo)  # a map without its score keeps the thresholded mask

@@ -385,3 +385,21 @@ def test_the_coil_field_is_fitted_once_per_volume(monkeypatch):
     other[10, 10, 5] += 0.1  # another volume is fitted anew
     bias.log_bias_field(other, brain, 2.0)
     assert len(fits) == 2
+
+
+def test_bank_distances_do_not_depend_on_the_number_of_threads():
+    import faiss
+
+    from localdiffusion.ood.memory_bank import MemoryBank
+
+    rng = np.random.default_rng(0)
+    bank = MemoryBank(rng.random((3000, 192)).astype(np.float32))
+    queries = rng.random((5000, 192)).astype(np.float32)
+    found = {}
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        found[threads] = bank.search(queries, k=3)
+    np.testing.assert_array_equal(found[1][0], found[2][0])  # a cohort split across processes maps as one does
+    expected = np.linalg.norm(bank.features[found[1][1][:, 0]] - queries, axis=1)
+    np.testing.assert_allclose(found[1][0][:, 0], expected, rtol=1e-6)
+    assert (np.diff(found[1][0], axis=1) >= -1e-5).all()  # nearest first (ties within rounding)

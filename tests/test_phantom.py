@@ -139,3 +139,57 @@ def test_acquisition_shifts_scan_the_same_subject_differently(tmp_path):
     assert max(low.params["snr"].values()) <= 10 and tuple(low.params["acquisition"]["snr"]) == (6.0, 10.0)
     with pytest.raises(InputError, match="unknown acquisition"):
         write_cohort(tmp_path, 1, 0, acquisition="nonsense")
+
+
+@pytest.mark.parametrize("family", ["glioma", "metastasis", "ms", "cavity"])
+def test_test_families_draw_their_own_lesions_and_tissues(family):
+    from localdiffusion.phantom.families import HEALTHY_RANGES
+
+    case = generate_case(7, tumour=True, spacing=2.0, family=family)
+    seg, brain = case.seg, case.brain_mask > 0
+    labels = set(np.unique(seg[seg > 0]).tolist())
+    assert labels and labels <= {NECROSIS, OEDEMA, ENHANCING} and not (seg[~brain] > 0).any()
+    expected = {"glioma": {NECROSIS, OEDEMA, ENHANCING}, "ms": {OEDEMA}, "cavity": {NECROSIS, OEDEMA}}
+    if family in expected:
+        assert expected[family] <= labels
+    if family == "ms":
+        assert labels == {OEDEMA} and len(case.params["lesions"]) >= 3
+    field = case.params["field_strength_t"]
+    assert field in (1.5, 3.0) and case.params["family"] == family
+    for tissue, (t1, t2, pd) in HEALTHY_RANGES[field].items():  # healthy tissues drawn, not the training's fixed values
+        assert t1[0] <= case.params["tissues"][tissue]["t1"] <= t1[1]
+    t1 = case.images["t1"].astype(float)
+    wm = np.median(t1[case.pure_tissue == WM])
+    if family in ("glioma", "cavity"):  # necrosis / cavity fluid is CSF-like on T1: far below white matter
+        assert np.median(t1[seg == NECROSIS]) < 0.5 * wm
+    flair = case.images["flair"].astype(float)
+    assert np.median(flair[seg == OEDEMA]) > 1.2 * np.median(flair[case.pure_tissue == WM])
+
+
+def test_test_family_subjects_are_not_training_subjects(tmp_path):
+    from localdiffusion.phantom.dataset import plan_cohort
+
+    training = {e["case_seed"] for e in plan_cohort(3, 3, 0, "test")}
+    seeds = {f: {e["case_seed"] for e in plan_cohort(3, 3, 0, "test", f)} for f in ("glioma", "ms")}
+    assert not (training & seeds["glioma"]) and not (seeds["glioma"] & seeds["ms"])
+    assert all(e["case_id"].startswith("ld0_ms_test_") for e in plan_cohort(1, 1, 0, "test", "ms"))
+    with pytest.raises(InputError, match="lesion family"):
+        generate_case(1, tumour=True, family="nonsense")
+    with pytest.raises(InputError, match="1 mm"):
+        write_cohort(tmp_path, 1, 0, grid="brats", family="ms")
+
+
+@pytest.mark.slow
+def test_brats_grid_cohort_is_240_by_240_by_155_int16_with_brats_labels(tmp_path):
+    import nibabel as nib
+
+    entries = write_cohort(tmp_path, 0, 1, split="test", family="metastasis", grid="brats", spacing=1.0)
+    case_id = entries[0]["case_id"]
+    image = nib.load(str(tmp_path / case_id / f"{case_id}_t1.nii.gz"))
+    seg = np.asarray(nib.load(str(tmp_path / case_id / f"{case_id}_seg.nii.gz")).dataobj)
+    assert image.shape == (240, 240, 155) and image.get_data_dtype() == np.int16
+    np.testing.assert_allclose(np.abs(np.diag(image.affine)[:3]), 1.0)
+    assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4} and (seg > 0).any()
+    brain = np.asarray(image.dataobj) > 0
+    assert brain[:, :, 0].sum() == 0 and brain[0].sum() == 0 and brain[:, 0].sum() == 0  # the brain sits inside the grid
+    assert entries[0]["family"] == "metastasis" and entries[0]["grid"] == "brats"

@@ -201,8 +201,8 @@ def test_run_writes_the_contrasts_product_ood_map_and_branches_on_it(tiny_models
     config = load_denoiser(models / direction).config
     prepared = prepare_input(source, src, config.spacing_mm, config.in_plane)
     bank = PatchCore.load(models / f"ood_{src}.pt", modality=src, model_root=models)
-    robust = prepared.to_input_brain(RobustCalibration.load(models / f"ood_{src}_robust.json").probability(
-        bank, prepared.images[src], prepared.brain))
+    robust = prepared.to_input_brain(RobustCalibration.load(models / f"ood_{src}_robust.json").ood_map(
+        bank, prepared.images[src], prepared.brain, prepared.grid.affine).map.probability)
     own = prepared.to_input_brain(probability_volume(bank, prepared))
     assert np.abs(robust - own).max() > 0.1  # the two maps differ, so the test can tell them apart
 

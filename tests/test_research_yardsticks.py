@@ -4,7 +4,8 @@ import numpy as np
 
 from localdiffusion.methods.local_diffusion import LocalDiffusionConfig
 from research.bench.matrix import benchmark_rows, cell_key, level_rows, step_rows
-from research.ood_masks.masks import level_set_mask, mask_figures
+from localdiffusion.ood.postprocess import level_set
+from research.ood_masks.masks import mask_figures
 from research.steps.risk import case_figures
 
 
@@ -48,7 +49,7 @@ def test_the_mask_figures_tell_a_halo_from_the_lesion_and_a_level_set_tightens_i
     # a score peaked on the lesion: the level set inside the halo comes back to about the lesion
     distance = np.sqrt(sum((g - 20.0 if i < 2 else g - 10.0) ** 2 for i, g in enumerate(np.indices(shape))))
     score = np.exp(-((distance / 6.0) ** 2))
-    tight = mask_figures(level_set_mask(halo, score, 0.5), seg, brain)
+    tight = mask_figures(level_set(halo, score, 0.5), seg, brain)
     assert tight["dice"] > 0.8 and tight["volume_ratio"] < loose["volume_ratio"]
 
 

@@ -102,4 +102,5 @@ def test_shipped_robust_calibration_follows_the_validated_preprocessing(contrast
 
     calibration = RobustCalibration.load(robust_calibration_path(ood_bank_path(MODELS_ROOT, contrast)))
     assert calibration.modality == contrast
-    assert {"standardise": calibration.standardise, "bias_correct": calibration.bias_correct} == PREPROCESSING[contrast]
+    assert {"standardise": calibration.standardise, "bias_correct": calibration.bias_correct,
+            "location": calibration.location, "mask_level": calibration.mask_level} == PREPROCESSING[contrast]

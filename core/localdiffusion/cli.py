@@ -42,6 +42,8 @@ COMMAND_HELP = {
 
 
 def _add_phantom(sub) -> None:
+    from localdiffusion.phantom.families import FAMILIES
+    from localdiffusion.phantom.generate import GRIDS
     from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
 
     p = sub.add_parser("phantom", help=COMMAND_HELP["phantom"])
@@ -55,6 +57,11 @@ def _add_phantom(sub) -> None:
     p.add_argument("--t1-sequence", default="mprage", choices=["mprage", "spin_echo"])
     p.add_argument("--acquisition", default="training", choices=list(ACQUISITION_SHIFTS),
                    help="scanner settings: the training distribution or a shifted test variant (docs/phantom.md)")
+    p.add_argument("--family", default="training", choices=list(FAMILIES),
+                   help="lesion family: the training phantom's gliomas, or a test family with its own subjects, "
+                        "lesions and 1.5/3 T tissues (docs/phantom.md)")
+    p.add_argument("--grid", default="template", choices=list(GRIDS),
+                   help="template: the MNI152 field of view; brats: 240 x 240 x 155 at 1 mm (with --spacing 1)")
     p.add_argument("--preview", action="store_true", help="write a PNG montage per case")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_run_phantom)
@@ -65,7 +72,7 @@ def _run_phantom(args) -> int:
 
     entries = write_cohort(args.out, args.healthy, args.tumour, args.seed, spacing=args.spacing, split=args.split,
                            preview=args.preview, workers=args.workers, t1_sequence=args.t1_sequence,
-                           acquisition=args.acquisition)
+                           acquisition=args.acquisition, family=args.family, grid=args.grid)
     print(f"wrote {len(entries)} cases and manifest.json to {args.out}")
     return 0
 
@@ -199,10 +206,11 @@ def _run_translate(args) -> int:
 
 def _add_calibrate_gate(sub) -> None:
     p = sub.add_parser("calibrate-gate", help=COMMAND_HELP["calibrate-gate"])
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, nargs="+",
+                   help="cohort folder(s): every acquisition the gate must accept (e.g. both T1 kinds)")
     p.add_argument("--models", type=Path, default=None, help=MODELS_HELP + "; the gate is written there")
     p.add_argument("--split", default="val")
-    p.add_argument("--max-cases", type=int, default=10)
+    p.add_argument("--max-cases", type=int, default=10, help="at most this many healthy cases per folder")
     p.set_defaults(func=_run_calibrate_gate)
 
 
@@ -373,6 +381,12 @@ def _add_ood(sub) -> None:
                    "ood/robust.py PREPROCESSING)")
     r.add_argument("--bias-correct", default="auto", choices=["auto", "on", "off"],
                    help="N4 bias-field correction before the backbone (auto: as --standardise)")
+    r.add_argument("--location", default="auto", choices=["auto", "none", "max", "only"],
+                   help="the location score (registered MNI152 tissues, ood/location.py) beside the patch distance "
+                        "(auto: as --standardise)")
+    r.add_argument("--mask-level", type=float, default=None,
+                   help="Local Diffusion's mask: each flagged component's level set at this fraction, 0 off "
+                        "(default: as --standardise)")
     r.set_defaults(func=_run_ood_calibrate_robust)
 
 
@@ -412,11 +426,14 @@ def _run_ood_calibrate_robust(args) -> int:
     from localdiffusion.shipped import robust_calibration_path
 
     choice = {"auto": None, "on": True, "off": False}
+    location = {"auto": None, "none": ""}.get(args.location, args.location)
     calibration = calibrate_robust_ood(args.bank, args.data, split=args.split, max_cases=args.max_cases,
-                                       standardise=choice[args.standardise], bias_correct=choice[args.bias_correct])
+                                       standardise=choice[args.standardise], bias_correct=choice[args.bias_correct],
+                                       location=location, mask_level=args.mask_level)
     out = calibration.save(robust_calibration_path(args.bank))
     print(f"wrote {out}: {calibration.modality}, standardise {calibration.standardise}, "
-          f"bias_correct {calibration.bias_correct}")
+          f"bias_correct {calibration.bias_correct}, location {calibration.location or 'none'}, "
+          f"mask level {calibration.mask_level:g}")
     return 0
 
 

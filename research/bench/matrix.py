@@ -125,7 +125,7 @@ def level_mask(level: float) -> str:
 
 def level_rows(T: int, levels) -> dict[str, Row]:
     """Local Diffusion (DDIM-25, IND floor 0.95) on the robust PatchCore mask tightened to each level set
-    (:func:`research.ood_masks.masks.level_set_mask`), each paired against the robust PatchCore mask."""
+    (:func:`localdiffusion.ood.postprocess.level_set`), each paired against the robust PatchCore mask."""
     return {ld_row_name(level_mask(level), 0.95): Row("ld", BASELINE_SAMPLER, min(BASELINE_STEPS, T), level_mask(level),
                                                      0.95, compare_to=ld_row_name(ROBUST_MASK, 0.95))
             for level in levels}
@@ -178,21 +178,21 @@ def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=N
     """Per mask kind: (OOD map with its threshold, LocalDiffusionConfig overrides). ``robust``: the
     bank's :class:`~localdiffusion.ood.robust.RobustCalibration`, for the robust PatchCore mask and its
     level sets at ``levels`` (:func:`level_mask`)."""
-    from localdiffusion.ood.robust import distance_volume, standardise_scores
+    import dataclasses
+
+    from localdiffusion.ood.postprocess import level_set
     from localdiffusion.ood.volume import OodMap, bank_map
-    from research.ood_masks.masks import level_set_mask
 
     masks = {"oracle": (OodMap((prepared.seg > 0).astype(np.float32), 0.5), {"min_component": 0})}
     if ood_bank is not None:
         masks["patchcore"] = (bank_map(ood_bank, prepared), {})
-    if ood_bank is not None and robust is not None:  # what robust.probability computes, its distances kept
-        seen = robust.backbone_input(ood_bank, prepared.images[source], prepared.brain, prepared.brain)
-        distances = distance_volume(ood_bank, seen, prepared.brain)
-        robust_map = OodMap(robust.from_distances(distances, prepared.brain), robust.threshold)
+    if ood_bank is not None and robust is not None:  # the map run writes, with its score and mask level
+        robust_map = robust.ood_map(ood_bank, prepared.images[source], prepared.brain, prepared.grid.affine).map
         masks[ROBUST_MASK] = (robust_map, {})
+        thresholded = dataclasses.replace(robust_map, mask_level=0.0)
         for level in levels:
-            hard = branch_weight_volume(robust_map, LocalDiffusionConfig(mask_mode="hard"), prepared.brain) >= 0.5
-            tight = level_set_mask(hard, standardise_scores(distances, prepared.brain), level)
+            hard = branch_weight_volume(thresholded, LocalDiffusionConfig(mask_mode="hard"), prepared.brain) >= 0.5
+            tight = level_set(hard, robust_map.score, level)
             masks[level_mask(level)] = (OodMap(tight.astype(np.float32), 0.5), {"min_component": 0})
     if source_segmenter is not None:
         ks = prepared.brain_slices() if ks is None else ks

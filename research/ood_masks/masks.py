@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import binary_dilation, binary_fill_holes, label
+from scipy.ndimage import binary_dilation
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -31,6 +31,7 @@ from localdiffusion.data.io import atomic_path
 from localdiffusion.data.readers import read_case
 from localdiffusion.methods.local_diffusion import LocalDiffusionConfig, branch_weight_volume
 from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.postprocess import level_set
 from localdiffusion.ood.robust import RobustCalibration, distance_volume, standardise_scores
 from localdiffusion.ood.volume import OodMap, bank_grid
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibration_path
@@ -62,20 +63,6 @@ def mask_figures(mask: np.ndarray, seg: np.ndarray, brain: np.ndarray, probabili
     return out
 
 
-def level_set_mask(mask: np.ndarray, score: np.ndarray, level: float) -> np.ndarray:
-    """A tighter mask: inside each 3D component of ``mask``, the voxels whose ``score`` is at least
-    ``level`` of the way from the component's lowest to its highest score, holes filled per axial slice."""
-    components, n = label(mask)
-    out = np.zeros(mask.shape, bool)
-    for c in range(1, n + 1):
-        inside = components == c
-        low, high = score[inside].min(), score[inside].max()
-        out |= inside & (score >= low + level * (high - low))
-    for k in np.flatnonzero(out.any((0, 1))):
-        out[:, :, k] = binary_fill_holes(out[:, :, k])
-    return out
-
-
 def bootstrap(values: list[float], n: int = 10_000, seed: int = 0) -> dict:
     v = np.asarray([x for x in values if np.isfinite(x)], np.float64)
     if len(v) < 2:
@@ -93,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-cases", type=int, default=None)
     p.add_argument("--levels", type=float, nargs="*", default=[],
                    help="also score tighter candidate masks: each component's level set at these fractions "
-                        "between its lowest and highest standardised distance (level_set_mask)")
+                        "between its lowest and highest standardised distance (localdiffusion.ood.postprocess.level_set)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     cases = cases_in_split(args.data, args.split, "tumour")[:args.max_cases]
@@ -116,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             mask = branch_weight_volume(ood, LocalDiffusionConfig(mask_mode="hard"), prepared.brain) >= 0.5
             rows["product mask"][path.name] = mask_figures(mask, seg, brain, ood.probability)
             for level in args.levels:
-                rows[f"level set {level:g}"][path.name] = mask_figures(level_set_mask(mask, score, level), seg, brain)
+                rows[f"level set {level:g}"][path.name] = mask_figures(level_set(mask, score, level), seg, brain)
             rows["reference: the lesion"][path.name] = mask_figures(seg > 0, seg, brain)
             rows["reference: the lesion dilated by 3 voxels"][path.name] = mask_figures(
                 binary_dilation(seg > 0, iterations=3), seg, brain)

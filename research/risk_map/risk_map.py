@@ -206,7 +206,7 @@ def robust_ood(args) -> None:
         if out.exists():
             continue
         with np.load(f) as data:
-            probability = robust.probability(bank, data["source"], data["brain"])
+            probability = robust.patch_only().probability(bank, data["source"], data["brain"])  # as the risk reads it
         with atomic_path(out) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, probability)

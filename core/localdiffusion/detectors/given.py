@@ -7,7 +7,9 @@ recorded during it), and the models that compute them.
   the backbone). In the risk
   it replaces the bank's map for T1 -> FLAIR: on validation it predicts gross errors better and on
   shifted scanners it flags far less healthy brain (research/RECORD.md sections 11c and 11d). For
-  T1 it costs one more PatchCore pass over the standardised image;
+  T1 it costs one more PatchCore pass over the standardised image. It is the patch map alone
+  (:meth:`~localdiffusion.ood.robust.RobustCalibration.patch_only`): a calibration that adds the location
+  score to the map ``run`` writes keeps the patch distances' own calibration for the risk;
 * ``cycle``: the cycle residual (:mod:`~localdiffusion.detectors.cycle`, one more translation).
 
 :class:`GivenMaps` loads what a calibration needs once per job and computes only those maps, so
@@ -69,7 +71,7 @@ class GivenMaps:
         """Load what ``needs`` asks for (``config``: the model's in ``model_dir``); an
         :class:`~localdiffusion.errors.InputError` naming the missing file otherwise (:meth:`files`)."""
         files = cls.files(needs, bank_path, model_dir, config.direction)
-        robust = RobustCalibration.load(files["ood_robust"]) if "ood_robust" in files else None
+        robust = RobustCalibration.load(files["ood_robust"]).patch_only() if "ood_robust" in files else None
         reverse = load_reverse_model(model_dir, config, device) if "cycle" in files else None
         return cls(needs, bank, robust, reverse)
 

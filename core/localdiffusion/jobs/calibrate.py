@@ -83,42 +83,49 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
 
 
 def calibrate_robust_ood(bank_path: str | Path, data: str | Path, *, split: str = "val", max_cases: int = 10,
-                         standardise: bool | None = None, bias_correct: bool | None = None):
+                         standardise: bool | None = None, bias_correct: bool | None = None,
+                         location: str | None = None, mask_level: float | None = None):
     """Fit a :class:`~localdiffusion.ood.robust.RobustCalibration` for the bank at ``bank_path`` on the
     healthy cases of ``split`` (:meth:`~localdiffusion.ood.robust.RobustCalibration.fit`; ``standardise``,
-    ``bias_correct`` None: the contrast's choice, ``ood.robust.PREPROCESSING``)."""
+    ``bias_correct``, ``location``, ``mask_level`` None: the contrast's choice, ``ood.robust.PREPROCESSING``)."""
     from localdiffusion.ood.patchcore import PatchCore
     from localdiffusion.ood.robust import PREPROCESSING, RobustCalibration
     from localdiffusion.ood.volume import bank_grid
 
     bank = PatchCore.load(bank_path)
     contrast = bank.meta["modality"]
+    chosen = PREPROCESSING[contrast]
     cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
     if not cases:
         raise InputError(f"{data}: no healthy {split} cases to fit the robust OOD calibration on")
     volumes = []
     for path in tqdm(cases, desc=f"robust OOD {contrast}", unit="case"):
         prepared = prepare_case(read_case(path, (contrast,)), *bank_grid(bank))
-        volumes.append((prepared.images[contrast], prepared.brain))
-    chosen = PREPROCESSING[contrast]
+        volumes.append((prepared.images[contrast], prepared.brain, prepared.grid.affine))
     return RobustCalibration.fit(bank, volumes, chosen["standardise"] if standardise is None else standardise,
-                                 bias_correct=chosen["bias_correct"] if bias_correct is None else bias_correct)
+                                 bias_correct=chosen["bias_correct"] if bias_correct is None else bias_correct,
+                                 location=chosen["location"] if location is None else location,
+                                 mask_level=chosen["mask_level"] if mask_level is None else mask_level)
 
 
-def calibrate_gate(data: str | Path, models_root: str | Path, *, split: str = "val", max_cases: int = 10,
+def calibrate_gate(data: str | Path | list, models_root: str | Path, *, split: str = "val", max_cases: int = 10,
                    contrasts: tuple[str, ...] = ("t1", "flair")) -> InputGate:
     """Fit the input gate on the healthy cases of ``split``: per contrast the range of the
     depth-intensity correlation, the largest fraction of brain its bank flags and the largest
     median OOD probability and the strongest coil field (for the messages and the field check; the thresholds
-    are policy, input_gate.py)."""
+    are policy, input_gate.py). ``data``: one cohort or several (e.g. the same subjects scanned with each T1
+    kind and coil field the gate must accept), at most ``max_cases`` from each."""
     from localdiffusion.ood.patchcore import PatchCore
     from localdiffusion.ood.volume import bank_grid
     from localdiffusion.shipped import ood_bank_path
     from localdiffusion.volume.bias import field_strength
 
-    cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
+    folders = list(data) if isinstance(data, (list, tuple)) else [data]
+    cases = [case for folder in folders
+             for case in cases_in_split(folder, split, "healthy" if has_manifest(folder) else None)[:max_cases]]
     if len(cases) < 3:
-        raise InputError(f"{data}: {len(cases)} healthy {split} cases; the input gate needs at least 3")
+        names = ", ".join(str(folder) for folder in folders)
+        raise InputError(f"{names}: {len(cases)} healthy {split} cases; the input gate needs at least 3")
     correlation, flagged, typical, fields = {}, {}, {}, {}
     for contrast in contrasts:
         bank = PatchCore.load(ood_bank_path(models_root, contrast), modality=contrast, model_root=models_root)

@@ -3,6 +3,7 @@ calibrated threshold (``localdiffusion ood map``, the MONAI Label ``ood_map`` mo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.ood.volume import OodMap, bank_grid, bank_map
 from localdiffusion.shipped import robust_calibration_path
+
+log = logging.getLogger("localdiffusion")
 
 
 def probability_map(input_path: str | Path, bank_path: str | Path, modality: str | None = None,
@@ -39,7 +42,12 @@ def probability_map(input_path: str | Path, bank_path: str | Path, modality: str
     if calibration is None:
         ood = bank_map(model, prepared)
     else:
-        ood = OodMap(calibration.probability(model, prepared.images[contrast], prepared.brain), calibration.threshold)
+        robust_map = calibration.ood_map(model, prepared.images[contrast], prepared.brain, prepared.grid.affine)
+        ood = robust_map.map
+        if robust_map.unlocated:
+            log.warning("warning: %s: the OOD map does not know where each voxel lies: %s; it is the patch map "
+                        "alone, blind to lesions that look like normal tissue elsewhere", input_path,
+                        robust_map.unlocated)
     return OodMap(prepared.to_input_brain(ood.probability), float(ood.threshold)), prepared.input_affine
 
 

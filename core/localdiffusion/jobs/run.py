@@ -217,8 +217,13 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     known = {"ood": bank.probability}
     ood = bank
     if robust is not None:  # the map the job writes and Local Diffusion branches on
-        ood = OodMap(robust.probability(ood_bank, prepared.images[source], prepared.brain), robust.threshold)
-        known["ood_robust"] = ood.probability
+        robust_map = robust.ood_map(ood_bank, prepared.images[source], prepared.brain, prepared.grid.affine)
+        ood = robust_map.map
+        if robust_map.unlocated:
+            warn(f"the OOD map does not know where each voxel lies: {robust_map.unlocated}; it is the patch map "
+                 f"alone, blind to lesions that look like normal tissue elsewhere")
+        if robust_map.patch is not None:  # the risk calibrations read the patch map (detectors/given.py)
+            known["ood_robust"] = robust_map.patch
     source_maps = given.source_maps(prepared, known) if given is not None else None  # still the OOD phase
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress,

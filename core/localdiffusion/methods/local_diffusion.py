@@ -250,7 +250,8 @@ def branch_weight_volume(ood_map: OodMap, config: LocalDiffusionConfig, brain_vo
     """The branching weight of a volume from its OOD map.
 
     hard: the thresholded mask, post-processed per axial slice (3 x 3 median, components
-    under ``min_component`` pixels dropped, inside the brain) unless ``min_component`` is 0;
+    under ``min_component`` pixels dropped, inside the brain) unless ``min_component`` is 0,
+    then shrunk to each component's level set when the map carries a mask level;
     soft: the probability, zeroed away from the post-processed mask (dilated by 2 pixels).
 
     Args:
@@ -263,13 +264,15 @@ def branch_weight_volume(ood_map: OodMap, config: LocalDiffusionConfig, brain_vo
     import numpy as np
     from scipy import ndimage
 
-    from localdiffusion.ood.postprocess import postprocess
+    from localdiffusion.ood.postprocess import level_set, postprocess
 
     prob = np.clip(np.asarray(ood_map.probability, np.float32), 0.0, 1.0)
     mask = prob >= ood_map.threshold
     if config.min_component > 0:
         brain = np.ones_like(mask) if brain_volume is None else np.asarray(brain_volume) > 0
         mask = np.moveaxis(postprocess(np.moveaxis(mask, 2, 0), np.moveaxis(brain, 2, 0), config.min_component), 0, 2)
+    if ood_map.mask_level > 0 and ood_map.score is not None:
+        mask = level_set(mask, ood_map.score, ood_map.mask_level)
     if config.mask_mode == "hard":
         return mask.astype(np.float32)
     near = ndimage.binary_dilation(mask, structure=np.ones((5, 5, 1), bool))

@@ -1,6 +1,8 @@
 """PatchCore memory bank: approximate greedy coreset + faiss nearest-neighbour search.
 
-Distances are plain L2 (faiss returns squared L2; we take the square root).
+Distances are plain L2. faiss finds the neighbours; their distances are then recomputed directly,
+because faiss's own (squared, through a matrix product) change in the last digits with the number of
+threads, and a cohort split across processes must map a volume exactly as one process does.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ class MemoryBank:
         return len(self.features)
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """L2 distances and indices of the ``k`` nearest bank entries, each (Q, k)."""
-        squared, indices = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return np.sqrt(np.maximum(squared, 0.0)), indices
+        """L2 distances and indices of the ``k`` nearest bank entries, each (Q, k); the distances do not
+        depend on the number of threads."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        _, indices = self.index.search(queries, k)
+        distances = np.empty(indices.shape, np.float32)
+        for start in range(0, len(queries), 4096):  # bounded memory: (4096, k, D) differences at a time
+            chunk = slice(start, start + 4096)
+            diff = self.features[np.maximum(indices[chunk], 0)] - queries[chunk, None, :]
+            distances[chunk] = np.sqrt(np.square(diff).sum(-1))
+        return distances, indices

@@ -16,8 +16,9 @@ import numpy as np
 from localdiffusion.data.io import atomic_path
 from localdiffusion.errors import InputError
 from localdiffusion.ood.anomaly_map import Calibration
+from localdiffusion.ood.location import location_score, register
 from localdiffusion.ood.patchcore import PatchCore
-from localdiffusion.ood.volume import bank_grid
+from localdiffusion.ood.volume import OodMap, bank_grid
 from localdiffusion.volume.bias import correct_bias
 from localdiffusion.volume.grid import normalise
 from localdiffusion.options import HEALTHY_FPR
@@ -27,9 +28,16 @@ from localdiffusion.options import HEALTHY_FPR
 #: choices flagging <= 5% of healthy brain on every one): ``standardise`` (research/RECORD.md 9c: it
 #: raises the T1 map's lesion AUROC under every shift and drops FLAIR's to 0.65-0.71) and
 #: ``bias_correct`` (9d: without it the FLAIR map flags 9.1% of healthy brain under a strong coil field,
-#: with it 1.1%, at most 2.7% on any variant; for T1 it lowers the lesion AUROC on 6 of 7 variants)
-PREPROCESSING = {"t1": {"standardise": True, "bias_correct": False},
-                 "flair": {"standardise": False, "bias_correct": True}}
+#: with it 1.1%, at most 2.7% on any variant; for T1 it lowers the lesion AUROC on 6 of 7 variants);
+#: then, by the rule of research/ood_families/README.md on the validation lesion families (both T1 kinds),
+#: ``location`` (T1 ``max``: lesion AUROC 0.777 against 0.753 without, healthy brain >= 0.99 0.8% against
+#: 4.0%; FLAIR ``only``: 0.957 against 0.949, 2.4% against 5.2%) and ``mask_level`` (FLAIR 0.25: mask Dice
+#: +0.078 [+0.041, +0.115] over the thresholded mask, 77% of the lesion covered; T1 is not chosen on)
+PREPROCESSING = {"t1": {"standardise": True, "bias_correct": False, "location": "max", "mask_level": 0.0},
+                 "flair": {"standardise": False, "bias_correct": True, "location": "only", "mask_level": 0.25}}
+#: how the location score (ood/location.py) joins the patch distance: "" not at all, "max" the larger of the two
+#: self-standardised scores, "only" the location score alone (chosen per contrast in PREPROCESSING)
+LOCATION_MODES = ("", "max", "only")
 #: brain-intensity percentiles matched by the standardisation
 LANDMARK_LEVELS = np.array([1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99], np.float64)
 ROBUST_FORMAT = "localdiffusion-robust-ood-1"
@@ -71,6 +79,17 @@ def distance_volume(bank: PatchCore, image: np.ndarray, brain: np.ndarray) -> np
     return out
 
 
+def combined_score(distances: np.ndarray | None, location: np.ndarray | None, brain: np.ndarray, mode: str
+                   ) -> np.ndarray:
+    """The score a calibration's CDF reads: the self-standardised patch distances, the self-standardised location
+    score, or the larger of the two (``mode``: a :data:`LOCATION_MODES` entry)."""
+    if not mode:
+        return standardise_scores(distances, brain)
+    if mode == "only":
+        return standardise_scores(location, brain)
+    return np.maximum(standardise_scores(distances, brain), standardise_scores(location, brain))
+
+
 def strided_brain(brain: np.ndarray, stride: int = CALIBRATION_SLICE_STRIDE) -> np.ndarray:
     """``brain`` on every ``stride``-th slice with brain only (the others emptied)."""
     kept = np.zeros_like(brain)
@@ -88,6 +107,21 @@ def bias_corrected(image: np.ndarray, brain: np.ndarray, modality: str, spacing_
     """``image`` with its coil bias removed (N4) and normalised again as the working grid's images are."""
     corrected, _ = normalise(correct_bias(image, brain, spacing_mm), brain, modality=modality)
     return np.where(brain, corrected, 0.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RobustMap:
+    """What :meth:`RobustCalibration.ood_map` returns.
+
+    Attributes:
+        map: the OOD map with its threshold, score and mask level.
+        unlocated: why the location score could not be used (the map is then the patch map alone), or None.
+        patch: the patch distances' own robust probability (None when only the location score was computed).
+    """
+
+    map: OodMap
+    unlocated: str | None
+    patch: np.ndarray | None
 
 
 @dataclass
@@ -123,16 +157,26 @@ class RobustCalibration:
 
     modality: str
     reference: np.ndarray | None  # landmark intensities of the healthy validation volumes; None: no standardisation
-    calibration: Calibration  # of self-standardised healthy validation distances
+    calibration: Calibration  # of self-standardised healthy validation distances (with location: combined scores)
     bias_correct: bool = False  # N4 before everything else (volume/bias.py)
+    location: str = ""  # LOCATION_MODES: how the location score (ood/location.py) joins the patch distance
+    patch_calibration: Calibration | None = None  # with location: the patch distances alone, for a failed registration
+    mask_level: float = 0.0  # Local Diffusion's mask: each component's level set (ood/postprocess.level_set); 0: off
 
     @property
     def standardise(self) -> bool:
         return self.reference is not None
 
-    def probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray | None = None
-                    ) -> np.ndarray:
-        """The acquisition-robust OOD probability of a working-grid image.
+    def probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray | None = None,
+                    affine: np.ndarray | None = None) -> np.ndarray:
+        """The acquisition-robust OOD probability of a working-grid image (:meth:`located_probability`
+        without the registration's problem)."""
+        return self.located_probability(bank, image, brain, scored, affine)[0]
+
+    def located_probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray,
+                            scored: np.ndarray | None = None, affine: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, str | None]:
+        """The acquisition-robust OOD probability of a working-grid image, and why it could not use location.
 
         Args:
             bank: the PatchCore bank this calibration belongs to.
@@ -140,16 +184,66 @@ class RobustCalibration:
             brain: (X, Y, Z) bool brain mask.
             scored: (X, Y, Z) bool voxels to score (default: all of ``brain``; a calibration or a
                 benchmark scores a subset, e.g. :func:`strided_brain`).
+            affine: the working grid's voxel -> RAS mm; needed by a calibration with location.
         Returns:
-            (X, Y, Z) float32 in [0, 1]; 0 outside ``scored``.
+            (X, Y, Z) float32 in [0, 1], 0 outside ``scored``; and None, or (with location) the reason the
+            registration could not be used, in which case the map is the patch distances' alone.
         """
         if bank.meta["modality"] != self.modality:
             raise InputError(f"robust calibration is for {self.modality}, the bank for {bank.meta['modality']}")
         scored = brain if scored is None else scored
         if not scored.any():
-            return np.zeros(image.shape, np.float32)
-        return self.from_distances(distance_volume(bank, self.backbone_input(bank, image, brain, scored), scored),
-                                   scored)
+            return np.zeros(image.shape, np.float32), None
+        distances, location, problem = self._scores(bank, image, brain, scored, affine)
+        return self.from_distances(distances, scored, location), problem
+
+    def _scores(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray,
+                affine: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+        """The bank's distances (None when the location score alone is read), the location score (None
+        without location or registration) and why the registration could not be used."""
+        seen = self.backbone_input(bank, image, brain, scored)
+        location, problem = None, None
+        if self.location:
+            if affine is None:
+                raise ValueError("a calibration with location needs the working grid's affine")
+            location, problem = self.location_score(seen, brain, affine)
+            if location is not None:
+                location = np.where(scored, location, 0.0)
+        distances = distance_volume(bank, seen, scored) if self.location != "only" or location is None else None
+        return distances, location, problem
+
+    def ood_map(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> "RobustMap":
+        """The map ``run`` writes and Local Diffusion branches on: :meth:`located_probability` with its
+        threshold, the score it was calibrated from and this calibration's mask level; beside it the patch
+        map alone (what the risk calibrations read as ``ood_robust``) when the distances were computed."""
+        if bank.meta["modality"] != self.modality:
+            raise InputError(f"robust calibration is for {self.modality}, the bank for {bank.meta['modality']}")
+        if not brain.any():
+            empty = np.zeros(image.shape, np.float32)
+            return RobustMap(OodMap(empty, self.threshold), None, empty)
+        distances, location, problem = self._scores(bank, image, brain, brain, affine)
+        mode = self.location if location is not None else ""
+        score = np.where(brain, combined_score(distances, location, brain, mode), 0.0).astype(np.float32)
+        ood = OodMap(self.from_distances(distances, brain, location), self.threshold, score, self.mask_level)
+        patch = ood.probability if not self.location else (
+            None if distances is None else self.patch_only().from_distances(distances, brain))
+        return RobustMap(ood, problem, patch)
+
+    def patch_only(self) -> "RobustCalibration":
+        """This calibration without the location score (the patch distances' own calibration)."""
+        if not self.location:
+            return self
+        return RobustCalibration(self.modality, self.reference, self.patch_calibration, self.bias_correct,
+                                 mask_level=self.mask_level)
+
+    def location_score(self, seen: np.ndarray, brain: np.ndarray, affine: np.ndarray
+                       ) -> tuple[np.ndarray | None, str | None]:
+        """The location score of the backbone's input (:func:`~localdiffusion.ood.location.location_score`),
+        or None and the reason the registration to the template cannot be used."""
+        registration = register(brain, affine)
+        if registration.problem:
+            return None, registration.problem
+        return location_score(seen, brain, affine, registration), None
 
     def backbone_input(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray
                        ) -> np.ndarray:
@@ -160,36 +254,77 @@ class RobustCalibration:
             image = bias_corrected(image, brain, self.modality, bank_grid(bank)[0])
         return _standardised(image, scored, self.reference)
 
-    def from_distances(self, distances: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    def from_distances(self, distances: np.ndarray | None, brain: np.ndarray, location: np.ndarray | None = None
+                       ) -> np.ndarray:
         """The probability from the bank's distances of the backbone's input (:meth:`backbone_input`; when that
-        is the image itself, the bank's own distances, which a caller may share with the bank's map)."""
-        return np.where(brain, self.calibration.probability(standardise_scores(distances, brain)), 0.0).astype(np.float32)
+        is the image itself, the bank's own distances, which a caller may share with the bank's map) and, for a
+        calibration with location, the location score (None: the registration failed; the patch distances alone)."""
+        if self.location and location is None:
+            calibration, score = self.patch_calibration, standardise_scores(distances, brain)
+        else:
+            calibration, score = self.calibration, combined_score(distances, location, brain, self.location)
+        return np.where(brain, calibration.probability(score), 0.0).astype(np.float32)
 
     @property
     def threshold(self) -> float:
         return self.calibration.probability_threshold
 
     @classmethod
-    def fit(cls, bank: PatchCore, volumes: list[tuple[np.ndarray, np.ndarray]], standardise: bool,
-            false_positive_rate: float = HEALTHY_FPR, bias_correct: bool = False) -> "RobustCalibration":
-        """Fit on healthy validation ``volumes`` ((image, brain) pairs on the bank's working grid), scoring
-        every :data:`CALIBRATION_SLICE_STRIDE`-th brain slice (landmarks and scores from those)."""
+    def fit(cls, bank: PatchCore, volumes: list[tuple[np.ndarray, np.ndarray, np.ndarray]], standardise: bool,
+            false_positive_rate: float = HEALTHY_FPR, bias_correct: bool = False, location: str = "",
+            mask_level: float = 0.0) -> "RobustCalibration":
+        """Fit on healthy validation volumes.
+
+        Args:
+            bank: the PatchCore bank.
+            volumes: (image, brain, affine) of healthy validation volumes on the bank's working grid (the
+                affine only with ``location``; (image, brain) pairs otherwise); every :data:`CALIBRATION_SLICE_STRIDE`-th brain slice is scored (landmarks and scores from those).
+            standardise, bias_correct: the steps before the backbone.
+            false_positive_rate: the healthy voxels flagged at the threshold.
+            location: a :data:`LOCATION_MODES` entry.
+            mask_level: the level set Local Diffusion's mask shrinks to (stored, not fitted).
+        Returns:
+            The calibration.
+        """
         if not volumes:
             raise InputError("the robust calibration needs healthy validation volumes")
+        if location not in LOCATION_MODES:
+            raise InputError(f"unknown location mode {location!r}; choose from none, max, only")
+        if not 0.0 <= mask_level < 1.0:
+            raise InputError(f"the mask level must be in [0, 1), got {mask_level}")
         modality = bank.meta["modality"]
-        volumes = [(bias_corrected(img, brain, modality, bank_grid(bank)[0]) if bias_correct else img,
-                    strided_brain(brain)) for img, brain in volumes]
-        reference = np.mean([landmarks(img, scored) for img, scored in volumes], axis=0) if standardise else None
-        scores = np.concatenate([
-            standardise_scores(distance_volume(bank, _standardised(img, scored, reference), scored), scored)[scored]
-            for img, scored in volumes])
-        return cls(modality, reference, Calibration.fit(scores, false_positive_rate), bias_correct)
+        spacing = bank_grid(bank)[0]
+        volumes = [(*v, None)[:3] for v in volumes]  # (image, brain) pairs: no affine, no location
+        volumes = [(bias_corrected(img, brain, modality, spacing) if bias_correct else img, brain, strided_brain(brain),
+                    affine) for img, brain, affine in volumes]
+        reference = np.mean([landmarks(img, scored) for img, _, scored, _ in volumes], axis=0) if standardise else None
+        calibration = cls(modality, reference, None, bias_correct, location,  # type: ignore[arg-type]
+                          mask_level=mask_level)
+        patch_scores, scores = [], []
+        for img, brain, scored, affine in volumes:
+            seen = _standardised(img, scored, reference)
+            distances = distance_volume(bank, seen, scored)
+            patch_scores.append(standardise_scores(distances, scored)[scored])
+            if location:
+                score, problem = calibration.location_score(seen, brain, affine)
+                if problem:
+                    raise InputError(f"a healthy validation volume did not register to the MNI152 brain: {problem}")
+                scores.append(combined_score(distances, np.where(scored, score, 0.0), scored, location)[scored])
+        calibration.patch_calibration = Calibration.fit(np.concatenate(patch_scores), false_positive_rate)
+        calibration.calibration = (Calibration.fit(np.concatenate(scores), false_positive_rate) if location
+                                   else calibration.patch_calibration)
+        if not location:
+            calibration.patch_calibration = None
+        return calibration
 
     def save(self, path: str | Path) -> Path:
         arrays = {k: v.tolist() for k, v in self.calibration.as_arrays("pixel").items()}
         payload = {"format": ROBUST_FORMAT, "modality": self.modality, "standardise": self.standardise,  # for readers
-                   "bias_correct": self.bias_correct,
+                   "bias_correct": self.bias_correct, "mask_level": self.mask_level,
                    "reference": None if self.reference is None else self.reference.tolist(), **arrays}
+        if self.location:
+            payload.update(location=self.location,
+                           **{k: v.tolist() for k, v in self.patch_calibration.as_arrays("patch").items()})
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(payload))
         return Path(path)
@@ -207,8 +342,15 @@ class RobustCalibration:
             reference = None if data["reference"] is None else np.asarray(data["reference"], np.float64)
             if bool(data["standardise"]) != (reference is not None):
                 raise ValueError("standardise and reference disagree")
-            # a file without bias_correct did not correct
+            # a file without bias_correct did not correct, one without location has none
+            location = str(data.get("location", ""))
+            if location not in LOCATION_MODES:
+                raise ValueError(f"location {location!r}")
+            patch = Calibration.from_arrays(data, "patch") if location else None
+            mask_level = float(data.get("mask_level", 0.0))
+            if not 0.0 <= mask_level < 1.0:
+                raise ValueError(f"mask_level {mask_level}")
             return cls(data["modality"], reference, Calibration.from_arrays(data, "pixel"),
-                       bool(data.get("bias_correct", False)))
+                       bool(data.get("bias_correct", False)), location, patch, mask_level)
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: not a robust OOD calibration ({exc.__class__.__name__})") from exc

@@ -18,10 +18,15 @@ class OodMap:
         probability: (X, Y, Z) float32 in [0, 1] on the working grid.
         threshold: the probability at or above which a voxel is flagged (1 - the calibrated
             healthy false-positive rate).
+        score: (X, Y, Z) the score the probability was calibrated from (None: not kept).
+        mask_level: with ``score``, the level set each flagged component shrinks to for Local
+            Diffusion's mask (:func:`~localdiffusion.ood.postprocess.level_set`; 0: the thresholded mask).
     """
 
     probability: np.ndarray
     threshold: float
+    score: np.ndarray | None = None
+    mask_level: float = 0.0
 
     def flagged(self) -> np.ndarray:
         """(X, Y, Z) bool: the voxels at or above the threshold."""

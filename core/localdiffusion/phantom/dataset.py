@@ -1,9 +1,9 @@
 """Write a phantom cohort in the BraTS 2021 layout with a manifest and previews.
 
 Splits use fixed, disjoint seed ranges: a case's seed is
-``SPLIT_BASE[split] + KIND_BASE[kind] + 10_000 * seed + index``, so train, validation and
-test subjects can never coincide, and a larger cohort with the same ``seed`` extends a
-smaller one case by case.
+``FAMILY_BASE[family] + SPLIT_BASE[split] + KIND_BASE[kind] + 10_000 * seed + index``, so train,
+validation and test subjects, and the subjects of different lesion families, can never coincide,
+and a larger cohort with the same ``seed`` extends a smaller one case by case.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from tqdm import tqdm
 
 from localdiffusion.data.io import atomic_path, save_png, save_volume
 from localdiffusion.errors import InputError
-from localdiffusion.phantom.generate import PHANTOM_MODALITIES, PhantomCase, generate_case
+from localdiffusion.phantom.families import FAMILIES, check_family
+from localdiffusion.phantom.generate import GRIDS, PHANTOM_MODALITIES, PhantomCase, generate_case
 from localdiffusion.phantom.physics import ACQUISITION_SHIFTS, Acquisition
 
 SPLITS = ("train", "val", "test")
 SPLIT_BASE = {"train": 0, "val": 100_000_000, "test": 200_000_000}
 KIND_BASE = {"healthy": 0, "tumour": 50_000_000}
+FAMILY_BASE = {family: 1_000_000_000 * i for i, family in enumerate(FAMILIES)}
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 MAX_SEED = 5000
 MAX_CASES = 10_000
@@ -33,12 +35,12 @@ MANIFEST_JSON = "manifest.json"
 MANIFEST_CSV = "manifest.csv"
 
 
-def case_seed(seed: int, split: str, kind: str, index: int) -> int:
+def case_seed(seed: int, split: str, kind: str, index: int, family: str = "training") -> int:
     if not 0 <= seed < MAX_SEED:
         raise InputError(f"--seed must be in [0, {MAX_SEED}), got {seed}")
     if not 0 <= index < MAX_CASES:
         raise InputError(f"at most {MAX_CASES} cases per split and kind")
-    return SPLIT_BASE[split] + KIND_BASE[kind] + 10_000 * seed + index
+    return FAMILY_BASE[check_family(family)] + SPLIT_BASE[split] + KIND_BASE[kind] + 10_000 * seed + index
 
 
 def split_counts(n: int, split: str = "all") -> dict[str, int]:
@@ -54,23 +56,27 @@ def split_counts(n: int, split: str = "all") -> dict[str, int]:
     return {"train": n - val - test, "val": val, "test": test}
 
 
-def plan_cohort(n_healthy: int, n_tumour: int, seed: int, split: str = "all") -> list[dict]:
+def plan_cohort(n_healthy: int, n_tumour: int, seed: int, split: str = "all", family: str = "training") -> list[dict]:
     plan = []
+    prefix = f"ld{seed}_" if family == "training" else f"ld{seed}_{family}_"
     for kind, n in (("healthy", n_healthy), ("tumour", n_tumour)):
         for s, count in split_counts(n, split).items():
             for index in range(count):
-                plan.append({"case_id": f"ld{seed}_{s}_{kind[0]}{index:04d}", "split": s, "kind": kind,
-                             "case_seed": case_seed(seed, s, kind, index)})
+                entry = {"case_id": f"{prefix}{s}_{kind[0]}{index:04d}", "split": s, "kind": kind,
+                         "case_seed": case_seed(seed, s, kind, index, family)}
+                plan.append(entry if family == "training" else {**entry, "family": family})
     return plan
 
 
-def write_case(out: Path, entry: dict, spacing: float, acquisition: Acquisition, preview: bool) -> dict:
+def write_case(out: Path, entry: dict, spacing: float, acquisition: Acquisition, preview: bool,
+               grid: str = "template") -> dict:
     """Generate and write one case; returns its manifest entry."""
-    case = generate_case(entry["case_seed"], tumour=entry["kind"] == "tumour", spacing=spacing, acquisition=acquisition)
+    case = generate_case(entry["case_seed"], tumour=entry["kind"] == "tumour", spacing=spacing, acquisition=acquisition,
+                         family=entry.get("family", "training"), grid=grid)
     folder = out / entry["case_id"]
     name = entry["case_id"]
     for modality in PHANTOM_MODALITIES:
-        save_volume(folder / f"{name}_{modality}.nii.gz", case.images[modality], case.affine)
+        save_volume(folder / f"{name}_{modality}.nii.gz", case.images[modality], case.affine, dtype=np.int16)
     save_volume(folder / f"{name}_seg.nii.gz", case.seg, case.affine)
     save_volume(folder / f"{name}_mask.nii.gz", case.brain_mask, case.affine)
     if preview:
@@ -84,11 +90,18 @@ def _write_case_star(args) -> dict:
 
 def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, *, spacing: float = 2.0,
                  split: str = "all", preview: bool = False, workers: int = 1, t1_sequence: str = "mprage",
-                 acquisition: str = "training") -> list[dict]:
+                 acquisition: str = "training", family: str = "training", grid: str = "template") -> list[dict]:
     """Generate a cohort under ``out``; writes ``manifest.json`` and ``manifest.csv`` last.
 
     ``acquisition``: a name of :data:`~localdiffusion.phantom.physics.ACQUISITION_SHIFTS` (the same
-    subjects as the training distribution's, scanned differently); ``t1_sequence`` overrides its T1."""
+    subjects as the training distribution's, scanned differently); ``t1_sequence`` overrides its T1.
+    ``family``: the lesion family (:mod:`~localdiffusion.phantom.families`; its own subjects);
+    ``grid``: ``template`` or ``brats`` (240 x 240 x 155 at 1 mm; needs ``spacing`` 1)."""
+    check_family(family)
+    if grid not in GRIDS:
+        raise InputError(f"unknown grid {grid!r}; choose from {', '.join(GRIDS)}")
+    if grid == "brats" and spacing != 1.0:
+        raise InputError(f"the BraTS grid is 1 mm: pass --spacing 1 (got {spacing})")
     if acquisition not in ACQUISITION_SHIFTS:
         raise InputError(f"unknown acquisition {acquisition!r}; choose from {sorted(ACQUISITION_SHIFTS)}")
     settings = ACQUISITION_SHIFTS[acquisition]
@@ -98,8 +111,8 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
         raise InputError("need at least one case (--healthy and --tumour must be >= 0, not both 0)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = plan_cohort(n_healthy, n_tumour, seed, split)
-    jobs = [(out, entry, spacing, settings, preview) for entry in plan]
+    plan = plan_cohort(n_healthy, n_tumour, seed, split, family)
+    jobs = [(out, entry, spacing, settings, preview, grid) for entry in plan]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
             entries = list(tqdm(pool.imap(_write_case_star, jobs), total=len(jobs), desc="phantom", unit="case"))
