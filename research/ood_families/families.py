@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from localdiffusion.data.io import atomic_path
 from localdiffusion.data.readers import read_case
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import gate_input
@@ -38,7 +37,7 @@ from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibratio
 from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 from localdiffusion.ood.postprocess import level_set
-from research.ood_masks.masks import bootstrap, mask_figures
+from research.ood_masks.masks import bootstrap, figures_text, mask_figures, write_result
 
 CONTRASTS = ("t1", "flair")
 
@@ -105,13 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "cases": len(per_case)}
             result["summary"].setdefault(contrast, {})[family] = summary
             for row, figures in summary.items():
-                text = (", ".join(f"{k} {v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in figures.items())
-                        if row != "gate" else json.dumps(figures))
+                text = figures_text(figures) if row != "gate" else json.dumps(figures)
                 print(f"{contrast} {family} {row}: {text}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

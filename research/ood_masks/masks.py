@@ -72,6 +72,19 @@ def bootstrap(values: list[float], n: int = 10_000, seed: int = 0) -> dict:
             "cases": len(v)}
 
 
+def figures_text(figures: dict) -> str:
+    """``name mean [low, high]`` for each bootstrapped figure."""
+    return ", ".join(f"{k} {v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in figures.items())
+
+
+def write_result(out: Path, result: dict) -> None:
+    """Write a study's result JSON atomically and say where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m research.ood_masks.masks", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="cohort with tumour cases (phantom manifest)")
@@ -112,12 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             row: {k: bootstrap([c.get(k, float("nan")) for c in per.values()])
                   for k in sorted({k for c in per.values() for k in c})} for row, per in rows.items()}
         for row, figures in result["summary"][contrast].items():
-            print(f"{contrast} {row}: " + ", ".join(f"{k} {v['mean']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
-                                                  for k, v in figures.items()), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.out) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(f"wrote {args.out}")
+            print(f"{contrast} {row}: {figures_text(figures)}", flush=True)
+    write_result(args.out, result)
     return 0
 
 
