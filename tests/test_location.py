@@ -78,3 +78,19 @@ def test_a_calibration_with_location_round_trips_and_says_when_it_cannot_registe
     fallback = loaded.ood_map(bank, np.where(cube, 0.5, 0.0).astype(np.float32), cube, affine)
     assert fallback.unlocated is not None and "MNI152" in fallback.unlocated
     np.testing.assert_array_equal(fallback.map.probability, fallback.patch)
+
+
+def test_the_location_score_of_a_subset_of_slices_is_the_whole_brains():
+    """A calibration scores every second slice; the location score must still read the whole brain, as a job
+    does, or its smoothing and tissue medians see empty slices."""
+    from localdiffusion.ood.anomaly_map import Calibration
+    from localdiffusion.ood.robust import RobustCalibration, landmarks, strided_brain
+
+    image, brain, affine, _ = _scan(9, tumour=True)
+    reference = landmarks(image, brain)  # intensity standardisation on: what it sees is zero off the scored slices
+    robust = RobustCalibration("t1", reference, Calibration.fit(np.linspace(0, 10, 1000)), location="only",
+                               patch_calibration=Calibration.fit(np.linspace(0, 10, 1000)))
+    scored = strided_brain(brain)
+    _, subset, _ = robust._scores(None, image, brain, scored, affine)
+    _, whole, _ = robust._scores(None, image, brain, brain, affine)
+    np.testing.assert_allclose(subset[scored], whole[scored], rtol=1e-5, atol=1e-6)

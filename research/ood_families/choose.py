@@ -22,6 +22,8 @@ MODES = ("none", "max", "only")
 HEALTHY_LIMIT = 0.03
 LEVELS = ("0.25", "0.5")
 MIN_COVERAGE = 0.5
+#: what a level set is paired against: the calibration's mask before any level set
+BASE = "thresholded mask"
 
 
 def per_case(results: Path, mode: str, contrast: str) -> tuple[list[dict], list[dict]]:
@@ -75,16 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     levels = {}
     for level in LEVELS:
         rows = [r for r in tumour if f"level set {level}" in r]
-        gain = [r[f"level set {level}"]["dice"] - r["product mask"]["dice"] for r in rows]
+        gain = [r[f"level set {level}"]["dice"] - r[BASE]["dice"] for r in rows]
         levels[level] = {"dice": bootstrap([r[f"level set {level}"]["dice"] for r in rows]),
                          "paired_gain": bootstrap(gain),
                          "coverage": bootstrap([coverage(r[f"level set {level}"]) for r in rows])}
     best = max(levels, key=lambda lv: levels[lv]["dice"]["mean"])
     ships = levels[best]["paired_gain"]["low"] > 0 and levels[best]["coverage"]["mean"] >= MIN_COVERAGE
-    product = bootstrap([r["product mask"]["dice"] for r in tumour])
-    choice["mask_level"] = {"location_mode": mode, "product_dice": product, "levels": levels, "best": best,
+    product = bootstrap([r[BASE]["dice"] for r in tumour])
+    choice["mask_level"] = {"location_mode": mode, "thresholded_dice": product, "levels": levels, "best": best,
                             "ships": bool(ships), "chosen": float(best) if ships else 0.0}
-    print(f"flair mask: product Dice {product['mean']:.3f}; " + "; ".join(
+    print(f"flair mask: thresholded Dice {product['mean']:.3f}; " + "; ".join(
         f"level {lv}: Dice {v['dice']['mean']:.3f}, gain {v['paired_gain']['mean']:+.3f} [{v['paired_gain']['low']:+.3f}, "
         f"{v['paired_gain']['high']:+.3f}], coverage {v['coverage']['mean']:.2f}" for lv, v in levels.items())
         + f" -> {'level ' + best if ships else 'no level'}")

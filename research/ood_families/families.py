@@ -55,6 +55,7 @@ def case_figures(path: Path, contrast: str, bank: PatchCore, robust: RobustCalib
     out: dict = {"registration": {"failed": float(robust_map.unlocated is not None)}}
     if seg is not None and (seg > 0).any():
         out["product mask"] = mask_figures(mask, seg, brain, ood.probability)
+        out["thresholded mask"] = mask_figures(thresholded, seg, brain)  # before any level set
         for level in levels:
             out[f"level set {level:g}"] = mask_figures(level_set(thresholded, ood.score, level), seg, brain)
     else:

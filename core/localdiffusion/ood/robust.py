@@ -206,7 +206,9 @@ class RobustCalibration:
         if self.location:
             if affine is None:
                 raise ValueError("a calibration with location needs the working grid's affine")
-            location, problem = self.location_score(seen, brain, affine)
+            # the location score reads the whole brain (its smoothing and tissue medians), whatever is scored
+            whole = seen if scored is brain else self.backbone_input(bank, image, brain, brain)
+            location, problem = self.location_score(whole, brain, affine)
             if location is not None:
                 location = np.where(scored, location, 0.0)
         distances = distance_volume(bank, seen, scored) if self.location != "only" or location is None else None
@@ -305,8 +307,8 @@ class RobustCalibration:
             seen = _standardised(img, scored, reference)
             distances = distance_volume(bank, seen, scored)
             patch_scores.append(standardise_scores(distances, scored)[scored])
-            if location:
-                score, problem = calibration.location_score(seen, brain, affine)
+            if location:  # on the whole brain, as a job computes it (the strided slices alone would darken it)
+                score, problem = calibration.location_score(_standardised(img, brain, reference), brain, affine)
                 if problem:
                     raise InputError(f"a healthy validation volume did not register to the MNI152 brain: {problem}")
                 scores.append(combined_score(distances, np.where(scored, score, 0.0), scored, location)[scored])
