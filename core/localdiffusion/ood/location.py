@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from localdiffusion.volume.grid import resample
+
 #: the template grid: the MNI152 template's field of view at this spacing (mm)
 ATLAS_SPACING_MM = 2.0
 #: how far (mm) from its registered position a voxel may find its healthy match (registration error)
@@ -140,7 +142,8 @@ def _register(brain: np.ndarray, affine: np.ndarray) -> Registration:
     fixed_to_moving[:3, 3] = translation + centre - matrix @ centre
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     to_template = np.linalg.inv(flip @ fixed_to_moving @ flip)
-    aligned = to_template_grid(brain.astype(np.float32), affine, to_template, template.shape, template_affine) >= 0.5
+    aligned = resample(brain.astype(np.float32), to_template @ affine, template_affine, template.shape,
+                       antialias=False) >= 0.5
     reference = template >= 0.5
     dice = float(2 * (aligned & reference).sum() / max(aligned.sum() + reference.sum(), 1))
     scales = np.linalg.svd(to_template[:3, :3], compute_uv=False)
@@ -151,22 +154,6 @@ def _register(brain: np.ndarray, affine: np.ndarray) -> Registration:
         problem = (f"the registration to the MNI152 brain scales the head implausibly (factors {scales.min():.2f}-"
                    f"{scales.max():.2f}, plausible {SCALE_RANGE[0]}-{SCALE_RANGE[1]})")
     return Registration(to_template, dice, problem)
-
-
-def to_template_grid(volume: np.ndarray, affine: np.ndarray, to_template: np.ndarray, shape: tuple[int, ...],
-                     template_affine: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
-    """A scan volume resampled onto the template grid (template voxel -> template mm -> scan mm -> scan voxel)."""
-    matrix = np.linalg.inv(affine) @ np.linalg.inv(to_template) @ template_affine
-    return ndimage.affine_transform(volume, matrix[:3, :3], offset=matrix[:3, 3], output_shape=tuple(shape),
-                                    order=order, mode="constant", cval=cval)
-
-
-def from_template_grid(volume: np.ndarray, template_affine: np.ndarray, to_template: np.ndarray,
-                       shape: tuple[int, ...], affine: np.ndarray, cval: float = 0.0) -> np.ndarray:
-    """A template-grid volume resampled onto a scan's grid (scan voxel -> scan mm -> template mm -> template voxel)."""
-    matrix = np.linalg.inv(template_affine) @ to_template @ affine
-    return ndimage.affine_transform(volume, matrix[:3, :3], offset=matrix[:3, 3], output_shape=tuple(shape),
-                                    order=1, mode="constant", cval=cval)
 
 
 def smoothed(image: np.ndarray, brain: np.ndarray, spacing_mm: float) -> np.ndarray:
@@ -239,7 +226,7 @@ def location_score(image: np.ndarray, brain: np.ndarray, affine: np.ndarray, reg
     """
     spacing = float(abs(affine[0, 0]))
     _, template_affine = template_brain()
-    fractions = np.stack([from_template_grid(f, template_affine, registration.to_template, image.shape, affine)
+    fractions = np.stack([resample(f, template_affine, registration.to_template @ affine, image.shape, antialias=False)
                           for f in template_tissues()])
     values = smoothed(image, brain, spacing)
     own = tissue_intensities(values, brain, fractions)

@@ -90,6 +90,15 @@ def combined_score(distances: np.ndarray | None, location: np.ndarray | None, br
     return np.maximum(standardise_scores(distances, brain), standardise_scores(location, brain))
 
 
+def _located(seen: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """The location score of the backbone's input (:func:`~localdiffusion.ood.location.location_score`), or None
+    and the reason the registration to the template cannot be used."""
+    registration = register(brain, affine)
+    if registration.problem:
+        return None, registration.problem
+    return location_score(seen, brain, affine, registration), None
+
+
 def strided_brain(brain: np.ndarray, stride: int = CALIBRATION_SLICE_STRIDE) -> np.ndarray:
     """``brain`` on every ``stride``-th slice with brain only (the others emptied)."""
     kept = np.zeros_like(brain)
@@ -169,14 +178,7 @@ class RobustCalibration:
 
     def probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray | None = None,
                     affine: np.ndarray | None = None) -> np.ndarray:
-        """The acquisition-robust OOD probability of a working-grid image (:meth:`located_probability`
-        without the registration's problem)."""
-        return self.located_probability(bank, image, brain, scored, affine)[0]
-
-    def located_probability(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray,
-                            scored: np.ndarray | None = None, affine: np.ndarray | None = None
-                            ) -> tuple[np.ndarray, str | None]:
-        """The acquisition-robust OOD probability of a working-grid image, and why it could not use location.
+        """The acquisition-robust OOD probability of a working-grid image.
 
         Args:
             bank: the PatchCore bank this calibration belongs to.
@@ -186,16 +188,16 @@ class RobustCalibration:
                 benchmark scores a subset, e.g. :func:`strided_brain`).
             affine: the working grid's voxel -> RAS mm; needed by a calibration with location.
         Returns:
-            (X, Y, Z) float32 in [0, 1], 0 outside ``scored``; and None, or (with location) the reason the
-            registration could not be used, in which case the map is the patch distances' alone.
+            (X, Y, Z) float32 in [0, 1], 0 outside ``scored``; with location and a registration that cannot
+            be used, the patch distances' alone (:meth:`ood_map` also says why).
         """
         if bank.meta["modality"] != self.modality:
             raise InputError(f"robust calibration is for {self.modality}, the bank for {bank.meta['modality']}")
         scored = brain if scored is None else scored
         if not scored.any():
-            return np.zeros(image.shape, np.float32), None
-        distances, location, problem = self._scores(bank, image, brain, scored, affine)
-        return self.from_distances(distances, scored, location), problem
+            return np.zeros(image.shape, np.float32)
+        distances, location, _ = self._scores(bank, image, brain, scored, affine)
+        return self.from_distances(distances, scored, location)
 
     def _scores(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray,
                 affine: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
@@ -208,15 +210,14 @@ class RobustCalibration:
                 raise ValueError("a calibration with location needs the working grid's affine")
             # the location score reads the whole brain (its smoothing and tissue medians), whatever is scored
             whole = seen if scored is brain else self.backbone_input(bank, image, brain, brain)
-            location, problem = self.location_score(whole, brain, affine)
+            location, problem = _located(whole, brain, affine)
             if location is not None:
                 location = np.where(scored, location, 0.0)
         distances = distance_volume(bank, seen, scored) if self.location != "only" or location is None else None
         return distances, location, problem
 
     def ood_map(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> "RobustMap":
-        """The map ``run`` writes and Local Diffusion branches on: :meth:`located_probability` with its
-        threshold, the score it was calibrated from and this calibration's mask level; beside it the patch
+        """The map ``run`` writes and Local Diffusion branches on: :meth:`probability` with its threshold, the score it was calibrated from and this calibration's mask level; beside it the patch
         map alone (what the risk calibrations read as ``ood_robust``) when the distances were computed."""
         if bank.meta["modality"] != self.modality:
             raise InputError(f"robust calibration is for {self.modality}, the bank for {bank.meta['modality']}")
@@ -237,15 +238,6 @@ class RobustCalibration:
             return self
         return RobustCalibration(self.modality, self.reference, self.patch_calibration, self.bias_correct,
                                  mask_level=self.mask_level)
-
-    def location_score(self, seen: np.ndarray, brain: np.ndarray, affine: np.ndarray
-                       ) -> tuple[np.ndarray | None, str | None]:
-        """The location score of the backbone's input (:func:`~localdiffusion.ood.location.location_score`),
-        or None and the reason the registration to the template cannot be used."""
-        registration = register(brain, affine)
-        if registration.problem:
-            return None, registration.problem
-        return location_score(seen, brain, affine, registration), None
 
     def backbone_input(self, bank: PatchCore, image: np.ndarray, brain: np.ndarray, scored: np.ndarray
                        ) -> np.ndarray:
@@ -300,24 +292,21 @@ class RobustCalibration:
         volumes = [(bias_corrected(img, brain, modality, spacing) if bias_correct else img, brain, strided_brain(brain),
                     affine) for img, brain, affine in volumes]
         reference = np.mean([landmarks(img, scored) for img, _, scored, _ in volumes], axis=0) if standardise else None
-        calibration = cls(modality, reference, None, bias_correct, location,  # type: ignore[arg-type]
-                          mask_level=mask_level)
         patch_scores, scores = [], []
         for img, brain, scored, affine in volumes:
             seen = _standardised(img, scored, reference)
             distances = distance_volume(bank, seen, scored)
             patch_scores.append(standardise_scores(distances, scored)[scored])
             if location:  # on the whole brain, as a job computes it (the strided slices alone would darken it)
-                score, problem = calibration.location_score(_standardised(img, brain, reference), brain, affine)
+                score, problem = _located(_standardised(img, brain, reference), brain, affine)
                 if problem:
                     raise InputError(f"a healthy validation volume did not register to the MNI152 brain: {problem}")
                 scores.append(combined_score(distances, np.where(scored, score, 0.0), scored, location)[scored])
-        calibration.patch_calibration = Calibration.fit(np.concatenate(patch_scores), false_positive_rate)
-        calibration.calibration = (Calibration.fit(np.concatenate(scores), false_positive_rate) if location
-                                   else calibration.patch_calibration)
+        patch = Calibration.fit(np.concatenate(patch_scores), false_positive_rate)
         if not location:
-            calibration.patch_calibration = None
-        return calibration
+            return cls(modality, reference, patch, bias_correct, mask_level=mask_level)
+        return cls(modality, reference, Calibration.fit(np.concatenate(scores), false_positive_rate), bias_correct,
+                   location, patch, mask_level)
 
     def save(self, path: str | Path) -> Path:
         arrays = {k: v.tolist() for k, v in self.calibration.as_arrays("pixel").items()}
