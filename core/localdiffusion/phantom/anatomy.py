@@ -66,9 +66,19 @@ def tumour_seed_candidates(min_wm: float = 0.9, edge_margin_mm: float = 10.0) ->
     anterior to y = -35 mm, down to z = -25 mm); at least ``edge_margin_mm`` inside the brain.
     """
     anatomy = load_anatomy()
-    inner = ndimage.distance_transform_edt(anatomy.brain > 0.5) > edge_margin_mm
-    ijk = np.argwhere((anatomy.wm >= min_wm) & inner)
-    mm = nib.affines.apply_affine(anatomy.affine, ijk)
+    inner = brain_depth_mm() > edge_margin_mm
+    return cerebral_mm((anatomy.wm >= min_wm) & inner)
+
+
+@functools.lru_cache(maxsize=1)
+def brain_depth_mm() -> np.ndarray:
+    """(X, Y, Z) distance in mm of each template voxel below the brain surface (the template is 1 mm)."""
+    return ndimage.distance_transform_edt(load_anatomy().brain > 0.5)
+
+
+def cerebral_mm(selected: np.ndarray) -> np.ndarray:
+    """MNI coordinates (N, 3) in mm of the ``selected`` template voxels in the cerebrum: cerebellum and
+    brainstem are left out by MNI position (below z = -5 mm only anterior to y = -35 mm, down to z = -25 mm)."""
+    mm = nib.affines.apply_affine(load_anatomy().affine, np.argwhere(selected))
     x, y, z = mm.T
-    cerebral = (z > -5.0) | ((z > -25.0) & (y > -35.0))
-    return mm[cerebral].astype(np.float32)
+    return mm[(z > -5.0) | ((z > -25.0) & (y > -35.0))].astype(np.float32)

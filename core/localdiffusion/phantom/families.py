@@ -21,13 +21,16 @@ plus necrotic/fluid), necrosis, and the lesion's reach into white and into grey 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from localdiffusion.errors import InputError
-from localdiffusion.phantom.anatomy import load_anatomy, tumour_seed_candidates
+from localdiffusion.phantom.anatomy import brain_depth_mm, cerebral_mm, load_anatomy, tumour_seed_candidates
 from localdiffusion.phantom.physics import Tissue
 
 #: ``training``: the training phantom's gliomas and fixed 3 T tissues (phantom/tumour.py, physics.py)
@@ -117,27 +120,19 @@ def _aligned(direction: np.ndarray) -> tuple:
     return tuple(map(tuple, np.stack([d, u, np.cross(d, u)]).round(6)))
 
 
+@functools.lru_cache(maxsize=1)
 def _junction_candidates() -> np.ndarray:
     """MNI mm of cerebral grey-white junction voxels at least 8 mm inside the brain (metastasis seeds)."""
-    from scipy import ndimage
-    import nibabel as nib
-
     anatomy = load_anatomy()
-    inner = ndimage.distance_transform_edt(anatomy.brain > 0.5) > 8.0
-    ijk = np.argwhere((anatomy.wm > 0.3) & (anatomy.wm < 0.7) & (anatomy.gm > 0.25) & inner)
-    mm = nib.affines.apply_affine(anatomy.affine, ijk)
-    x, y, z = mm.T
-    return mm[(z > -5.0) | ((z > -25.0) & (y > -35.0))].astype(np.float32)
+    inner = brain_depth_mm() > 8.0
+    return cerebral_mm((anatomy.wm > 0.3) & (anatomy.wm < 0.7) & (anatomy.gm > 0.25) & inner)
 
 
+@functools.lru_cache(maxsize=1)
 def _periventricular_candidates() -> tuple[np.ndarray, np.ndarray]:
     """MNI mm of white matter 2-10 mm from the lateral ventricles, and the unit direction away from them."""
-    from scipy import ndimage
-    import nibabel as nib
-
     anatomy = load_anatomy()
-    inner = ndimage.distance_transform_edt(anatomy.brain > 0.5) > 25.0  # deep: ventricles, not sulci
-    ventricle = (anatomy.csf > 0.8) & inner
+    ventricle = (anatomy.csf > 0.8) & (brain_depth_mm() > 25.0)  # deep: ventricles, not sulci
     ventricle = ndimage.binary_opening(ventricle, iterations=1)
     dist = ndimage.distance_transform_edt(~ventricle)
     ijk = np.argwhere((dist >= 2.0) & (dist <= 10.0) & (anatomy.wm > 0.6))
@@ -148,15 +143,12 @@ def _periventricular_candidates() -> tuple[np.ndarray, np.ndarray]:
     return mm[keep], (grad[keep] / np.maximum(np.linalg.norm(grad[keep], axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=1)
 def _cortex_candidates() -> np.ndarray:
     """MNI mm of cerebral white matter 10-25 mm below the brain surface (resection cavity centres)."""
-    from scipy import ndimage
-    import nibabel as nib
-
     anatomy = load_anatomy()
-    depth = ndimage.distance_transform_edt(anatomy.brain > 0.5)
-    ijk = np.argwhere((depth >= 10.0) & (depth <= 25.0) & (anatomy.wm > 0.5))
-    mm = nib.affines.apply_affine(anatomy.affine, ijk)
+    depth = brain_depth_mm()
+    mm = nib.affines.apply_affine(anatomy.affine, np.argwhere((depth >= 10.0) & (depth <= 25.0) & (anatomy.wm > 0.5)))
     return mm[mm[:, 2] > 0.0].astype(np.float32)
 
 
