@@ -9,8 +9,9 @@ labels covered, healthy brain >= 0.99, voxel AUROC for the lesion), the tighter 
 when asked, and the input gate's verdict (``gate_input`` exactly as ``run`` calls it). Healthy cases
 give the healthy brain >= 0.99 of a lesion-free scan and the gate's verdict on it::
 
-    python -m research.ood_families.families --root data/families_mprage --split test \
-        --out research/results/ood_families_test_mprage.json
+    python -m research.ood_families.families --cohorts glioma=data/families_mprage/glioma \
+        metastasis=data/families_mprage/metastasis ms=data/families_mprage/ms cavity=data/families_mprage/cavity \
+        --split test --levels 0.25 0.5 --out research/results/ood_families_test_mprage.json
 
 Means over cases with 95% bootstrap intervals over cases, per family.
 """
@@ -23,7 +24,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.data.readers import read_case
@@ -31,12 +31,12 @@ from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import gate_input
 from localdiffusion.methods.local_diffusion import LocalDiffusionConfig, branch_weight_volume
 from localdiffusion.ood.patchcore import PatchCore
+from localdiffusion.ood.postprocess import level_set
 from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.ood.volume import bank_grid
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibration_path
 from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
-from localdiffusion.ood.postprocess import level_set
 from research.ood_masks.masks import bootstrap, figures_text, mask_figures, write_result
 
 CONTRASTS = ("t1", "flair")
