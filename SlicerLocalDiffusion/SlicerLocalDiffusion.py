@@ -13,7 +13,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -60,6 +60,9 @@ class SlicerLocalDiffusionParameterNode:
     oodVolume: vtkMRMLScalarVolumeNode
     oodMask: vtkMRMLLabelMapVolumeNode
     riskVolume: vtkMRMLScalarVolumeNode
+    # the risk map's flagged regions: a segmentation outlined over the translations, and its table
+    regions: vtkMRMLSegmentationNode
+    regionTable: vtkMRMLTableNode
 
 
 class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -154,7 +157,9 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         if status == "done":
             self.logic.storeResults(self._parameterNode, job.load_results(slicer.mrmlScene))
             self.showResults()
-            self.ui.statusLabel.text = "Done." + "".join(f" Warning: {w}" for w in job.warnings)
+            flagged = (f" {len(job.regions)} flagged region(s): do not trust the translation there (table: "
+                       f"{self._parameterNode.regionTable.GetName()})." if job.regions else "")
+            self.ui.statusLabel.text = "Done." + flagged + "".join(f" Warning: {w}" for w in job.warnings)
         else:
             self.ui.statusLabel.text = "Failed."
             slicer.util.errorDisplay(f"Translation failed:\n{job.error_message()}")
@@ -176,6 +181,10 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def showResults(self):
         p = self._parameterNode
         self.logic.showResults(slicer.mrmlScene, *self.logic.viewVolumes(p), p.oodOpacity, p.oodThreshold)
+        if p.regionTable is not None:  # the flagged-region table in the table view
+            selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetActiveTableID(p.regionTable.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
 
     def onDisplayChanged(self, _value=None):
         p = self._parameterNode
@@ -232,6 +241,7 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
         p.localVolume, p.baselineVolume = nodes.get("local"), nodes.get("baseline")
         p.oodVolume, p.oodMask = nodes.get("ood"), nodes.get("ood_mask")
         p.riskVolume = nodes.get("risk")
+        p.regions, p.regionTable = nodes.get("regions"), nodes.get("region_table")
 
     @staticmethod
     def viewVolumes(p) -> tuple:

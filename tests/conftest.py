@@ -74,6 +74,25 @@ def tiny_models(tmp_path_factory, cohort):
     return root
 
 
+@pytest.fixture(scope="session")
+def risk_models(tiny_models, tmp_path_factory):
+    """A copy of the tiny models with a toy T1 -> FLAIR risk calibration (the OOD map alone, smoothed, fitted
+    for 2 steps on random healthy maps), so that ``run --steps 2`` writes a risk map and its regions."""
+    import shutil
+
+    import numpy as np
+
+    from localdiffusion.detectors.risk import fit_on_volumes
+
+    models = tmp_path_factory.mktemp("risk") / "risk_models"
+    shutil.copytree(tiny_models, models)
+    rng = np.random.default_rng(0)
+    brain = np.ones((8, 8, 4), bool)
+    healthy = [(brain, {"ood": rng.uniform(0, 0.9, brain.shape).astype(np.float32)}) for _ in range(30)]
+    fit_on_volumes(healthy, ("ood",), 1.0, "max", steps=2).save(models / "t1_to_flair" / "risk_calibration.json")
+    return models
+
+
 DATASTORE_IMAGE = "datastore_t1"
 
 

@@ -186,6 +186,9 @@ def test_command_line_output_model_and_parameter_faults(cohort, tiny_models, tmp
         "steps beyond the model": (run + ["--out-dir", str(tmp_path / "o2"), "--steps", "500"], "steps"),
         "t_intermediate beyond the model": (run + ["--out-dir", str(tmp_path / "o3"), "--steps", "2",
                                                    "--t-intermediate", "500"], "t_intermediate"),
+        "IND floor NaN": (run + ["--out-dir", str(tmp_path / "o4"), "--ind-floor", "nan"], "finite number"),
+        "noise sigma NaN": (run + ["--out-dir", str(tmp_path / "o5"), "--noise-sigma-z", "nan"], "finite number"),
+        "z harmonise infinite": (run + ["--out-dir", str(tmp_path / "o6"), "--z-harmonise", "inf"], "finite number"),
     }
     if run_as_root:
         faults = {name: fault for name, fault in faults.items() if "read-only" not in name}
@@ -239,3 +242,83 @@ def test_monai_label_input_faults(corpus, server):
         assert answer.status_code == 400, (name, answer.status_code, answer.text[:300])
         detail = answer.json()["detail"]
         assert "\n" not in detail and words in detail and "/tmp" not in detail, (name, detail)
+
+
+def test_environment_faults_are_one_line_and_leave_nothing_behind(cohort, tiny_models, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A full disk, a name too long for the file system, Ctrl-C: one error line, nothing partial written."""
+    import errno
+
+    import localdiffusion.data.io as io
+
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    t1 = str(case / f"{case.name}_t1.nii.gz")
+    run = ["run", "--input", t1, "--models", str(tiny_models), "--steps", "2", "--no-baseline"]
+    long_name = tmp_path / ("x" * 300 + "_t1.nii.gz")
+    assert main(["translate", "--input", t1, "--model", str(tiny_models / "t1_to_flair"), "--steps", "2",
+                 "--out", str(long_name)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too long for the file system" in err[0], err
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "full"))
+
+    monkeypatch.setattr(io, "write_image", full_disk)
+    assert main(run + ["--out-dir", str(tmp_path / "full")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no space left on the device") and "Traceback" not in "\n".join(err), err
+    assert not any((tmp_path / "full").iterdir()) if (tmp_path / "full").exists() else True
+    monkeypatch.undo()
+
+
+def test_ctrl_c_says_interrupted_exits_130_and_leaves_nothing(cohort, tiny_models, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "localdiffusion.cli", "run", "--input",
+                                str(case / f"{case.name}_t1.nii.gz"), "--models", str(tiny_models), "--out-dir",
+                                str(out), "--steps", "10", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    while True:  # wait until it is sampling
+        line = process.stdout.readline()
+        if not line or '"phase": "local"' in line:
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert process.returncode == 130 and lines == ["error: interrupted (nothing was written for the unfinished "
+                                                   "outputs)"], (process.returncode, err[-2000:])
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("file, edit, words", [
+    ("t1_to_flair/config.json", {"num_train_timesteps": 0}, "num_train_timesteps"),
+    ("t1_to_flair/config.json", {"steps": float("nan")}, "finite number"),
+    ("ood_t1_robust.json", [], "not a robust OOD calibration"),
+    ("input_gate.json", {"flagged": {"t1": float("nan"), "flair": 0.1}}, "not finite")])
+def test_a_corrupt_shipped_file_is_one_line_naming_it(cohort, tiny_models, tmp_path, capsys, file, edit, words):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    target = models / file
+    if isinstance(edit, dict):
+        payload = json.loads(target.read_text()) if target.exists() else {}
+        if file == "input_gate.json" and not payload:
+            from localdiffusion.shipped import MODELS_ROOT
+
+            payload = json.loads((MODELS_ROOT / "input_gate.json").read_text())
+        payload.update(edit)
+    else:
+        payload = edit
+    target.write_text(json.dumps(payload))
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    assert main(["run", "--input", str(case / f"{case.name}_t1.nii.gz"), "--models", str(models), "--out-dir",
+                 str(tmp_path / "out"), "--steps", "2"]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and str(target) in err[0] and words in err[0], err

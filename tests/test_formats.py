@@ -115,3 +115,47 @@ def test_several_outputs_are_written_all_or_nothing(tmp_path, volume):
     with pytest.raises(InputError, match="sheared"):
         save_volumes({tmp_path / "first.nii.gz": (volume, sheared), tmp_path / "second.nrrd": (volume, sheared)})
     assert sorted(tmp_path.iterdir()) == []  # neither output, no temporary file
+
+
+def test_a_dicom_series_with_missing_or_unreadable_slices_is_refused_with_the_positions(tmp_path):
+    volume = np.random.default_rng(0).uniform(10, 100, (12, 10, 30)).astype(np.float32)
+    affine = _oblique_affine(spacing=(1.0, 1.0, 2.5))
+    whole = tmp_path / "whole"
+    write_dicom_series(volume, affine, whole, "1.2.826.0.1.3680043.2.1125.2001")
+    assert load_volume(whole)[0].shape == volume.shape
+    gaps = tmp_path / "gaps"
+    write_dicom_series(volume, affine, gaps, "1.2.826.0.1.3680043.2.1125.2002")
+    for k in range(10, 20):  # 10 of 30 slices missing
+        next(gaps.glob(f"*_{k:03d}.dcm")).unlink()
+    with pytest.raises(InputError, match="uneven slice positions") as info:
+        load_volume(gaps)
+    assert str(gaps) in str(info.value) and "about 10 slices missing" in str(info.value) and " mm" in str(info.value)
+    corrupt = tmp_path / "corrupt"
+    write_dicom_series(volume, affine, corrupt, "1.2.826.0.1.3680043.2.1125.2003")
+    next(corrupt.glob("*_015.dcm")).write_bytes(b"\0" * 200)  # one slice file overwritten
+    with pytest.raises(InputError, match=r"uneven slice positions|unreadable") as info:
+        load_volume(corrupt)
+    assert str(corrupt) in str(info.value)
+
+
+def test_upper_case_suffixes_are_read_and_an_oversized_header_is_refused_before_reading(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    data = np.random.default_rng(0).uniform(1, 100, (20, 20, 20)).astype(np.float32)
+    upper = tmp_path / "CASE_T1.NII.GZ"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "case.nii.gz"))
+    (tmp_path / "case.nii.gz").rename(upper)
+    assert np.array_equal(load_volume(upper)[0], data)
+    header = nib.Nifti1Header()
+    header.set_data_shape((1000, 1000, 400))
+    header.set_data_dtype(np.int16)
+    import gzip
+
+    big = tmp_path / "big_t1.nii.gz"
+    big.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 65536))
+    with pytest.raises(InputError, match="declares 1000 x 1000 x 400 voxels") as info:
+        load_volume(big)
+    assert "LOCALDIFFUSION_MAX_VOXELS" in str(info.value)
+    monkeypatch.setenv("LOCALDIFFUSION_MAX_VOXELS", "1000")
+    with pytest.raises(InputError, match="more than the 1,000"):
+        load_volume(upper)

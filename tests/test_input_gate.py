@@ -142,9 +142,9 @@ def test_a_coil_field_stronger_than_any_healthy_validation_scan_warns():
 def test_the_shipped_gate_warns_about_a_strong_coil_field_and_not_about_the_training_one(tmp_path, caplog):
     """The same subject scanned with the training coil and with a coil three times stronger (section 9's
     strong_bias variant): only the second is flagged, and the check costs no sampling (gate_input alone).
-    This subject's strong field drags its raw depth-intensity correlation toward FLAIR's (+0.06, which
-    the raw check would refuse as a FLAIR): under a strong field the contrast is judged on the corrected image,
-    so it is translated with the field warning, and its FLAIR is still refused by the T1 gate."""
+    This subject's strong field drags its raw depth-intensity correlation toward FLAIR's (+0.06); the shipped gate
+    judges the contrast on the field-corrected image, so it is translated with the field warning, and its FLAIR
+    is refused by the T1 gate or translated with the warning that it may be a FLAIR."""
     from localdiffusion.jobs.inputs import gate_input, prepare_input
     from localdiffusion.phantom.generate import generate_case
     from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
@@ -158,12 +158,89 @@ def test_the_shipped_gate_warns_about_a_strong_coil_field_and_not_about_the_trai
         if name == "training":
             assert not [w for w in gate_input(path, prepared, "t1", MODELS_ROOT) if "receive-coil field" in w]
             continue
-        raw = InputGate.load(MODELS_ROOT / GATE_FILE).judge("t1", depth_correlation(
-            prepared.images["t1"], prepared.brain, 2.0), None)
-        assert raw.refusal and "looks like a FLAIR" in raw.refusal  # what the uncorrected image would get
         warnings = gate_input(path, prepared, "t1", MODELS_ROOT)
         assert len(warnings) == 1 and warnings[0].startswith("the scan's receive-coil field is stronger")
         assert f"{shipped['t1']:.3f}" in warnings[0] and "checked on the field-corrected image" in warnings[0]
         flair = save_volume(tmp_path / "strong_flair.nii.gz", case.images["flair"], case.affine)
-        with pytest.raises(InputError, match="looks like a FLAIR"):
-            gate_input(flair, prepare_input(flair, "t1", 2.0, (96, 112)), "t1", MODELS_ROOT)
+        try:  # refused, or translated with the warning that it may be a FLAIR: never silently
+            warnings = gate_input(flair, prepare_input(flair, "t1", 2.0, (96, 112)), "t1", MODELS_ROOT)
+        except InputError as exc:
+            assert "looks like a FLAIR" in str(exc)
+        else:
+            assert any("cannot tell this scan from a FLAIR" in w for w in warnings), warnings
+
+
+#: ranges like the shipped calibration's: every T1 kind, coil field and lesion family, where T1 and FLAIR overlap
+OVERLAPPING = InputGate({"t1": (-0.02, 0.37), "flair": (-0.09, 0.086)}, {"t1": 0.035, "flair": 0.02}, 72,
+                        feature="depth_correlation_n4", refuse_flagged=0.8)
+
+
+def test_overlapping_ranges_are_cut_at_the_midpoint_between_the_t1_minimum_and_the_flair_maximum():
+    cut = (-0.02 + 0.086) / 2
+    assert OVERLAPPING.judge("t1", cut - 0.01, m(0.02)).refusal.startswith("this looks like a FLAIR, not a T1")
+    assert OVERLAPPING.judge("t1", cut + 0.01, m(0.02)).refusal is None
+    assert OVERLAPPING.judge("flair", cut + 0.01, m(0.02)).refusal.startswith("this looks like a T1, not a FLAIR")
+    assert OVERLAPPING.judge("flair", cut - 0.01, m(0.02)).refusal is None
+    assert OVERLAPPING.judge("t1", 0.30, m(0.02)).warnings == []
+    ambiguous = OVERLAPPING.judge("t1", cut + 0.01, m(0.02)).warnings  # inside the FLAIR validation range
+    assert len(ambiguous) == 1 and "cannot tell this scan from a FLAIR" in ambiguous[0]
+
+
+def test_the_distribution_check_refuses_above_the_calibrated_level():
+    assert OVERLAPPING.judge("t1", 0.30, m(0.7)).refusal is None  # a 1.5 T brain far from the 3 T training scans
+    assert "70% of the brain" in OVERLAPPING.judge("t1", 0.30, m(0.7)).warnings[0]
+    assert "90% of the brain is out of distribution" in OVERLAPPING.judge("t1", 0.30, m(0.9)).refusal
+    assert "60% of the brain" in GATE.judge("t1", 0.30, m(0.6)).refusal  # a calibration without a level: 0.5
+
+
+def test_the_n4_feature_reads_the_corrected_image_and_no_depth_structure_stays_refused():
+    from localdiffusion.volume.bias import log_bias_field, remove_field
+
+    shape = (40, 40, 30)
+    centre = np.array(shape) / 2
+    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(np.indices(shape), centre)))
+    brain = distance < 14
+    rng = np.random.default_rng(0)
+    depth_like = np.clip(14 - distance, 0, None)
+    t1 = np.where(brain, 100 + 4 * depth_like + rng.normal(0, 3, shape), 0).astype(np.float32)
+    value, _ = OVERLAPPING.measure("t1", t1, brain, 2.0)
+    expected = depth_correlation(remove_field(t1, brain, log_bias_field(t1, brain, 2.0)), brain, 2.0)
+    assert value == pytest.approx(expected)
+    constant = np.where(brain, 100.0, 0.0).astype(np.float32)
+    assert np.isnan(OVERLAPPING.measure("t1", constant, brain, 2.0)[0])
+    assert OVERLAPPING.judge("t1", float("nan"), m(0.0)).refusal.startswith("intensity does not vary with depth")
+
+
+@pytest.mark.parametrize("edit, words", [({"correlation": {"t1": [float("nan"), 0.3], "flair": [-0.1, 0.0]}},
+                                          "not finite"),
+                                         ({"correlation": []}, "AttributeError"),
+                                         ({"correlation": {"t1": [0.3, 0.1], "flair": [-0.1, 0.0]}}, "reversed"),
+                                         ({"refuse_flagged": float("nan")}, "not finite"),
+                                         ({"feature": "magic"}, "unknown contrast feature")])
+def test_a_corrupt_gate_calibration_is_one_error_naming_the_file(tmp_path, edit, words):
+    import json
+
+    payload = json.loads((MODELS_ROOT / GATE_FILE).read_text(encoding="utf-8"))
+    path = tmp_path / GATE_FILE
+    path.write_text(json.dumps({**payload, **edit}), encoding="utf-8")
+    with pytest.raises(InputError, match="not a valid input-gate calibration") as caught:
+        InputGate.load(path)
+    assert str(path) in str(caught.value) and words in str(caught.value)
+
+
+def test_a_thin_slab_and_a_tiny_crop_get_messages_that_say_so(tumour_case, tmp_path):
+    """A 4-slice T1 is not "a FLAIR": too few slices to judge; a 5 x 5 x 5 crop is not "no foreground": too small."""
+    from localdiffusion.jobs.inputs import gate_input, prepare_input
+
+    t1 = tumour_case.images["t1"]
+    k = int(np.argmax((t1 > 0).sum(axis=(0, 1))))
+    slab = save_volume(tmp_path / "slab_t1.nii.gz", t1[:, :, k - 2:k + 2], tumour_case.affine)
+    prepared = prepare_input(slab, "t1", 2.0, (96, 112))
+    with pytest.raises(InputError, match="too few slices to judge the contrast") as info:
+        gate_input(slab, prepared, "t1", MODELS_ROOT)
+    assert str(slab) in str(info.value) and "FLAIR" not in str(info.value)
+    i, j = (np.array(t1.shape[:2]) // 2).tolist()
+    crop = save_volume(tmp_path / "crop_t1.nii.gz", t1[i:i + 5, j:j + 5, k:k + 5], tumour_case.affine)
+    with pytest.raises(InputError, match="the brain is too small") as info:
+        prepare_input(crop, "t1", 2.0, (96, 112))
+    assert str(crop) in str(info.value)

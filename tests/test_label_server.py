@@ -1,6 +1,7 @@
 """A real MONAI Label server on 127.0.0.1 serving the app with the tiny models (fixture in conftest)."""
 
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -192,3 +193,40 @@ def test_info_answers_within_a_second_while_the_server_translates(server, cohort
     assert answers[0].status_code == 200, answers[0].text
     assert len(latencies) >= 3 and max(latencies) < 1.0, latencies
 
+
+
+def test_the_stock_client_gets_the_risk_regions_as_a_segmentation(risk_models, cohort, tmp_path_factory):
+    """What the stock Slicer MONAILabel plugin does with a segmentation model: ask for a .nrrd label map. The
+    answer holds the flagged regions as label 1 and the region report."""
+    import SimpleITK as sitk
+    from monailabel.client import MONAILabelClient
+
+    from conftest import _datastore_image
+    from research.bench.label_server import local_server
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SlicerLocalDiffusion"))
+    from SlicerLocalDiffusionLib.label_client import decode_multipart  # the multipart answer, as a client reads it
+
+    studies = tmp_path_factory.mktemp("risk_studies")
+    _datastore_image(studies)
+    t1 = _case(cohort) / f"{_case(cohort).name}_t1.nii.gz"
+    with local_server(studies, tmp_path_factory.mktemp("risk_log") / "server.log", models_root=risk_models,
+                      threads=1) as url:
+        client = MONAILabelClient(url)
+        model = client.info()["models"]["risk_segmentation"]
+        assert model["type"] == "segmentation" and model["labels"] == {"do_not_trust_translation": 1}
+        out = tmp_path_factory.mktemp("risk_out")
+        with open(t1, "rb") as fh:
+            answer = requests.post(f"{url}/infer/risk_segmentation", params={"output": "all"}, timeout=600,
+                                   files={"file": (t1.name, fh)},
+                                   data={"params": json.dumps({"steps": 2, "result_extension": ".nrrd",
+                                                               "result_dtype": "uint8"})})
+        assert answer.status_code == 200, answer.text[:300]
+        parts = decode_multipart(answer.content, answer.headers["Content-Type"])
+        params = json.loads(parts["params"][1])
+        image = next(data for name, (_, data) in parts.items() if name != "params")
+        (out / "regions.nrrd").write_bytes(image)
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "regions.nrrd")))
+        assert set(np.unique(labels)) <= {0, 1} and labels.any()
+        assert params["regions"] and params["labels"] == {"do_not_trust_translation": 1}
+        assert sum(r["voxels"] for r in params["regions"]) == int(labels.sum())

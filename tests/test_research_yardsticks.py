@@ -58,3 +58,32 @@ def test_level_rows_branch_on_the_tightened_robust_mask_paired_against_the_robus
     row = rows["LD robust patchcore level 0.5 mask, IND floor 0.95"]
     assert row.mask == "robust patchcore level 0.5" and row.steps == 25 and row.ind_floor == 0.95
     assert row.compare_to == "LD robust patchcore mask, IND floor 0.95" and len(rows) == 2
+
+
+def test_the_lesion_yardstick_on_its_references():
+    """A translation equal to the truth misrepresents no lesion; one that erases every lesion misrepresents
+    every lesion; a risk that is 1 on the lesions flags them all and no healthy voxel, a zero risk none; a lesion
+    below 0.1 ml is not counted."""
+    from research.lesion_risk.yardstick import error_map, error_threshold, score_case
+
+    rng = np.random.default_rng(0)
+    shape = (48, 48, 32)
+    brain = _ball(shape, (24, 24, 16), 20)
+    truth = np.where(brain, 100 + rng.normal(0, 2, shape), 0).astype(np.float32)
+    seg = np.zeros(shape, np.uint8)
+    seg[_ball(shape, (16, 24, 16), 4)] = 2
+    seg[_ball(shape, (32, 24, 16), 3)] = 1
+    seg[30, 10, 16] = 1  # one voxel of 1 mm3: below 0.1 ml
+    truth[seg > 0] = 190
+    healthy_case = np.where(brain, 100 + rng.normal(0, 2, shape), 0).astype(np.float32)
+    level = error_threshold([error_map(healthy_case + rng.normal(0, 2, shape), healthy_case, brain,
+                                       np.zeros(shape, np.uint8), 1.0)[brain]])
+    erased = np.where(seg > 0, 100, truth).astype(np.float32)
+    on_lesions = (seg > 0).astype(np.float32)
+    same = score_case(truth, truth, on_lesions, brain, seg, 1.0, level)
+    assert same.lesions == 2 and same.misrepresented == 0 and same.tumour_errors == 0
+    caught = score_case(erased, truth, on_lesions, brain, seg, 1.0, level)
+    assert caught.misrepresented == caught.flagged == 2 and caught.tumour_errors_flagged == caught.tumour_errors > 0
+    assert caught.healthy_flagged == 0 and caught.healthy == (brain & (seg == 0)).sum()
+    missed = score_case(erased, truth, np.zeros(shape, np.float32), brain, seg, 1.0, level)
+    assert missed.misrepresented == 2 and missed.flagged == 0 and missed.tumour_errors_flagged == 0

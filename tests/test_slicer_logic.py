@@ -7,6 +7,7 @@ the OOD map as a thresholded coloured overlay. The scene gets the layout and sli
 composite nodes that Slicer's application creates at start-up.
 """
 
+import contextlib
 import json
 import sys
 import time
@@ -98,6 +99,10 @@ def test_local_translation_from_node_selection_to_the_views(tiny_models, cohort)
     assert _composite(scene, "Green").GetBackgroundVolumeID() is None  # only the two compared views change
     display = nodes["ood"].GetDisplayNode()
     assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.9)
+    legends = [nodes["ood"].GetNthDisplayNode(i) for i in range(nodes["ood"].GetNumberOfDisplayNodes())]
+    legend = next(n for n in legends if n is not None and n.IsA("vtkMRMLColorLegendDisplayNode"))
+    assert legend.GetPrimaryDisplayNode() is display and legend.GetTitleText() == "OOD probability"
+    assert legend.GetVisibility() and tuple(legend.GetScalarRange()) == pytest.approx((0.9, 1.0))
     assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
 
     style_overlay(scene, nodes["ood"], opacity=0.8, threshold=0.5)  # the sliders
@@ -187,25 +192,19 @@ def test_progress_counts_the_local_diffusion_and_the_baseline_phases(tmp_path):
     assert written_outputs(events) == {"baseline": out}
 
 
-def test_the_server_client_sends_the_access_token(cohort, tmp_path):
-    """MONAI Label's authentication needs a Keycloak realm, which a test cannot run offline; a
-    stand-in on 127.0.0.1 answers like FastAPI's OAuth2 dependency (401 without a valid bearer
-    token) and records what the client sent."""
+@contextlib.contextmanager
+def _stand_in_server(respond):
+    """A stand-in MONAI Label server on 127.0.0.1: ``respond(headers)`` -> (status, content type, body) for every
+    POST; yields its URL."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from SlicerLocalDiffusionLib.label_client import infer
-
-    seen = []
-
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
+        def do_POST(self):  # noqa: N802
             self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("Authorization"))
-            good = self.headers.get("Authorization") == "Bearer s3cret"
-            body = json.dumps({"detail": "bad params" if good else "Not authenticated"}).encode()
-            self.send_response(400 if good else 401)
-            self.send_header("Content-Type", "application/json")
+            status, kind, body = respond(self.headers)
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -215,17 +214,83 @@ def test_the_server_client_sends_the_access_token(cohort, tmp_path):
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def test_the_server_client_sends_the_access_token(cohort, tmp_path):
+    """A stand-in answers like FastAPI's OAuth2 dependency (401 without a valid bearer token) and records what the
+    client sent (tests/test_label_security.py runs the real server with a realm)."""
+    from SlicerLocalDiffusionLib.label_client import infer
+
+    seen = []
+
+    def respond(headers):
+        seen.append(headers.get("Authorization"))
+        good = headers.get("Authorization") == "Bearer s3cret"
+        return 400 if good else 401, "application/json", json.dumps(
+            {"detail": "bad params" if good else "Not authenticated"}).encode()
+
     case = _tumour_case(cohort)
     image = case / f"{case.name}_t1.nii.gz"
-    try:
+    with _stand_in_server(respond) as url:
         with pytest.raises(RuntimeError, match="requires authentication: enter its access token"):
             infer(url, "local_diffusion", image, {}, tmp_path)
         with pytest.raises(RuntimeError, match="rejected the token"):
             infer(url, "local_diffusion", image, {}, tmp_path, token="wrong")
         with pytest.raises(RuntimeError, match="answered 400: bad params"):
             infer(url, "local_diffusion", image, {}, tmp_path, token="s3cret")
-    finally:
-        httpd.shutdown()
     assert seen == [None, "Bearer wrong", "Bearer s3cret"]
     assert "s3cret" not in repr(TranslationRequest(token="s3cret"))  # not in logs or reprs
+
+
+def test_flagged_regions_become_an_outlined_segmentation_and_a_table(risk_models, cohort):
+    """With a risk map, the run's flagged regions are loaded as a segmentation (one segment per region, outline
+    only) and a table with one row per region of the report."""
+    models = risk_models
+    case = _tumour_case(cohort)
+    scene = _slicer_like_scene()
+    t1 = nifti_to_node(case / f"{case.name}_t1.nii.gz", scene, "T1")
+    job = start_translation(t1, TranslationRequest(direction="t1_to_flair", steps=2, models=str(models)))
+    assert job.wait(600) == "done", job.error_message()
+    nodes = job.load_results(scene)
+    job.cleanup()
+    assert {"risk", "risk_regions", "regions", "region_table"} <= set(nodes) and job.regions
+    segments = nodes["regions"].GetSegmentation()
+    labels = slicer.util.arrayFromVolume(nodes["risk_regions"])
+    assert segments.GetNumberOfSegments() == len(job.regions) == labels.max()
+    first = segments.GetNthSegment(0)
+    assert first.GetName().startswith(f"region {first.GetLabelValue()} (")
+    assert not nodes["regions"].GetDisplayNode().GetVisibility2DFill()
+    assert nodes["regions"].GetDisplayNode().GetVisibility2DOutline()
+    table = nodes["region_table"]
+    assert table.GetNumberOfRows() == len(job.regions) and table.GetCellText(0, 0) == str(job.regions[0]["label"])
+    assert float(table.GetCellText(0, 1)) == pytest.approx(job.regions[0]["volume_ml"], abs=0.01)
+
+
+@pytest.mark.parametrize("answer, words", [("garbage", "not a NIfTI image"), ("not multipart", "not an image"),
+                                           ("slow", "did not answer within")])
+def test_the_server_client_checks_the_answer_and_names_the_server(tmp_path, answer, words):
+    """A 6-byte answer is not saved as a result; a server that does not answer in time is named."""
+    from SlicerLocalDiffusionLib.label_client import infer
+
+    def respond(headers):
+        if answer == "slow":
+            time.sleep(3)
+        if answer == "garbage":
+            boundary = "b0undary"
+            return 200, f"multipart/form-data; boundary={boundary}", (
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{{}}\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"r.nii.gz\"\r\n"
+                f"Content-Type: application/octet-stream\r\n\r\nabcdef\r\n--{boundary}--\r\n").encode()
+        return 200, "application/json", b'{"ok": true}'
+
+    image = tmp_path / "in.nii.gz"
+    image.write_bytes(b"x" * 100)
+    with _stand_in_server(respond) as url:
+        with pytest.raises(RuntimeError, match=words) as info:
+            infer(url, "local_diffusion", image, {}, tmp_path, timeout=1.0)
+    assert url in str(info.value)
+    assert not list(tmp_path.glob("result_*"))

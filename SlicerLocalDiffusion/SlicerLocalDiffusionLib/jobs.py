@@ -23,10 +23,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from .nodes import OUTPUTS, node_to_nifti, output_nodes
+from .nodes import OUTPUTS, node_to_nifti, output_nodes, read_nifti, region_nodes
 
 
 @dataclass
@@ -76,6 +75,7 @@ class TranslationJob:
         self.log: list[str] = []
         self.volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # output name -> (array, affine), when done
         self.warnings: list[str] = []  # the input gate's warnings (a borderline input), when done
+        self.regions: list[dict] = []  # the risk map's flagged regions (the run's region report), when done
 
     def start(self) -> None:
         node_to_nifti(self.input_node, self.input_path)
@@ -90,8 +90,13 @@ class TranslationJob:
         return errors[-1] if errors else text[-2000:]
 
     def load_results(self, scene) -> dict[str, object]:
-        """Result nodes keyed like :data:`~.nodes.OUTPUTS`, named after the input node."""
-        return output_nodes(self.volumes, scene, self.input_node.GetName())
+        """Result nodes keyed like :data:`~.nodes.OUTPUTS`, named after the input node; with flagged regions
+        also ``regions`` (a segmentation) and ``region_table`` (:func:`~.nodes.region_nodes`)."""
+        nodes = output_nodes(self.volumes, scene, self.input_node.GetName())
+        if nodes.get("risk_regions") is not None:
+            nodes["regions"], nodes["region_table"] = region_nodes(
+                nodes["risk_regions"], self.regions, scene, f"{self.input_node.GetName()} flagged regions")
+        return nodes
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -129,9 +134,9 @@ class LocalTranslation(TranslationJob):
         if not self.volumes:
             events = read_events("".join(self.log))
             self.warnings = [e["message"] for e in events if e.get("event") == "warning"]
+            self.regions = [e for e in events if e.get("event") == "region"]
             for name, path in written_outputs(events).items():
-                image = nib.load(str(path))
-                self.volumes[name] = (np.asarray(image.dataobj), image.affine)
+                self.volumes[name] = read_nifti(path)
         self.progress = 1.0
         return "done"
 
@@ -173,14 +178,14 @@ class ServerTranslation(TranslationJob):
             image_path, params = infer(self.request.server, "local_diffusion", self.input_path,
                                        self.request.server_params(), self.workdir, self.timeout,
                                        token=self.request.token)
-            image = nib.load(str(image_path))
-            data = np.asarray(image.dataobj)
+            data, affine = read_nifti(image_path)
             channels = params.get("channels", ["local"])
             data = data[..., None] if data.ndim == 3 else data
             if data.shape[-1] != len(channels):
                 raise ValueError(f"server returned {data.shape[-1]} channels for {channels}")
-            self.volumes = {name: (data[..., i], image.affine) for i, name in enumerate(channels)}
+            self.volumes = {name: (data[..., i], affine) for i, name in enumerate(channels)}
             self.warnings = list(params.get("warnings", []))
+            self.regions = list(params.get("regions", []))
         except Exception as exc:  # reported through error_message(), never raised in the thread
             self.log.append(f"error: {exc}\n")
             self._failed = True

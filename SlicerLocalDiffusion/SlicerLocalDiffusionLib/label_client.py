@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -43,6 +44,10 @@ def decode_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | No
     return parts
 
 
+#: a NIfTI-1 file holds at least its 348-byte header (the magic at bytes 344-347)
+NIFTI_HEADER_BYTES = 348
+
+
 def infer(server: str, model: str, image: Path, params: dict, out_dir: Path,
           timeout: float = 3600.0, token: str = "") -> tuple[Path, dict]:
     """Run ``model`` on ``image``; returns (result image written into ``out_dir``, result JSON).
@@ -61,6 +66,11 @@ def infer(server: str, model: str, image: Path, params: dict, out_dir: Path,
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             parts = decode_multipart(answer.read(), answer.headers.get("Content-Type", ""))
+    except (TimeoutError, socket.timeout):
+        raise RuntimeError(f"MONAI Label server {server} did not answer within {timeout:g} s") from None
+    except ValueError as exc:  # not a multipart answer
+        raise RuntimeError(f"MONAI Label server {server} sent an answer that is not an image and its "
+                           f"parameters ({exc})") from None
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
         try:
@@ -77,8 +87,14 @@ def infer(server: str, model: str, image: Path, params: dict, out_dir: Path,
     if not images:
         raise RuntimeError(f"MONAI Label server {server} returned no image for {model}")
     filename, data = images[0]
-    suffix = ".nii.gz" if (filename or "").endswith(".nii.gz") or data[:2] == b"\x1f\x8b" else ".nii"
-    result = Path(out_dir) / f"result_{model}{suffix}"
+    gzipped = data[:2] == b"\x1f\x8b"
+    if not gzipped and (len(data) < NIFTI_HEADER_BYTES or data[344:348] not in (b"n+1\0", b"ni1\0")):
+        raise RuntimeError(f"MONAI Label server {server} returned {len(data)} bytes for {model} that are not a "
+                           f"NIfTI image")
+    try:
+        params = json.loads(parts.get("params", (None, b"{}"))[1] or b"{}")
+    except ValueError:
+        raise RuntimeError(f"MONAI Label server {server} returned parameters that are not JSON") from None
+    result = Path(out_dir) / f"result_{model}{'.nii.gz' if gzipped else '.nii'}"
     result.write_bytes(data)
-    params_part = parts.get("params", (None, b"{}"))[1] or b"{}"
-    return result, json.loads(params_part)
+    return result, params

@@ -1,7 +1,8 @@
 """MRML volume nodes <-> NIfTI files, geometry preserved.
 
-Only needs ``slicer`` (MRML, ``slicer.util`` array helpers), ``vtk``, ``numpy`` and
-``nibabel``; it runs inside 3D Slicer and, for tests, with the ``slicer-core`` wheel.
+Only needs what a stock 3D Slicer bundles: ``slicer`` (MRML, ``slicer.util`` array helpers), ``vtk``,
+``numpy`` and ``SimpleITK`` (the files); it runs inside 3D Slicer and, for tests, with the ``slicer-core``
+wheel.
 
 Geometry: a NIfTI affine maps voxel (i, j, k) to RAS mm, exactly Slicer's IJKToRAS
 matrix; ``slicer.util.arrayFromVolume`` returns (k, j, i) arrays, so arrays are transposed
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 #: output name of ``localdiffusion run`` / the MONAI Label app -> (node name suffix, is label map)
@@ -23,7 +23,13 @@ OUTPUTS = {
     "ood": ("OOD probability", False),
     "ood_mask": ("OOD mask", True),
     "risk": ("hallucination risk", False),
+    "risk_regions": ("flagged regions", True),
 }
+#: the colour of the flagged regions' outlines (RGB, 0..1)
+REGION_COLOR = (1.0, 0.85, 0.0)
+#: the flagged-region table's columns: (report key, title)
+REGION_COLUMNS = (("label", "Region"), ("volume_ml", "Volume (ml)"), ("centre_mm", "Centre R, A, S (mm)"),
+                  ("max_risk", "Largest risk"), ("detectors", "Flagged by"))
 
 
 def node_to_nifti(node, path: str | os.PathLike) -> Path:
@@ -36,10 +42,41 @@ def node_to_nifti(node, path: str | os.PathLike) -> Path:
         raise ValueError(f"volume {node.GetName()!r} holds no image data")
     matrix = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(matrix)
-    affine = slicer.util.arrayFromVTKMatrix(matrix)
-    image = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(np.float32), affine)
-    nib.save(image, str(path))
+    write_nifti(path, array.transpose(2, 1, 0).astype(np.float32), slicer.util.arrayFromVTKMatrix(matrix))
     return Path(path)
+
+
+#: RAS <-> LPS (ITK's world coordinates)
+_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def write_nifti(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray) -> Path:
+    """Write an (i, j, k) array with its voxel-to-RAS ``affine`` as NIfTI (SimpleITK)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
+    lps = _FLIP @ np.asarray(affine, np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
+    image.SetOrigin(lps[:3, 3].tolist())
+    sitk.WriteImage(image, str(path))
+    return Path(path)
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(array (i, j, k[, channel]), voxel-to-RAS affine)`` of a 3D or 4D (channels last) NIfTI file
+    (SimpleITK)."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    n = image.GetDimension()
+    lps = np.eye(4)
+    direction = np.asarray(image.GetDirection(), np.float64).reshape(n, n)[:3, :3]
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing()[:3])
+    lps[:3, 3] = image.GetOrigin()[:3]
+    array = sitk.GetArrayFromImage(image)
+    return array.transpose(tuple(range(array.ndim))[::-1]), _FLIP @ lps
 
 
 def array_to_node(data: np.ndarray, affine: np.ndarray, scene, name: str, label: bool = False):
@@ -60,11 +97,65 @@ def array_to_node(data: np.ndarray, affine: np.ndarray, scene, name: str, label:
 
 def nifti_to_node(path: str | os.PathLike, scene, name: str, label: bool = False):
     """Load a NIfTI file into a new scalar (or label map) volume node of ``scene``."""
-    image = nib.load(str(path))
-    return array_to_node(np.asarray(image.dataobj), image.affine, scene, name, label)
+    data, affine = read_nifti(path)
+    return array_to_node(data, affine, scene, name, label)
 
 
 def output_nodes(volumes: dict[str, tuple[np.ndarray, np.ndarray]], scene, input_name: str) -> dict[str, object]:
     """Nodes for the outputs in ``volumes`` (name -> (array, affine)), named after the input."""
     return {key: array_to_node(data, affine, scene, f"{input_name} {OUTPUTS[key][0]}", OUTPUTS[key][1])
             for key, (data, affine) in volumes.items() if key in OUTPUTS}
+
+
+def region_cells(region: dict) -> list[str]:
+    """One row of the flagged-region table from a region of the run's report."""
+    cells = []
+    for key, _ in REGION_COLUMNS:
+        value = region.get(key)
+        if key == "centre_mm":
+            cells.append(", ".join(f"{float(v):+.1f}" for v in value))
+        elif key == "detectors":
+            cells.append(", ".join(value) if value else "the combination")
+        elif key == "max_risk":
+            cells.append(f"{float(value):.4f}")
+        elif key == "volume_ml":
+            cells.append(f"{float(value):.2f}")
+        else:
+            cells.append(str(value))
+    return cells
+
+
+def region_nodes(label_node, regions: list[dict], scene, name: str) -> tuple[object, object]:
+    """The flagged regions as a segmentation (one segment per region, ``region n``, shown as an outline) and a
+    table (:data:`REGION_COLUMNS`, one row per region), from the ``risk_regions`` label map node and the
+    report's regions.
+
+    Returns:
+        (segmentation node, table node).
+    """
+    import slicer
+
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, segmentation):
+        raise RuntimeError(f"could not turn {label_node.GetName()!r} into a segmentation")
+    by_label = {int(r["label"]): r for r in regions}
+    segments = segmentation.GetSegmentation()
+    for i in range(segments.GetNumberOfSegments()):
+        segment = segments.GetNthSegment(i)
+        region = by_label.get(int(segment.GetLabelValue()))
+        segment.SetName(f"region {segment.GetLabelValue()}" + (f" ({float(region['volume_ml']):.1f} ml, risk "
+                                                               f"{float(region['max_risk']):.4f})" if region else ""))
+        segment.SetColor(*REGION_COLOR)
+    segmentation.CreateDefaultDisplayNodes()
+    display = segmentation.GetDisplayNode()
+    display.SetVisibility2DFill(False)
+    display.SetVisibility2DOutline(True)
+    display.SetSliceIntersectionThickness(2)
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
+    for _, title in REGION_COLUMNS:
+        table.AddColumn().SetName(title)
+    for region in regions:
+        row = table.AddEmptyRow()
+        for column, text in enumerate(region_cells(region)):
+            table.SetCellText(row, column, text)
+    return segmentation, table

@@ -42,7 +42,7 @@ def show_side_by_side(scene, left, right, overlay, opacity: float, threshold: fl
 
 
 def style_overlay(scene, overlay, opacity: float, threshold: float) -> None:
-    """Colour map, threshold (values below are transparent) and opacity of the overlay."""
+    """Colour map, threshold (values below are transparent), opacity and colour legend of the overlay."""
     if overlay is None:
         return
     if overlay.GetDisplayNode() is None:
@@ -56,3 +56,29 @@ def style_overlay(scene, overlay, opacity: float, threshold: float) -> None:
     display.SetUpperThreshold(1.0)
     for composite in composite_nodes(scene).values():
         composite.SetForegroundOpacity(opacity)
+    color_legend(scene, overlay, threshold)
+
+
+def color_legend(scene, overlay, threshold: float):
+    """The overlay's colour legend in the slice views (Slicer's own colour-legend display node), titled with
+    what the map is and showing values from ``threshold`` (the flag level) to 1."""
+    import slicer
+
+    display = overlay.GetDisplayNode()
+    legend = None
+    for i in range(overlay.GetNumberOfDisplayNodes()):
+        node = overlay.GetNthDisplayNode(i)
+        if node is not None and node.IsA("vtkMRMLColorLegendDisplayNode"):
+            legend = node
+    if legend is None:
+        if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):  # a scene without the Colors module
+            scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+        legend = scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode", f"{overlay.GetName()} legend")
+        overlay.AddAndObserveDisplayNodeID(legend.GetID())
+    legend.SetAndObservePrimaryDisplayNode(display)
+    name = overlay.GetName()
+    legend.SetTitleText("hallucination risk" if "risk" in name else "OOD probability" if "OOD" in name else name)
+    legend.SetScalarRangeFlag(legend.UseManualScalarRange)  # the colours shown: the flag level to 1
+    legend.SetScalarRange(threshold, 1.0)
+    legend.SetVisibility(True)
+    return legend

@@ -9,6 +9,7 @@ traceback (exit code 1).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -233,7 +234,8 @@ def _add_calibrate_risk(sub) -> None:
     from localdiffusion.detectors.risk import COMBINATIONS, RISK_DEFAULTS, smoothing_label
 
     p = sub.add_parser("calibrate-risk", help=COMMAND_HELP["calibrate-risk"])
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, nargs="+",
+                   help="cohort folder(s); the healthy cases of --split, at most --max-cases from each")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
     defaults = "; ".join(f"{d}: {' '.join(r.detectors)}, smoothing {smoothing_label(r.smoothing)}, {r.combination}"
@@ -544,10 +546,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:
-        if getattr(args, "json", False):
-            _json_line({"event": "error", "message": str(exc)})
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(args, str(exc), EXIT_BAD_INPUT)
+    except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left behind
+        return _fail(args, "interrupted (nothing was written for the unfinished outputs)", EXIT_INTERRUPTED)
+    except OSError as exc:
+        problem = ENVIRONMENT_FAULTS.get(exc.errno)
+        if problem is None:
+            raise  # not a fault of the machine's disk or names: a bug, with its traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(args, f"{problem}{where}; nothing partial was left behind", EXIT_BAD_INPUT)
+
+
+#: exit status of an interrupted command (128 + SIGINT, as shells report Ctrl-C)
+EXIT_INTERRUPTED = 130
+#: errno -> what the machine is short of: one line instead of a traceback
+ENVIRONMENT_FAULTS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                      errno.ENAMETOOLONG: "a file name is too long for the file system",
+                      errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                      errno.EMFILE: "too many open files"}
+
+
+def _fail(args, message: str, code: int) -> int:
+    """One error line (and a JSON error event with ``--json``); returns ``code``."""
+    if getattr(args, "json", False):
+        _json_line({"event": "error", "message": message})
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

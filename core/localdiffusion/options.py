@@ -12,6 +12,7 @@ from the update-rule registry (:data:`~localdiffusion.engine.updates.UPDATE_RULE
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -23,7 +24,7 @@ DIRECTIONS = {"t1_to_flair": ("t1", "flair"), "flair_to_t1": ("flair", "t1")}
 #: contrasts the readers know (OOD banks can be built for any of them)
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 #: outputs of the main job, in the order a client lists them
-OUTPUTS = ("local", "baseline", "ood", "ood_mask", "risk")
+OUTPUTS = ("local", "baseline", "ood", "ood_mask", "risk", "risk_regions")
 #: outputs a client may ask for beside the Local Diffusion translation
 EXTRA_OUTPUTS = OUTPUTS[1:]
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,7 +46,11 @@ def output_suffix(name: str, direction: str) -> str:
     """File-name suffix of the main job's output ``name``: ``<input stem>_<suffix>.<format suffix>``."""
     target = DIRECTIONS[direction][1]
     return {"ood": "ood_probability", "ood_mask": "ood_mask", "local": f"{target}_local_diffusion",
-            "baseline": f"{target}_baseline", "risk": "hallucination_risk"}[name]
+            "baseline": f"{target}_baseline", "risk": "hallucination_risk", "risk_regions": "risk_regions"}[name]
+
+
+#: the outputs written only with a risk calibration for the sampler and step count
+RISK_OUTPUTS = ("risk", "risk_regions")
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,10 @@ class Option:
                 converted = int(value)
             else:
                 converted = self.type(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError(f"parameter {self.name!r} must be {self.type.__name__}, got {value!r}") from None
+        if self.type is float and not math.isfinite(converted):
+            raise InputError(f"parameter {self.name!r} must be a finite number, got {value!r}")
         if self.choices is not None and converted not in self.choices:
             raise InputError(f"parameter {self.name!r} must be one of {list(self.choices)}, got {converted!r}")
         if (self.low is not None and converted < self.low) or (self.high is not None and converted > self.high):

@@ -57,7 +57,7 @@ def local_server(studies: str | Path, log: str | Path, *, models_root: str | Pat
             if proc.poll() is not None:
                 raise RuntimeError(f"MONAI Label server exited early:\n{log.read_text(encoding='utf-8')[-3000:]}")
             try:
-                if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                if requests.get(f"{url}/info/", timeout=2).status_code in (200, 401):  # 401: authentication on
                     break
             except requests.ConnectionError:
                 pass

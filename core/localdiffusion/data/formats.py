@@ -71,8 +71,32 @@ def output_suffix_for(input_path: str | os.PathLike, output_format: str = "input
     return OUTPUT_SUFFIX[output_format]
 
 
+#: the most voxels an input may declare (about 1 GiB as float32; a 0.5 mm whole head is ~1e8), checked before
+#: reading; ``LOCALDIFFUSION_MAX_VOXELS`` overrides it
+MAX_VOXELS = 2 ** 28
+
+
+def max_voxels() -> int:
+    """:data:`MAX_VOXELS`, or the ``LOCALDIFFUSION_MAX_VOXELS`` environment variable when set."""
+    value = os.environ.get("LOCALDIFFUSION_MAX_VOXELS", "")
+    try:
+        return int(value) if value else MAX_VOXELS
+    except ValueError:
+        raise InputError(f"LOCALDIFFUSION_MAX_VOXELS={value!r} is not a whole number") from None
+
+
+def check_size(path: Path, shape) -> None:
+    """Refuse a declared shape beyond :func:`max_voxels` before any voxel is read."""
+    voxels = int(np.prod([int(v) for v in shape], dtype=np.int64))
+    if voxels > max_voxels():
+        raise InputError(f"{path}: the header declares {' x '.join(str(int(v)) for v in shape)} voxels "
+                         f"({voxels:,}), more than the {max_voxels():,} this tool reads (about "
+                         f"{4 * max_voxels() / 2 ** 30:.0f} GiB as float32); set LOCALDIFFUSION_MAX_VOXELS to read it")
+
+
 def read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(raw array, RAS affine)`` of a file or DICOM folder; :class:`InputError` if unreadable."""
+    """``(raw array, RAS affine)`` of a file or DICOM folder; :class:`InputError` if unreadable, or if it declares
+    more than :func:`max_voxels` voxels (checked before reading)."""
     fmt = volume_format(path)
     if fmt in ("nifti", "mgz"):
         return _read_nibabel(path, fmt)
@@ -90,8 +114,9 @@ def _read_nibabel(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{path}: not a readable {label} file ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(image, kind):
         raise InputError(f"{path}: not a {label} file (read as {type(image).__name__})")
+    check_size(path, image.shape)
     declared = int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize
-    if not str(path).endswith((".gz", ".mgz")) and hasattr(image.header, "get_data_offset"):
+    if not str(path).lower().endswith((".gz", ".mgz")) and hasattr(image.header, "get_data_offset"):
         available = path.stat().st_size - int(image.header.get_data_offset())
         if declared > available:  # a header promising more voxels than the file holds (checked before reading)
             shape = " x ".join(map(str, image.shape))
@@ -109,6 +134,11 @@ def _read_sitk(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         with _quiet_stderr():
+            if fmt != FOLDER_FORMAT:
+                info = sitk.ImageFileReader()
+                info.SetFileName(str(path))
+                info.ReadImageInformation()
+                check_size(path, info.GetSize())
             image = _read_dicom_series(path) if fmt == FOLDER_FORMAT else sitk.ReadImage(str(path))
     except InputError:
         raise
@@ -161,8 +191,53 @@ def _read_dicom_series(folder: Path):
                     len(files[chosen]), others)
     if len(files[chosen]) < 2:
         raise InputError(f"{folder}: DICOM series {chosen} has one slice (a 2D image, not a volume)")
+    check_slices(folder, files[chosen])
     reader.SetFileNames(files[chosen])
     return reader.Execute()
+
+
+#: slice gaps may differ from the median gap by this fraction before the series is called uneven
+SLICE_GAP_TOLERANCE = 0.1
+
+
+def check_slices(folder: Path, files) -> None:
+    """Refuse a DICOM series whose slices cannot make one regular volume: an unreadable file, slices of different
+    size or orientation, or uneven positions along the slice normal (missing slices, mixed stacks), naming the
+    positions; and one declaring more than :func:`max_voxels` voxels. Read from the headers only."""
+    import SimpleITK as sitk
+
+    positions, shapes, normals = [], set(), []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(name))
+        try:
+            reader.ReadImageInformation()
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            orientation = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            raise InputError(f"{folder}: slice file {Path(name).name} is unreadable or has no position/orientation "
+                             f"(DICOM tags 0020,0032 and 0020,0037)") from None
+        shapes.add(tuple(reader.GetSize()[:2]))
+        normals.append(np.cross(orientation[:3], orientation[3:]))
+        positions.append(position)
+    if len(shapes) > 1:
+        raise InputError(f"{folder}: the series mixes slice sizes {sorted(shapes)}")
+    normal = normals[0] / (np.linalg.norm(normals[0]) or 1.0)
+    if any(abs(float(np.dot(n / (np.linalg.norm(n) or 1.0), normal))) < 0.999 for n in normals):
+        raise InputError(f"{folder}: the series mixes slice orientations (not one stack)")
+    check_size(folder, (*next(iter(shapes)), len(files)))
+    along = np.sort(np.asarray(positions) @ normal)
+    gaps = np.diff(along)
+    step = float(np.median(gaps))
+    if step <= 1e-6:
+        raise InputError(f"{folder}: several slices share one position ({along[0]:.2f} mm along the slice normal)")
+    uneven = np.flatnonzero(np.abs(gaps - step) > SLICE_GAP_TOLERANCE * step)
+    if uneven.size:
+        where = ", ".join(f"{along[i]:.2f} to {along[i + 1]:.2f} mm" for i in uneven[:5])
+        missing = int(round(float(np.sum(gaps[uneven] / step - 1))))
+        raise InputError(f"{folder}: uneven slice positions ({uneven.size} gaps unlike the {step:.2f} mm spacing: "
+                         f"{where}{', ...' if uneven.size > 5 else ''}; about {missing} slices missing or "
+                         f"unreadable): refusing to read it as one regular volume")
 
 
 def sitk_affine(image) -> np.ndarray:

@@ -10,6 +10,8 @@ recorded during it), and the models that compute them.
   T1 it costs one more PatchCore pass over the standardised image. It is the patch map alone
   (:meth:`~localdiffusion.ood.robust.RobustCalibration.patch_only`): a calibration that adds the location
   score to the map ``run`` writes keeps the patch distances' own calibration for the risk;
+* ``ood_located``: the OOD map ``run`` writes and Local Diffusion branches on (the robust map with its
+  location score, :meth:`~localdiffusion.ood.robust.RobustCalibration.ood_map`);
 * ``cycle``: the cycle residual (:mod:`~localdiffusion.detectors.cycle`, one more translation).
 
 :class:`GivenMaps` loads what a calibration needs once per job and computes only those maps, so
@@ -40,7 +42,16 @@ class RobustOodProbability(Detector):
     calibrated = True
 
 
+class LocatedOodProbability(Detector):
+    name = "ood_located"
+    description = ("the OOD probability `run` writes: the acquisition-robust map with the location score (where "
+                   "each voxel lies against the MNI152 template: ood/location.py) where the robust calibration "
+                   "adds it")
+    calibrated = True
+
+
 register(RobustOodProbability())
+register(LocatedOodProbability())
 
 
 @dataclass
@@ -50,8 +61,9 @@ class GivenMaps:
 
     needs: tuple[str, ...]
     bank: PatchCore
-    robust: RobustCalibration | None = None
+    robust: RobustCalibration | None = None  # patch distances only (``ood_robust``)
     reverse: object | None = None  # a Denoiser
+    located: RobustCalibration | None = None  # the whole robust calibration (``ood_located``)
 
     @staticmethod
     def files(needs: tuple[str, ...], bank_path: str | Path, model_dir: str | Path, direction: str
@@ -59,8 +71,9 @@ class GivenMaps:
         """The model file each map of ``needs`` loads, keyed by map: the robust calibration beside
         ``bank_path``, the reverse model's configuration beside ``model_dir`` (translating ``direction``)."""
         files = {}
-        if "ood_robust" in needs:
-            files["ood_robust"] = robust_calibration_path(bank_path)
+        for name in ("ood_robust", "ood_located"):
+            if name in needs:
+                files[name] = robust_calibration_path(bank_path)
         if "cycle" in needs:
             files["cycle"] = reverse_model_dir(model_dir, direction) / "config.json"
         return files
@@ -73,7 +86,8 @@ class GivenMaps:
         files = cls.files(needs, bank_path, model_dir, config.direction)
         robust = RobustCalibration.load(files["ood_robust"]).patch_only() if "ood_robust" in files else None
         reverse = load_reverse_model(model_dir, config, device) if "cycle" in files else None
-        return cls(needs, bank, robust, reverse)
+        located = RobustCalibration.load(files["ood_located"]) if "ood_located" in files else None
+        return cls(needs, bank, robust, reverse, located)
 
     def source_maps(self, prepared: PreparedCase, known: dict[str, np.ndarray] | None = None
                     ) -> dict[str, np.ndarray]:
@@ -86,6 +100,9 @@ class GivenMaps:
         if "ood_robust" in self.needs:
             given["ood_robust"] = known["ood_robust"] if "ood_robust" in known else self.robust.probability(
                 self.bank, prepared.images[self.robust.modality], prepared.brain)
+        if "ood_located" in self.needs:
+            given["ood_located"] = known["ood_located"] if "ood_located" in known else self.located.ood_map(
+                self.bank, prepared.images[self.located.modality], prepared.brain, prepared.grid.affine).map.probability
         return given
 
     def maps(self, prepared: PreparedCase, translation: np.ndarray, source: dict[str, np.ndarray] | None = None,

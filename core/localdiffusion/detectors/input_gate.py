@@ -103,6 +103,12 @@ class GateReport:
         return None if self.map is None else self.map.typical <= UNRELIABLE_TYPICAL
 
 
+#: the contrast features a calibration may name: ``depth_correlation`` on the image as it is (N4-corrected only
+#: under a strong coil field), ``depth_correlation_n4`` always on the N4-corrected image
+#: (research/input_gate/README.md, "T1 kinds")
+FEATURES = ("depth_correlation", "depth_correlation_n4")
+
+
 @dataclass
 class InputGate:
     """Healthy-validation ranges: contrast -> (min, max) depth correlation, max flagged fraction,
@@ -143,6 +149,14 @@ class InputGate:
       FLAIR's, so under such a field the contrast is judged on the N4-corrected image (:meth:`InputGate.measure`;
       below the margin, as in every healthy validation scan, the image is judged as it is).
 
+    Which correlation the contrast check reads is the calibration's ``feature`` (:data:`FEATURES`): the
+    shipped gate reads it on the N4-corrected image of every scan (``depth_correlation_n4``), its ranges
+    fitted on validation scans of every T1 kind, coil field and lesion family the gate must accept, where
+    the two contrasts' ranges overlap a little and the cut is their midpoint (research/input_gate/README.md,
+    "T1 kinds"); a scan inside the other contrast's range is translated with a warning that says so. An image with no depth structure at all is judged on the image as it is (N4 can invent
+    structure in a constant or two-valued image). The distribution check refuses above the calibration's
+    ``refuse_flagged`` (:data:`REFUSE_FLAGGED` in calibrations that do not name one).
+
     ``force`` turns every refusal into a warning.
     """
 
@@ -152,6 +166,12 @@ class InputGate:
     split: str = "val"
     typical: dict[str, float] = field(default_factory=dict)
     coil_field: dict[str, float] = field(default_factory=dict)
+    feature: str = "depth_correlation"
+    refuse_flagged: float = REFUSE_FLAGGED
+
+    def __post_init__(self):
+        if self.feature not in FEATURES:
+            raise ValueError(f"unknown contrast feature {self.feature!r}; known: {FEATURES}")
 
     def strong_field(self, contrast: str, field_strength: float | None) -> bool:
         """Is the field stronger than :data:`FIELD_MARGIN` times the healthy validation maximum?"""
@@ -161,16 +181,18 @@ class InputGate:
     def measure(self, contrast: str, image: np.ndarray, brain: np.ndarray, spacing_mm: float
                 ) -> tuple[float, float | None]:
         """The depth correlation and the coil-field strength (None: this calibration has no field check) of a
-        working-grid image; under a strong field the correlation is measured on the N4-corrected image."""
+        working-grid image: on the N4-corrected image when the calibration's feature says so or under a strong
+        field, as it is otherwise (and always when it has no depth structure: NaN)."""
         from localdiffusion.volume.bias import field_spread, log_bias_field, remove_field
 
-        if contrast not in self.coil_field or not brain.any():
-            return depth_correlation(image, brain, spacing_mm), None
+        as_is = depth_correlation(image, brain, spacing_mm)
+        if not np.isfinite(as_is) or (contrast not in self.coil_field and self.feature == "depth_correlation"):
+            return as_is, None
         log_field = log_bias_field(image, brain, spacing_mm)
-        strength = field_spread(log_field, brain)
-        if self.strong_field(contrast, strength):
-            image = remove_field(image, brain, log_field)
-        return depth_correlation(image, brain, spacing_mm), strength
+        strength = field_spread(log_field, brain) if contrast in self.coil_field else None
+        if self.feature == "depth_correlation_n4" or self.strong_field(contrast, strength):
+            return depth_correlation(remove_field(image, brain, log_field), brain, spacing_mm), strength
+        return as_is, strength
 
     def judge(self, contrast: str, correlation: float, summary: MapSummary | None,
               field_strength: float | None = None, robust_map: bool = False) -> GateReport:
@@ -210,7 +232,7 @@ class InputGate:
             message = (f"{100 * flagged:.0f}% of the brain is out of distribution for the {name} model (healthy "
                        f"validation scans: at most {100 * self.flagged[contrast]:.0f}%"
                        + ("; the written OOD map is calibrated on the scan itself)" if robust_map else ")"))
-            if flagged > REFUSE_FLAGGED:
+            if flagged > self.refuse_flagged:
                 report.refusal = (f"{message}: this does not look like a skull-stripped {name} brain scan the model "
                                   f"can translate")
             else:
@@ -222,7 +244,7 @@ class InputGate:
             return report
         others = {c: r for c, r in self.correlation.items() if c != contrast}
         for other, (o_low, o_high) in others.items():
-            above = o_low > high  # the other contrast's range lies above ours
+            above = o_low + o_high > low + high  # the other contrast's range lies above ours (they may overlap)
             gap = (o_low - high) if above else (low - o_high)
             midpoint = (high + gap / 2) if above else (low - gap / 2)
             past = correlation > midpoint if above else correlation < midpoint
@@ -232,18 +254,24 @@ class InputGate:
                     f"{correlation:+.2f}; {name} validation scans {low:+.2f} to {high:+.2f}, "
                     f"{NAMES.get(other, other)} {o_low:+.2f} to {o_high:+.2f}): the model needs a {name}")
                 return report
-        margin = BORDERLINE * min(abs(o[0] - high) if o[0] > high else abs(low - o[1]) for o in others.values())
+        margin = BORDERLINE * min(abs(o[0] - high) if sum(o) > low + high else abs(low - o[1]) for o in others.values())
         if not low - margin <= correlation <= high + margin:
             report.warnings.append(f"the contrast is unlike the {name} validation scans (depth-intensity correlation "
                                    f"{correlation:+.2f}, validation {low:+.2f} to {high:+.2f}); check the input is "
                                    f"a {name}")
+        for other, (o_low, o_high) in others.items():  # where both contrasts occur, the check cannot tell them apart
+            if o_low <= correlation <= o_high:
+                report.warnings.append(
+                    f"the contrast check cannot tell this scan from a {NAMES.get(other, other)} (depth-intensity "
+                    f"correlation {correlation:+.2f}: {name} validation scans {low:+.2f} to {high:+.2f}, "
+                    f"{NAMES.get(other, other)} {o_low:+.2f} to {o_high:+.2f}); check the input is a {name}")
         return report
 
     def save(self, path: str | Path) -> Path:
         from localdiffusion.data.io import atomic_path
 
         payload = {**asdict(self), "definition": {"depth_mm": DEPTH_MM, "dark_fraction": DARK_FRACTION,
-                                                  "warn_flagged": WARN_FLAGGED, "refuse_flagged": REFUSE_FLAGGED,
+                                                  "warn_flagged": WARN_FLAGGED,
                                                   "unreliable_typical": UNRELIABLE_TYPICAL,
                                                   "borderline": BORDERLINE, "field_margin": FIELD_MARGIN}}
         with atomic_path(path) as tmp:
@@ -254,8 +282,16 @@ class InputGate:
     def load(cls, path: str | Path) -> InputGate:
         try:
             payload = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls({k: tuple(v) for k, v in payload["correlation"].items()}, dict(payload["flagged"]),
+            gate = cls({k: tuple(v) for k, v in payload["correlation"].items()}, dict(payload["flagged"]),
                        int(payload["cases"]), payload.get("split", "val"), dict(payload.get("typical", {})),
-                       dict(payload.get("coil_field", {})))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+                       dict(payload.get("coil_field", {})), payload.get("feature", "depth_correlation"),
+                       float(payload.get("refuse_flagged", REFUSE_FLAGGED)))
+            numbers = [v for pair in gate.correlation.values() for v in pair] + [
+                *gate.flagged.values(), *gate.typical.values(), *gate.coil_field.values(), gate.refuse_flagged]
+            if not all(np.isfinite(float(v)) for v in numbers):
+                raise ValueError("a number is not finite")
+            if not gate.correlation or any(low > high for low, high in gate.correlation.values()):
+                raise ValueError("a correlation range is empty or reversed")
+            return gate
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{path}: not a valid input-gate calibration ({exc.__class__.__name__}: {exc})") from None

@@ -39,11 +39,13 @@ class RiskDefault:
     combination: str
 
 
-#: The risk map each direction ships, chosen on validation as the predictor of :data:`GROSS_ERROR`
-#: by the rule of research/RECORD.md section 11b (the candidates reaching AUROC 0.90 on validation,
-#: the one catching most event voxels at 1% healthy false alarms); the maps are the OOD probability
-#: (T1 -> FLAIR: the acquisition-robust one, section 11d), the cycle residual and the x0-trajectory variance.
-RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "cycle"), 2.0, "fisher"),
+#: The risk map each direction ships. T1 -> FLAIR: chosen on the validation lesion families by the lesion
+#: yardstick of research/lesion_risk (the maximum of the robust patch map, the location-aware OOD map ``run``
+#: writes and the cycle residual, fitted on healthy validation scans of both T1 kinds at 1.5 and 3 T).
+#: FLAIR -> T1: chosen as the predictor of :data:`GROSS_ERROR` by the rule of research/RECORD.md section 11b
+#: (the candidates reaching AUROC 0.90 on validation, the one catching most event voxels at 1% healthy false
+#: alarms).
+RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "ood_located", "cycle"), 2.0, "max"),
                  "flair_to_t1": RiskDefault(("ood", "cycle"), 1.0, "fisher")}
 #: a direction nobody measured (a user's own model): the maps every model yields without a reverse model
 UNMEASURED_DEFAULT = RiskDefault(("ood", "variance"), 1.0, "fisher")
@@ -191,19 +193,24 @@ class RiskCalibration:
     combination: str = "max"  # how the detectors' probabilities make one score (:func:`combine`)
     standardised: tuple[str, ...] = ()  # detectors whose maps are standardised by the volume's own median/MAD
 
-    def combined_score(self, maps: dict[str, np.ndarray]) -> np.ndarray:
-        """Per voxel: the calibration's detectors in ``maps``, each as a healthy-calibrated probability,
-        combined into one (uncalibrated) score."""
-        parts = []
+    def detector_probabilities(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per voxel and detector: the calibration's detectors in ``maps``, each as its healthy-calibrated
+        probability (an optional detector this run did not produce is left out)."""
+        parts = {}
         for name in self.detectors:
             if maps.get(name) is None:
                 if DETECTORS[name].optional:
                     continue
                 raise ValueError(f"the risk combines {name!r}, which this run did not produce")
             if name in self.components:
-                parts.append(self.components[name].probability(maps[name]))
+                parts[name] = self.components[name].probability(maps[name])
             elif DETECTORS[name].calibrated:
-                parts.append(np.asarray(maps[name], np.float32))
+                parts[name] = np.asarray(maps[name], np.float32)
+        return parts
+
+    def combined_score(self, maps: dict[str, np.ndarray]) -> np.ndarray:
+        """Per voxel: :meth:`detector_probabilities` combined into one (uncalibrated) score."""
+        parts = list(self.detector_probabilities(maps).values())
         if not parts:
             raise ValueError("no detector map to combine")
         return combine(parts, self.combination)
@@ -347,5 +354,29 @@ def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain
     Returns:
         (X, Y, Z) float32 risk in [0, 1]; 0 outside the brain.
     """
+    return risk_volumes(calibration, maps, brain).risk
+
+
+@dataclass
+class RiskMaps:
+    """What :func:`risk_volumes` computes, each (X, Y, Z) float32 and 0 outside the brain.
+
+    Attributes:
+        risk: the calibrated risk.
+        probabilities: detector name -> its own healthy-calibrated probability (what flagged a region:
+            :mod:`~localdiffusion.detectors.regions`).
+        volumes: detector name -> its map as the CDFs read it (:func:`detector_volumes`: inside the brain,
+            smoothed, standardised); what a new calibration is fitted on.
+    """
+
+    risk: np.ndarray
+    probabilities: dict[str, np.ndarray]
+    volumes: dict[str, np.ndarray]
+
+
+def risk_volumes(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray) -> RiskMaps:
+    """:func:`risk_volume` with each detector's probability and prepared map (:class:`RiskMaps`)."""
     volumes = detector_volumes(maps, brain, calibration.smoothing, calibration.needs, calibration.standardised)
-    return np.where(brain, calibration.risk(volumes), 0.0).astype(np.float32)
+    inside = lambda v: np.where(brain, v, 0.0).astype(np.float32)  # noqa: E731
+    return RiskMaps(inside(calibration.risk(volumes)),
+                    {name: inside(p) for name, p in calibration.detector_probabilities(volumes).items()}, volumes)

@@ -29,7 +29,8 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
                    split: str = "val", max_cases: int = 3,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = HEALTHY_FPR,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
-    """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``).
+    """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``);
+    ``data``: one cohort or several (e.g. the same subjects scanned with each T1 kind), at most ``max_cases`` each.
 
     ``detectors``, ``smoothing``, ``combination`` None: the direction's default
     (:data:`~localdiffusion.detectors.risk.RISK_DEFAULTS`);
@@ -54,9 +55,11 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     missing = sorted(set(detectors) - set(given.needs))
     if missing:
         raise ValueError(f"the given maps were loaded without {missing}")  # a programming error
-    cases = cases_in_split(data, split, "healthy" if has_manifest(data) else None)[:max_cases]
+    folders = list(data) if isinstance(data, (list, tuple)) else [data]
+    cases = [case for folder in folders
+             for case in cases_in_split(folder, split, "healthy" if has_manifest(folder) else None)[:max_cases]]
     if not cases:
-        raise InputError(f"{data}: no healthy {split} cases to calibrate the risk map on")
+        raise InputError(f"{', '.join(map(str, folders))}: no healthy {split} cases to calibrate the risk map on")
     probe = dataclasses.replace(rods, eps=float("inf")) if rods is not None else None
     slice_curvature = []
 
@@ -72,8 +75,8 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
                                                               batch_size=batch_size))
 
     definition = risk_definition(detectors, smoothing, combination, standardised, false_positive_rate,
-                                 fitted_on=f"{len(cases)} healthy {split} cases of {Path(data).name}, DDIM-{steps}, "
-                                           f"seed {seed}")
+                                 fitted_on=f"{len(cases)} healthy {split} cases of "
+                                           f"{', '.join(str(folder) for folder in folders)}, DDIM-{steps}, seed {seed}")
     calibration = fit_on_volumes(healthy_maps(), detectors, smoothing, combination, standardised,
                                  false_positive_rate, last_k=last_k, steps=steps, definition=definition)
     if probe is not None:  # the eps flagging false_positive_rate of healthy slices

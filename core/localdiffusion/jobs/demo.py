@@ -5,7 +5,7 @@
 2. Run the main job (:func:`~localdiffusion.jobs.run.run_job`) on its T1 with the shipped
    models: OOD map, baseline and Local Diffusion FLAIR (the model's validated DDIM step count), risk map.
 3. Write ``translation.png``: condition, OOD map, baseline, Local Diffusion, true FLAIR and
-   the hallucination-risk map, in the axial, coronal and sagittal planes through the centre
+   the hallucination-risk map with its flagged regions outlined, in the axial, coronal and sagittal planes through the centre
    of the tumour (banding between independently sampled axial slices shows in the last two).
 """
 
@@ -57,8 +57,11 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path], st
     panels = [("T1 (condition)", scale(t1, "t1"), None), (f"OOD probability >= {FLAG_THRESHOLD:g} ({HEALTHY_FPR:.0%} healthy FPR)", scale(t1, "t1"), ood),
               (f"baseline FLAIR (DDIM-{steps})", load(outputs["baseline"]), None),
               ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair, "flair"), None)]
+    regions = load(outputs["risk_regions"]) if "risk_regions" in outputs else None
     if risk is not None:
-        panels.append((f"hallucination risk >= {FLAG_THRESHOLD:g}", load(outputs["local"]), risk))
+        count = int(regions.max()) if regions is not None else 0
+        panels.append((f"hallucination risk >= {FLAG_THRESHOLD:g}\n(yellow: {count} flagged region(s))",
+                       load(outputs["local"]), risk))
     centre = [int(round(c.mean())) for c in np.nonzero(seg > 0)] if seg.any() else [n // 2 for n in seg.shape]
     centre[2] = z
     planes = {"axial": lambda v: v[:, :, centre[2]].T, "coronal": lambda v: v[:, centre[1], :].T,
@@ -71,6 +74,8 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path], st
                 shown = np.ma.masked_less(cut(overlay), FLAG_THRESHOLD)  # the calibrated threshold
                 ax.imshow(shown, cmap="autumn", origin="lower", vmin=FLAG_THRESHOLD, vmax=1.0, alpha=0.8)
             ax.contour(cut(seg) > 0, levels=[0.5], colors="c", linewidths=0.6, origin="lower")
+            if overlay is risk and risk is not None and regions is not None and (cut(regions) > 0).any():
+                ax.contour(cut(regions) > 0, levels=[0.5], colors="yellow", linewidths=0.8, origin="lower")
             ax.set_title(title if r == 0 else "", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])

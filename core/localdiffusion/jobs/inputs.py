@@ -76,6 +76,9 @@ def check_outputs(inputs: list[str | Path], outputs: dict[str, str | Path | None
         path = Path(path)
         if path.is_dir():
             raise InputError(f"{path}: {option} is an existing folder, not a file name")
+        if len(path.name.encode()) > MAX_NAME_BYTES - 16:  # the atomic writer's temporary name adds a few bytes
+            raise InputError(f"{path}: {option}'s file name is {len(path.name.encode())} bytes, too long for the "
+                             f"file system (at most {MAX_NAME_BYTES - 16} here)")
         if split_suffix(path)[1].lower() not in WRITABLE_SUFFIXES:
             raise InputError(f"{path}: {option} must end in one of {', '.join(WRITABLE_SUFFIXES)}")
         if _resolved(path) in resolved_inputs:
@@ -121,6 +124,12 @@ def check_sampling(denoiser, steps: int | None, t_intermediate: int = -1) -> Non
         raise InputError(f"t_intermediate must be -1 (10% of T) or between 0 and {T - 1}, got {t_intermediate}")
 
 
+#: the longest file name most file systems take, in bytes
+MAX_NAME_BYTES = 255
+#: the brain's smallest extent along the slices for the contrast check (twice the depth window's 15 mm)
+MIN_GATE_SPAN_MM = 30.0
+
+
 def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_root: str | Path, *,
                probability: np.ndarray | None = None, bank=None, force: bool = False,
                robust_map: bool = False) -> list[str]:
@@ -139,6 +148,14 @@ def gate_input(path: str | Path, prepared: PreparedCase, contrast: str, models_r
         warnings = [f"{gate_path} not found: the input was not checked for contrast and distribution"]
     else:
         gate = InputGate.load(gate_path)
+        span = int(prepared.brain.any(axis=(0, 1)).sum())  # brain slices
+        if span * prepared.grid.spacing < MIN_GATE_SPAN_MM:
+            thin = (f"too few slices to judge the contrast: the brain spans {span} slices of {prepared.grid.spacing:g} "
+                    f"mm ({span * prepared.grid.spacing:g} mm); the check needs {MIN_GATE_SPAN_MM:g} mm")
+            if not force:
+                raise InputError(f"{path}: {thin} (--force translates anyway)")
+            log.warning("warning: %s: translated although %s (--force)", path, thin)
+            return [f"translated although {thin} (--force)"]
         correlation, strength = gate.measure(contrast, prepared.images[contrast], prepared.brain, prepared.grid.spacing)
         summary = None
         if gate.judge(contrast, correlation, None).refusal and not force:

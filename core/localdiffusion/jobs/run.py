@@ -7,6 +7,7 @@ naming rule (:func:`planned_outputs`, :func:`output_paths`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass, fields
@@ -15,12 +16,13 @@ from typing import Callable
 
 import numpy as np
 
-from localdiffusion.data.formats import output_suffix_for
-from localdiffusion.data.io import save_volumes, volume_stem
+from localdiffusion.data.formats import output_suffix_for, split_suffix
+from localdiffusion.data.io import atomic_path, save_volumes, volume_stem
 from localdiffusion.detectors.cycle import reverse_model_dir
 from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.maps import VolumeRecorder
-from localdiffusion.detectors.risk import RiskCalibration, calibration_for, risk_volume
+from localdiffusion.detectors.regions import FlaggedRegion, find_regions, region_report, write_report
+from localdiffusion.detectors.risk import RiskCalibration, calibration_for, risk_volumes
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_out_dir, check_outputs, check_sampling, gate_input, prepare_input
 from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
@@ -30,7 +32,7 @@ from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.ood.volume import OodMap, bank_map
-from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, RUN_OPTIONS, default, output_suffix
+from localdiffusion.options import DIRECTIONS, OPTIONS, OUTPUTS, RISK_OUTPUTS, RUN_OPTIONS, default, output_suffix
 from localdiffusion.shipped import MODELS_ROOT, ood_bank_path, robust_calibration_path
 from localdiffusion.volume.batching import SampledSlices, batch_sampler, translate_prepared
 
@@ -86,12 +88,12 @@ def model_paths(models_root: str | Path, direction: str) -> dict[str, Path]:
 def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOptions,
                     models_root: str | Path | None = None) -> dict[str, Path]:
     """The files :func:`run_job` writes for ``input_path`` with ``options``: every output it
-    produces (no baseline when ``options.baseline`` is off, no risk map without a calibration
+    produces (no baseline when ``options.baseline`` is off, no risk map and regions without a calibration
     fitted for this sampler and step count), named ``<input stem>_<suffix><format suffix>``."""
     names = [name for name in OUTPUTS if name != "baseline" or options.baseline]
     paths = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)
     if _risk_calibration(paths, options)[0] is None:
-        names.remove("risk")
+        names = [name for name in names if name not in RISK_OUTPUTS]
     return output_paths(input_path, out_dir, options, names)
 
 
@@ -138,6 +140,13 @@ class JobResult:
         ood: the OOD map Local Diffusion branched on, on the working grid, with its threshold.
         warnings: the input gate's and the job's warnings, in order.
         steps: the step count every pass sampled with (the model's validated one unless the options named one).
+        regions: the risk map's flagged regions (:mod:`~localdiffusion.detectors.regions`; numbered as in the
+            ``risk_regions`` label map), None without a risk map.
+        detectors: each detector's healthy-calibrated probability on the input's grid (what the risk combines;
+            empty without a risk map).
+        working: the working grid's volumes before resampling to the input (translations, ``ood``, ``risk``,
+            ``brain``, and ``detector_<name>``: each map as the risk's CDFs read it, to fit a calibration on);
+            ``working_affine`` is that grid's.
     """
 
     volumes: dict[str, np.ndarray]
@@ -145,6 +154,14 @@ class JobResult:
     ood: OodMap
     warnings: list[str]
     steps: int
+    regions: list[FlaggedRegion] | None = None
+    detectors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    working: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    working_affine: np.ndarray | None = None
+
+    def region_report(self, **context) -> dict:
+        """The flagged regions as the JSON report ``run`` writes (``context``: input, direction, ...)."""
+        return region_report(self.regions or [], steps=self.steps, **context)
 
 
 def compute_job(input_path: str | Path, options: JobOptions | None = None, models_root: str | Path | None = None,
@@ -165,7 +182,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
         options: the job's parameters (default: the options table's defaults).
         models_root: the models folder (default: the shipped models).
         progress: show progress bars on stderr.
-        report: told ``{"event": "progress" | "warning" | "phases", ...}`` as the job goes.
+        report: told ``{"event": "progress" | "warning" | "phases" | "region", ...}`` as the job goes.
     Returns:
         a :class:`JobResult`; the risk map only when a calibration fits the sampler and step count
         (:func:`planned_outputs`), the baseline only when ``options.baseline``.
@@ -224,6 +241,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
                  f"alone, blind to lesions that look like normal tissue elsewhere")
         if robust_map.patch is not None:  # the risk calibrations read the patch map (detectors/given.py)
             known["ood_robust"] = robust_map.patch
+        known["ood_located"] = ood.probability
     source_maps = given.source_maps(prepared, known) if given is not None else None  # still the OOD phase
     recorder = VolumeRecorder(prepared.grid.shape, calibration.last_k) if calibration is not None else None
     common = dict(seed=options.seed, batch_size=options.batch_size, progress=progress,
@@ -239,10 +257,12 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     volumes = {"ood": ood.probability, "local": translate_prepared(denoiser, prepared, **common, recorder=recorder,
                                                                    sample_batch=local, on_batch=phase("local"),
                                                                    on_raw=raw_local.append)}
+    risk_maps = None
     if recorder is not None:
         maps = given.maps(prepared, volumes["local"], source_maps, steps=options.steps, seed=options.seed,
                           batch_size=options.batch_size, on_batch=phase("cycle"))
-        volumes["risk"] = risk_volume(calibration, recorder.volumes(maps), prepared.brain)
+        risk_maps = risk_volumes(calibration, recorder.volumes(maps), prepared.brain)
+        volumes["risk"] = risk_maps.risk
     if options.baseline:
         volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,
                                                  **common, on_batch=phase("baseline"),
@@ -252,24 +272,48 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
         ood, dataclasses.replace(ld_config, mask_mode="hard"), prepared.brain)
     on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
     on_input["ood_mask"] = (prepared.to_input_brain(branch_mask) >= 0.5).astype(np.uint8)
+    regions = None
+    detectors = {name: prepared.to_input_brain(p) for name, p in risk_maps.probabilities.items()} if risk_maps else {}
+    if "risk" in on_input:  # the regions on the input's grid: their volumes and centres are the scanner's
+        on_input["risk_regions"], regions = find_regions(on_input["risk"], prepared.input_affine, detectors)
+        for region in regions:  # a line each on stderr, an event each for clients
+            log.warning("%s", region.line())
+            tell({"event": "region", **dataclasses.asdict(region)})
     ordered = {name: on_input[name] for name in OUTPUTS if name in on_input}
-    return JobResult(ordered, prepared.input_affine, ood, warnings, options.steps)
+    working = {**volumes, "brain": prepared.brain, **{f"detector_{name}": v for name, v in
+                                                      (risk_maps.volumes.items() if risk_maps else ())}}
+    return JobResult(ordered, prepared.input_affine, ood, warnings, options.steps, regions, detectors,
+                     working, prepared.grid.affine)
 
 
-def write_outputs(result: JobResult, paths: dict[str, Path], protect=(), report: Report | None = None
-                  ) -> dict[str, Path]:
-    """Write a job's volumes all-or-nothing, each atomically; the writer every entry point shares.
+def region_report_path(regions_path: str | Path) -> Path:
+    """The JSON report beside a ``risk_regions`` label map: same stem, ``.json``."""
+    return Path(regions_path).with_name(split_suffix(regions_path)[0] + ".json")
+
+
+def write_outputs(result: JobResult, paths: dict[str, Path], protect=(), report: Report | None = None,
+                  context: dict | None = None) -> dict[str, Path]:
+    """Write a job's volumes all-or-nothing, each atomically; the writer every entry point shares. With the
+    ``risk_regions`` label map goes its JSON report (:func:`region_report_path`, output name ``region_report``).
 
     Args:
         result: from :func:`compute_job`.
         paths: output name -> file (its suffix picks the format); only these volumes are written.
         protect: files that must never be overwritten (the input).
         report: told ``{"event": "output", "name": ..., "path": ...}`` for each written file.
+        context: what the region report records beside the regions (input, direction, ...).
     Returns:
         output name -> written path, in :data:`~localdiffusion.options.OUTPUTS` order.
     """
     outputs = {name: Path(paths[name]) for name in result.volumes if name in paths}
-    save_volumes({outputs[name]: (result.volumes[name], result.affine) for name in outputs}, protect=protect)
+    with contextlib.ExitStack() as stack:  # the report is renamed into place after every volume
+        if "risk_regions" in outputs:
+            json_path = region_report_path(outputs["risk_regions"])
+            write_report(stack.enter_context(atomic_path(json_path, protect=protect)),
+                         result.region_report(**(context or {})))
+        save_volumes({outputs[name]: (result.volumes[name], result.affine) for name in outputs}, protect=protect)
+    if "risk_regions" in outputs:
+        outputs["region_report"] = json_path
     for name, path in outputs.items():
         if report is not None:
             report({"event": "output", "name": name, "path": str(path)})
@@ -292,4 +336,5 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
     check_out_dir(Path(out_dir))
     check_outputs([input_path], planned)
     result = compute_job(input_path, options, models_root, progress, report)
-    return write_outputs(result, planned, protect=[input_path], report=report)
+    return write_outputs(result, planned, protect=[input_path], report=report,
+                         context={"input": str(input_path), "direction": options.direction})

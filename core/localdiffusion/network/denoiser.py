@@ -18,6 +18,7 @@ Weights of a narrower model are widened for fine-tuning by :func:`adapt_state_di
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -71,6 +72,18 @@ class DiffusionConfig:
             raise ValueError(f"condition_slices must be an odd number >= 1, got {self.condition_slices}")
         if self.noise_sigma_z < 0 or self.z_harmonise < 0:
             raise ValueError("noise_sigma_z and z_harmonise must be >= 0")
+        numbers = {"num_train_timesteps": self.num_train_timesteps, "steps": self.steps,
+                   "num_res_blocks": self.num_res_blocks, "spacing_mm": self.spacing_mm,
+                   "noise_sigma_z": self.noise_sigma_z, "z_harmonise": self.z_harmonise}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if self.num_train_timesteps < 2 or self.steps < 1:  # steps beyond the timesteps: refused when sampling
+            raise ValueError(f"num_train_timesteps must be >= 2 and steps >= 1, got {self.num_train_timesteps} and "
+                             f"{self.steps}")
+        if self.spacing_mm <= 0 or any(int(v) <= 0 or int(v) % 8 for v in self.in_plane):
+            raise ValueError(f"spacing_mm must be > 0 and in_plane sizes positive multiples of 8, got "
+                             f"{self.spacing_mm} and {self.in_plane}")
 
     def sampling(self, name: str, value: float) -> float:
         """A z-sampling setting (``noise_sigma_z``, ``z_harmonise``): ``value``, or this model's own when it is

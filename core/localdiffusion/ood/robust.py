@@ -343,5 +343,5 @@ class RobustCalibration:
                 raise ValueError(f"mask_level {mask_level}")
             return cls(data["modality"], reference, Calibration.from_arrays(data, "pixel"),
                        bool(data.get("bias_correct", False)), location, patch, mask_level)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{path}: not a robust OOD calibration ({exc.__class__.__name__})") from exc

@@ -1,9 +1,11 @@
-"""MONAI Label serving: an app with four inference tasks over the ``localdiffusion`` core.
+"""MONAI Label serving: an app with five inference tasks over the ``localdiffusion`` core.
 
 * ``local_diffusion`` (type ``others``): the main job (:func:`~localdiffusion.jobs.run.compute_job`);
 * ``ood_map`` (type ``others``): the calibrated PatchCore OOD probability;
 * ``ood_segmentation`` (type ``segmentation``): the OOD region as label 1;
-* ``tumour_segmentation`` (type ``segmentation``, BraTS labels 1, 2, 4).
+* ``tumour_segmentation`` (type ``segmentation``, BraTS labels 1, 2, 4);
+* ``risk_segmentation`` (type ``segmentation``): the risk map's flagged regions as label 1, the region report
+  in the answer.
 
 Start it (optional extra ``label``, see the README) with::
 

@@ -1,4 +1,4 @@
-"""The MONAI Label app: the four tasks of :mod:`localdiffusion.serving.tasks`, no training."""
+"""The MONAI Label app: the five tasks of :mod:`localdiffusion.serving.tasks`, no training."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 from monailabel.interfaces.app import MONAILabelApp
 
 from localdiffusion import __version__
-from localdiffusion.serving.tasks import LocalDiffusionTask, OodMapTask, OodSegmentationTask, TumourSegmentationTask
+from localdiffusion.serving.tasks import (LocalDiffusionTask, OodMapTask, OodSegmentationTask, RiskSegmentationTask,
+                                         TumourSegmentationTask)
 from localdiffusion.shipped import MODELS_ROOT
 
 
@@ -23,7 +24,8 @@ class LocalDiffusionLabelApp(MONAILabelApp):
     def init_infers(self):
         return {"local_diffusion": LocalDiffusionTask(self.models_root), "ood_map": OodMapTask(self.models_root),
                 "ood_segmentation": OodSegmentationTask(self.models_root),
-                "tumour_segmentation": TumourSegmentationTask(self.models_root)}
+                "tumour_segmentation": TumourSegmentationTask(self.models_root),
+                "risk_segmentation": RiskSegmentationTask(self.models_root)}
 
     def init_trainers(self):
         return {}

@@ -14,6 +14,17 @@ What changes against stock MONAI Label, and why:
 * **Nothing left behind.** Uploads go to a private temporary folder removed whatever the
   outcome (stock removes them only after a successful answer); the result file is removed
   after it is sent.
+* **Only the routes the app needs** (:data:`ROUTES`, one table): everything else stock MONAI Label serves
+  (training, sessions, uploads to the datastore, image deletion, whole-slide and batch inference, logs,
+  OHIF, the proxy, scoring) answers 404 before it is routed. The datastore is read-only; with
+  ``LOCALDIFFUSION_LABEL_WRITABLE=1`` the label routes (:data:`WRITE_ROUTES`) open too, for images of the
+  datastore only (an id, never a path).
+* **Authentication on every route.** With MONAI Label's authentication on (``MONAI_LABEL_AUTH_ENABLE``),
+  every route but the login and the API page needs a valid bearer token, the product's own inference
+  route included (stock MONAI Label checks its own routes only): 401 otherwise.
+* **A client that goes away stops its job.** The translation stops at its next slice batch when its
+  client disconnects (:func:`~localdiffusion.serving.tasks.cancel`), instead of holding the only worker
+  for a result nobody reads.
 * **Client errors as 4xx.** A user fault found by the core (:class:`~localdiffusion.errors.InputError`,
   and only that) -> 400, malformed ``params`` (not a JSON object) -> 400, an unknown model
   -> 404, no image -> 400, each with the message as ``detail``; any other exception stays a
@@ -25,9 +36,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
@@ -43,12 +56,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from localdiffusion.errors import InputError
 from localdiffusion.network.device import use_threads
+from localdiffusion.serving import tasks
+
+#: every route this server answers, as (method, path); ``{name}`` is one path segment. HEAD goes with GET.
+ROUTES = (("GET", "/"), ("GET", "/favicon.ico"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/static/{file}"),
+          ("GET", "/info/"), ("POST", "/infer/{model}"), ("GET", "/datastore/"), ("GET", "/datastore/image"),
+          ("GET", "/datastore/image/info"), ("GET", "/datastore/label"), ("GET", "/datastore/label/info"),
+          ("POST", "/activelearning/{strategy}"))
+#: the routes that need no token when authentication is on: the login and the API page
+PUBLIC_ROUTES = (("GET", "/"), ("GET", "/favicon.ico"), ("GET", "/docs"), ("GET", "/openapi.json"),
+                 ("GET", "/static/{file}"), ("POST", "/auth/token"), ("GET", "/auth/"), ("GET", "/auth/token/valid"))
+#: MONAI Label's login routes, there only when authentication is on
+AUTH_ROUTES = (("POST", "/auth/token"), ("GET", "/auth/"), ("GET", "/auth/token/valid"))
+#: the datastore writes an operator may open (``LOCALDIFFUSION_LABEL_WRITABLE=1``): labels of datastore images
+WRITE_ROUTES = (("PUT", "/datastore/label"), ("PUT", "/datastore/image/info"), ("PUT", "/datastore/label/info"))
+WRITABLE = os.environ.get("LOCALDIFFUSION_LABEL_WRITABLE", "") in ("1", "true", "yes")
 
 NO_IMAGE = "Neither Image nor File"
 WORKERS = max(1, int(os.environ.get("LOCALDIFFUSION_LABEL_WORKERS", "1")))
 QUEUE = max(WORKERS, int(os.environ.get("LOCALDIFFUSION_LABEL_QUEUE", "16")))
 #: seconds a client told "busy" should wait (about one translation on a 2-core CPU)
 RETRY_AFTER_S = 60
+#: how often a running request looks whether its client is still there (seconds)
+DISCONNECT_POLL_S = 0.5
 
 
 class _Admission:
@@ -97,7 +127,96 @@ def _datastore_image(image_id: str) -> str:
     return datastore.get_image_uri(image_id)
 
 
-async def infer(background_tasks: BackgroundTasks, model: str, image: str = "", session_id: str = "",
+def _pattern(path: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(path.rstrip("/"))) + "/?$")
+
+
+def route_table(auth: bool, writable: bool) -> list[tuple[str, str]]:
+    """The (method, path) pairs this server answers with these settings."""
+    return [*ROUTES, *(AUTH_ROUTES if auth else ()), *(WRITE_ROUTES if writable else ())]
+
+
+def _matches(method: str, path: str, routes) -> bool:
+    method = "GET" if method == "HEAD" else method
+    return any(m == method and _pattern(p).match(path) for m, p in routes)
+
+
+def _auth_enabled() -> bool:
+    from monailabel.config import settings
+
+    return bool(settings.MONAI_LABEL_AUTH_ENABLE)
+
+
+#: the signature algorithms a realm's token may use (Keycloak signs with RS256 by default)
+TOKEN_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256")
+
+
+def user_from_token(token: str):
+    """The MONAI Label user of a bearer token, verified against the realm's public key (signature and expiry)
+    and read with MONAI Label's claim settings. MONAI Label 0.8.5's own ``from_token`` calls ``jwt.decode``
+    without ``algorithms``, which PyJWT 2 refuses for every token, so a valid token never gets through its
+    routes; this replaces it (:data:`app`'s dependency override). ``jwt.InvalidTokenError`` if not valid."""
+    import jwt
+    from monailabel.config import settings
+    from monailabel.endpoints.user.auth import User, get_public_key
+
+    key = get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
+    payload = jwt.decode(token, key, algorithms=list(TOKEN_ALGORITHMS),
+                         options={"verify_signature": True, "verify_aud": False, "verify_exp": True})
+    roles = payload
+    for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
+        roles = roles.get(part) if isinstance(roles, dict) else None
+    return User(username=str(payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME) or ""),
+                email=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL),
+                name=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME), roles=list(roles or []))
+
+
+async def _check_token(http: Request) -> JSONResponse | None:
+    """None if the request carries a valid bearer token with the user role; else the 401/403 answer."""
+    from jwt import InvalidTokenError
+    from monailabel.config import settings
+
+    header = http.headers.get("authorization", "")
+    if not header.lower().startswith("bearer ") or not header[7:].strip():
+        return _answer(401, "authentication required: send a bearer token", {"WWW-Authenticate": "Bearer"})
+    try:
+        user = await asyncio.get_running_loop().run_in_executor(None, user_from_token, header[7:].strip())
+    except InvalidTokenError:
+        return _answer(401, "the token is not valid", {"WWW-Authenticate": "Bearer"})
+    if settings.MONAI_LABEL_AUTH_ROLE_USER not in user.roles:
+        return _answer(403, f'role "{settings.MONAI_LABEL_AUTH_ROLE_USER}" is required')
+    return None
+
+
+class Guard:
+    """Pure ASGI middleware (so that a handler still sees its client disconnect): before routing, only
+    :func:`route_table`'s routes (404 otherwise), a token on each when authentication is on, and a datastore
+    image id on every datastore write."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        http = Request(scope, receive)
+        method, path = http.method, http.url.path
+        auth = _auth_enabled()
+        refused = None
+        if method == "OPTIONS" or not _matches(method, path, route_table(auth, WRITABLE)):
+            refused = _answer(404, f"{method} {path} is not served here")
+        elif auth and not _matches(method, path, PUBLIC_ROUTES):
+            refused = await _check_token(http)
+        if refused is None and _matches(method, path, WRITE_ROUTES):
+            image = http.query_params.get("image") or http.query_params.get("label") or ""
+            if image not in set(app_instance().datastore().list_images()):
+                refused = _answer(404, f"image id {image!r} is not in this server's datastore")
+        if refused is not None:
+            return await refused(scope, receive, send)
+        return await self.inner(scope, receive, send)
+
+
+async def infer(http: Request, background_tasks: BackgroundTasks, model: str, image: str = "",
                 params: str = Form("{}"), file: UploadFile = File(None), output: Optional[ResultType] = None):
     """``POST /infer/{model}``: as MONAI Label's, with the changes in the module docstring."""
     request = {"model": model, **_parse_params(params)}
@@ -117,14 +236,20 @@ async def infer(background_tasks: BackgroundTasks, model: str, image: str = "", 
                 shutil.copyfileobj(file.file, buffer)
         elif image:
             request["image"] = _datastore_image(image)
-        elif session_id and instance.sessions().get_session(session_id):
-            session = instance.sessions().get_session(session_id)
-            request["image"], request["session"] = session.image, session.to_json()
         else:
             raise HTTPException(status_code=400, detail=f"{NO_IMAGE}: upload a file or name a datastore image id")
         request.update(info.get("config", {}).get("infer", {}))
-        loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(_EXECUTOR, instance.infer, request)
+        request["cancel_token"] = token = uuid.uuid4().hex
+        job = asyncio.get_running_loop().run_in_executor(_EXECUTOR, instance.infer, request)
+        while not job.done():  # a client that goes away cancels its job (the task checks between batches)
+            await asyncio.wait({job}, timeout=DISCONNECT_POLL_S)
+            if not job.done() and await http.is_disconnected():
+                tasks.cancel(token)
+                break
+        try:
+            result = await job
+        finally:
+            tasks.cancel(token, cancelled=False)
         if result is None:
             raise HTTPException(status_code=500, detail="Failed to execute infer")
         return send_response(instance.datastore(), result, output, background_tasks)
@@ -135,6 +260,10 @@ async def infer(background_tasks: BackgroundTasks, model: str, image: str = "", 
 
 async def _bad_input(_: Request, exc: Exception) -> JSONResponse:
     return _answer(400, str(exc))
+
+
+async def _cancelled(_: Request, exc: Exception) -> JSONResponse:
+    return _answer(499, f"cancelled: {exc}")
 
 
 async def _monailabel_error(_: Request, exc: MONAILabelException) -> JSONResponse:
@@ -157,7 +286,29 @@ def _replace_infer_route() -> None:
 
 
 _replace_infer_route()
+async def _current_user(http: Request):
+    """MONAI Label's ``get_current_user``, verified by :func:`user_from_token` (the guard has checked the token)."""
+    from jwt import InvalidTokenError
+
+    header = http.headers.get("authorization", "")
+    try:
+        return user_from_token(header[7:].strip())
+    except InvalidTokenError:
+        raise HTTPException(status_code=401, detail="the token is not valid",
+                            headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+def _override_authentication() -> None:
+    from monailabel.endpoints.user.auth import get_current_user
+
+    if _auth_enabled():
+        app.dependency_overrides[get_current_user] = _current_user
+
+
+_override_authentication()
+app.add_middleware(Guard)
 app.add_exception_handler(InputError, _bad_input)
+app.add_exception_handler(tasks.JobCancelled, _cancelled)
 app.add_exception_handler(MONAILabelException, _monailabel_error)
 app.add_exception_handler(StarletteHTTPException, _http_error)
 app.add_exception_handler(HTTPException, _http_error)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,13 @@ OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair})
 RESULT_DTYPES = ("uint8", "int16", "uint16", "int32", "float32", "float64")
 
 
-def _write_result(request: dict, data: np.ndarray, affine: np.ndarray) -> Path:
-    """Write the result where MONAI Label expects it: a temporary file it deletes after sending
-    (no folder left behind), in the requested ``result_extension`` and ``result_dtype``."""
+#: the integer ``result_dtype`` values: a continuous map (a translation, a probability) would lose its values
+INTEGER_DTYPES = ("uint8", "int16", "uint16", "int32")
+
+
+def result_format(request: dict, continuous: bool) -> tuple[str, str | None]:
+    """The requested ``result_extension`` and ``result_dtype``, checked before any work; an integer dtype is
+    refused for a ``continuous`` result. :class:`InputError` naming the parameter otherwise."""
     suffix = str(request.get("result_extension") or ".nii.gz")
     suffix = suffix if suffix.startswith(".") else "." + suffix
     if suffix.lower() not in WRITABLE_SUFFIXES:
@@ -49,6 +54,16 @@ def _write_result(request: dict, data: np.ndarray, affine: np.ndarray) -> Path:
     dtype = request.get("result_dtype") or None
     if dtype is not None and str(dtype) not in RESULT_DTYPES:
         raise InputError(f"parameter 'result_dtype' must be one of {list(RESULT_DTYPES)}, got {dtype!r}")
+    if continuous and dtype in INTEGER_DTYPES:
+        raise InputError(f"parameter 'result_dtype' {dtype!r} would round this model's continuous result; ask for "
+                         f"float32 or float64")
+    return suffix, dtype
+
+
+def _write_result(request: dict, data: np.ndarray, affine: np.ndarray, continuous: bool = False) -> Path:
+    """Write the result where MONAI Label expects it: a temporary file it deletes after sending
+    (no folder left behind), in the requested ``result_extension`` and ``result_dtype``."""
+    suffix, dtype = result_format(request, continuous)
     handle, path = tempfile.mkstemp(prefix="ld_label_", suffix=suffix)
     os.close(handle)
     return save_volume(path, data, affine, dtype=dtype)
@@ -77,6 +92,33 @@ def _modality(request: dict, default: str) -> str:
     return value
 
 
+class JobCancelled(Exception):
+    """The client went away: the server stops the job (nobody is left to read its result)."""
+
+
+#: the ``cancel_token`` of every request whose client went away (MONAI Label deep-copies a request, so the
+#: server hands a task a token, not an event)
+_CANCELLED: set[str] = set()
+_CANCELLED_LOCK = threading.Lock()
+
+
+def cancel(token: str, cancelled: bool = True) -> None:
+    """Mark the job of ``token`` cancelled (the server: its client disconnected), or forget it when it ends."""
+    with _CANCELLED_LOCK:
+        (_CANCELLED.add if cancelled else _CANCELLED.discard)(token)
+
+
+def _cancellable(request: dict):
+    """A job's report hook that stops it at its next progress event once its ``cancel_token`` is cancelled."""
+    token = request.get("cancel_token")
+
+    def report(event: dict) -> None:
+        if token is not None and token in _CANCELLED:
+            raise JobCancelled("the client disconnected")
+
+    return report
+
+
 class LocalDiffusionTask(InferTask):
     """The main job; the result image is the Local Diffusion translation, or a 4D volume
     ``[local, *extra_outputs]`` (channels last) when ``extra_outputs`` asks for more."""
@@ -92,6 +134,7 @@ class LocalDiffusionTask(InferTask):
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
         options = JobOptions(**parse_params(request, JOB_PARAMS))
+        result_format(request, continuous=True)
         extras = request.get("extra_outputs", [])
         every = extras == "all"  # every output these models and settings produce
         if isinstance(extras, str):
@@ -100,8 +143,9 @@ class LocalDiffusionTask(InferTask):
             raise InputError(f"parameter 'extra_outputs' must be 'all' or a list from {list(EXTRA_OUTPUTS)}, "
                              f"got {extras!r}")
         options.baseline = "baseline" in extras
-        options.risk_map = "risk" in extras  # its back-translation costs about one more translation
-        job = compute_job(request["image"], options, self.models_root, progress=False)
+        options.risk_map = bool({"risk", "risk_regions"} & set(extras))  # its back-translation: one more translation
+        job = compute_job(request["image"], options, self.models_root, progress=False,
+                          report=_cancellable(request))
         if every:
             extras = [e for e in extras if e in job.volumes]
         missing = [e for e in extras if e not in job.volumes]
@@ -111,9 +155,44 @@ class LocalDiffusionTask(InferTask):
         names = ["local", *extras]
         volumes = [job.volumes[n] for n in names]
         data = volumes[0] if len(names) == 1 else np.stack([v.astype(np.float32) for v in volumes], axis=-1)
-        result = _write_result(request, data, job.affine)
-        return str(result), {"channels": names, "direction": options.direction, "steps": job.steps,
-                             "sampler": options.sampler, "seed": options.seed, "warnings": job.warnings}
+        result = _write_result(request, data, job.affine, continuous=True)
+        params = {"channels": names, "direction": options.direction, "steps": job.steps,
+                  "sampler": options.sampler, "seed": options.seed, "warnings": job.warnings}
+        if job.regions is not None:  # the risk map's flagged regions, numbered as in the risk_regions channel
+            params["regions"] = job.region_report()["regions"]
+        return str(result), params
+
+
+class RiskSegmentationTask(InferTask):
+    """The main job's flagged regions as a segmentation (label 1 inside every region where the translation must
+    not be trusted), so that clients that list only segmentation models (the stock Slicer MONAILabel plugin)
+    show them; the answer's ``regions`` is the region report (each region's number in the job's own
+    ``risk_regions`` label map, volume, centre, largest risk, detectors)."""
+
+    LABELS = {"do_not_trust_translation": 1}
+
+    def __init__(self, models_root: Path):
+        super().__init__(InferType.SEGMENTATION, dict(self.LABELS), 3,
+                         "Where the T1 <-> FLAIR translation must not be trusted (the risk map's flagged regions)",
+                         {**{name: OPTIONS[name].default for name in JOB_PARAMS}})
+        self.models_root = Path(models_root)
+
+    def is_valid(self) -> bool:
+        return all((self.models_root / d).is_dir() for d in DIRECTIONS)
+
+    @_messages_name_the_upload
+    def __call__(self, request: dict[str, Any]):
+        options = JobOptions(**parse_params(request, JOB_PARAMS))
+        result_format(request, continuous=False)
+        options.baseline, options.risk_map = False, True
+        job = compute_job(request["image"], options, self.models_root, progress=False, report=_cancellable(request))
+        if job.regions is None:
+            raise InputError("no risk map for these models or settings (it needs the calibrated DDIM step count "
+                             "and the reverse model)")
+        labels = (job.volumes["risk_regions"] > 0).astype(np.uint8)
+        return str(_write_result(request, labels, job.affine)), {
+            "labels": self.LABELS, "direction": options.direction, "steps": job.steps, "warnings": job.warnings,
+            "regions": job.region_report()["regions"]}
 
 
 class OodMapTask(InferTask):
@@ -137,8 +216,9 @@ class OodMapTask(InferTask):
 
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
+        result_format(request, continuous=True)
         ood, affine, params = self._map(request)
-        return str(_write_result(request, ood.probability, affine)), params
+        return str(_write_result(request, ood.probability, affine, continuous=True)), params
 
 
 class OodSegmentationTask(OodMapTask):
@@ -156,6 +236,7 @@ class OodSegmentationTask(OodMapTask):
 
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
+        result_format(request, continuous=False)
         ood, affine, params = self._map(request)
         return str(_write_result(request, ood.flagged().astype(np.uint8), affine)), {**params, "labels": self.LABELS}
 
@@ -179,6 +260,7 @@ class TumourSegmentationTask(InferTask):
         from localdiffusion.network.segmenter import load_segmenter
 
         modality = _modality(request, "flair")
+        result_format(request, continuous=False)
         load_volume(request["image"])  # a clear error for an unreadable or broken upload
         labels, affine = segment_volume(load_segmenter(self.models_root / f"seg_{modality}"), request["image"])
         return str(_write_result(request, labels, affine)), {"modality": modality, "labels": self.LABELS}

@@ -63,9 +63,19 @@ def brain_mask(volume: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(ndimage.binary_closing(largest, iterations=2))
 
 
+#: smallest foreground taken for a brain scan, litres (a whole brain is 1.1 - 1.9 l; a slab of a few 2 mm slices
+#: through it about 0.1 l)
+MIN_BRAIN_LITRES = 0.05
+
+
 def check_stripped(mask: np.ndarray, affine: np.ndarray, name: object) -> None:
-    """Refuse a foreground far larger than a brain (a head that was not skull-stripped)."""
+    """Refuse a foreground far larger than a brain (a head that was not skull-stripped) or far smaller (a crop)."""
     litres = float(mask.sum()) * abs(np.linalg.det(affine[:3, :3])) / 1e6
+    if litres < MIN_BRAIN_LITRES:
+        shape = " x ".join(map(str, mask.shape))
+        raise InputError(f"{name}: the brain is too small: {1000 * litres:.1f} ml of foreground in a {shape}-voxel "
+                         f"volume (a brain scan holds about 1,100-1,900 ml; at least {1000 * MIN_BRAIN_LITRES:.0f} ml "
+                         f"is needed)")
     if litres > MAX_BRAIN_LITRES:
         raise InputError(f"{name}: the foreground is {litres:.1f} l, more than a brain (at most "
                          f"~{MAX_BRAIN_LITRES} l): the scan looks not skull-stripped; {STRIP_ADVICE}")

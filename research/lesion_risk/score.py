@@ -1,0 +1,198 @@
+"""Score the risk-map candidates of research/lesion_risk/README.md on a cache written by ``collect``::
+
+    python -m research.lesion_risk.score --direction t1_to_flair --fit data/lesion_risk --split val \
+        --out research/results/lesion_risk_val_t1_to_flair.json
+    python -m research.lesion_risk.score --direction t1_to_flair --fit data/lesion_risk --split test \
+        --cache data/lesion_risk_test --out research/results/lesion_risk_test_t1_to_flair.json
+
+``--fit``: the cache whose healthy validation cases set the gross-error level and the refitted calibrations;
+``--cache``: the cases scored (default: the same). Per candidate, pooled and per family and T1 kind: lesions,
+misrepresented lesions, those flagged, tumour gross-error voxels flagged, healthy brain flagged on the tumour
+cases and on the healthy cases, voxel AUROC; 95% bootstrap intervals over subjects. ``--write-calibration``
+saves a candidate's refitted calibration (``NAME=PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from localdiffusion.data.io import atomic_path
+from localdiffusion.detectors.risk import RiskCalibration, detector_volumes, risk_definition
+from localdiffusion.shipped import MODELS_ROOT
+
+from research.lesion_risk.yardstick import CaseScore, error_map, error_threshold, score_case
+
+CANDIDATES = ("shipped", "fisher-refit", "max-refit", "max-located-refit")
+#: round 2, added after round 1's validation figures (README): max-located-refit, and the OOD map's own confident
+#: components grown to their hysteresis region (every voxel of OOD probability >= low connected to one >= 0.99)
+#: flagged outright
+ROUND2 = ("grow-0.5", "grow-0.8", "grow-0.9")
+MAX_HEALTHY_ON_TUMOUR = 0.015
+
+
+def load_cache(folder: Path) -> list[dict]:
+    cases = []
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as data:
+            case = {k: data[k] for k in data.files if k != "meta"}
+            case["meta"] = json.loads(str(data["meta"]))
+        case["brain"] = case["brain"].astype(bool)
+        name = path.stem
+        case["kind"] = "spin_echo" if "spin_echo" in name else "mprage"
+        case["family"] = next(f for f in ("glioma", "metastasis", "ms", "cavity") if f"_{f}_" in name)
+        case["healthy"] = "_h0" in name
+        case["name"] = name
+        cases.append(case)
+    return cases
+
+
+def detector_maps(case: dict, shipped: RiskCalibration, located: bool) -> dict[str, np.ndarray]:
+    """The candidate's detector maps as its CDFs read them (the cached ones, plus the written OOD map)."""
+    maps = {name: case[f"detector_{name}"] for name in shipped.detectors if f"detector_{name}" in case}
+    if located:
+        maps.update(detector_volumes({"ood_located": case["ood"]}, case["brain"], shipped.smoothing))
+    return maps
+
+
+def refit(cases: list[dict], shipped: RiskCalibration, combination: str, located: bool) -> RiskCalibration:
+    """Every CDF of the candidate fitted on the healthy cases' brain voxels."""
+    pooled: dict[str, list] = {}
+    for case in cases:
+        for name, volume in detector_maps(case, shipped, located).items():
+            pooled.setdefault(name, []).append(volume[case["brain"]])
+    fitted_on = ("healthy validation scans of the phantom's lesion families (MPRAGE-like and spin-echo-like T1, "
+                 "1.5 and 3 T): " + ", ".join(c["name"] for c in cases))
+    fpr = shipped.combined.false_positive_rate
+    definition = risk_definition(tuple(pooled), shipped.smoothing, combination, shipped.standardised, fpr, fitted_on)
+    return RiskCalibration.fit({k: np.concatenate(v) for k, v in pooled.items()}, fpr, shipped.last_k, shipped.rods,
+                               shipped.steps, shipped.smoothing, definition, combination, shipped.standardised)
+
+
+def grown(probability: np.ndarray, brain: np.ndarray, low: float, high: float = 0.99) -> np.ndarray:
+    """Every voxel of ``probability >= low`` connected (26) to one ``>= high``, inside the brain."""
+    from scipy import ndimage
+
+    components, _ = ndimage.label((probability >= low) & brain, structure=np.ones((3, 3, 3), bool))
+    seeds = np.unique(components[(probability >= high) & brain])
+    return np.isin(components, seeds[seeds > 0])
+
+
+def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shipped: RiskCalibration) -> np.ndarray:
+    if name == "shipped":
+        return case["risk"]
+    if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
+        calibration = calibrations[name]
+        maps = detector_maps(case, shipped, "ood_located" in calibration.needs)
+        return np.where(case["brain"], calibration.risk(maps), 0.0).astype(np.float32)
+    if name.startswith("grow-"):
+        risk = risk_of(case, "max-located-refit", calibrations, shipped)
+        return np.where(grown(case["ood"], case["brain"], float(name.split("-")[1])), 1.0, risk).astype(np.float32)
+    calibration = calibrations[name]
+    maps = detector_maps(case, shipped, name.startswith("max-located"))
+    return np.where(case["brain"], calibration.risk(maps), 0.0).astype(np.float32)
+
+
+def bootstrap(values: list[tuple[float, float]], seed: int = 0, n: int = 2000) -> list[float]:
+    """95% interval of sum(a) / sum(b) over subjects resampled with replacement."""
+    if not values:
+        return [float("nan")] * 2
+    a, b = np.array(values, float).T
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(n):
+        idx = rng.integers(0, len(a), len(a))
+        if b[idx].sum() > 0:
+            ratios.append(a[idx].sum() / b[idx].sum())
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios else [float("nan")] * 2
+
+
+def summarise(scores: list[tuple[dict, CaseScore]]) -> dict:
+    tumour = [(c, s) for c, s in scores if not c["healthy"]]
+    healthy = [(c, s) for c, s in scores if c["healthy"]]
+    lesion_pairs = [(s.flagged, s.misrepresented) for _, s in tumour]
+    voxel_pairs = [(s.tumour_errors_flagged, s.tumour_errors) for _, s in tumour]
+    healthy_pairs = [(s.healthy_flagged, s.healthy) for _, s in tumour]
+    events = np.concatenate([s.risk_event for _, s in tumour]) if tumour else np.zeros(0)
+    others = np.concatenate([s.risk_other for _, s in tumour]) if tumour else np.zeros(0)
+    auroc = (float(roc_auc_score(np.r_[np.ones(events.size), np.zeros(others.size)], np.r_[events, others]))
+             if events.size and others.size else float("nan"))
+    ratio = lambda pairs: float(sum(a for a, _ in pairs) / max(sum(b for _, b in pairs), 1))  # noqa: E731
+    return {"subjects": len(tumour), "healthy_subjects": len(healthy),
+            "lesions": int(sum(s.lesions for _, s in tumour)),
+            "misrepresented": int(sum(s.misrepresented for _, s in tumour)),
+            "misrepresented_flagged": int(sum(s.flagged for _, s in tumour)),
+            "lesions_flagged_fraction": ratio(lesion_pairs), "lesions_flagged_ci": bootstrap(lesion_pairs),
+            "tumour_errors_flagged": ratio(voxel_pairs), "tumour_errors_flagged_ci": bootstrap(voxel_pairs),
+            "healthy_flagged_on_tumour_cases": ratio(healthy_pairs),
+            "healthy_flagged_on_tumour_cases_ci": bootstrap(healthy_pairs),
+            "healthy_flagged_on_healthy_cases": ratio([(s.healthy_flagged, s.healthy) for _, s in healthy]),
+            "voxel_auroc": auroc}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m research.lesion_risk.score", description=__doc__.splitlines()[0])
+    p.add_argument("--direction", required=True, choices=["t1_to_flair", "flair_to_t1"])
+    p.add_argument("--fit", type=Path, required=True)
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--write-calibration", nargs="*", default=[], metavar="NAME=PATH")
+    p.add_argument("--collected-with", type=Path, default=None,
+                   help="the risk calibration the cache was collected with (default: the shipped one); 0.15.0's: "
+                        "git show ebc0595:monai_bundle/models/<direction>/risk_calibration.json")
+    p.add_argument("--round", type=int, default=1, choices=[1, 2], help="2: also the round-2 candidates")
+    p.add_argument("--calibration", nargs="*", default=[], metavar="NAME=PATH",
+                   help="also score these calibration files (e.g. the one the product's calibrate-risk wrote)")
+    args = p.parse_args(argv)
+    shipped = RiskCalibration.load(args.collected_with or MODELS_ROOT / args.direction / "risk_calibration.json")
+    fit_cases = [c for c in load_cache(args.fit / args.direction) if c["healthy"] and "_val_" in c["name"]]
+    level = error_threshold([error_map(c["local"], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
+                             for c in fit_cases])
+    calibrations = {"fisher-refit": refit(fit_cases, shipped, "fisher", False),
+                    "max-refit": refit(fit_cases, shipped, "max", False),
+                    "max-located-refit": refit(fit_cases, shipped, "max", True)}
+    cases = [c for c in load_cache((args.cache or args.fit) / args.direction) if f"_{args.split}_" in c["name"]]
+    results = {}
+    for item in args.calibration:
+        name, path = item.split("=", 1)
+        calibrations[name] = RiskCalibration.load(path)
+    candidates = CANDIDATES + (ROUND2 if args.round == 2 else ()) + tuple(i.split("=", 1)[0] for i in args.calibration)
+    for name in candidates:
+        scores = [(c, score_case(c["local"], c["truth"], risk_of(c, name, calibrations, shipped), c["brain"], c["seg"],
+                                 c["meta"]["spacing_mm"], level)) for c in cases]
+        groups = {"all": scores}
+        for c, s in scores:
+            groups.setdefault(f"{c['family']} {c['kind']}", []).append((c, s))
+        results[name] = {group: summarise(rows) for group, rows in groups.items()}
+        pooled = results[name]["all"]
+        print(f"{name:18s} lesions flagged {pooled['misrepresented_flagged']}/{pooled['misrepresented']} "
+              f"({pooled['lesions_flagged_fraction']:.2f} {pooled['lesions_flagged_ci']}); tumour errors flagged "
+              f"{pooled['tumour_errors_flagged']:.3f}; healthy flagged {pooled['healthy_flagged_on_tumour_cases']:.4f} "
+              f"(healthy cases {pooled['healthy_flagged_on_healthy_cases']:.4f}); AUROC {pooled['voxel_auroc']:.3f}",
+              flush=True)
+    eligible = [n for n in candidates if results[n]["all"]["healthy_flagged_on_tumour_cases"] <= MAX_HEALTHY_ON_TUMOUR]
+    key = lambda n: (results[n]["all"]["misrepresented_flagged"], results[n]["all"]["tumour_errors_flagged"])  # noqa: E731
+    chosen = max(eligible, key=key) if eligible else min(
+        candidates, key=lambda n: results[n]["all"]["healthy_flagged_on_tumour_cases"])
+    print(f"chosen by the rule: {chosen}")
+    for item in args.write_calibration:
+        name, path = item.split("=", 1)
+        calibrations[name].save(path)
+        print(f"wrote {path}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out) as tmp:
+        Path(tmp).write_text(json.dumps({"command": "python -m research.lesion_risk.score " + " ".join(
+            sys.argv[1:] if argv is None else argv), "gross_error_level": level,
+            "fit_cases": [c["name"] for c in fit_cases], "chosen": chosen, "results": results}, indent=1),
+            encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

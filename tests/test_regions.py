@@ -1,0 +1,74 @@
+"""Flagged regions of a risk map: sizes, scanner centres, order, detectors, and the report ``run`` writes."""
+
+import json
+
+import numpy as np
+
+from localdiffusion.detectors.regions import MIN_REGION_ML, find_regions
+
+
+def _risk() -> tuple[np.ndarray, np.ndarray]:
+    risk = np.zeros((40, 40, 20), np.float32)
+    risk[5:9, 5:9, 5:9] = 0.995  # 64 voxels of 8 mm3: 0.512 ml
+    risk[20:30, 20:30, 10:14] = 0.9999  # 400 voxels: 3.2 ml, the larger risk
+    risk[35, 35, 2] = 1.0  # one voxel: 0.008 ml, below the reporting size
+    risk[0:3, 30:33, 0:3] = 0.98  # under the threshold
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-40.0, -50.0, -10.0)
+    return risk, affine
+
+
+def test_regions_are_numbered_by_largest_risk_with_their_scanner_centres_and_volumes():
+    risk, affine = _risk()
+    ood = np.zeros_like(risk)
+    ood[6, 6, 6] = 0.999  # only the small region is flagged by the OOD map on its own
+    labels, regions = find_regions(risk, affine, {"ood": ood, "cycle": risk})
+    assert [r.label for r in regions] == [1, 2]
+    big, small = regions
+    assert big.voxels == 400 and abs(big.volume_ml - 3.2) < 1e-6 and big.max_risk == np.float32(0.9999)
+    assert np.allclose(big.centre_mm, (-40 + 2 * 24.5, -50 + 2 * 24.5, -10 + 2 * 11.5))
+    assert small.voxels == 64 and np.allclose(small.centre_mm, (-40 + 2 * 6.5, -50 + 2 * 6.5, -10 + 2 * 6.5))
+    assert big.detectors == ["cycle"] and small.detectors == ["ood", "cycle"]
+    assert labels.dtype == np.uint8 and (labels == 1).sum() == 400 and (labels == 2).sum() == 64
+    assert labels[35, 35, 2] == 0 and labels[1, 31, 1] == 0 and 0.008 < MIN_REGION_ML
+    assert "flagged region 1: 3.20 ml centred at R +9.0, A -1.0, S +13.0 mm" in big.line()
+
+
+def test_no_region_when_nothing_reaches_the_threshold():
+    risk, affine = _risk()
+    labels, regions = find_regions(np.minimum(risk, 0.98), affine)
+    assert regions == [] and not labels.any()
+
+
+def test_run_writes_the_region_label_map_and_its_report(risk_models, cohort, tmp_path, capsys, caplog):
+    """With a risk calibration, ``run`` writes the regions as a label map and a JSON report whose regions match
+    it, and says each region on stderr."""
+    import nibabel as nib
+
+    from localdiffusion.cli import main
+
+    models = risk_models
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    out = tmp_path / "out"
+    assert main(["run", "--input", str(case / f"{case.name}_t1.nii.gz"), "--out-dir", str(out), "--models",
+                 str(models), "--steps", "2", "--no-baseline", "--json"]) == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    written = {e["name"]: e["path"] for e in events if e["event"] == "output"}
+    assert {"risk", "risk_regions", "region_report"} <= set(written)
+    report = json.loads(open(written["region_report"], encoding="utf-8").read())
+    labels = np.asarray(nib.load(written["risk_regions"]).dataobj)
+    risk_image = nib.load(written["risk"])
+    risk = np.asarray(risk_image.dataobj)
+    assert report["direction"] == "t1_to_flair" and report["steps"] == 2 and report["regions"]
+    assert labels.max() == len(report["regions"])
+    for region in report["regions"]:
+        inside = labels == region["label"]
+        assert inside.sum() == region["voxels"] and np.isclose(risk[inside].max(), region["max_risk"], atol=1e-5)
+        centre = risk_image.affine @ np.array([*np.argwhere(inside).mean(axis=0), 1.0])
+        assert np.allclose(centre[:3], region["centre_mm"], atol=0.01)
+        assert set(region["detectors"]) <= {"ood"}
+        assert any(r.getMessage().startswith(f"flagged region {region['label']}: ") for r in caplog.records)
+    assert [e["label"] for e in events if e["event"] == "region"] == [r["label"] for r in report["regions"]]
+    assert (risk[labels > 0] >= report["threshold"]).all()
+    assert any(region["detectors"] == ["ood"] for region in report["regions"])
