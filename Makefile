@@ -37,6 +37,7 @@ test-fast: install-test
 
 # a wheel that carries the shipped bundle (for the Slicer module's Resources/wheels or pip)
 wheel: | $(BIN)/python
+	$(BIN)/python -m pip install -q "setuptools>=70.1"  # builds wheels itself (a fresh venv's 65.5 needs `wheel`)
 	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist .
 
 clean:

@@ -19,8 +19,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SlicerLocalDiffusionLib import (TranslationJob, TranslationRequest, show_side_by_side, start_translation,
-                                    style_overlay)
+from SlicerLocalDiffusionLib import (TranslationJob, TranslationRequest, remove_nodes, show_side_by_side,
+                                    start_translation, style_overlay)
 
 
 
@@ -28,7 +28,7 @@ class SlicerLocalDiffusion(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Local Diffusion"
-        self.parent.categories = ["Segmentation"]
+        self.parent.categories = ["Filtering"]
         self.parent.dependencies = []
         self.parent.contributors = ["SlicerLocalDiffusion developers"]
         self.parent.helpText = (
@@ -63,6 +63,9 @@ class SlicerLocalDiffusionParameterNode:
     # the risk map's flagged regions: a segmentation outlined over the translations, and its table
     regions: vtkMRMLSegmentationNode
     regionTable: vtkMRMLTableNode
+    regionLabels: vtkMRMLLabelMapVolumeNode
+    # a new run replaces the previous run's result nodes unless this is set
+    keepPreviousResults: bool = False
 
 
 class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -236,12 +239,20 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
     def start(inputNode, request: TranslationRequest) -> TranslationJob:
         return start_translation(inputNode, request)
 
-    @staticmethod
-    def storeResults(p, nodes: dict) -> None:
-        p.localVolume, p.baselineVolume = nodes.get("local"), nodes.get("baseline")
-        p.oodVolume, p.oodMask = nodes.get("ood"), nodes.get("ood_mask")
-        p.riskVolume = nodes.get("risk")
-        p.regions, p.regionTable = nodes.get("regions"), nodes.get("region_table")
+    #: parameter-node field -> result key of ``load_results``
+    RESULT_FIELDS = {"localVolume": "local", "baselineVolume": "baseline", "oodVolume": "ood", "oodMask": "ood_mask",
+                     "riskVolume": "risk", "regionLabels": "risk_regions", "regions": "regions",
+                     "regionTable": "region_table"}
+
+    @classmethod
+    def storeResults(cls, p, nodes: dict) -> None:
+        """Point the parameter node at a run's result nodes; the previous run's are removed from the scene unless
+        ``keepPreviousResults``."""
+        previous = [getattr(p, field) for field in cls.RESULT_FIELDS]
+        for field, key in cls.RESULT_FIELDS.items():
+            setattr(p, field, nodes.get(key))
+        if not p.keepPreviousResults:
+            remove_nodes(slicer.mrmlScene, [node for node in previous if node is not None and node not in nodes.values()])
 
     @staticmethod
     def viewVolumes(p) -> tuple:

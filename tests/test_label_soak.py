@@ -1,7 +1,8 @@
 """A bounded soak of a real MONAI Label server on 127.0.0.1: 50 requests, three at a time, good
 and bad mixed, against an admission limit of three; then a burst of six beyond it. /info
 stays fast throughout, every answer is the one expected (200, 400 or 404; 503 with
-Retry-After only in the burst), the server's temporary folder holds nothing new afterwards and its
+Retry-After only in the burst), five clients that hang up mid-translation each free the worker, the server's
+temporary folder holds nothing new afterwards and its
 memory does not grow."""
 
 import json
@@ -51,6 +52,16 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
             "path": lambda: (requests.post(f"{url}/infer/ood_map", timeout=60,
                                            params={"output": "image", "image": str(t1)}), {404}),
         }
+
+        def disconnect():
+            """Ask for a translation and hang up after half a second; status 0 stands for "no answer"."""
+            try:
+                requests.post(f"{url}/infer/local_diffusion", params={"output": "image"}, timeout=(5, 0.5),
+                              files={"file": (t1.name, t1.read_bytes())},
+                              data={"params": json.dumps({"steps": 10, "extra_outputs": "all"})})
+            except requests.exceptions.ReadTimeout:
+                return type("Gone", (), {"status_code": 0, "text": "", "headers": {}})()
+            raise AssertionError("the server answered a translation within half a second")
         plan = [name for name in kinds for _ in range(8)][:50]
         random.Random(0).shuffle(plan)
         server = psutil.Process(process["pid"])
@@ -77,6 +88,7 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
         for name in ("ood", "translate", "by_id"):  # warm up: models loaded, caches filled
             one(name)
         before = rss()
+        gone_waits = []
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
@@ -84,6 +96,11 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
                 results = list(pool.map(one, plan))
             with ThreadPoolExecutor(6) as pool:  # beyond the admission limit
                 burst = [code for _, code in pool.map(one, ["burst"] * 6)]
+            for _ in range(5):  # clients that hang up mid-translation: each job stops, the next request is served
+                disconnect()
+                start = time.monotonic()
+                one("ood")
+                gone_waits.append(time.monotonic() - start)
         finally:
             stop.set()
             watcher.join()
@@ -94,4 +111,5 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
     assert 503 in burst and burst.count(200) >= 3, burst
     assert max(latencies) < 1.0, max(latencies)
     assert leftovers == [], leftovers
+    assert max(gone_waits) < 15, gone_waits  # a whole 10-step translation with every output takes longer
     assert after - before < 200 * 2**20, (before / 2**20, after / 2**20)

@@ -71,4 +71,14 @@ def test_run_writes_the_region_label_map_and_its_report(risk_models, cohort, tmp
         assert any(r.getMessage().startswith(f"flagged region {region['label']}: ") for r in caplog.records)
     assert [e["label"] for e in events if e["event"] == "region"] == [r["label"] for r in report["regions"]]
     assert (risk[labels > 0] >= report["threshold"]).all()
+    provenance = json.loads(open(written["provenance"], encoding="utf-8").read())  # what made these files
+    import localdiffusion
+
+    assert written["provenance"].endswith(f"{case.name}_t1_localdiffusion.json")
+    assert provenance["version"] == localdiffusion.__version__ and provenance["steps"] == 2
+    assert provenance["seed"] == 0 and provenance["options"]["direction"] == "t1_to_flair"
+    assert set(provenance["outputs"]) >= {"local", "risk", "risk_regions"}
+    assert "risk_calibration" in provenance and isinstance(provenance["warnings"], list)
+    description = bytes(nib.load(written["local"]).header["descrip"]).rstrip(b"\0").decode()
+    assert description == f"localdiffusion {localdiffusion.__version__} t1_to_flair DDIM-2 seed 0"
     assert any(region["detectors"] == ["ood"] for region in report["regions"])

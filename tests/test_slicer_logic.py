@@ -268,6 +268,12 @@ def test_flagged_regions_become_an_outlined_segmentation_and_a_table(risk_models
     table = nodes["region_table"]
     assert table.GetNumberOfRows() == len(job.regions) and table.GetCellText(0, 0) == str(job.regions[0]["label"])
     assert float(table.GetCellText(0, 1)) == pytest.approx(job.regions[0]["volume_ml"], abs=0.01)
+    from SlicerLocalDiffusionLib import remove_nodes  # what a new run does with this run's nodes
+
+    before = scene.GetNumberOfNodes()
+    remove_nodes(scene, nodes.values())
+    assert all(scene.GetNodeByID(node.GetID()) is None for node in nodes.values())
+    assert scene.GetNumberOfNodes() < before - len(nodes)  # their display nodes went with them
 
 
 @pytest.mark.parametrize("answer, words", [("garbage", "not a NIfTI image"), ("not multipart", "not an image"),

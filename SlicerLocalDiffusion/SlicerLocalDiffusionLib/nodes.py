@@ -159,3 +159,17 @@ def region_nodes(label_node, regions: list[dict], scene, name: str) -> tuple[obj
         for column, text in enumerate(region_cells(region)):
             table.SetCellText(row, column, text)
     return segmentation, table
+
+
+def remove_nodes(scene, nodes) -> None:
+    """Remove result nodes from ``scene`` with their display, storage and colour-legend nodes."""
+    for node in nodes:
+        if node is None or scene.GetNodeByID(node.GetID()) is None:
+            continue
+        owned = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] \
+            if hasattr(node, "GetNumberOfDisplayNodes") else []
+        owned += [node.GetStorageNode()] if hasattr(node, "GetStorageNode") else []
+        for extra in owned:
+            if extra is not None and scene.GetNodeByID(extra.GetID()) is not None:
+                scene.RemoveNode(extra)
+        scene.RemoveNode(node)

@@ -249,12 +249,15 @@ def sitk_affine(image) -> np.ndarray:
     return _LPS_TO_RAS @ lps
 
 
-def write_image(path: Path, data: np.ndarray, affine: np.ndarray, fmt: str) -> None:
-    """Write ``data`` with the RAS ``affine`` as ``fmt`` to ``path`` (callers make it atomic)."""
+def write_image(path: Path, data: np.ndarray, affine: np.ndarray, fmt: str, description: str = "") -> None:
+    """Write ``data`` with the RAS ``affine`` as ``fmt`` to ``path`` (callers make it atomic); ``description``
+    (provenance) goes into the NIfTI header's 80-character ``descrip`` field."""
     if fmt == "nifti":
         import nibabel as nib
 
         image = nib.Nifti1Image(data, affine)
+        if description:
+            image.header["descrip"] = description.encode("ascii", "replace")[:79]
         image.header.set_xyzt_units("mm")
         image.set_qform(affine, code=1)
         image.set_sform(affine, code=1)

@@ -143,9 +143,11 @@ def save_volume(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *
 
 
 def save_volumes(volumes: dict[str | os.PathLike, tuple[np.ndarray, np.ndarray]], *,
-                 protect: Iterable[str | os.PathLike] = (), dtype: str | np.dtype | None = None) -> None:
+                 protect: Iterable[str | os.PathLike] = (), dtype: str | np.dtype | None = None,
+                 description: str = "") -> None:
     """Write several volumes all-or-nothing: each goes to a temporary file beside its target,
-    and only when every one is written are they renamed into place; a failure removes them all."""
+    and only when every one is written are they renamed into place; a failure removes them all.
+    ``description``: provenance for the NIfTI header (:func:`~localdiffusion.data.formats.write_image`)."""
     protect = list(protect)
     with contextlib.ExitStack() as stack:
         for path, (data, affine) in volumes.items():
@@ -156,7 +158,8 @@ def save_volumes(volumes: dict[str | os.PathLike, tuple[np.ndarray, np.ndarray]]
             elif data.dtype != np.uint8:
                 data = data.astype(np.float32)
             suffix = split_suffix(path)[1].lower()
-            write_image(tmp, data, np.asarray(affine, dtype=np.float64), SUFFIX_FORMATS.get(suffix, "nifti"))
+            write_image(tmp, data, np.asarray(affine, dtype=np.float64), SUFFIX_FORMATS.get(suffix, "nifti"),
+                        description)
 
 
 def save_png(path: str | os.PathLike, figure) -> Path:

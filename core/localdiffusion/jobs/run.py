@@ -23,6 +23,7 @@ from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.regions import FlaggedRegion, find_regions, region_report, write_report
 from localdiffusion.detectors.risk import RiskCalibration, calibration_for, risk_volumes
+from localdiffusion import __version__
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_out_dir, check_outputs, check_sampling, gate_input, prepare_input
 from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
@@ -159,6 +160,14 @@ class JobResult:
     working: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     working_affine: np.ndarray | None = None
 
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    def description(self) -> str:
+        """One line of provenance for the output files' headers."""
+        p = self.provenance
+        return (f"localdiffusion {p.get('version', '')} {p.get('direction', '')} {p.get('sampler', '').upper()}-"
+                f"{self.steps} seed {p.get('seed', '')}").strip()
+
     def region_report(self, **context) -> dict:
         """The flagged regions as the JSON report ``run`` writes (``context``: input, direction, ...)."""
         return region_report(self.regions or [], steps=self.steps, **context)
@@ -282,8 +291,24 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     ordered = {name: on_input[name] for name in OUTPUTS if name in on_input}
     working = {**volumes, "brain": prepared.brain, **{f"detector_{name}": v for name, v in
                                                       (risk_maps.volumes.items() if risk_maps else ())}}
+    provenance = {"version": __version__, "direction": options.direction, "sampler": options.sampler,
+                  "steps": options.steps, "seed": options.seed, "models": str(models_root),
+                  "options": {name: getattr(options, name) for name in JOB_OPTIONS},
+                  "risk_calibration": calibration.definition if calibration is not None else None,
+                  "warnings": warnings}
     return JobResult(ordered, prepared.input_affine, ood, warnings, options.steps, regions, detectors,
-                     working, prepared.grid.affine)
+                     working, prepared.grid.affine, provenance)
+
+
+def provenance_path(output: str | Path, direction: str) -> Path:
+    """The provenance sidecar of a job's outputs: ``<input stem>_localdiffusion.json`` beside them (the input stem
+    is the output's name up to its output suffix)."""
+    name = split_suffix(output)[0]
+    for suffix in (output_suffix(n, direction) for n in OUTPUTS) if direction in DIRECTIONS else ():
+        if name.endswith("_" + suffix):
+            name = name[: -len(suffix) - 1]
+            break
+    return Path(output).with_name(f"{name}_localdiffusion.json")
 
 
 def region_report_path(regions_path: str | Path) -> Path:
@@ -294,7 +319,10 @@ def region_report_path(regions_path: str | Path) -> Path:
 def write_outputs(result: JobResult, paths: dict[str, Path], protect=(), report: Report | None = None,
                   context: dict | None = None) -> dict[str, Path]:
     """Write a job's volumes all-or-nothing, each atomically; the writer every entry point shares. With the
-    ``risk_regions`` label map goes its JSON report (:func:`region_report_path`, output name ``region_report``).
+    ``risk_regions`` label map goes its JSON report (:func:`region_report_path`, output name ``region_report``);
+    with every job a provenance sidecar (:func:`provenance_path`, output name ``provenance``: version, model
+    folder, direction, sampler, steps, seed, options, the risk calibration's definition, warnings, outputs); the
+    NIfTI headers carry a one-line description.
 
     Args:
         result: from :func:`compute_job`.
@@ -306,14 +334,19 @@ def write_outputs(result: JobResult, paths: dict[str, Path], protect=(), report:
         output name -> written path, in :data:`~localdiffusion.options.OUTPUTS` order.
     """
     outputs = {name: Path(paths[name]) for name in result.volumes if name in paths}
-    with contextlib.ExitStack() as stack:  # the report is renamed into place after every volume
-        if "risk_regions" in outputs:
-            json_path = region_report_path(outputs["risk_regions"])
-            write_report(stack.enter_context(atomic_path(json_path, protect=protect)),
-                         result.region_report(**(context or {})))
-        save_volumes({outputs[name]: (result.volumes[name], result.affine) for name in outputs}, protect=protect)
+    reports = {}  # JSON beside the volumes: the region report, the provenance sidecar
     if "risk_regions" in outputs:
-        outputs["region_report"] = json_path
+        reports["region_report"] = (region_report_path(outputs["risk_regions"]), result.region_report(**(context or {})))
+    if outputs:
+        first = next(iter(outputs.values()))
+        reports["provenance"] = (provenance_path(first, result.provenance.get("direction", "")), {
+            **result.provenance, **(context or {}), "outputs": {name: str(path) for name, path in outputs.items()}})
+    with contextlib.ExitStack() as stack:  # the reports are renamed into place after every volume
+        for path, payload in reports.values():
+            write_report(stack.enter_context(atomic_path(path, protect=protect)), payload)
+        save_volumes({outputs[name]: (result.volumes[name], result.affine) for name in outputs}, protect=protect,
+                     description=result.description())
+    outputs.update({name: path for name, (path, _) in reports.items()})
     for name, path in outputs.items():
         if report is not None:
             report({"event": "output", "name": name, "path": str(path)})

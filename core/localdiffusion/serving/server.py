@@ -183,6 +183,9 @@ async def _check_token(http: Request) -> JSONResponse | None:
         user = await asyncio.get_running_loop().run_in_executor(None, user_from_token, header[7:].strip())
     except InvalidTokenError:
         return _answer(401, "the token is not valid", {"WWW-Authenticate": "Bearer"})
+    except (OSError, ValueError, KeyError) as exc:  # the realm is down or answers without a key
+        return _answer(503, f"the authentication realm {settings.MONAI_LABEL_AUTH_REALM_URI} cannot be read "
+                            f"({exc.__class__.__name__}); retry later")
     if settings.MONAI_LABEL_AUTH_ROLE_USER not in user.roles:
         return _answer(403, f'role "{settings.MONAI_LABEL_AUTH_ROLE_USER}" is required')
     return None
