@@ -112,7 +112,7 @@ def test_run_json_lines_report_progress_outputs_and_errors(tiny_models, cohort, 
     assert [e["fraction"] for e in progress if e["phase"] == "local"][-1] == 1.0
     assert [e["fraction"] for e in progress if e["phase"] == "baseline"][-1] == 1.0
     outputs = {e["name"]: e["path"] for e in events if e["event"] == "output"}
-    assert set(outputs) == {"local", "baseline", "ood", "ood_mask"} and all(Path(p).is_file() for p in outputs.values())
+    assert set(outputs) == {"local", "baseline", "ood", "ood_mask", "provenance"} and all(Path(p).is_file() for p in outputs.values())
     assert main(args[:-3] + ["--steps", "-1", "--json"]) == 2
     error = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert error["event"] == "error" and "steps" in error["message"]

@@ -84,8 +84,9 @@ def grown(probability: np.ndarray, brain: np.ndarray, low: float, high: float = 
 
 
 def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shipped: RiskCalibration) -> np.ndarray:
-    if name == "shipped":
-        return case["risk"]
+    if name == "shipped":  # the calibration the cache was collected with, on the cached detector maps
+        maps = detector_maps(case, shipped, False)
+        return np.where(case["brain"], shipped.risk(maps), 0.0).astype(np.float32)
     if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
         calibration = calibrations[name]
         maps = detector_maps(case, shipped, "ood_located" in calibration.needs)
@@ -180,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     key = lambda n: (results[n]["all"]["misrepresented_flagged"], results[n]["all"]["tumour_errors_flagged"])  # noqa: E731
     chosen = max(eligible, key=key) if eligible else min(
         candidates, key=lambda n: results[n]["all"]["healthy_flagged_on_tumour_cases"])
-    print(f"chosen by the rule: {chosen}")
+    if args.split != "val":
+        chosen = None  # the rule chooses on validation only
+    else:
+        print(f"chosen by the rule: {chosen}")
     for item in args.write_calibration:
         name, path = item.split("=", 1)
         calibrations[name].save(path)

@@ -39,14 +39,13 @@ class RiskDefault:
     combination: str
 
 
-#: The risk map each direction ships. T1 -> FLAIR: chosen on the validation lesion families by the lesion
-#: yardstick of research/lesion_risk (the maximum of the robust patch map, the location-aware OOD map ``run``
-#: writes and the cycle residual, fitted on healthy validation scans of both T1 kinds at 1.5 and 3 T).
-#: FLAIR -> T1: chosen as the predictor of :data:`GROSS_ERROR` by the rule of research/RECORD.md section 11b
-#: (the candidates reaching AUROC 0.90 on validation, the one catching most event voxels at 1% healthy false
-#: alarms).
+#: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
+#: research/lesion_risk: the maximum of the direction's earlier detectors (section 11b of research/RECORD.md:
+#: the OOD map, T1 -> FLAIR the acquisition-robust patch map, and the cycle residual) and the location-aware
+#: OOD map ``run`` writes, fitted on the families' healthy validation scans (1.5 and 3 T; T1 -> FLAIR with
+#: both native T1 kinds).
 RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "ood_located", "cycle"), 2.0, "max"),
-                 "flair_to_t1": RiskDefault(("ood", "cycle"), 1.0, "fisher")}
+                 "flair_to_t1": RiskDefault(("ood", "ood_located", "cycle"), 1.0, "max")}
 #: a direction nobody measured (a user's own model): the maps every model yields without a reverse model
 UNMEASURED_DEFAULT = RiskDefault(("ood", "variance"), 1.0, "fisher")
 
