@@ -36,10 +36,11 @@ def test_inference_workflow_writes_all_outputs_with_input_geometry(tiny_models, 
     wf.run()
     wf.finalize()
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(f"{case.name}_t1_{s}.nii.gz" for s in
-                           ("flair_local_diffusion", "flair_baseline", "ood_probability", "ood_mask"))
+    assert names == sorted([f"{case.name}_t1_{s}.nii.gz" for s in
+                            ("flair_local_diffusion", "flair_baseline", "ood_probability", "ood_mask")]
+                           + [f"{case.name}_t1_localdiffusion.json"])
     ref = nib.load(str(t1))
-    for p in out.iterdir():
+    for p in out.glob("*.nii.gz"):
         np.testing.assert_allclose(nib.load(str(p)).affine, ref.affine)
         assert nib.load(str(p)).shape == ref.shape
 

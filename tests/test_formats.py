@@ -159,3 +159,13 @@ def test_upper_case_suffixes_are_read_and_an_oversized_header_is_refused_before_
     monkeypatch.setenv("LOCALDIFFUSION_MAX_VOXELS", "1000")
     with pytest.raises(InputError, match="more than the 1,000"):
         load_volume(upper)
+
+
+def test_a_truncated_metaimage_is_called_truncated_not_missing(tmp_path, volume):
+    path = save_volume(tmp_path / "case_t1.mha", volume, np.eye(4))
+    raw = path.read_bytes()
+    truncated = tmp_path / "cut_t1.mha"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="corrupt or truncated") as info:
+        load_volume(truncated)
+    assert str(truncated) in str(info.value) and "No such file" not in str(info.value)

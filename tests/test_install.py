@@ -63,7 +63,8 @@ def test_the_installed_package_translates_nrrd_and_dicom_keeping_geometry(instal
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = {e["name"]: Path(e["path"]) for e in map(json.loads, proc.stdout.splitlines()) if e["event"] == "output"}
     suffix = ".nrrd" if kind == "nrrd" else ".nii.gz"
-    assert set(written) == {"ood", "local", "ood_mask"} and all(p.name.endswith(suffix) for p in written.values())
+    assert set(written) == {"ood", "local", "ood_mask", "provenance"}
+    assert all(p.name.endswith(suffix) for name, p in written.items() if name != "provenance")
     translated, out_affine = load_volume(written["local"])
     assert translated.shape == t1.shape and np.allclose(out_affine, affine, atol=1e-4)
     assert np.any(translated[tumour_case.brain_mask > 0] != 0)

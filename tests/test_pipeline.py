@@ -19,8 +19,9 @@ def test_run_writes_every_output_on_the_input_grid(tiny_models, cohort, tmp_path
                  "--models", str(tiny_models), "--steps", "3", "--t-intermediate", "5"]) == 0
     ref = nib.load(str(source_file))
     names = sorted(p.name for p in out.iterdir())
-    assert len(names) == 4 and all(n.startswith(case.name) for n in names)
-    for p in out.iterdir():
+    assert len(names) == 5 and all(n.startswith(case.name) for n in names)
+    assert f"{case.name}_{src}_localdiffusion.json" in names  # the provenance sidecar beside the 4 volumes
+    for p in out.glob("*.nii.gz"):
         img = nib.load(str(p))
         assert img.shape == ref.shape
         np.testing.assert_allclose(img.affine, ref.affine)

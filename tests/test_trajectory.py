@@ -105,8 +105,9 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     # another step count than the default is kept beside the default's file
     saved = json.loads((model / "risk_calibration_ddim10.json").read_text())
     assert not (model / "risk_calibration.json").exists()
-    # the default risk: robust OOD + cycle residual, smoothed, each with its CDF; RODS eps fitted beside it
-    assert saved["rods"]["eps"] > 0 and saved["detectors"] == ["cycle", "ood_robust"]
+    # the default risk: robust OOD, the written (located) OOD map and the cycle residual, smoothed, each with its
+    # CDF; RODS eps fitted beside it
+    assert saved["rods"]["eps"] > 0 and set(saved["detectors"]) == {"cycle", "ood_robust", "ood_located"}
     assert saved["smoothing"] == RISK_DEFAULTS["t1_to_flair"].smoothing
     assert "ood_robust" in saved and "cycle" in saved and "variance" not in saved and "ood" not in saved
     assert saved["definition"]["validated_against"]["healthy_quantile"] == 0.999
@@ -147,7 +148,9 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     assert {"event": "phases", "phases": ["local", "cycle"]} in events
     assert any(e.get("phase") == "cycle" and e.get("fraction") == 1.0 for e in events)
     names = sorted(p.name for p in run_dir.iterdir())
-    assert f"{case.name}_t1_hallucination_risk.nii.gz" in names and len(names) == 4
+    assert names == sorted(f"{case.name}_t1_{s}" for s in (
+        "flair_local_diffusion.nii.gz", "ood_probability.nii.gz", "ood_mask.nii.gz", "hallucination_risk.nii.gz",
+        "risk_regions.nii.gz", "risk_regions.json", "localdiffusion.json"))
     # without the bank's robust calibration the robust OOD map cannot be computed: run plans no risk
     # map, translate --risk-map refuses with one line naming the file and writes nothing
     from localdiffusion.jobs.run import JobOptions, planned_outputs

@@ -132,18 +132,23 @@ def _read_nibabel(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
 def _read_sitk(path: Path, fmt: str) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
+    header_read = False
     try:
         with _quiet_stderr():
             if fmt != FOLDER_FORMAT:
                 info = sitk.ImageFileReader()
                 info.SetFileName(str(path))
                 info.ReadImageInformation()
+                header_read = True
                 check_size(path, info.GetSize())
             image = _read_dicom_series(path) if fmt == FOLDER_FORMAT else sitk.ReadImage(str(path))
     except InputError:
         raise
     except Exception as exc:  # ITK raises RuntimeError with a long C++ trace; keep its first line
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        if header_read and "No such file" in first:  # MetaIO's words for a file shorter than its header
+            raise InputError(f"{path}: corrupt or truncated {fmt} data (the file ends before the voxels its "
+                             f"header declares)") from exc
         raise InputError(f"{path}: not a readable {fmt} image ({first[:200]})") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel "

@@ -119,22 +119,37 @@ def _cancellable(request: dict):
     return report
 
 
-class LocalDiffusionTask(InferTask):
-    """The main job; the result image is the Local Diffusion translation, or a 4D volume
-    ``[local, *extra_outputs]`` (channels last) when ``extra_outputs`` asks for more."""
+class _MainJobTask(InferTask):
+    """A task that runs the main job (:func:`~localdiffusion.jobs.run.compute_job`) with the client's job
+    parameters, checked with the result format before any work."""
 
-    def __init__(self, models_root: Path):
-        super().__init__(InferType.OTHERS, None, 3, "Local Diffusion T1 <-> FLAIR translation (research use only)",
-                         {**{name: OPTIONS[name].default for name in JOB_PARAMS}, "extra_outputs": []})
+    def __init__(self, models_root: Path, kind, labels, description: str, config: dict):
+        super().__init__(kind, labels, 3, description, {**{name: OPTIONS[name].default for name in JOB_PARAMS},
+                                                        **config})
         self.models_root = Path(models_root)
 
     def is_valid(self) -> bool:
         return all((self.models_root / d).is_dir() for d in DIRECTIONS)
 
+    @staticmethod
+    def options(request: dict[str, Any], continuous: bool) -> JobOptions:
+        """The request's job options; :class:`InputError` for a bad one or a bad result format."""
+        options = JobOptions(**parse_params(request, JOB_PARAMS))
+        result_format(request, continuous)
+        return options
+
+
+class LocalDiffusionTask(_MainJobTask):
+    """The main job; the result image is the Local Diffusion translation, or a 4D volume
+    ``[local, *extra_outputs]`` (channels last) when ``extra_outputs`` asks for more."""
+
+    def __init__(self, models_root: Path):
+        super().__init__(models_root, InferType.OTHERS, None,
+                         "Local Diffusion T1 <-> FLAIR translation (research use only)", {"extra_outputs": []})
+
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
-        options = JobOptions(**parse_params(request, JOB_PARAMS))
-        result_format(request, continuous=True)
+        options = self.options(request, continuous=True)
         extras = request.get("extra_outputs", [])
         every = extras == "all"  # every output these models and settings produce
         if isinstance(extras, str):
@@ -163,7 +178,7 @@ class LocalDiffusionTask(InferTask):
         return str(result), params
 
 
-class RiskSegmentationTask(InferTask):
+class RiskSegmentationTask(_MainJobTask):
     """The main job's flagged regions as a segmentation (label 1 inside every region where the translation must
     not be trusted), so that clients that list only segmentation models (the stock Slicer MONAILabel plugin)
     show them; the answer's ``regions`` is the region report (each region's number in the job's own
@@ -172,18 +187,12 @@ class RiskSegmentationTask(InferTask):
     LABELS = {"do_not_trust_translation": 1}
 
     def __init__(self, models_root: Path):
-        super().__init__(InferType.SEGMENTATION, dict(self.LABELS), 3,
-                         "Where the T1 <-> FLAIR translation must not be trusted (the risk map's flagged regions)",
-                         {**{name: OPTIONS[name].default for name in JOB_PARAMS}})
-        self.models_root = Path(models_root)
-
-    def is_valid(self) -> bool:
-        return all((self.models_root / d).is_dir() for d in DIRECTIONS)
+        super().__init__(models_root, InferType.SEGMENTATION, dict(self.LABELS),
+                         "Where the T1 <-> FLAIR translation must not be trusted (the risk map's flagged regions)", {})
 
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
-        options = JobOptions(**parse_params(request, JOB_PARAMS))
-        result_format(request, continuous=False)
+        options = self.options(request, continuous=False)
         options.baseline, options.risk_map = False, True
         job = compute_job(request["image"], options, self.models_root, progress=False, report=_cancellable(request))
         if job.regions is None:
