@@ -300,14 +300,27 @@ def test_ctrl_c_says_interrupted_exits_130_and_leaves_nothing(cohort, tiny_model
     ("t1_to_flair/config.json", {"num_train_timesteps": 0}, "num_train_timesteps"),
     ("t1_to_flair/config.json", {"steps": float("nan")}, "finite number"),
     ("ood_t1_robust.json", [], "not a robust OOD calibration"),
-    ("input_gate.json", {"flagged": {"t1": float("nan"), "flair": 0.1}}, "not finite")])
+    ("input_gate.json", {"flagged": {"t1": float("nan"), "flair": 0.1}}, "not finite"),
+    ("t1_to_flair/risk_calibration.json", "nan quantile", "corrupt risk calibration")])
 def test_a_corrupt_shipped_file_is_one_line_naming_it(cohort, tiny_models, tmp_path, capsys, file, edit, words):
     import shutil
 
     models = tmp_path / "models"
     shutil.copytree(tiny_models, models)
     target = models / file
-    if isinstance(edit, dict):
+    if edit == "nan quantile":  # a toy calibration whose combined CDF holds a NaN
+        from localdiffusion.detectors.risk import fit_on_volumes
+
+        rng = np.random.default_rng(0)
+        brain = np.ones((8, 8, 4), bool)
+        fit_on_volumes([(brain, {"ood": rng.uniform(0, 1, brain.shape).astype(np.float32)}) for _ in range(30)],
+                       ("ood",), 1.0, "max", steps=2).save(target)
+        payload = json.loads(target.read_text())
+        payload["combined"]["c_quantiles"][5] = float("nan")
+        edit = payload
+    if isinstance(edit, dict) and file.endswith("risk_calibration.json"):
+        payload = edit
+    elif isinstance(edit, dict):
         payload = json.loads(target.read_text()) if target.exists() else {}
         if file == "input_gate.json" and not payload:
             from localdiffusion.shipped import MODELS_ROOT

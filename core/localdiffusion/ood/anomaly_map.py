@@ -95,5 +95,14 @@ class Calibration:
 
     @classmethod
     def from_arrays(cls, data, prefix: str) -> "Calibration":
-        return cls(np.asarray(data[f"{prefix}_quantiles"]), np.asarray(data[f"{prefix}_levels"]),
-                   float(data[f"{prefix}_fpr"]), float(data[f"{prefix}_threshold"]))
+        """A stored calibration; ValueError if its quantiles, levels, rate or threshold are not finite numbers, the
+        levels not in [0, 1] or the rate not in (0, 0.5)."""
+        quantiles = np.asarray(data[f"{prefix}_quantiles"], np.float64)
+        levels = np.asarray(data[f"{prefix}_levels"], np.float64)
+        fpr, threshold = float(data[f"{prefix}_fpr"]), float(data[f"{prefix}_threshold"])
+        if (quantiles.ndim != 1 or quantiles.shape != levels.shape or quantiles.size < 2
+                or not np.isfinite(quantiles).all() or not np.isfinite(levels).all() or not np.isfinite(threshold)):
+            raise ValueError(f"{prefix}: quantiles and levels must be finite numbers of one length")
+        if levels.min() < 0 or levels.max() > 1 or not 0 < fpr < 0.5:
+            raise ValueError(f"{prefix}: levels outside [0, 1] or a false-positive rate outside (0, 0.5)")
+        return cls(quantiles, levels, fpr, threshold)

@@ -201,6 +201,10 @@ class PatchCore:
                 raise InputError(f"{path}: backbone weights do not match {desc['backbone']}") from exc
             extractor.weights = desc["weights"]
         cal = lambda name: Calibration.from_arrays(arrays, name) if f"{name}_quantiles" in arrays else None  # noqa: E731
-        model = cls(extractor, MemoryBank(arrays["bank"].astype(np.float32)), meta, cal("pixel"), cal("image"))
+        try:
+            pixel, image = cal("pixel"), cal("image")
+        except ValueError as exc:
+            raise InputError(f"{path}: corrupt OOD bank calibration ({exc})") from None
+        model = cls(extractor, MemoryBank(arrays["bank"].astype(np.float32)), meta, pixel, image)
         model.path = path
         return model
