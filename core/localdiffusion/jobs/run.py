@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from localdiffusion import __version__
 from localdiffusion.data.formats import output_suffix_for, split_suffix
 from localdiffusion.data.io import atomic_path, save_volumes, volume_stem
 from localdiffusion.detectors.cycle import reverse_model_dir
@@ -23,7 +24,6 @@ from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.maps import VolumeRecorder
 from localdiffusion.detectors.regions import FlaggedRegion, find_regions, region_report, write_report
 from localdiffusion.detectors.risk import RiskCalibration, calibration_for, risk_volumes
-from localdiffusion import __version__
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_out_dir, check_outputs, check_sampling, gate_input, prepare_input
 from localdiffusion.methods.local_diffusion import (LocalDiffusionConfig, LocalDiffusionPlan, PatchCoreGate,
@@ -143,11 +143,12 @@ class JobResult:
         steps: the step count every pass sampled with (the model's validated one unless the options named one).
         regions: the risk map's flagged regions (:mod:`~localdiffusion.detectors.regions`; numbered as in the
             ``risk_regions`` label map), None without a risk map.
-        detectors: each detector's healthy-calibrated probability on the input's grid (what the risk combines;
-            empty without a risk map).
         working: the working grid's volumes before resampling to the input (translations, ``ood``, ``risk``,
             ``brain``, and ``detector_<name>``: each map as the risk's CDFs read it, to fit a calibration on);
             ``working_affine`` is that grid's.
+        stem: the input's file-name stem, which names every output (:func:`output_paths`).
+        provenance: what made the outputs (version, models, direction, sampler, steps, seed, options, the risk
+            calibration's definition, warnings), for their sidecar.
     """
 
     volumes: dict[str, np.ndarray]
@@ -156,10 +157,9 @@ class JobResult:
     warnings: list[str]
     steps: int
     regions: list[FlaggedRegion] | None = None
-    detectors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     working: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     working_affine: np.ndarray | None = None
-
+    stem: str = ""
     provenance: dict = dataclasses.field(default_factory=dict)
 
     def description(self) -> str:
@@ -282,8 +282,8 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     on_input = {name: prepared.to_input_brain(volume) for name, volume in volumes.items()}
     on_input["ood_mask"] = (prepared.to_input_brain(branch_mask) >= 0.5).astype(np.uint8)
     regions = None
-    detectors = {name: prepared.to_input_brain(p) for name, p in risk_maps.probabilities.items()} if risk_maps else {}
-    if "risk" in on_input:  # the regions on the input's grid: their volumes and centres are the scanner's
+    if risk_maps is not None:  # the regions on the input's grid: their volumes and centres are the scanner's
+        detectors = {name: prepared.to_input_brain(p) for name, p in risk_maps.probabilities.items()}
         on_input["risk_regions"], regions = find_regions(on_input["risk"], prepared.input_affine, detectors)
         for region in regions:  # a line each on stderr, an event each for clients
             log.warning("%s", region.line())
@@ -296,19 +296,13 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
                   "options": {name: getattr(options, name) for name in JOB_OPTIONS},
                   "risk_calibration": calibration.definition if calibration is not None else None,
                   "warnings": warnings}
-    return JobResult(ordered, prepared.input_affine, ood, warnings, options.steps, regions, detectors,
-                     working, prepared.grid.affine, provenance)
+    return JobResult(ordered, prepared.input_affine, ood, warnings, options.steps, regions, working,
+                     prepared.grid.affine, volume_stem(input_path), provenance)
 
 
-def provenance_path(output: str | Path, direction: str) -> Path:
-    """The provenance sidecar of a job's outputs: ``<input stem>_localdiffusion.json`` beside them (the input stem
-    is the output's name up to its output suffix)."""
-    name = split_suffix(output)[0]
-    for suffix in (output_suffix(n, direction) for n in OUTPUTS) if direction in DIRECTIONS else ():
-        if name.endswith("_" + suffix):
-            name = name[: -len(suffix) - 1]
-            break
-    return Path(output).with_name(f"{name}_localdiffusion.json")
+def provenance_path(out_dir: str | Path, stem: str) -> Path:
+    """The provenance sidecar of a job's outputs: ``<input stem>_localdiffusion.json`` beside them."""
+    return Path(out_dir) / f"{stem}_localdiffusion.json"
 
 
 def region_report_path(regions_path: str | Path) -> Path:
@@ -338,8 +332,7 @@ def write_outputs(result: JobResult, paths: dict[str, Path], protect=(), report:
     if "risk_regions" in outputs:
         reports["region_report"] = (region_report_path(outputs["risk_regions"]), result.region_report(**(context or {})))
     if outputs:
-        first = next(iter(outputs.values()))
-        reports["provenance"] = (provenance_path(first, result.provenance.get("direction", "")), {
+        reports["provenance"] = (provenance_path(next(iter(outputs.values())).parent, result.stem), {
             **result.provenance, **(context or {}), "outputs": {name: str(path) for name, path in outputs.items()}})
     with contextlib.ExitStack() as stack:  # the reports are renamed into place after every volume
         for path, payload in reports.values():

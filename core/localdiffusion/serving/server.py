@@ -34,6 +34,7 @@ What changes against stock MONAI Label, and why:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -127,7 +128,9 @@ def _datastore_image(image_id: str) -> str:
     return datastore.get_image_uri(image_id)
 
 
+@functools.lru_cache(maxsize=None)
 def _pattern(path: str) -> re.Pattern:
+    """A route table path as a regular expression (compiled once per path: every request is matched)."""
     return re.compile("^" + re.sub(r"\\{[a-z_]+\\}", "[^/]+", re.escape(path.rstrip("/"))) + "/?$")
 
 
