@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test test-fast install install-test install-label wheel clean
+.PHONY: demo test test-fast install install-test install-label wheel bundle clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test-fast: install-test
 wheel: | $(BIN)/python
 	$(BIN)/python -m pip install -q "setuptools>=70.1"  # builds wheels itself (a fresh venv's 65.5 needs `wheel`)
 	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -w dist .
+
+# the MONAI bundle that stands alone: its code under scripts/ (monai_bundle/docs/README.md)
+bundle: | $(BIN)/python
+	$(BIN)/python tools/build_bundle.py --out dist/bundle
 
 clean:
 	rm -rf $(VENV) outputs build dist

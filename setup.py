@@ -1,6 +1,6 @@
 """Build hook: a non-editable install carries the shipped bundle.
 
-``pip install .`` (and every wheel) copies ``monai_bundle/{models,configs,monailabel_app}``
+``pip install .`` (and every wheel) copies ``monai_bundle/{models,configs,monailabel_app,scripts}``
 into ``localdiffusion/bundle/``; ``localdiffusion.shipped`` finds it there when the package
 does not run from a clone. Editable installs use the clone's ``monai_bundle`` directly.
 Everything else is declared in ``pyproject.toml``.
@@ -12,7 +12,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-BUNDLE_PARTS = ("models", "configs", "monailabel_app")
+BUNDLE_PARTS = ("models", "configs", "monailabel_app", "scripts")
 
 
 class BuildWithBundle(build_py):

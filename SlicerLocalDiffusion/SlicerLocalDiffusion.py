@@ -36,6 +36,39 @@ class SlicerLocalDiffusion(ScriptedLoadableModule):
             "out of distribution, and compare the baseline with the hallucination-reduced Local Diffusion "
             "translation. Research use only, not for diagnosis.")
         self.parent.acknowledgementText = "Built on MONAI, timm and faiss; methods after Kim, Jin et al. (ECCV 2024)."
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """The phantom glioma case (T1, FLAIR, tumour labels) as an entry of Slicer's Sample Data module; it is made
+    on this computer by the installed package when first clicked (nothing is downloaded)."""
+    import SampleData
+
+    from SlicerLocalDiffusionLib.sample_data import CATEGORY, NODE_NAMES, SAMPLE_NAME
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=CATEGORY, sampleName=SAMPLE_NAME, nodeNames=list(NODE_NAMES.values()),
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "SlicerLocalDiffusion.png"),
+        customDownloader=loadPhantomSample)
+
+
+def loadPhantomSample(source=None) -> list:
+    """Sample Data's downloader for the phantom case: installs the package on first use (asking first), makes
+    the case, loads it and selects its T1 as the input and its FLAIR as the reference."""
+    from SlicerLocalDiffusionLib.sample_data import SampleDataError, load_phantom_case
+
+    logic = SlicerLocalDiffusionLogic()
+    if not logic.ensureDependencies():
+        return []
+    try:
+        nodes = load_phantom_case(slicer.mrmlScene, logic.pythonExecutable(),
+                                  os.path.join(slicer.app.cachePath, "LocalDiffusionPhantom"))
+    except SampleDataError as exc:
+        slicer.util.errorDisplay(f"Local Diffusion sample data: {exc}")
+        return []
+    p = logic.getParameterNode()
+    p.inputVolume, p.referenceVolume = nodes[0], nodes[1]
+    return nodes
 
 
 @parameterNodeWrapper
@@ -47,7 +80,7 @@ class SlicerLocalDiffusionParameterNode:
     direction: Annotated[str, Choice(["t1_to_flair", "flair_to_t1"])] = "t1_to_flair"
     steps: Annotated[int, WithinRange(0, 100)] = 0  # 0: the model's validated step count
     seed: Annotated[int, WithinRange(0, 1_000_000)] = 0
-    tIntermediate: Annotated[int, WithinRange(-1, 99)] = 0
+    tIntermediate: Annotated[int, WithinRange(-1, 99)] = -1  # -1: the model's validated fusion timestep
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     oodOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     oodThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.99
@@ -209,10 +242,15 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
     def request(direction: str, steps: int, seed: int, tIntermediate: int, serverUrl: str = "",
                 device: str = "auto", token: str = "") -> TranslationRequest:
         """The job for the panel's choices; an empty ``serverUrl`` runs the local package."""
-        python = os.environ.get("SLICER_LOCALDIFFUSION_PYTHON",
-                                slicer.app.pythonExecutable if hasattr(slicer, "app") else "python")
         return TranslationRequest(direction=direction, steps=steps, seed=seed, t_intermediate=tIntermediate,
-                                  device=device, python=python, server=serverUrl, token=token)
+                                  device=device, python=SlicerLocalDiffusionLogic.pythonExecutable(),
+                                  server=serverUrl, token=token)
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        """The Python that runs the local package: ``$SLICER_LOCALDIFFUSION_PYTHON``, else Slicer's own."""
+        return os.environ.get("SLICER_LOCALDIFFUSION_PYTHON",
+                              slicer.app.pythonExecutable if hasattr(slicer, "app") else "python")
 
     @staticmethod
     def ensureDependencies() -> bool:

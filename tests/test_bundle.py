@@ -137,9 +137,11 @@ def test_multi_gpu_config_with_two_cpu_processes(cohort, tmp_path):
     assert "world 2" in (out / "train.log").read_text()
 
 
-def test_verify_metadata_offline_with_shipped_schema(tmp_path):
+def test_verify_metadata_offline_with_the_zoos_published_schema(tmp_path):
+    schema = CONFIGS.parents[1] / "tools" / "zoo" / "meta_schema_20240725.json"
+    assert json.loads((CONFIGS / "metadata.json").read_text())["schema"].endswith(schema.name)
     cmd = [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
-           "--filepath", str(CONFIGS / "metadata_schema.json")]
+           "--filepath", str(schema)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verified with no error" in proc.stdout + proc.stderr

@@ -62,13 +62,14 @@ def test_eval_metrics_hold_numbers_and_the_docs_a_performance_table():
 
 
 @pytest.mark.parametrize("workflow_type, config", [("train", "train.json"), ("inference", "inference.json")])
-def test_configs_have_the_properties_monai_requires(workflow_type, config, tmp_path):
+def test_configs_have_the_properties_monai_requires(workflow_type, config, tmp_path, monkeypatch):
     import numpy as np
     from monai.bundle import create_workflow
 
     from localdiffusion.data.io import save_volume
 
     volume = save_volume(tmp_path / "case_t1.nii.gz", np.ones((8, 8, 8), np.float32), np.eye(4))
+    monkeypatch.syspath_prepend(str(BUNDLE))  # the bundle's scripts/, as the zoo's verify_bundle.py and `run` add it
     overrides = {"input": str(volume)} if workflow_type == "inference" else {}
     workflow = create_workflow(workflow_type=workflow_type, config_file=str(CONFIGS / config),
                                meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),

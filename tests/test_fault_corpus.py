@@ -16,7 +16,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dicom_series import write_dicom_series
+
 from localdiffusion.cli import main
+from localdiffusion.data.io import save_volume
 from localdiffusion.errors import InputError
 
 pytestmark = pytest.mark.slow  # real servers, installs, subprocesses or shipped models
@@ -56,6 +59,21 @@ def _input_faults(tmp: Path, t1: Path) -> dict[str, tuple[Path, str]]:
     header.set_data_dtype(np.float32)
     (tmp / "huge_t1.nii").write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 4096)
     add("2000^3 header, no data", tmp / "huge_t1.nii", "the header declares 2000 x 2000 x 2000 voxels")
+    header.set_data_shape((1000, 1000, 400))
+    header.set_data_dtype(np.int16)
+    (tmp / "bomb_t1.nii.gz").write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 65536))
+    add("small .nii.gz declaring 1000 x 1000 x 400", tmp / "bomb_t1.nii.gz", "declares 1000 x 1000 x 400 voxels")
+    save_volume(tmp / "whole_t1.mha", data, good.affine)
+    raw = (tmp / "whole_t1.mha").read_bytes()
+    (tmp / "cut_t1.mha").write_bytes(raw[: len(raw) // 2])
+    add("truncated MetaImage", tmp / "cut_t1.mha", "truncated")
+    for uid, name, spoil, words in (
+            ("3101", "gaps", lambda files: [f.unlink() for f in files[10:20]], "about 10 slices missing"),
+            ("3102", "corrupt", lambda files: files[15].write_bytes(b"\0" * 200), "about 1 slice missing or unreadable")):
+        folder = tmp / f"dicom_{name}_t1"
+        write_dicom_series(data * (1000 / data.max()), good.affine, folder, f"1.2.826.0.1.3680043.2.1125.{uid}")
+        spoil(sorted(folder.glob("*.dcm")))
+        add(f"DICOM series, {name}", folder, words)
     rgb = np.zeros(data.shape[:3], dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     nib.save(nib.Nifti1Image(rgb, EYE), str(tmp / "rgb_t1.nii.gz"))
     add("RGB", tmp / "rgb_t1.nii.gz", "a colour, vector or complex image")

@@ -2,6 +2,7 @@
 refused before any sampling, a borderline one is translated with a warning, --force overrides."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,30 @@ def test_a_thin_slab_and_a_tiny_crop_get_messages_that_say_so(tumour_case, tmp_p
     with pytest.raises(InputError, match="the brain is too small") as info:
         prepare_input(crop, "t1", 2.0, (96, 112))
     assert str(crop) in str(info.value)
+
+
+@pytest.mark.slow
+def test_every_monai_label_task_refuses_the_other_contrast_unless_forced(tumour_case, tmp_path):
+    """The stock plugin's defaults (tumour_segmentation on FLAIR, ood_segmentation on T1) must not run a model
+    of one contrast on the other silently: every task checks the contrast with the shipped input gate, before
+    the volume is mapped or segmented."""
+    pytest.importorskip("monailabel", reason="MONAI Label is the optional 'label' extra (make test installs it)")
+    from localdiffusion.serving.tasks import OodMapTask, OodSegmentationTask, TumourSegmentationTask
+
+    t1 = save_volume(tmp_path / "case_t1.nii.gz", tumour_case.images["t1"], tumour_case.affine)
+    flair = save_volume(tmp_path / "case_flair.nii.gz", tumour_case.images["flair"], tumour_case.affine)
+    calls = [(TumourSegmentationTask, {"image": str(t1), "modality": "flair"}, "looks like a T1, not a FLAIR"),
+             (TumourSegmentationTask, {"image": str(flair), "modality": "t1"}, "looks like a FLAIR, not a T1"),
+             (OodSegmentationTask, {"image": str(flair), "modality": "t1"}, "looks like a FLAIR, not a T1"),
+             (OodMapTask, {"image": str(t1), "modality": "flair"}, "looks like a T1, not a FLAIR")]
+    for task, request, words in calls:
+        start = time.monotonic()
+        with pytest.raises(InputError, match=words):
+            task(MODELS_ROOT)(dict(request))
+        assert time.monotonic() - start < 30
+    labels, params = TumourSegmentationTask(MODELS_ROOT)({"image": str(t1), "modality": "flair", "force": True})
+    assert any("looks like a T1" in w for w in params["warnings"]) and Path(labels).is_file()
+    Path(labels).unlink()
+    labels, params = TumourSegmentationTask(MODELS_ROOT)({"image": str(flair), "modality": "flair"})
+    assert params["warnings"] == [] and Path(labels).is_file()
+    Path(labels).unlink()

@@ -230,3 +230,34 @@ def test_the_stock_client_gets_the_risk_regions_as_a_segmentation(risk_models, c
         assert set(np.unique(labels)) <= {0, 1} and labels.any()
         assert params["regions"] and params["labels"] == {"do_not_trust_translation": 1}
         assert sum(r["voxels"] for r in params["regions"]) == int(labels.sum())
+
+
+def test_a_brats_layout_cohort_becomes_a_studies_folder_the_stock_plugin_can_browse(tiny_models, cohort, tmp_path):
+    """MONAI Label lists only the files directly in its studies folder: the cohort (one folder per case) is
+    named in a warning, and `localdiffusion studies` makes the flat folder whose images and labels the
+    stock plugin's "Next Sample" and datastore views find."""
+    from localdiffusion.cli import main
+    from localdiffusion.data.readers import list_cases
+    from localdiffusion.jobs.studies import nested_cases_warning
+    from research.bench.label_server import local_server
+
+    assert "no image directly inside it" in nested_cases_warning(cohort)
+    before = sorted(p.relative_to(cohort) for p in cohort.rglob("*"))
+    studies = tmp_path / "studies"
+    assert main(["studies", "--data", str(cohort), "--out", str(studies)]) == 0
+    assert sorted(p.relative_to(cohort) for p in cohort.rglob("*")) == before  # the cohort is left as it was
+    assert nested_cases_warning(studies) is None
+    images = sorted(p.name for p in studies.glob("*.nii.gz"))
+    cases = [p.name for p in list_cases(cohort)]
+    assert len(cases) >= 3 and images == sorted(f"{c}_{m}.nii.gz" for c in cases for m in ("t1", "flair"))
+    assert not (studies / "labels").exists()
+    assert main(["studies", "--data", str(cohort), "--out", str(studies)]) == 0  # again: nothing changes
+    with local_server(studies, tmp_path / "server.log", models_root=tiny_models, threads=1) as url:
+        listed = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=60).json()
+        ids = {image for image in listed["objects"]}
+        assert ids == {name[: -len(".nii.gz")] for name in images}
+        sample = requests.post(f"{url}/activelearning/random", json={}, timeout=60).json()
+        assert sample["id"] in ids  # the stock plugin's "Next Sample"
+    labelled = tmp_path / "labelled"
+    assert main(["studies", "--data", str(cohort), "--out", str(labelled), "--labels"]) == 0
+    assert sorted(p.name for p in (labelled / "labels" / "final").iterdir()) == images

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 pytest.importorskip("monailabel", reason="MONAI Label is the optional 'label' extra (make test installs it)")
-import psutil  # noqa: E402
+pytest.importorskip("psutil")
 import requests  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -24,6 +24,7 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
     from conftest import DATASTORE_IMAGE, _datastore_image
 
     from research.bench.label_server import local_server
+    from research.bench.soak import hang_up, request_kinds, tree_rss
 
     studies, scratch = tmp_path / "studies", tmp_path / "tmp"
     studies.mkdir()
@@ -37,36 +38,11 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
     env = {"TMPDIR": str(scratch), "LOCALDIFFUSION_LABEL_QUEUE": "3"}
     with local_server(studies, tmp_path / "server.log", models_root=tiny_models, threads=1, env=env,
                       process=process) as url:
-        def upload(path, model, params):
-            return requests.post(f"{url}/infer/{model}", params={"output": "image"}, timeout=300,
-                                 files={"file": (path.name, path.read_bytes())}, data={"params": params})
-
-        kinds = {
-            "ood": lambda: (upload(t1, "ood_map", "{}"), {200}),
-            "translate": lambda: (upload(t1, "local_diffusion", json.dumps({"steps": 2})), {200}),
-            "by_id": lambda: (requests.post(f"{url}/infer/ood_segmentation", timeout=300,
-                                            params={"output": "image", "image": DATASTORE_IMAGE}), {200}),
-            "text": lambda: (upload(text, "ood_map", "{}"), {400}),
-            "params": lambda: (upload(t1, "ood_map", "[1, 2]"), {400}),
-            "steps": lambda: (upload(t1, "local_diffusion", json.dumps({"steps": -1})), {400}),
-            "path": lambda: (requests.post(f"{url}/infer/ood_map", timeout=60,
-                                           params={"output": "image", "image": str(t1)}), {404}),
-        }
-
-        def disconnect():
-            """Ask for a translation and hang up after half a second; status 0 stands for "no answer"."""
-            try:
-                requests.post(f"{url}/infer/local_diffusion", params={"output": "image"}, timeout=(5, 0.5),
-                              files={"file": (t1.name, t1.read_bytes())},
-                              data={"params": json.dumps({"steps": 10, "extra_outputs": "all"})})
-            except requests.exceptions.ReadTimeout:
-                return type("Gone", (), {"status_code": 0, "text": "", "headers": {}})()
-            raise AssertionError("the server answered a translation within half a second")
+        kinds = request_kinds(url, t1, text, DATASTORE_IMAGE)
+        disconnect = lambda: hang_up(url, t1)  # noqa: E731
         plan = [name for name in kinds for _ in range(8)][:50]
         random.Random(0).shuffle(plan)
-        server = psutil.Process(process["pid"])
-        children = lambda: [server, *server.children(recursive=True)]  # noqa: E731
-        rss = lambda: sum(p.memory_info().rss for p in children())  # noqa: E731
+        rss = lambda: tree_rss(process["pid"])  # noqa: E731
         stop, latencies = threading.Event(), []
 
         def watch():
@@ -83,7 +59,9 @@ def test_fifty_mixed_requests_keep_the_server_fast_clean_and_flat(tiny_models, c
                 assert int(answer.headers["Retry-After"]) > 0
             return name, answer.status_code
 
-        kinds["burst"] = lambda: (upload(t1, "local_diffusion", json.dumps({"steps": 10})), {200, 503})
+        kinds["burst"] = lambda: (requests.post(f"{url}/infer/local_diffusion", params={"output": "image"}, timeout=300,
+                                                files={"file": (t1.name, t1.read_bytes())},
+                                                data={"params": json.dumps({"steps": 10})}), {200, 503})
         at_start = {p.name for p in scratch.iterdir()}  # MONAI Label's own start-up files (its log config)
         for name in ("ood", "translate", "by_id"):  # warm up: models loaded, caches filled
             one(name)

@@ -262,3 +262,38 @@ def test_run_says_plainly_why_it_writes_no_risk_map(tiny_models, cohort, tmp_pat
         assert "risk" in outputs and not any("hallucination-risk" in w for w in warnings)
     warnings, outputs = run("neither", 4)
     assert "risk" not in outputs and any("--steps 2 or --steps 3, not DDIM with --steps 4" in w for w in warnings)
+
+
+def test_each_model_says_whether_its_translation_is_local_diffusion_and_where_it_fuses(tiny_models, cohort, tmp_path):
+    """config.json's validated choice is the default (research/hallucination); --local-diffusion on/off and an
+    explicit --t-intermediate win. Without Local Diffusion the translation is named for the target contrast, no
+    baseline is written (it would be the same image) and the provenance says which sampler made it."""
+    import json
+    import shutil
+
+    from localdiffusion.cli import main
+    from localdiffusion.network.denoiser import read_config
+    from localdiffusion.shipped import MODELS_ROOT
+
+    shipped = {d: read_config(MODELS_ROOT / d) for d in ("t1_to_flair", "flair_to_t1")}
+    assert all(c.local_diffusion for c in shipped.values())  # both directions passed the rule on validation
+    assert (shipped["t1_to_flair"].t_intermediate, shipped["flair_to_t1"].t_intermediate) == (50, 30)
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    config_path = models / "t1_to_flair" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(local_diffusion=False, t_intermediate=7)
+    config_path.write_text(json.dumps(config))
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    t1 = case / f"{case.name}_t1.nii.gz"
+    base = ["run", "--input", str(t1), "--models", str(models), "--steps", "2", "--no-risk-map"]
+    assert main([*base, "--out-dir", str(tmp_path / "off")]) == 0
+    written = sorted(p.name for p in (tmp_path / "off").iterdir())
+    assert f"{case.name}_t1_flair.nii.gz" in written and not any("baseline" in n or "local_diffusion" in n for n in written)
+    provenance = json.loads((tmp_path / "off" / f"{case.name}_t1_localdiffusion.json").read_text())
+    assert provenance["translation"] == "plain sampler" and provenance["options"]["t_intermediate"] == 7
+    assert main([*base, "--out-dir", str(tmp_path / "on"), "--local-diffusion", "on", "--t-intermediate", "1"]) == 0
+    provenance = json.loads((tmp_path / "on" / f"{case.name}_t1_localdiffusion.json").read_text())
+    assert provenance["translation"] == "local diffusion" and provenance["options"]["t_intermediate"] == 1
+    assert {f"{case.name}_t1_flair_local_diffusion.nii.gz", f"{case.name}_t1_flair_baseline.nii.gz"} <= \
+        {p.name for p in (tmp_path / "on").iterdir()}

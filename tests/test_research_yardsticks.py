@@ -87,3 +87,28 @@ def test_the_lesion_yardstick_on_its_references():
     assert caught.healthy_flagged == 0 and caught.healthy == (brain & (seg == 0)).sum()
     missed = score_case(erased, truth, np.zeros(shape, np.float32), brain, seg, 1.0, level)
     assert missed.misrepresented == 2 and missed.flagged == 0 and missed.tumour_errors_flagged == 0
+
+
+def test_the_harm_columns_read_zero_on_the_truth_and_worse_for_a_flat_patch_pasted_in_the_mask():
+    from scipy import ndimage
+
+    from research.bench.matrix import shipped_rows
+    from research.bench.scoring import mask_harm
+
+    rng = np.random.default_rng(0)
+    shape, ks = (40, 40, 6), np.array([1, 3, 4])
+    brain = _ball(shape, (20, 20, 3), 18)
+    lesion = _ball(shape, (20, 20, 3), 4)
+    labels = np.where(lesion, 2, 0)
+    mask = _ball(shape, (20, 20, 3), 10)  # a halo three times the lesion's radius
+    truth = np.where(brain, 0.5 + 0.1 * np.sin(np.indices(shape)[0] / 3.0), 0.0) + rng.normal(0, 0.02, shape)
+    smooth = ndimage.gaussian_filter(truth, (1, 1, 0))  # a translation: the truth without its noise
+    flat = np.where(mask & ~lesion, 0.2, smooth)  # the halo painted as one flat dark patch
+    zero = mask_harm(truth, truth, brain, labels, ks, mask)
+    assert zero == {"halo_error": 0.0, "mask_edge_excess": 0.0}
+    good, bad = mask_harm(smooth, truth, brain, labels, ks, mask), mask_harm(flat, truth, brain, labels, ks, mask)
+    assert bad["halo_error"] > 5 * good["halo_error"] and bad["mask_edge_excess"] > good["mask_edge_excess"] + 0.05
+    assert np.isnan(mask_harm(smooth, truth, brain, labels, ks, None)["halo_error"])
+    rows = shipped_rows(100, 5)
+    assert rows["shipped LD, DDIM-5"].compare_to == "shipped DDIM-5" and rows["shipped LD, DDIM-5"].ind_floor == 0.95
+    assert rows["shipped DDIM-5"].steps == 5 and rows["shipped LD, DDIM-5"].mask == "robust patchcore"

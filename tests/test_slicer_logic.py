@@ -24,23 +24,13 @@ from SlicerLocalDiffusionLib import (LocalTranslation, ServerTranslation, Transl
                                     nifti_to_node, node_to_nifti, run_translation, show_side_by_side,
                                     start_translation, style_overlay)
 from SlicerLocalDiffusionLib.jobs import read_events, run_progress, written_outputs  # noqa: E402
+from slicer_scene import slicer_like_scene  # noqa: E402
 
 pytestmark = pytest.mark.slow  # real servers, installs, subprocesses or shipped models
 
 
 def _tumour_case(cohort):
     return next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
-
-
-def _slicer_like_scene():
-    """A scene with the layout node and the Red/Yellow slice composite nodes Slicer creates."""
-    scene = slicer.vtkMRMLScene()
-    scene.AddNode(slicer.vtkMRMLLayoutNode())
-    for name in ("Red", "Yellow", "Green"):
-        composite = slicer.vtkMRMLSliceCompositeNode()
-        composite.SetLayoutName(name)
-        scene.AddNode(composite)
-    return scene
 
 
 def _composite(scene, name):
@@ -72,7 +62,7 @@ def test_nifti_node_round_trip_preserves_geometry(cohort, tmp_path):
 
 def test_local_translation_from_node_selection_to_the_views(tiny_models, cohort):
     case = _tumour_case(cohort)
-    scene = _slicer_like_scene()
+    scene = slicer_like_scene()
     t1 = nifti_to_node(case / f"{case.name}_t1.nii.gz", scene, "T1")
     flair = nifti_to_node(case / f"{case.name}_flair.nii.gz", scene, "FLAIR")
     request = TranslationRequest(direction="t1_to_flair", steps=2, t_intermediate=5, models=str(tiny_models))
@@ -120,7 +110,7 @@ def test_views_need_the_slice_views():
 
 def test_server_translation_returns_every_output_on_the_input_grid(server, cohort):
     case = _tumour_case(cohort)
-    scene = _slicer_like_scene()
+    scene = slicer_like_scene()
     flair = nifti_to_node(case / f"{case.name}_flair.nii.gz", scene, "FLAIR")
     request = TranslationRequest(direction="flair_to_t1", steps=2, t_intermediate=5, server=server)
     job = start_translation(flair, request)
@@ -251,7 +241,7 @@ def test_flagged_regions_become_an_outlined_segmentation_and_a_table(risk_models
     only) and a table with one row per region of the report."""
     models = risk_models
     case = _tumour_case(cohort)
-    scene = _slicer_like_scene()
+    scene = slicer_like_scene()
     t1 = nifti_to_node(case / f"{case.name}_t1.nii.gz", scene, "T1")
     job = start_translation(t1, TranslationRequest(direction="t1_to_flair", steps=2, models=str(models)))
     assert job.wait(600) == "done", job.error_message()

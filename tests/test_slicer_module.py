@@ -191,3 +191,27 @@ def test_the_overlay_threshold_is_the_calibrated_flag_level():
     slider = _ui_widgets()["oodThresholdSlider"]
     value = slider.find("./property[@name='value']/double")
     assert float(value.text) == pytest.approx(FLAG_THRESHOLD)
+
+
+def test_the_extensions_index_entry_matches_the_extension_and_the_catalog_schema():
+    """docs/extensions_index/SlicerLocalDiffusion.json is the file to submit to Slicer/ExtensionsIndex. The keys
+    its schema allows (slicer-extension-catalog-entry-schema-v1.0.1.json, ``additionalProperties`` false,
+    required ``$schema``, ``category``, ``scm_url``) as read in Slicer/ExtensionsIndex at commit
+    07f1d1b2781c7dd9f6e2a9f5521b3ed43631724c, where the MONAIAuto3DSeg and TotalSegmentator entries use the same
+    form."""
+    import json
+    import re
+
+    root = MODULE.parents[1]
+    entry = json.loads((root / "docs" / "extensions_index" / "SlicerLocalDiffusion.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "build_subdirectory", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert 1 <= entry["tier"] <= 5 and isinstance(entry["build_dependencies"], list)
+    cmake = (root / "CMakeLists.txt").read_text()
+    setting = lambda name: re.search(rf'set\({name} "([^"]*)"\)', cmake).group(1)  # noqa: E731
+    assert re.search(r"project\((\w+)\)", cmake).group(1) == "SlicerLocalDiffusion"  # the entry's file name
+    assert entry["category"] == setting("EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == setting("EXTENSION_DEPENDS").split()
+    assert setting("EXTENSION_HOMEPAGE").startswith(entry["scm_url"])

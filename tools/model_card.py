@@ -131,7 +131,8 @@ def main() -> None:
   translator it may paint healthy tissue over lesions (structural hallucination); use the
   OOD map, Local Diffusion and the risk map, and never use the output for diagnosis. Local
   Diffusion runs with the defaults chosen on tumour *validation* cases (no classifier gate,
-  the two branches fused at the last step); what it does and does not do with these weights:
+  the two branches fused at the model's `config.json` `t_intermediate`, research/hallucination); what it does
+  and does not do with these weights:
   research/RECORD.md section 4 (hallucination benchmark v2).
 """
     (args.out / "MODEL_CARD.md").write_text(text)

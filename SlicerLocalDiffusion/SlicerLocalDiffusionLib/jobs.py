@@ -35,7 +35,8 @@ class TranslationRequest:
     direction: str = "t1_to_flair"
     steps: int = 0  # the model's validated step count
     seed: int = 0
-    t_intermediate: int = 0  # 0: fuse at the last step (the default); -1: 10% of T (the paper)
+    local_diffusion: str = "model"  # model: the direction's validated choice; on / off force it
+    t_intermediate: int = -1  # Local Diffusion's fusion timestep; -1: the model's validated value
     sampler: str = "ddim"
     device: str = "auto"  # auto: CUDA when available; cpu / cuda force the choice
     force: bool = False  # translate even an input the input gate refuses (with a warning)
@@ -51,7 +52,7 @@ class TranslationRequest:
                "--sampler", self.sampler, "--device", self.device, "--json"]
         if self.force:
             cmd.append("--force")
-        cmd += ["--t-intermediate", str(self.t_intermediate)]
+        cmd += ["--local-diffusion", self.local_diffusion, "--t-intermediate", str(self.t_intermediate)]
         if self.models:
             cmd += ["--models", self.models]
         return cmd
@@ -59,7 +60,8 @@ class TranslationRequest:
     def server_params(self) -> dict:
         """Parameters of the MONAI Label ``local_diffusion`` model (every available output)."""
         return {"direction": self.direction, "steps": self.steps, "seed": self.seed,
-                "t_intermediate": self.t_intermediate, "sampler": self.sampler, "device": self.device,
+                "local_diffusion": self.local_diffusion, "t_intermediate": self.t_intermediate,
+                "sampler": self.sampler, "device": self.device,
                 "force": self.force,
                 "extra_outputs": "all"}
 

@@ -28,6 +28,7 @@ INPUT_HELP = ("3D volume of the source contrast: NIfTI, NRRD, MetaImage (.mha/.m
 #: each command's one-line help (also what `localdiffusion --help` lists without building every parser)
 COMMAND_HELP = {
     "phantom": "generate the physics-phantom cohort (BraTS 2021 layout)",
+    "studies": "a flat MONAI Label studies folder (T1, FLAIR and labels side by side) from a BraTS-layout cohort",
     "demo": "the main job on the embedded default data (phantom from nilearn's MNI152)",
     "check": "read and validate one case (BraTS 2020/2021/2023 folder or MSD image)",
     "train": "train the conditional diffusion model on healthy slices",
@@ -75,6 +76,24 @@ def _run_phantom(args) -> int:
                            preview=args.preview, workers=args.workers, t1_sequence=args.t1_sequence,
                            acquisition=args.acquisition, family=args.family, grid=args.grid)
     print(f"wrote {len(entries)} cases and manifest.json to {args.out}")
+    return 0
+
+
+def _add_studies(sub) -> None:
+    p = sub.add_parser("studies", help=COMMAND_HELP["studies"])
+    p.add_argument("--data", required=True, type=Path, help="cohort folder, one folder per case (BraTS layout)")
+    p.add_argument("--out", required=True, type=Path, help="the studies folder for `monailabel start_server --studies`")
+    p.add_argument("--labels", action="store_true", help="also each case's tumour labels as the final label of its "
+                   "images (an image with a final label counts as done: the stock plugin's Next Sample skips it)")
+    p.set_defaults(func=_run_studies)
+
+
+def _run_studies(args) -> int:
+    from localdiffusion.jobs.studies import flat_studies
+
+    ids = flat_studies(args.data, args.out, labels=args.labels)
+    where = f" (labels in {args.out / 'labels' / 'final'})" if args.labels else ""
+    print(f"{len(ids)} images in {args.out}{where}")
     return 0
 
 
@@ -518,7 +537,7 @@ def _run_run(args) -> int:
 
 
 #: command -> the function that adds its parser, in the order `--help` lists them
-COMMANDS = {"run": _add_run, "phantom": _add_phantom, "check": _add_check, "train": _add_train,
+COMMANDS = {"run": _add_run, "phantom": _add_phantom, "studies": _add_studies, "check": _add_check, "train": _add_train,
             "translate": _add_translate, "evaluate": _add_evaluate, "ood": _add_ood, "train-seg": _add_train_seg,
             "calibrate-risk": _add_calibrate_risk, "calibrate-gate": _add_calibrate_gate, "demo": _add_demo}
 

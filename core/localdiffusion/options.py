@@ -42,10 +42,12 @@ def reverse_direction(direction: str) -> str:
     return next(name for name, pair in DIRECTIONS.items() if pair == (target, source))
 
 
-def output_suffix(name: str, direction: str) -> str:
-    """File-name suffix of the main job's output ``name``: ``<input stem>_<suffix>.<format suffix>``."""
+def output_suffix(name: str, direction: str, local_diffusion: bool = True) -> str:
+    """File-name suffix of the main job's output ``name``: ``<input stem>_<suffix>.<format suffix>``; the
+    translation (``local``) is ``<target>_local_diffusion`` when Local Diffusion made it, else ``<target>``."""
     target = DIRECTIONS[direction][1]
-    return {"ood": "ood_probability", "ood_mask": "ood_mask", "local": f"{target}_local_diffusion",
+    translation = f"{target}_local_diffusion" if local_diffusion else target
+    return {"ood": "ood_probability", "ood_mask": "ood_mask", "local": translation,
             "baseline": f"{target}_baseline", "risk": "hallucination_risk", "risk_regions": "risk_regions"}[name]
 
 
@@ -132,9 +134,12 @@ _TABLE = [
            "config.json)", low=-1.0, high=16.0),
     Option("batch_size", int, 0, "slices per network call; 0 = automatic (8 on the CPU, from the free memory on "
            "a GPU)", low=0, high=4096),
-    Option("t_intermediate", int, 0, "Local Diffusion fusion timestep in training-timestep units; 0 = fuse at the "
-           "last step (chosen on validation, research/RECORD.md 4a), -1 = 10%% of the model's training timesteps "
-           "(the paper's 10 of 100)", low=-1, high=100_000),
+    Option("local_diffusion", str, "model", "the translation: Local Diffusion (on), the plain sampler (off), or "
+           "model = the direction's validated choice (its config.json: on only where Local Diffusion was no worse "
+           "than the plain translation on validation, research/hallucination)", choices=("model", "on", "off")),
+    Option("t_intermediate", int, -1, "Local Diffusion fusion timestep in training-timestep units (the steps after it "
+           "see the whole condition); 0 = fuse at the last step, -1 = the model's validated value (its config.json)",
+           low=-1, high=100_000),
     Option("mask_mode", str, "hard", "Local Diffusion branching mask: hard (thresholded) or soft (probability)",
            choices=("hard", "soft")),
     Option("ind_floor", float, 0.95, "the in-distribution branch keeps max(1 - w, floor) of the condition "
@@ -163,7 +168,8 @@ _TABLE = [
 #: name -> :class:`Option`
 OPTIONS: dict[str, Option] = {o.name: o for o in _TABLE}
 #: the main job's user options, in the order of :class:`~localdiffusion.jobs.run.JobOptions`' fields
-RUN_OPTIONS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "batch_size", "t_intermediate",
+RUN_OPTIONS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "batch_size", "local_diffusion",
+               "t_intermediate",
                "mask_mode", "ind_floor", "independent_noise", "max_rebranch", "gate", "baseline", "device", "force",
                "output_format", "risk_map")
 

@@ -6,7 +6,7 @@ Three places, first match wins:
 2. ``monai_bundle/`` of the clone this package runs from (an editable install, ``make``);
 3. ``localdiffusion/bundle/`` inside an installed package: ``pip install .`` (non-editable,
    the Slicer module's first run, a wheel) copies ``monai_bundle/{models,configs,
-   monailabel_app}`` there (see ``setup.py``), so the weights are found after any install.
+   monailabel_app,scripts}`` there (see ``setup.py``), so the weights are found after any install.
 
 Kept free of heavy imports: the CLI and the bundle configs resolve it at start-up.
 """

@@ -52,7 +52,8 @@ MASK_COLOURS = {"patchcore": "yellow", "robust patchcore": "orange", "unet": "ma
 
 
 def montage_figure(result: dict, max_cases: int = 6):
-    """Per evaluated case (rows): condition, masks, baseline DDIM-25, Local Diffusion rows, truth."""
+    """Per evaluated case (rows): condition, masks, the plain sampler (DDIM-25, else the shipped one),
+    Local Diffusion rows, truth."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,12 +61,13 @@ def montage_figure(result: dict, max_cases: int = 6):
 
     source, target = result["direction"].split("->")
     shown = result["montage"][:max_cases]
-    ld_rows = [n for n in result["rows"] if n.startswith("LD")]
+    ld_rows = [n for n in result["rows"] if n.startswith(("LD", "shipped LD"))]
     lookup = [n for n in result["rows"] if n.startswith("local healthy mapping")]
-    columns = [f"{source} (condition)", "DDIM-25", *ld_rows, *lookup, f"true {target}"]
+    plain = "DDIM-25" if "DDIM-25" in result["rows"] else next(n for n in result["rows"] if n.startswith("shipped DDIM"))
+    columns = [f"{source} (condition)", plain, *ld_rows, *lookup, f"true {target}"]
     fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.6 * len(columns), 2.7 * len(shown)), squeeze=False)
     for r, case in enumerate(shown):
-        images = [case["condition"], case["pred"]["DDIM-25"], *[case["pred"][n] for n in ld_rows + lookup],
+        images = [case["condition"], case["pred"][plain], *[case["pred"][n] for n in ld_rows + lookup],
                   case["truth"]]
         for c, (title, image) in enumerate(zip(columns, images)):
             ax = axes[r, c]

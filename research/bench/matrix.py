@@ -49,7 +49,7 @@ from localdiffusion.options import default
 from localdiffusion.volume.cohort import cases_in_split
 from localdiffusion.volume.grid import prepare_case
 
-BENCHMARK_VERSION = 2
+BENCHMARK_VERSION = 3  # 3: halo_error and mask_edge_excess
 MIN_TUMOUR_FRACTION = 0.01
 #: the reference sampler and step count every row is paired against (DDIM-25; the shipped models sample
 #: with fewer steps, research/steps)
@@ -116,6 +116,17 @@ def step_rows(T: int, steps: int, reference: int = 25, with_robust: bool = False
                 rows[f"{name}, {plain}"] = Row("ld", BASELINE_SAMPLER, count, mask, floor, compare_to=against and
                                                f"{name}, {BASELINE_SAMPLER.upper()}-{against}")
     return rows
+
+
+def shipped_rows(T: int, steps: int, ind_floor: float = default("ind_floor")) -> dict[str, Row]:
+    """The two translations ``run`` writes, as it samples them: the plain sampler with the model's own
+    step count and Local Diffusion on the product's mask (the robust PatchCore map) with the product's
+    IND floor, the latter paired against the former (rows ``shipped DDIM-<s>``, ``shipped LD, DDIM-<s>``)."""
+    steps = min(steps, T)
+    plain = f"shipped {BASELINE_SAMPLER.upper()}-{steps}"
+    return {plain: Row("baseline", BASELINE_SAMPLER, steps),
+            f"shipped LD, {BASELINE_SAMPLER.upper()}-{steps}": Row("ld", BASELINE_SAMPLER, steps, ROBUST_MASK,
+                                                                 ind_floor, compare_to=plain)}
 
 
 def level_mask(level: float) -> str:
@@ -246,7 +257,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                                seed, ks.tolist())
                 cell = cache.get(key)
                 if cell is None:
-                    if masks is None and row.kind == "ld":
+                    if masks is None and (row.kind == "ld" or robust_calibration is not None):
                         levels = sorted({float(r.mask.rsplit(" level ", 1)[1]) for r in rows.values()
                                          if r.mask and " level " in r.mask})
                         masks = case_masks(prepared, cfg.source, ood_bank, source_segmenter, ks,
@@ -254,7 +265,8 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                     pred, seconds, records = _translate(row_model, prepared, row, masks, ld_config, gate, seed, ks,
                                                         local, truth, batch_size)
                     cell = {"case_id": prepared.case_id, "seed": seed, "slices": len(ks),
-                            **row_metrics(pred, truth, prepared.brain, prepared.seg, ks, segmenter, local),
+                            **row_metrics(pred, truth, prepared.brain, prepared.seg, ks, segmenter, local,
+                                          _product_mask(masks, ld_config, prepared.brain)),
                             "seconds_per_slice": seconds / len(ks), "ld": records,
                             "montage": pred[:, :, z].astype(np.float16).tolist()}
                     cache.put(key, cell)
@@ -276,6 +288,14 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
             "paired_differences": paired_differences(cells, rows), "ld_records": ld_summary(cells),
             "cells": cells, "ld_config": dataclasses.asdict(ld_config), "gate": gate is not None,
             "computed_cells": computed, "montage": montage, "version": BENCHMARK_VERSION}
+
+
+def _product_mask(masks, ld_config, brain):
+    """The hard branching mask ``run`` uses (the robust PatchCore map), or None without it."""
+    if not masks or ROBUST_MASK not in masks:
+        return None
+    volume, overrides = masks[ROBUST_MASK]
+    return branch_weight_volume(volume, dataclasses.replace(ld_config, mask_mode="hard", **overrides), brain) >= 0.5
 
 
 def _translate(denoiser, prepared, row: Row, masks, ld_config, gate, seed, ks, local, truth, batch_size):

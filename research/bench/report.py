@@ -106,7 +106,7 @@ def markdown_section(results: list[dict], command: str, figures: list[str]) -> s
                   f"{result['evaluated_slices']} slices (at most {result['max_slices']} per case with at least "
                   f"{result['min_tumour_fraction']:.0%} tumour area, the largest included); seeds {result['seeds']} "
                   f"(DDPM-100, the lookup and the truth: the first seed); mean ± sd over (case, seed). "
-                  f"Local Diffusion: {ld['mask_mode']} mask, t_intermediate {ld['t_intermediate']} (-1: 10% of T), "
+                  f"Local Diffusion: {ld['mask_mode']} mask, t_intermediate {ld['t_intermediate']}, "
                   f"gate {'on (target-modality PatchCore)' if result['gate'] else 'off'}, OOD-branch dilation "
                   f"{ld['ood_dilation']} px, crop margin {ld['crop_margin']} px. Seconds: sampling time per evaluated "
                   "slice on the 2-core CPU.", "",

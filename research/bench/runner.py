@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from research.bench.figures import montage_figure
-from research.bench.matrix import BENCHMARK_VERSION, benchmark_rows, level_rows, run_benchmark, step_rows, variant_rows
+from research.bench.matrix import (BENCHMARK_VERSION, benchmark_rows, level_rows, run_benchmark, shipped_rows, step_rows,
+                                   variant_rows)
 from research.bench.reference import HealthyLookup
 from research.bench.report import SECTION_END, SECTION_START, json_ready, markdown_section
 from localdiffusion.data.io import atomic_path, save_png
@@ -92,7 +94,7 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
                         cache_dir: str | Path | None = None, ld_config: LocalDiffusionConfig | None = None,
                         rows: list[str] | None = None, command: str = "",
                         variant_models: dict[str, str | Path] | None = None, steps: tuple[int, ...] = (),
-                        reference_steps: int = 25, mask_levels: tuple[float, ...] = ()) -> dict:
+                        reference_steps: int = 25, mask_levels: tuple[float, ...] = (), shipped: bool = False) -> dict:
     """Load the models of ``direction`` (``t1_to_flair``), run the benchmark, write JSON and PNG.
 
     ``lookup_data``: the cohort whose healthy train/val cases fit the local healthy mapping
@@ -102,7 +104,8 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     rows (:func:`~research.bench.matrix.variant_rows`) are added; ``steps``: step counts whose plain and Local
     Diffusion rows are added, each paired against its DDIM-``reference_steps`` namesake
     (:func:`~research.bench.matrix.step_rows`); ``mask_levels``: rows on the robust PatchCore mask tightened to
-    these level sets (:func:`~research.bench.matrix.level_rows`)."""
+    these level sets (:func:`~research.bench.matrix.level_rows`); ``shipped``: add the two translations ``run``
+    writes, sampled as it samples them (:func:`~research.bench.matrix.shipped_rows`)."""
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
     root = Path(models_root) if models_root else MODELS_ROOT
@@ -114,6 +117,9 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     gate_model = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=root)) if gate else None
     lookup = fit_lookup(lookup_data or data, source, target, spacing=cfg.spacing_mm, in_plane=cfg.in_plane)
     T = denoiser.schedule.num_train_timesteps
+    ld_config = ld_config or LocalDiffusionConfig()
+    if ld_config.t_intermediate < 0:  # the options' -1: the model's validated fusion timestep
+        ld_config = dataclasses.replace(ld_config, t_intermediate=cfg.fusion_step(-1))
     robust_path = paths["robust"]
     robust = (RobustCalibration.load(robust_path), files_id(robust_path)) if robust_path.exists() else None
     table = benchmark_rows(T, with_robust=robust is not None)
@@ -121,6 +127,8 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
         table.update(step_rows(T, count, reference_steps, with_robust=robust is not None))
     if mask_levels and robust is not None:
         table.update(level_rows(T, mask_levels))
+    if shipped and robust is not None:
+        table.update(shipped_rows(T, cfg.sampling_steps(0)))
     others = {}
     for label, folder in (variant_models or {}).items():
         other = load_denoiser(folder)
@@ -135,7 +143,7 @@ def benchmark_direction(direction: str, data: str | Path, out_dir: str | Path, *
     result = run_benchmark(denoiser, data, load_segmenter(root / f"seg_{target}"), lookup, split=split, ood_bank=bank,
                            source_segmenter=load_segmenter(root / f"seg_{source}"), gate=gate_model, seeds=seeds,
                            max_cases=max_cases, max_slices=max_slices,
-                           ld_config=ld_config or LocalDiffusionConfig(),
+                           ld_config=ld_config,
                            cache=DirCache(cache_dir) if cache_dir else None, model_id=model_id,
                            rows={name: row for name, row in table.items() if not rows or name in rows}, models=others,
                            robust=robust)

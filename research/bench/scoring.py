@@ -14,7 +14,12 @@ Per (row, case, seed), pooled over the case's evaluated slices (working grid, [0
   overall and per label (``healing_necrosis``, ``healing_oedema``, ``healing_enhancing``);
 * per-label mean intensity of the translation (``mean_<label>``) beside the truth's
   (``truth_mean_<label>``); ``edge_mean``: mean intensity of the 2-pixel band just inside the
-  label (the band a Local Diffusion OOD branch may render as brain surface), ``truth_edge_mean``.
+  label (the band a Local Diffusion OOD branch may render as brain surface), ``truth_edge_mean``;
+* around the product's mask (the hard branching mask ``run`` uses, given as ``halo_mask``), the same
+  region for every row of a case: ``halo_error`` = mean |pred - truth| over healthy brain inside the
+  mask (brain, mask, no tumour label), the tissue Local Diffusion must not harm; ``mask_edge_excess`` =
+  mean in-plane gradient magnitude of the translation minus the truth's on the 2-pixel band straddling
+  the mask's edge (healthy brain only): positive where a step is painted along the mask's outline.
 
 :func:`paired_bootstrap` gives the mean paired difference between two rows over cases with a
 95% percentile bootstrap interval (cases resampled; seeds averaged within a case first).
@@ -34,16 +39,18 @@ COLUMNS = ["psnr_brain", "ssim_brain", "psnr_ind", "psnr_ood", "tumour_dice", "s
 #: BraTS label -> name
 LABELS = {1: "necrosis", 2: "oedema", 4: "enhancing"}
 #: differences against the baseline reported with bootstrap intervals
-COMPARED = ["healing_rate", "local_error", "tumour_dice", "shape_dice", "psnr_ood", "psnr_brain", "edge_mean"]
+COMPARED = ["healing_rate", "local_error", "tumour_dice", "shape_dice", "psnr_ood", "psnr_brain", "edge_mean",
+            "psnr_ind", "halo_error", "mask_edge_excess"]
 CONTEXT_PX = 5  # surrounding healthy tissue: brain within this many pixels outside the label
 EDGE_PX = 2  # the band at the mask edge left out of shape_dice (both sides) and measured by edge_mean (inside)
 
 
 @torch.no_grad()
 def row_metrics(pred: np.ndarray, truth: np.ndarray, brain: np.ndarray, labels: np.ndarray, ks: np.ndarray,
-                segmenter, local: np.ndarray | None = None) -> dict:
+                segmenter, local: np.ndarray | None = None, halo_mask: np.ndarray | None = None) -> dict:
     """Metrics of one translated working-grid volume on its evaluated slices ``ks``; ``labels``
-    BraTS labels on the working grid; ``local`` the local healthy mapping L(source) (X, Y, Z)."""
+    BraTS labels on the working grid; ``local`` the local healthy mapping L(source) (X, Y, Z);
+    ``halo_mask`` the product's branching mask (X, Y, Z), for ``halo_error`` and ``mask_edge_excess``."""
     tumour = labels > 0
     p, t = axial_stack(pred, ks), axial_stack(truth, ks)
     b, tu = axial_stack(brain, ks) > 0, axial_stack(tumour, ks) > 0
@@ -59,7 +66,24 @@ def row_metrics(pred: np.ndarray, truth: np.ndarray, brain: np.ndarray, labels: 
     out["tumour_dice"] = _dice(seg, tu_np)
     out["shape_dice"] = _dice(seg & ~band, tu_np & ~band)
     out.update(_mechanism(pred, truth, brain, labels, ks, local))
+    out.update(mask_harm(pred, truth, brain, labels, ks, halo_mask))
     return out
+
+
+def mask_harm(pred, truth, brain, labels, ks, mask) -> dict:
+    """``halo_error`` and ``mask_edge_excess`` (module docstring) on slices ``ks``; NaN where the
+    mask leaves no healthy brain (or no mask is given)."""
+    errors, excess = [], []
+    for k in ([] if mask is None else ks):
+        healthy = (brain[:, :, k] > 0) & (labels[:, :, k] == 0)
+        m = mask[:, :, k] > 0
+        errors.append(np.abs(pred[:, :, k] - truth[:, :, k])[m & healthy])
+        band = (ndimage.binary_dilation(m, iterations=1) & ~ndimage.binary_erosion(m, iterations=1)) & healthy
+        if band.any():
+            grad = lambda image: np.hypot(*np.gradient(image.astype(np.float64)))  # noqa: E731
+            excess.append((grad(pred[:, :, k]) - grad(truth[:, :, k]))[band])
+    mean = lambda parts: float(np.concatenate(parts).mean()) if parts and sum(map(len, parts)) else float("nan")  # noqa: E731
+    return {"halo_error": mean(errors), "mask_edge_excess": mean(excess)}
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-levels", type=float, nargs="+", default=[],
                    help="also run Local Diffusion on the robust PatchCore mask tightened to these level sets "
                         "(research/ood_masks), rows 'LD robust patchcore level L mask, IND floor 0.95'")
+    p.add_argument("--shipped", action="store_true",
+                   help="also run the two translations `run` writes, with the model's own step count: rows 'shipped "
+                        "DDIM-<s>' and 'shipped LD, DDIM-<s>' (Local Diffusion on the product's mask, paired against "
+                        "the former)")
     add_options(p, ["gate", "t_intermediate"])
     p.add_argument("--ood-dilation", type=int, default=0, help="Local Diffusion OOD-branch dilation (pixels)")
     p.add_argument("--out-dir", type=Path, default=Path("research/results"), help="JSON and PNG montages")
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                                      cache_dir=args.cache, ld_config=ld_config, rows=args.rows, command=command,
                                      variant_models={"VSM": args.vsm_model} if args.vsm_model else None,
                                      steps=tuple(args.steps), reference_steps=args.reference_steps,
-                                     mask_levels=tuple(args.mask_levels))
+                                     mask_levels=tuple(args.mask_levels), shipped=args.shipped)
         print(f"{direction}: {result['cases']} cases, {result['evaluated_slices']} slices, "
               f"{result['computed_cells']} cells computed -> {args.out_dir}")
     render_section(args.out_dir, args.markdown)

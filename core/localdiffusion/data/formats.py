@@ -240,8 +240,10 @@ def check_slices(folder: Path, files) -> None:
     if uneven.size:
         where = ", ".join(f"{along[i]:.2f} to {along[i + 1]:.2f} mm" for i in uneven[:5])
         missing = int(round(float(np.sum(gaps[uneven] / step - 1))))
-        raise InputError(f"{folder}: uneven slice positions ({uneven.size} gaps unlike the {step:.2f} mm spacing: "
-                         f"{where}{', ...' if uneven.size > 5 else ''}; about {missing} slices missing or "
+        gap_words = "1 gap" if uneven.size == 1 else f"{uneven.size} gaps"
+        slice_words = "1 slice" if missing == 1 else f"{missing} slices"
+        raise InputError(f"{folder}: uneven slice positions ({gap_words} unlike the {step:.2f} mm spacing: "
+                         f"{where}{', ...' if uneven.size > 5 else ''}; about {slice_words} missing or "
                          f"unreadable): refusing to read it as one regular volume")
 
 

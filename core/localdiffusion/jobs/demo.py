@@ -3,8 +3,9 @@
 1. Generate a phantom glioma case from nilearn's MNI152 template (test-split seed range)
    and its preview montage.
 2. Run the main job (:func:`~localdiffusion.jobs.run.run_job`) on its T1 with the shipped
-   models: OOD map, baseline and Local Diffusion FLAIR (the model's validated DDIM step count), risk map.
-3. Write ``translation.png``: condition, OOD map, baseline, Local Diffusion, true FLAIR and
+   models and their validated settings: OOD map, the FLAIR translation (Local Diffusion's where the
+   direction's model keeps it on, with the baseline beside it), risk map.
+3. Write ``translation.png``: condition, OOD map, the translation(s), true FLAIR and
    the hallucination-risk map with its flagged regions outlined, in the axial, coronal and sagittal planes through the centre
    of the tumour (banding between independently sampled axial slices shows in the last two).
 """
@@ -48,15 +49,20 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path], st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import json
+
     load = lambda p: np.asarray(nib.load(str(p)).dataobj, np.float32)  # noqa: E731
+    method = json.loads(Path(outputs["provenance"]).read_text(encoding="utf-8")).get("translation")
     t1, flair, seg = (load(case_dir / f"{case_id}_{s}.nii.gz") for s in ("t1", "flair", "seg"))
     z = int(np.argmax((seg > 0).sum(axis=(0, 1)))) if seg.any() else seg.shape[2] // 2
     scale = lambda v, m: normalise(v, v > 0, modality=m)[0]  # noqa: E731  the pipeline's own intensity scale
     ood = load(outputs["ood"])
     risk = load(outputs["risk"]) if "risk" in outputs else None
+    translation = ("Local Diffusion FLAIR" if method == "local diffusion" else
+                   f"FLAIR translation (DDIM-{steps};\nLocal Diffusion off for T1 -> FLAIR)")
     panels = [("T1 (condition)", scale(t1, "t1"), None), (f"OOD probability >= {FLAG_THRESHOLD:g} ({HEALTHY_FPR:.0%} healthy FPR)", scale(t1, "t1"), ood),
-              (f"baseline FLAIR (DDIM-{steps})", load(outputs["baseline"]), None),
-              ("Local Diffusion FLAIR", load(outputs["local"]), None), ("true FLAIR", scale(flair, "flair"), None)]
+              *([(f"baseline FLAIR (DDIM-{steps})", load(outputs["baseline"]), None)] if "baseline" in outputs else []),
+              (translation, load(outputs["local"]), None), ("true FLAIR", scale(flair, "flair"), None)]
     regions = load(outputs["risk_regions"]) if "risk_regions" in outputs else None
     if risk is not None:
         count = int(regions.max()) if regions is not None else 0

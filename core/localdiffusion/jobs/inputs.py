@@ -121,7 +121,7 @@ def check_sampling(denoiser, steps: int | None, t_intermediate: int = -1) -> Non
     if steps is not None and not 1 <= int(steps) <= T:
         raise InputError(f"steps must be between 1 and the model's {T} training timesteps, got {steps}")
     if not -1 <= int(t_intermediate) < T:
-        raise InputError(f"t_intermediate must be -1 (10% of T) or between 0 and {T - 1}, got {t_intermediate}")
+        raise InputError(f"t_intermediate must be -1 (the model's) or between 0 and {T - 1}, got {t_intermediate}")
 
 
 #: the longest file name most file systems take, in bytes

@@ -10,7 +10,7 @@ import numpy as np
 
 from localdiffusion.data.formats import split_suffix
 from localdiffusion.data.io import save_volumes
-from localdiffusion.jobs.inputs import check_outputs, prepare_input
+from localdiffusion.jobs.inputs import check_outputs, gate_input, prepare_input
 from localdiffusion.network.device import select_device
 from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
@@ -21,7 +21,8 @@ log = logging.getLogger("localdiffusion")
 
 
 def probability_map(input_path: str | Path, bank_path: str | Path, modality: str | None = None,
-                    model_root: str | Path | None = None, device: str = "auto", robust: bool = False
+                    model_root: str | Path | None = None, device: str = "auto", robust: bool = False,
+                    gate_root: str | Path | None = None, force: bool = False, warnings: list[str] | None = None
                     ) -> tuple[OodMap, np.ndarray]:
     """The OOD map of one volume on its own grid.
 
@@ -32,6 +33,9 @@ def probability_map(input_path: str | Path, bank_path: str | Path, modality: str
         model_root, device: where the bank's backbone weights are; where the network runs.
         robust: the bank's acquisition-robust calibration (:mod:`~localdiffusion.ood.robust`) instead
             of its own.
+        gate_root: a models folder whose input gate checks the contrast and distribution first
+            (:func:`~localdiffusion.jobs.inputs.gate_input`; a refusal is an :class:`InputError` unless
+            ``force``); its warnings are appended to ``warnings``.
     Returns:
         (the map on the input's grid with its calibrated threshold, the input's (4, 4) affine).
     """
@@ -39,6 +43,10 @@ def probability_map(input_path: str | Path, bank_path: str | Path, modality: str
     model = PatchCore.load(bank_path, modality=modality, model_root=model_root).to(select_device(device))
     contrast = model.meta["modality"]
     prepared = prepare_input(input_path, contrast, *bank_grid(model))
+    if gate_root is not None:  # the wrong contrast is refused before the volume is mapped
+        found = gate_input(input_path, prepared, contrast, gate_root, bank=model, force=force)
+        if warnings is not None:
+            warnings.extend(found)
     if calibration is None:
         ood = bank_map(model, prepared)
     else:

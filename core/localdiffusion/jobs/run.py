@@ -54,6 +54,7 @@ class JobOptions:
     noise_sigma_z: float = default("noise_sigma_z")
     z_harmonise: float = default("z_harmonise")
     batch_size: int = default("batch_size")
+    local_diffusion: str = default("local_diffusion")
     t_intermediate: int = default("t_intermediate")
     mask_mode: str = default("mask_mode")
     ind_floor: float = default("ind_floor")
@@ -91,17 +92,29 @@ def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOpt
     """The files :func:`run_job` writes for ``input_path`` with ``options``: every output it
     produces (no baseline when ``options.baseline`` is off, no risk map and regions without a calibration
     fitted for this sampler and step count), named ``<input stem>_<suffix><format suffix>``."""
-    names = [name for name in OUTPUTS if name != "baseline" or options.baseline]
+    local = uses_local_diffusion(options, models_root)
+    names = [name for name in OUTPUTS if name != "baseline" or (options.baseline and local)]
     paths = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)
     if _risk_calibration(paths, options)[0] is None:
         names = [name for name in names if name not in RISK_OUTPUTS]
-    return output_paths(input_path, out_dir, options, names)
+    return output_paths(input_path, out_dir, options, names, local)
 
 
-def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOptions, names) -> dict[str, Path]:
-    """The naming rule: ``<out_dir>/<input stem>_<output suffix><format suffix>`` for each name."""
+def uses_local_diffusion(options: JobOptions, models_root: str | Path | None = None) -> bool:
+    """Whether the job's translation is Local Diffusion's: ``options.local_diffusion``, where "model" reads the
+    direction's validated choice from its ``config.json``. Without it the job writes the plain translation and
+    no separate baseline (it would be the same image)."""
+    paths = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)
+    return read_config(paths["diffusion"]).uses_local_diffusion(options.local_diffusion)
+
+
+def output_paths(input_path: str | Path, out_dir: str | Path, options: JobOptions, names,
+                 local_diffusion: bool = True) -> dict[str, Path]:
+    """The naming rule: ``<out_dir>/<input stem>_<output suffix><format suffix>`` for each name
+    (:func:`~localdiffusion.options.output_suffix`)."""
     stem, suffix = volume_stem(input_path), output_suffix_for(input_path, options.output_format)
-    return {name: Path(out_dir) / f"{stem}_{output_suffix(name, options.direction)}{suffix}" for name in names}
+    return {name: Path(out_dir) / f"{stem}_{output_suffix(name, options.direction, local_diffusion)}{suffix}"
+            for name in names}
 
 
 def _risk_calibration(paths: dict[str, Path], options: JobOptions) -> tuple[RiskCalibration | None, str]:
@@ -217,7 +230,10 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     if (denoiser.config.source, denoiser.config.target) != (source, target):
         raise InputError(f"{paths['diffusion']}: model translates {denoiser.config.source} -> "
                          f"{denoiser.config.target}, not {source} -> {target}")
-    options = dataclasses.replace(options, steps=denoiser.config.sampling_steps(options.steps))  # 0: the model's
+    options = dataclasses.replace(options, steps=denoiser.config.sampling_steps(options.steps),  # 0: the model's
+                                  t_intermediate=denoiser.config.fusion_step(options.t_intermediate))  # -1: the model's
+    local_on = denoiser.config.uses_local_diffusion(options.local_diffusion)
+    with_baseline = options.baseline and local_on  # without Local Diffusion the translation is the baseline
     ood_bank = PatchCore.load(paths["ood"], modality=source, model_root=models_root).to(device)
     gate = PatchCoreGate(PatchCore.load(paths["gate"], modality=target, model_root=models_root).to(device)
                          ) if options.gate else None
@@ -234,7 +250,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
 
     # the sampling phases, each reported from 0 to 1 (clients weigh them equally)
     cycle = given is not None and given.reverse is not None
-    tell({"event": "phases", "phases": ["local"] + ["cycle"] * cycle + ["baseline"] * options.baseline})
+    tell({"event": "phases", "phases": ["local"] + ["cycle"] * cycle + ["baseline"] * with_baseline})
     tell({"event": "progress", "phase": "ood", "fraction": 0.0})
     bank = bank_map(ood_bank, prepared)  # the gate's reading: how far from the training scans
     for warning in gate_input(input_path, prepared, source, models_root, probability=bank.probability,
@@ -259,7 +275,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
                                      independent_noise=options.independent_noise,
                                      t_intermediate=options.t_intermediate, max_rebranch=options.max_rebranch)
     plan = LocalDiffusionPlan(ood, ld_config, gate, brain_volume=prepared.brain)
-    local = batch_sampler(options.sampler, options.steps, method=plan)
+    local = batch_sampler(options.sampler, options.steps, method=plan if local_on else None)
     phase = lambda name: (lambda done, total: tell({"event": "progress", "phase": name,  # noqa: E731
                                                      "fraction": done / max(total, 1)}))
     raw_local = []  # Local Diffusion's raw samples: the baseline copies its batches that never branched
@@ -272,7 +288,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
                           batch_size=options.batch_size, on_batch=phase("cycle"))
         risk_maps = risk_volumes(calibration, recorder.volumes(maps), prepared.brain)
         volumes["risk"] = risk_maps.risk
-    if options.baseline:
+    if with_baseline:
         volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,
                                                  **common, on_batch=phase("baseline"),
                                                  reuse=SampledSlices(raw_local[0], plan.plain_slices()))
@@ -293,6 +309,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
                                                       (risk_maps.volumes.items() if risk_maps else ())}}
     provenance = {"version": __version__, "direction": options.direction, "sampler": options.sampler,
                   "steps": options.steps, "seed": options.seed, "models": str(models_root),
+                  "translation": "local diffusion" if local_on else "plain sampler",
                   "options": {name: getattr(options, name) for name in JOB_OPTIONS},
                   "risk_calibration": calibration.definition if calibration is not None else None,
                   "warnings": warnings}
@@ -358,7 +375,7 @@ def run_job(input_path: str | Path, out_dir: str | Path, options: JobOptions | N
         output name -> written path.
     """
     options = options or JobOptions()
-    planned = output_paths(input_path, out_dir, options, OUTPUTS)
+    planned = output_paths(input_path, out_dir, options, OUTPUTS, uses_local_diffusion(options, models_root))
     check_out_dir(Path(out_dir))
     check_outputs([input_path], planned)
     result = compute_job(input_path, options, models_root, progress, report)

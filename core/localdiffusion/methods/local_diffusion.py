@@ -35,7 +35,7 @@ class LocalDiffusionConfig:
     mask_mode: str = default("mask_mode")  # "hard": p >= the map's threshold; "soft": p
     ind_floor: float = default("ind_floor")  # IND branch keeps max(1 - w, floor) of the condition (paper 0, reference 0.95)
     independent_noise: bool = default("independent_noise")  # False: same x_T and per-step noise for both branches
-    t_intermediate: int = default("t_intermediate")  # training-timestep units; -1: round(0.1 T) (paper: 10 of 100)
+    t_intermediate: int = 0  # training-timestep units (the paper fuses at 10 of 100; the models' own: config.json)
     max_rebranch: int = default("max_rebranch")
     background: float = 0.0  # target background value in [0, 1]
     min_component: int = 8  # post-processing of volume masks: drop OOD components below this (pixels); 0 = off
@@ -116,7 +116,7 @@ class LocalDiffusion:
         self.denoiser, self.config, self.gate = denoiser, config or LocalDiffusionConfig(), gate
         cfg = self.config
         T = denoiser.schedule.num_train_timesteps
-        self.t_intermediate = round(0.1 * T) if cfg.t_intermediate == -1 else int(cfg.t_intermediate)
+        self.t_intermediate = int(cfg.t_intermediate)
         if not 0 <= self.t_intermediate < T:
             raise ValueError(f"t_intermediate must be in [0, {T - 1}], got {self.t_intermediate}")
         weights = weight.float().clamp(0, 1)  # one channel per condition slice

@@ -58,6 +58,10 @@ class DiffusionConfig:
     noise_sigma_z: float = 0.0  # slice-correlated noise (volume/batching.py z_mixes); 0 = independent slices
     z_harmonise: float = 0.0  # sigma (slices) of the banding filter (volume/harmonise.py); 0 = off
     steps: int = 25  # DDIM steps of every pass (research/steps: the fewest no worse than DDIM-25 on validation)
+    # Local Diffusion as the translation, and its fusion timestep (research/hallucination: on only where it was
+    # no worse than the plain translation on validation)
+    local_diffusion: bool = True
+    t_intermediate: int = 0
     extra: dict = field(default_factory=dict)  # provenance, e.g. the training objective and its weights
 
     def __post_init__(self):
@@ -78,12 +82,25 @@ class DiffusionConfig:
         for name, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not isinstance(self.local_diffusion, bool):
+            raise ValueError(f"local_diffusion must be true or false, got {self.local_diffusion!r}")
+        if isinstance(self.t_intermediate, bool) or not isinstance(self.t_intermediate, int) or \
+                not 0 <= self.t_intermediate < self.num_train_timesteps:
+            raise ValueError(f"t_intermediate must be an integer in [0, num_train_timesteps), got {self.t_intermediate!r}")
         if self.num_train_timesteps < 2 or self.steps < 1:  # steps beyond the timesteps: refused when sampling
             raise ValueError(f"num_train_timesteps must be >= 2 and steps >= 1, got {self.num_train_timesteps} and "
                              f"{self.steps}")
         if self.spacing_mm <= 0 or any(int(v) <= 0 or int(v) % 8 for v in self.in_plane):
             raise ValueError(f"spacing_mm must be > 0 and in_plane sizes positive multiples of 8, got "
                              f"{self.spacing_mm} and {self.in_plane}")
+
+    def fusion_step(self, value: int) -> int:
+        """Local Diffusion's fusion timestep: ``value``, or this model's validated one when it is negative."""
+        return self.t_intermediate if value < 0 else int(value)
+
+    def uses_local_diffusion(self, choice: str) -> bool:
+        """Whether the translation is Local Diffusion's: ``choice`` "on"/"off", or "model": this model's."""
+        return self.local_diffusion if choice == "model" else choice == "on"
 
     def sampling(self, name: str, value: float) -> float:
         """A z-sampling setting (``noise_sigma_z``, ``z_harmonise``): ``value``, or this model's own when it is

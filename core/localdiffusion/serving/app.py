@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from monailabel.interfaces.app import MONAILabelApp
 
 from localdiffusion import __version__
+from localdiffusion.jobs.studies import nested_cases_warning
 from localdiffusion.serving.tasks import (LocalDiffusionTask, OodMapTask, OodSegmentationTask, RiskSegmentationTask,
                                          TumourSegmentationTask)
 from localdiffusion.shipped import MODELS_ROOT
@@ -17,6 +19,9 @@ class LocalDiffusionLabelApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
         self.models_root = Path((conf or {}).get("models_root") or MODELS_ROOT)
+        nested = nested_cases_warning(studies)
+        if nested:  # MONAI Label's datastore would be empty without a word
+            logging.getLogger("localdiffusion").warning("warning: %s", nested)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="SlicerLocalDiffusion",
                          description="Hallucination-aware T1 <-> FLAIR translation, OOD maps and tumour segmentation "
                                      "(research use only, not for diagnosis)", version=__version__)

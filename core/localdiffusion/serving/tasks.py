@@ -31,8 +31,8 @@ from localdiffusion.ood.volume import OodMap
 from localdiffusion.shipped import ood_bank_path
 
 #: the main job's parameters a MONAI Label client may set (validated by the options table)
-JOB_PARAMS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "t_intermediate", "mask_mode",
-              "ind_floor", "device", "force")
+JOB_PARAMS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "local_diffusion",
+              "t_intermediate", "mask_mode", "ind_floor", "device", "force")
 OOD_MODALITIES = tuple(sorted({m for pair in DIRECTIONS.values() for m in pair}))
 
 
@@ -205,11 +205,12 @@ class RiskSegmentationTask(_MainJobTask):
 
 
 class OodMapTask(InferTask):
-    """Calibrated PatchCore OOD probability of the input contrast (``modality`` t1 or flair)."""
+    """Calibrated PatchCore OOD probability of the input contrast (``modality`` t1 or flair); the input gate
+    checks first that the upload is a brain of that contrast (``force`` maps it anyway)."""
 
     def __init__(self, models_root: Path):
         super().__init__(InferType.OTHERS, None, 3, "PatchCore OOD probability map",
-                         {"modality": "t1", "robust_ood": False})
+                         {"modality": "t1", "robust_ood": False, "force": False})
         self.models_root = Path(models_root)
 
     def is_valid(self) -> bool:
@@ -219,9 +220,13 @@ class OodMapTask(InferTask):
         """The request's OOD map, its affine and the result parameters they share."""
         modality = _modality(request, "t1")
         robust = OPTIONS["robust_ood"].check(request.get("robust_ood"))
+        force = OPTIONS["force"].check(request.get("force"))
+        warnings: list[str] = []
         ood, affine = probability_map(request["image"], ood_bank_path(self.models_root, modality), modality,
-                                      self.models_root, robust=robust)
-        return ood, affine, {"modality": modality, "threshold": ood.threshold, "robust_ood": robust}
+                                      self.models_root, robust=robust, gate_root=self.models_root, force=force,
+                                      warnings=warnings)
+        return ood, affine, {"modality": modality, "threshold": ood.threshold, "robust_ood": robust,
+                             "warnings": warnings}
 
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
@@ -240,7 +245,7 @@ class OodSegmentationTask(OodMapTask):
     def __init__(self, models_root: Path):
         InferTask.__init__(self, InferType.SEGMENTATION, dict(self.LABELS), 3,
                            "Where the input is out of distribution (thresholded PatchCore map)",
-                           {"modality": "t1", "robust_ood": False})
+                           {"modality": "t1", "robust_ood": False, "force": False})
         self.models_root = Path(models_root)
 
     @_messages_name_the_upload
@@ -251,13 +256,14 @@ class OodSegmentationTask(OodMapTask):
 
 
 class TumourSegmentationTask(InferTask):
-    """Tumour segmentation U-Net of the input contrast; BraTS labels (1 necrosis, 2 oedema, 4 enhancing)."""
+    """Tumour segmentation U-Net of the input contrast; BraTS labels (1 necrosis, 2 oedema, 4 enhancing). The
+    input gate checks first that the upload is a brain of that contrast (``force`` segments it anyway)."""
 
     LABELS = {"necrosis": 1, "oedema": 2, "enhancing": 4}
 
     def __init__(self, models_root: Path):
         super().__init__(InferType.SEGMENTATION, dict(self.LABELS), 3, "Glioma segmentation (BraTS labels)",
-                         {"modality": "flair"})
+                         {"modality": "flair", "force": False})
         self.models_root = Path(models_root)
 
     def is_valid(self) -> bool:
@@ -269,7 +275,11 @@ class TumourSegmentationTask(InferTask):
         from localdiffusion.network.segmenter import load_segmenter
 
         modality = _modality(request, "flair")
+        force = OPTIONS["force"].check(request.get("force"))
         result_format(request, continuous=False)
         load_volume(request["image"])  # a clear error for an unreadable or broken upload
-        labels, affine = segment_volume(load_segmenter(self.models_root / f"seg_{modality}"), request["image"])
-        return str(_write_result(request, labels, affine)), {"modality": modality, "labels": self.LABELS}
+        warnings: list[str] = []
+        labels, affine = segment_volume(load_segmenter(self.models_root / f"seg_{modality}"), request["image"],
+                                        gate_root=self.models_root, force=force, warnings=warnings)
+        return str(_write_result(request, labels, affine)), {"modality": modality, "labels": self.LABELS,
+                                                             "warnings": warnings}
