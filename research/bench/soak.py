@@ -4,7 +4,8 @@ The request mix (:func:`request_kinds`) is the one ``tests/test_label_soak.py`` 
 map, a 2-step translation, a datastore-id segmentation, a text file, bad parameters, bad steps and a
 file path instead of an id. Here the mix runs for a fixed time, three clients at a time, and every
 tenth request is a client that asks for a translation and hangs up after half a second
-(:func:`hang_up`). The server's memory (RSS of its process tree) is sampled every ``--sample``
+(:func:`hang_up`); a client told "busy" (503) waits a second. The temporary files are listed once the
+server has finished what it was doing (a hung-up job stops at its next slice batch). The server's memory (RSS of its process tree) is sampled every ``--sample``
 seconds; the result is a JSON record with every sample, the answers counted by kind and status, the
 /info latencies, the slope of memory over the soak and the temporary files left::
 
@@ -121,6 +122,8 @@ def soak(url: str, pid: int, kinds: dict, hang_up_once, seconds: float, sample: 
             by_status[str(answer.status_code)] = by_status.get(str(answer.status_code), 0) + 1
             if answer.status_code not in allowed:
                 unexpected.append(f"{name}: {answer.status_code} {answer.text[:200]}")
+        if answer.status_code == 503:  # busy: wait a little, as a client would (not the whole Retry-After)
+            time.sleep(1.0)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             record = soak(url, process["pid"], kinds, lambda: hang_up(url, t1, busy_ok=True), args.minutes * 60,
                           args.sample,
                           seed=args.seed)
+            deadline = time.monotonic() + 120  # a hung-up job still running stops at its next slice batch
+            while time.monotonic() < deadline and any(q.name not in at_start for q in scratch.iterdir()):
+                time.sleep(1.0)
             record["leftover_temporary_files"] = sorted(q.name for q in scratch.iterdir() if q.name not in at_start)
     mib = [m for _, m in record["memory_mib"]]
     record.update({"command": "python -m research.bench.soak " + " ".join(argv or []), "minutes": args.minutes,
