@@ -340,6 +340,7 @@ def differences(cells: dict[str, list[dict]], columns=COMPARED) -> dict:
     """Row -> column -> paired difference against DDIM-25 (per case, seeds averaged) with its interval."""
     if BASELINE not in cells:
         return {}
+    columns = _present(cells, columns)
     base = {c: _per_case(cells[BASELINE], c) for c in columns}
     return {name: {c: paired_bootstrap(_per_case(runs, c), base[c]) for c in columns}
             for name, runs in cells.items() if name != BASELINE}
@@ -348,12 +349,19 @@ def differences(cells: dict[str, list[dict]], columns=COMPARED) -> dict:
 def paired_differences(cells: dict[str, list[dict]], rows: dict[str, Row], columns=COMPARED) -> dict:
     """Row -> its ``compare_to`` row and the paired differences against it (rows that name one)."""
     out = {}
+    columns = _present(cells, columns)
     for name, row in rows.items():
         if row.compare_to and row.compare_to in cells and cells[name]:
             ref = {c: _per_case(cells[row.compare_to], c) for c in columns}
             out[name] = {"against": row.compare_to,
                          **{c: paired_bootstrap(_per_case(cells[name], c), ref[c]) for c in columns}}
     return out
+
+
+def _present(cells: dict[str, list[dict]], columns) -> list[str]:
+    """The columns every computed cell has (the harm columns need the product's mask)."""
+    runs = [r for rows in cells.values() for r in rows]
+    return [c for c in columns if all(c in r for r in runs)]
 
 
 def ld_summary(cells: dict[str, list[dict]]) -> dict:

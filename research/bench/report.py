@@ -38,16 +38,22 @@ def markdown_table(result: dict) -> str:
 def _difference_cells(diffs: dict) -> list[str]:
     """mean [95% interval] per compared column; bold where the interval excludes 0."""
     cells = []
-    for c in COMPARED:
+    for c in _columns(diffs):
         d, digits = diffs[c], _digits(c)
         text = "-" if d["mean"] != d["mean"] else f"{d['mean']:+.{digits}f} [{d['low']:+.{digits}f}, {d['high']:+.{digits}f}]"
         cells.append(f"**{text}**" if d["claim"] else text)
     return cells
 
 
+def _columns(diffs: dict) -> list[str]:
+    """The compared columns a result has (the harm columns need the product's mask)."""
+    return [c for c in COMPARED if c in diffs]
+
+
 def differences_table(result: dict) -> str:
     """Paired differences against DDIM-25: mean [95% interval]; bold where the interval excludes 0."""
-    head = "| method - DDIM-25 | " + " | ".join(COMPARED) + " |\n|---|" + "---|" * len(COMPARED) + "\n"
+    columns = _columns(next(iter(result["differences"].values()), {}))
+    head = "| method - DDIM-25 | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     lines = []
     for name, diffs in result["differences"].items():
         if name.startswith("true target"):
@@ -61,7 +67,8 @@ def paired_table(result: dict) -> str:
     paired = result.get("paired_differences") or {}
     if not paired:
         return ""
-    head = "| method - its plain counterpart | " + " | ".join(COMPARED) + " |\n|---|" + "---|" * len(COMPARED) + "\n"
+    columns = _columns(next(iter(paired.values())))
+    head = "| method - its plain counterpart | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     lines = []
     for name, diffs in paired.items():
         lines.append(f"| {name} - {diffs['against']} | " + " | ".join(_difference_cells(diffs)) + " |")

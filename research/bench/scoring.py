@@ -66,7 +66,8 @@ def row_metrics(pred: np.ndarray, truth: np.ndarray, brain: np.ndarray, labels: 
     out["tumour_dice"] = _dice(seg, tu_np)
     out["shape_dice"] = _dice(seg & ~band, tu_np & ~band)
     out.update(_mechanism(pred, truth, brain, labels, ks, local))
-    out.update(mask_harm(pred, truth, brain, labels, ks, halo_mask))
+    if halo_mask is not None:  # without the product's mask (no robust calibration) the columns are left out
+        out.update(mask_harm(pred, truth, brain, labels, ks, halo_mask))
     return out
 
 
