@@ -86,6 +86,14 @@ def source_file(folder: str | Path, modality: str) -> Path:
     return _find(folder, stem) or folder / f"{stem}.nii.gz"
 
 
+def label_file(folder: str | Path, layout: str | None = None) -> Path | None:
+    """The label map of a BraTS case folder (``CASE_seg`` or, in 2023 naming, ``CASE-seg``), or None.
+    ``layout``: the folder's (:func:`detect_layout`), when already known."""
+    folder = Path(folder)
+    sep = "_" if (layout or detect_layout(folder)) == "brats2021" else "-"
+    return _find(folder, f"{folder.name}{sep}seg")
+
+
 def read_case(path: str | Path, modalities: Sequence[str] = ("t1", "flair"), *, with_seg: bool = True) -> Case:
     """Read ``modalities`` (and the label map) of one case in any supported layout."""
     for m in modalities:
@@ -116,7 +124,7 @@ def _read_brats_folder(folder: Path, modalities: Sequence[str], with_seg: bool, 
         images[m], paths[m] = data, p
     seg = None
     if with_seg:
-        p = _find(folder, f"{name}{sep}seg")
+        p = label_file(folder, layout)
         if p is not None:
             seg = load_label(p, shape, affine)
             seg = _remap(seg, BRATS2023_LABELS if layout == "brats2023" else BRATS2021_LABELS, p)

@@ -92,9 +92,9 @@ def planned_outputs(input_path: str | Path, out_dir: str | Path, options: JobOpt
     """The files :func:`run_job` writes for ``input_path`` with ``options``: every output it
     produces (no baseline when ``options.baseline`` is off, no risk map and regions without a calibration
     fitted for this sampler and step count), named ``<input stem>_<suffix><format suffix>``."""
-    local = uses_local_diffusion(options, models_root)
-    names = [name for name in OUTPUTS if name != "baseline" or (options.baseline and local)]
     paths = model_paths(Path(models_root) if models_root else MODELS_ROOT, options.direction)
+    local = read_config(paths["diffusion"]).uses_local_diffusion(options.local_diffusion)
+    names = [name for name in OUTPUTS if name != "baseline" or (options.baseline and local)]
     if _risk_calibration(paths, options)[0] is None:
         names = [name for name in names if name not in RISK_OUTPUTS]
     return output_paths(input_path, out_dir, options, names, local)

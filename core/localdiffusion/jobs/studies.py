@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from localdiffusion.data.readers import NIFTI_SUFFIXES, detect_layout, list_cases, source_file
+from localdiffusion.data.readers import label_file, list_cases, source_file
 from localdiffusion.errors import InputError
 
 #: the contrasts the product translates, each one datastore image per case
@@ -22,12 +22,12 @@ CONTRASTS = ("t1", "flair")
 LABEL_FOLDER = Path("labels") / "final"
 
 
-def _place(source: Path, target: Path) -> bool:
-    """Hard-link (else copy) ``source`` to ``target``; False when ``target`` already holds the same bytes.
+def _place(source: Path, target: Path) -> None:
+    """Hard-link (else copy) ``source`` to ``target``; nothing to do when ``target`` already holds the same bytes,
     :class:`InputError` when it holds something else (nothing is overwritten)."""
     if target.exists():
         if target.stat().st_size == source.stat().st_size and target.read_bytes() == source.read_bytes():
-            return False
+            return
         raise InputError(f"{target}: exists and differs from {source}; choose an empty --out folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
@@ -36,7 +36,6 @@ def _place(source: Path, target: Path) -> bool:
     except OSError:  # another file system, or links not allowed: a copy
         shutil.copyfile(source, partial)
     os.replace(partial, target)
-    return True
 
 
 def flat_studies(data: str | Path, out: str | Path, labels: bool = False) -> list[str]:
@@ -54,15 +53,14 @@ def flat_studies(data: str | Path, out: str | Path, labels: bool = False) -> lis
     if (data / "imagesTr").is_dir():
         raise InputError(f"{data}: a Medical Segmentation Decathlon folder holds every contrast in one 4D file; "
                          f"give a folder with one folder per case (BraTS layout)")
-    cases = [case for case in list_cases(data) if detect_layout(case) != "msd"]
+    cases = list_cases(data)  # case folders (an MSD folder was refused above)
     if not cases:
         raise InputError(f"{data}: no case folders in BraTS layout (CASE/CASE_t1.nii.gz or CASE/CASE-t1n.nii.gz)")
     if out.resolve() == data.resolve():
         raise InputError(f"{out}: the studies folder must not be the cohort folder itself")
     ids = []
     for case in cases:
-        seg = next((case / f"{case.name}{sep}seg{suffix}" for sep in "_-" for suffix in NIFTI_SUFFIXES
-                    if (case / f"{case.name}{sep}seg{suffix}").is_file()), None)
+        seg = label_file(case)
         for contrast in CONTRASTS:
             image = source_file(case, contrast)
             if not image.is_file():
