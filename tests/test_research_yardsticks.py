@@ -87,6 +87,15 @@ def test_the_lesion_yardstick_on_its_references():
     assert caught.healthy_flagged == 0 and caught.healthy == (brain & (seg == 0)).sum()
     missed = score_case(erased, truth, np.zeros(shape, np.float32), brain, seg, 1.0, level)
     assert missed.misrepresented == 2 and missed.flagged == 0 and missed.tumour_errors_flagged == 0
+    # the paired comparison of two maps on the same subjects: +1 for the oracle against the silent map, 0 (and a
+    # zero interval) for a map against itself
+    from research.lesion_risk.score import paired_difference
+
+    better = paired_difference([caught, caught, caught], [missed, missed, missed])
+    assert better["lesions_flagged"]["difference"] == 1 and better["lesions_flagged"]["ci"] == [1, 1]
+    assert better["tumour_errors_flagged"]["difference"] == 1 and better["healthy_flagged"]["difference"] == 0
+    same_map = paired_difference([caught, missed], [caught, missed])
+    assert all(v["difference"] == 0 and v["ci"] == [0, 0] for v in same_map.values())
 
 
 def test_the_harm_columns_read_zero_on_the_truth_and_worse_for_a_flat_patch_pasted_in_the_mask():

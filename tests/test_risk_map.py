@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from localdiffusion.detectors.cycle import cycle_residual
-from localdiffusion.detectors.risk import RiskCalibration, detector_volumes, fit_on_volumes, risk_definition, risk_volume
+from localdiffusion.detectors.risk import (RiskCalibration, confident_components, detector_volumes, fit_on_volumes,
+                                          risk_definition, risk_volume, risk_volumes)
 from localdiffusion.ood.anomaly_map import Calibration
 from research.bench.gross_error import neighbourhood_error
 
@@ -211,3 +212,55 @@ def test_a_risk_refuses_a_run_without_a_map_it_combines():
         risk_volume(calibration, {"ood": maps["ood"]}, brain)
     with_curvature = dataclasses.replace(calibration, detectors=(*calibration.detectors, "curvature"))
     np.testing.assert_allclose(risk_volume(with_curvature, maps, brain), risk_volume(calibration, maps, brain))
+
+
+def test_a_confident_ood_component_speaks_at_its_own_resolution(tmp_path):
+    """A small confident core that smoothing dilutes below the threshold is flagged outright when it is big
+    enough; a smaller confident speck is not; the rule round-trips through the file."""
+    rng = np.random.default_rng(3)
+    brain = _brain()
+
+    def healthy_map(corner):  # noise, and a broad region of moderately unusual tissue (a healthy variant)
+        volume = rng.uniform(0, 0.98, SHAPE)
+        volume[corner:corner + 6, 8:14, 5:11] = 0.95
+        return np.where(brain, volume, 0).astype(np.float32)
+
+    healthy = [(brain, {"ood_located": healthy_map(corner)}) for corner in (6, 9, 12)]
+    definition = risk_definition(("ood_located",), 2.0, "max", (), 0.01, "test", confident_ml=0.05)
+    sure = fit_on_volumes(healthy, ("ood_located",), 2.0, "max", (), 0.01, definition=definition, confident_ml=0.05)
+    plain = dataclasses.replace(sure, confident_ml=None)
+    assert "at least 0.05 ml" in sure.definition["risk"]
+    probability = np.where(brain, rng.uniform(0, 0.98, SHAPE), 0).astype(np.float32)
+    core, speck = np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)
+    core[10:13, 10:13, 6:9] = True  # 27 voxels: 0.054 ml at 0.002 ml a voxel
+    speck[4:6, 11:13, 7:9] = True  # 8 voxels: 0.016 ml
+    probability[core | speck] = 0.999
+    maps = {"ood_located": probability}
+    assert (risk_volume(plain, maps, brain, 0.002)[core] >= 0.99).mean() < 0.5  # diluted by the smoothing
+    flagged = risk_volumes(sure, maps, brain, 0.002)
+    assert (flagged.risk[core] == 1).all() and (flagged.probabilities["ood_located"][core] == 1).all()
+    assert (flagged.risk[speck] < 1).all()
+    np.testing.assert_array_equal(confident_components(probability, brain, 0.05, 0.002), core)
+    with pytest.raises(ValueError, match="voxel volume"):
+        risk_volume(sure, maps, brain)  # a caller that forgets the grid is a programming error
+    sure.save(tmp_path / "risk.json")
+    again = RiskCalibration.load(tmp_path / "risk.json")
+    assert again.confident_ml == 0.05
+    np.testing.assert_allclose(risk_volume(again, maps, brain, 0.002), flagged.risk)
+
+
+@pytest.mark.parametrize("value", ["NaN", "-1", "\"2\""])
+def test_a_calibration_with_a_bad_confident_size_is_refused(tmp_path, value):
+    import json
+
+    from localdiffusion.errors import InputError
+
+    brain = _brain()
+    rng = np.random.default_rng(4)
+    healthy = [(brain, {"ood_located": np.where(brain, rng.uniform(0, 1, SHAPE), 0).astype(np.float32)})]
+    fit_on_volumes(healthy, ("ood_located",), 1.0, "max", (), 0.01, confident_ml=2.0).save(tmp_path / "risk.json")
+    text = (tmp_path / "risk.json").read_text().replace('"confident_ml": 2.0', f'"confident_ml": {value}')
+    (tmp_path / "risk.json").write_text(text)
+    assert json.loads(text, parse_constant=lambda c: c)["confident_ml"] is not None
+    with pytest.raises(InputError, match="confident_ml"):
+        RiskCalibration.load(tmp_path / "risk.json")

@@ -85,6 +85,7 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     chosen = RISK_DEFAULTS[direction]
     assert set(calibration.needs) == set(chosen.detectors) and calibration.smoothing == chosen.smoothing
     assert calibration.combination == chosen.combination
+    assert calibration.confident_ml == chosen.confident_ml  # T1 -> FLAIR flags confident OOD components
     assert set(calibration.standardised) == set(chosen.detectors) & {"cycle", "variance"}
     assert calibration.definition["validated_against"]["healthy_quantile"] == GROSS_ERROR["healthy_quantile"]
     assert (model_paths(MODELS_ROOT, direction)["reverse"] / "model.pt").exists()

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from localdiffusion.data.io import atomic_path
-from localdiffusion.detectors.risk import RiskCalibration, detector_volumes, risk_definition
+from localdiffusion.detectors.risk import RiskCalibration, confident_components, detector_volumes, risk_definition
 from localdiffusion.shipped import MODELS_ROOT
 
 from research.lesion_risk.yardstick import CaseScore, error_map, error_threshold, score_case
@@ -33,6 +33,11 @@ CANDIDATES = ("shipped", "fisher-refit", "max-refit", "max-located-refit")
 #: components grown to their hysteresis region (every voxel of OOD probability >= low connected to one >= 0.99)
 #: flagged outright
 ROUND2 = ("grow-0.5", "grow-0.8", "grow-0.9")
+#: round 3, added after round 2 (README): max-located-refit, and every component (26) of the OOD map's confident
+#: voxels (probability >= 0.99) of at least 0.5 / 1 / 2 ml flagged outright, so that one confident detector speaks
+#: at its own resolution instead of through the smoothed, refitted maximum
+ROUND3 = ("confident-0.5ml", "confident-1ml", "confident-2ml")
+ROUNDS = {1: (), 2: ROUND2, 3: ROUND2 + ROUND3}
 MAX_HEALTHY_ON_TUMOUR = 0.015
 
 
@@ -83,6 +88,10 @@ def grown(probability: np.ndarray, brain: np.ndarray, low: float, high: float = 
     return np.isin(components, seeds[seeds > 0])
 
 
+def voxel_ml(case: dict) -> float:
+    return case["meta"]["spacing_mm"] ** 3 / 1000.0
+
+
 def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shipped: RiskCalibration) -> np.ndarray:
     if name == "shipped":  # the calibration the cache was collected with, on the cached detector maps
         maps = detector_maps(case, shipped, False)
@@ -90,10 +99,19 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
         calibration = calibrations[name]
         maps = detector_maps(case, shipped, "ood_located" in calibration.needs)
-        return np.where(case["brain"], calibration.risk(maps), 0.0).astype(np.float32)
+        risk = calibration.risk(maps)
+        if calibration.confident_ml is not None:  # as the product's risk_volumes, on the cached raw OOD map
+            risk = np.where(confident_components(case["ood"], case["brain"], calibration.confident_ml,
+                                                 voxel_ml(case)), 1.0, risk)
+        return np.where(case["brain"], risk, 0.0).astype(np.float32)
     if name.startswith("grow-"):
         risk = risk_of(case, "max-located-refit", calibrations, shipped)
         return np.where(grown(case["ood"], case["brain"], float(name.split("-")[1])), 1.0, risk).astype(np.float32)
+    if name.startswith("confident-"):
+        risk = risk_of(case, "max-located-refit", calibrations, shipped)
+        flagged = confident_components(case["ood"], case["brain"], float(name.split("-")[1].removesuffix("ml")),
+                                       voxel_ml(case))
+        return np.where(flagged, 1.0, risk).astype(np.float32)
     calibration = calibrations[name]
     maps = detector_maps(case, shipped, name.startswith("max-located"))
     return np.where(case["brain"], calibration.risk(maps), 0.0).astype(np.float32)
@@ -111,6 +129,27 @@ def bootstrap(values: list[tuple[float, float]], seed: int = 0, n: int = 2000) -
         if b[idx].sum() > 0:
             ratios.append(a[idx].sum() / b[idx].sum())
     return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))] if ratios else [float("nan")] * 2
+
+
+def paired_difference(a: list[CaseScore], b: list[CaseScore], seed: int = 0, n: int = 2000) -> dict:
+    """Candidate ``a`` minus candidate ``b`` on the same tumour subjects (same order): the pooled fractions of
+    misrepresented lesions flagged, tumour gross-error voxels flagged and healthy brain flagged, each with a 95%
+    interval from resampling subjects with replacement (the same resamples for both candidates)."""
+    fields = {"lesions_flagged": ("flagged", "misrepresented"),
+              "tumour_errors_flagged": ("tumour_errors_flagged", "tumour_errors"),
+              "healthy_flagged": ("healthy_flagged", "healthy")}
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(a), len(a)) for _ in range(n)]
+    out = {}
+    for key, (num, den) in fields.items():
+        arrays = {side: np.array([[getattr(s, num), getattr(s, den)] for s in scores], float)
+                  for side, scores in (("a", a), ("b", b))}
+        ratio = lambda x, idx: x[idx, 0].sum() / max(x[idx, 1].sum(), 1)  # noqa: E731
+        every = np.arange(len(a))
+        diffs = [ratio(arrays["a"], idx) - ratio(arrays["b"], idx) for idx in draws]
+        out[key] = {"difference": float(ratio(arrays["a"], every) - ratio(arrays["b"], every)),
+                    "ci": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]}
+    return out
 
 
 def summarise(scores: list[tuple[dict, CaseScore]]) -> dict:
@@ -147,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collected-with", type=Path, default=None,
                    help="the risk calibration the cache was collected with (default: the shipped one); 0.15.0's: "
                         "git show ebc0595:monai_bundle/models/<direction>/risk_calibration.json")
-    p.add_argument("--round", type=int, default=1, choices=[1, 2], help="2: also the round-2 candidates")
+    p.add_argument("--round", type=int, default=1, choices=sorted(ROUNDS),
+                   help="2: also the round-2 candidates; 3: those of rounds 2 and 3")
+    p.add_argument("--only", nargs="*", default=None, help="score only these candidates (a test report)")
+    p.add_argument("--paired", nargs=2, default=None, metavar=("A", "B"),
+                   help="also A minus B on the same tumour subjects, with 95%% intervals (paired_difference)")
     p.add_argument("--calibration", nargs="*", default=[], metavar="NAME=PATH",
                    help="also score these calibration files (e.g. the one the product's calibrate-risk wrote)")
     args = p.parse_args(argv)
@@ -159,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                     "max-refit": refit(fit_cases, shipped, "max", False),
                     "max-located-refit": refit(fit_cases, shipped, "max", True)}
     cases = [c for c in load_cache((args.cache or args.fit) / args.direction) if f"_{args.split}_" in c["name"]]
-    results = {}
+    results, per_case = {}, {}
     for item in args.calibration:
         name, path = item.split("=", 1)
         calibrations[name] = RiskCalibration.load(path)
-    candidates = CANDIDATES + (ROUND2 if args.round == 2 else ()) + tuple(i.split("=", 1)[0] for i in args.calibration)
+    candidates = CANDIDATES + ROUNDS[args.round] + tuple(i.split("=", 1)[0] for i in args.calibration)
+    if args.only is not None:
+        candidates = tuple(n for n in candidates if n in args.only)
     for name in candidates:
         scores = [(c, score_case(c["local"], c["truth"], risk_of(c, name, calibrations, shipped), c["brain"], c["seg"],
                                  c["meta"]["spacing_mm"], level)) for c in cases]
@@ -171,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         for c, s in scores:
             groups.setdefault(f"{c['family']} {c['kind']}", []).append((c, s))
         results[name] = {group: summarise(rows) for group, rows in groups.items()}
+        per_case[name] = [s for c, s in scores if not c["healthy"]]
         pooled = results[name]["all"]
         print(f"{name:18s} lesions flagged {pooled['misrepresented_flagged']}/{pooled['misrepresented']} "
               f"({pooled['lesions_flagged_fraction']:.2f} {pooled['lesions_flagged_ci']}); tumour errors flagged "
@@ -181,8 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     key = lambda n: (results[n]["all"]["misrepresented_flagged"], results[n]["all"]["tumour_errors_flagged"])  # noqa: E731
     chosen = max(eligible, key=key) if eligible else min(
         candidates, key=lambda n: results[n]["all"]["healthy_flagged_on_tumour_cases"])
-    if args.split != "val":
-        chosen = None  # the rule chooses on validation only
+    paired = None
+    if args.paired:
+        a, b = args.paired
+        paired = {"a": a, "b": b, **paired_difference(per_case[a], per_case[b])}
+        print(f"{a} - {b}: " + "; ".join(f"{k} {v['difference']:+.4f} [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}]"
+                                          for k, v in paired.items() if isinstance(v, dict)))
+    if args.split != "val" or args.only is not None:
+        chosen = None  # the rule chooses on validation only, among every candidate
     else:
         print(f"chosen by the rule: {chosen}")
     for item in args.write_calibration:
@@ -193,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(json.dumps({"command": "python -m research.lesion_risk.score " + " ".join(
             sys.argv[1:] if argv is None else argv), "gross_error_level": level,
-            "fit_cases": [c["name"] for c in fit_cases], "chosen": chosen, "results": results}, indent=1),
+            "fit_cases": [c["name"] for c in fit_cases], "chosen": chosen, "paired": paired,
+            "results": results}, indent=1),
             encoding="utf-8")
     return 0
 

@@ -68,7 +68,7 @@ def run_cell(denoiser, given: GivenMaps, calibration: RiskCalibration, path: Pat
     translation = translate_prepared(denoiser, prepared, seed=seed, progress=False, recorder=recorder,
                                      sample_batch=batch_sampler("ddim", steps))
     maps = recorder.volumes(given.maps(prepared, translation, steps=steps, seed=seed))
-    risk = risk_volume(calibration, maps, prepared.brain)
+    risk = risk_volume(calibration, maps, prepared.brain, prepared.voxel_ml)
     seconds = time.perf_counter() - t0
     error = neighbourhood_error(translation, prepared.images[cfg.target])
     seg = prepared.seg if prepared.seg is not None else np.zeros(prepared.grid.shape, np.uint8)

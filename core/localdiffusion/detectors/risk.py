@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
 from localdiffusion.data.io import atomic_path
@@ -20,6 +21,7 @@ from localdiffusion.detectors.maps import DETECTORS
 from localdiffusion.errors import InputError
 from localdiffusion.methods.rods import RODSConfig
 from localdiffusion.ood.anomaly_map import Calibration
+from localdiffusion.options import FLAG_THRESHOLD
 
 #: The event the risk map is validated against (research/RECORD.md section 11), recorded in every calibration
 #: file: a gross translation error is the absolute error averaged over a cube of
@@ -37,15 +39,20 @@ class RiskDefault:
     detectors: tuple[str, ...]
     smoothing: Smoothing
     combination: str
+    confident_ml: float | None = None  # see RiskCalibration.confident_ml
 
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
 #: research/lesion_risk: the maximum of the direction's earlier detectors (section 11b of research/RECORD.md:
 #: the OOD map, T1 -> FLAIR the acquisition-robust patch map, and the cycle residual) and the location-aware
 #: OOD map ``run`` writes, fitted on the families' healthy validation scans (1.5 and 3 T; T1 -> FLAIR with
-#: both native T1 kinds).
-RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "ood_located", "cycle"), 2.0, "max"),
+#: both native T1 kinds); T1 -> FLAIR also flags the location-aware OOD map's confident components of at
+#: least 2 ml outright (:func:`confident_components`).
+RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "ood_located", "cycle"), 2.0, "max", 2.0),
                  "flair_to_t1": RiskDefault(("ood", "ood_located", "cycle"), 1.0, "max")}
+#: the detector whose confident components a calibration with ``confident_ml`` flags outright: the location-aware
+#: OOD map ``run`` writes (a probability calibrated on healthy validation voxels by the OOD bank)
+CONFIDENT_DETECTOR = "ood_located"
 #: a direction nobody measured (a user's own model): the maps every model yields without a reverse model
 UNMEASURED_DEFAULT = RiskDefault(("ood", "variance"), 1.0, "fisher")
 
@@ -98,8 +105,32 @@ def combine(parts: list[np.ndarray], how: str) -> np.ndarray:
     raise ValueError(f"unknown combination {how!r}; known: {COMBINATIONS}")
 
 
+def confident_components(probability: np.ndarray, brain: np.ndarray, min_ml: float, voxel_ml: float,
+                         level: float = FLAG_THRESHOLD) -> np.ndarray:
+    """Where one detector is sure on its own: the connected components (26-connectivity) of its unsmoothed
+    probability at or above ``level`` inside the brain, each of at least ``min_ml``.
+
+    Smoothing and the refitted maximum dilute a small, confident lesion core towards the healthy level; flagged
+    outright, the component keeps the detector's own resolution (research/lesion_risk/README.md, round 3).
+
+    Args:
+        probability: (X, Y, Z) a healthy-calibrated probability (the location-aware OOD map).
+        brain: (X, Y, Z) bool.
+        min_ml: the smallest component flagged.
+        voxel_ml: the volume of one voxel of that grid.
+        level: the probability a voxel needs.
+    Returns:
+        (X, Y, Z) bool.
+    """
+    components, count = ndimage.label((np.asarray(probability) >= level) & brain, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return np.zeros(brain.shape, bool)
+    sizes = ndimage.sum_labels(np.ones(brain.shape), components, np.arange(1, count + 1)) * voxel_ml
+    return np.isin(components, np.flatnonzero(sizes >= min_ml) + 1)
+
+
 def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combination: str, standardised: tuple[str, ...],
-                    false_positive_rate: float, fitted_on: str) -> dict:
+                    false_positive_rate: float, fitted_on: str, confident_ml: float | None = None) -> dict:
     """The definition a calibration file records: what the risk combines, how it was fitted, and
     the event it is validated against."""
     how = {"max": "the maximum of", "fisher": "Fisher's combination (sum of -log(1 - p)) of"}[combination]
@@ -107,10 +138,14 @@ def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combinatio
                                           else " voxels")
     standardising = (f", {', '.join(standardised)} then standardised by the volume's own brain median and MAD"
                      if standardised else "")
+    confident = (f"; risk 1 on every component of {CONFIDENT_DETECTOR} >= {1 - false_positive_rate:g} (unsmoothed, "
+                 f"26-connected) of at least {confident_ml:g} ml, which adds to the healthy fraction flagged"
+                 if confident_ml else "")
     return {"risk": f"risk >= 1 - a flags a fraction a of healthy validation brain voxels (threshold "
                     f"{1 - false_positive_rate:g}: {false_positive_rate:g}); {how} the detectors' "
                     f"healthy-validation CDFs p, each map taken inside the brain and smoothed by a 3D Gaussian of "
-                    f"sigma {sigma}{standardising}, the combined score calibrated again on the same healthy voxels",
+                    f"sigma {sigma}{standardising}, the combined score calibrated again on the same healthy voxels"
+                    f"{confident}",
             "detectors": {name: DETECTORS[name].description for name in detectors},
             "fitted_on": fitted_on,
             "validated_against": {"event": "gross translation error: |translation - truth| averaged over a "
@@ -191,6 +226,8 @@ class RiskCalibration:
     definition: dict = field(default_factory=dict)  # what the risk combines and the event it was validated on
     combination: str = "max"  # how the detectors' probabilities make one score (:func:`combine`)
     standardised: tuple[str, ...] = ()  # detectors whose maps are standardised by the volume's own median/MAD
+    #: when set, :data:`CONFIDENT_DETECTOR`'s components of at least this many ml are risk 1 (:func:`risk_volumes`)
+    confident_ml: float | None = None
 
     def detector_probabilities(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per voxel and detector: the calibration's detectors in ``maps``, each as its healthy-calibrated
@@ -227,8 +264,8 @@ class RiskCalibration:
     @classmethod
     def fit(cls, maps: dict[str, np.ndarray], false_positive_rate: float = 0.01, last_k: int = 10,
             rods: RODSConfig | None = None, steps: int | None = None, smoothing: Smoothing = 0.0,
-            definition: dict | None = None, combination: str = "max", standardised: tuple[str, ...] = ()
-            ) -> "RiskCalibration":
+            definition: dict | None = None, combination: str = "max", standardised: tuple[str, ...] = (),
+            confident_ml: float | None = None) -> "RiskCalibration":
         """Fit on healthy validation voxels: ``maps`` detector name -> 1D array (all of one length),
         already through :func:`detector_volumes` with ``smoothing`` and ``standardised``. A calibrated detector keeps its
         probability unless it was smoothed (smoothing changes its distribution, so it gets a CDF too)."""
@@ -240,14 +277,17 @@ class RiskCalibration:
             raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
         partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
         combined = Calibration.fit(partial.combined_score(maps), false_positive_rate)
+        if confident_ml is not None and CONFIDENT_DETECTOR not in detectors:
+            raise ValueError(f"confident components need the {CONFIDENT_DETECTOR!r} detector")
         return cls(components, combined, last_k, rods, steps, detectors, smoothing, dict(definition or {}), combination,
-                   tuple(n for n in standardised if n in detectors))
+                   tuple(n for n in standardised if n in detectors), confident_ml)
 
     def save(self, path: str | Path) -> None:
         payload = {"last_k": self.last_k, "steps": self.steps, "detectors": list(self.detectors),
                    "smoothing": list(self.smoothing) if isinstance(self.smoothing, tuple) else self.smoothing,
                    "combination": self.combination,
-                   "standardised": list(self.standardised), "definition": self.definition,
+                   "standardised": list(self.standardised), "confident_ml": self.confident_ml,
+                   "definition": self.definition,
                    "rods": dataclasses.asdict(self.rods) if self.rods is not None else None}
         for name, cal in {**self.components, "combined": self.combined}.items():
             payload[name] = {k: np.asarray(v).tolist() for k, v in cal.as_arrays("c").items()}
@@ -272,9 +312,14 @@ class RiskCalibration:
             combination = payload.get("combination", "max")
             if combination not in COMBINATIONS:
                 raise ValueError(f"unknown combination {combination!r}")
+            confident_ml = payload.get("confident_ml")
+            if confident_ml is not None and not (isinstance(confident_ml, (int, float)) and 0 < confident_ml < 1e6
+                                                 and CONFIDENT_DETECTOR in detectors):
+                raise ValueError(f"confident_ml {confident_ml!r}: a positive number of ml, with the "
+                                 f"{CONFIDENT_DETECTOR!r} detector")
             return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors,
                        _smoothing(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
-                       tuple(payload.get("standardised") or ()))
+                       tuple(payload.get("standardised") or ()), None if confident_ml is None else float(confident_ml))
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: corrupt risk calibration ({exc})") from exc
 
@@ -340,7 +385,8 @@ def calibration_for(model_dir: str | Path, sampler: str, steps: int) -> tuple[Ri
     return matching[0], ""
 
 
-def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
+def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray,
+                voxel_ml: float | None = None) -> np.ndarray:
     """The calibrated risk of a working-grid volume.
 
     An optional detector the calibration combines but this run did not produce (RODS curvature
@@ -350,10 +396,11 @@ def risk_volume(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain
         calibration: the direction's :class:`RiskCalibration`.
         maps: detector name -> raw (X, Y, Z) map (e.g. ``recorder.volumes({"ood": p, "cycle": c})``).
         brain: (X, Y, Z) bool.
+        voxel_ml: the volume of one voxel of that grid (needed by a calibration with ``confident_ml``).
     Returns:
         (X, Y, Z) float32 risk in [0, 1]; 0 outside the brain.
     """
-    return risk_volumes(calibration, maps, brain).risk
+    return risk_volumes(calibration, maps, brain, voxel_ml).risk
 
 
 @dataclass
@@ -373,9 +420,21 @@ class RiskMaps:
     volumes: dict[str, np.ndarray]
 
 
-def risk_volumes(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray) -> RiskMaps:
-    """:func:`risk_volume` with each detector's probability and prepared map (:class:`RiskMaps`)."""
+def risk_volumes(calibration: RiskCalibration, maps: dict[str, np.ndarray], brain: np.ndarray,
+                 voxel_ml: float | None = None) -> RiskMaps:
+    """:func:`risk_volume` with each detector's probability and prepared map (:class:`RiskMaps`).
+
+    With ``calibration.confident_ml``, the confident components of the raw :data:`CONFIDENT_DETECTOR` map
+    (:func:`confident_components`) get risk 1, and that detector's probability 1 there (it flagged them).
+    """
     volumes = detector_volumes(maps, brain, calibration.smoothing, calibration.needs, calibration.standardised)
     inside = lambda v: np.where(brain, v, 0.0).astype(np.float32)  # noqa: E731
-    return RiskMaps(inside(calibration.risk(volumes)),
-                    {name: inside(p) for name, p in calibration.detector_probabilities(volumes).items()}, volumes)
+    risk = calibration.risk(volumes)
+    probabilities = calibration.detector_probabilities(volumes)
+    if calibration.confident_ml is not None:
+        if voxel_ml is None:
+            raise ValueError("a risk calibration with confident components needs the voxel volume")  # programming
+        sure = confident_components(maps[CONFIDENT_DETECTOR], brain, calibration.confident_ml, voxel_ml)
+        risk = np.where(sure, 1.0, risk)
+        probabilities[CONFIDENT_DETECTOR] = np.where(sure, 1.0, probabilities[CONFIDENT_DETECTOR])
+    return RiskMaps(inside(risk), {name: inside(p) for name, p in probabilities.items()}, volumes)

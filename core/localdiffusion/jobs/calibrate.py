@@ -14,7 +14,8 @@ from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.given import GivenMaps
 from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
 from localdiffusion.detectors.maps import DETECTORS, VolumeRecorder
-from localdiffusion.detectors.risk import RiskCalibration, Smoothing, fit_on_volumes, risk_default, risk_definition
+from localdiffusion.detectors.risk import (CONFIDENT_DETECTOR, RiskCalibration, Smoothing, fit_on_volumes,
+                                          risk_default, risk_definition)
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_sampling
 from localdiffusion.ood.volume import probability_volume
@@ -37,7 +38,9 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     the maps of detectors that ask for it are self-standardised. ``given``: the models of the given maps
     (:class:`~localdiffusion.detectors.given.GivenMaps`; loaded for ``detectors``). ``rods``: a
     :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with ``eps`` out of
-    reach, so the trajectory is the plain one) and its ``eps`` is fitted.
+    reach, so the trajectory is the plain one) and its ``eps`` is fitted. The direction's confident-component
+    rule (:attr:`~localdiffusion.detectors.risk.RiskDefault.confident_ml`) is recorded when ``detectors`` include
+    its detector.
     """
     cfg = denoiser.config
     steps = cfg.sampling_steps(steps)  # 0: the model's validated count
@@ -46,6 +49,7 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     detectors = tuple(detectors or chosen.detectors)
     smoothing = chosen.smoothing if smoothing is None else smoothing
     combination = combination or chosen.combination
+    confident_ml = chosen.confident_ml if CONFIDENT_DETECTOR in detectors else None
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
         raise InputError(f"unknown risk detectors {unknown}; known: {', '.join(DETECTORS)}")
@@ -76,9 +80,11 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
 
     definition = risk_definition(detectors, smoothing, combination, standardised, false_positive_rate,
                                  fitted_on=f"{len(cases)} healthy {split} cases of "
-                                           f"{', '.join(str(folder) for folder in folders)}, DDIM-{steps}, seed {seed}")
+                                           f"{', '.join(str(folder) for folder in folders)}, DDIM-{steps}, seed {seed}",
+                                 confident_ml=confident_ml)
     calibration = fit_on_volumes(healthy_maps(), detectors, smoothing, combination, standardised,
-                                 false_positive_rate, last_k=last_k, steps=steps, definition=definition)
+                                 false_positive_rate, last_k=last_k, steps=steps, definition=definition,
+                                 confident_ml=confident_ml)
     if probe is not None:  # the eps flagging false_positive_rate of healthy slices
         eps = float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate))
         calibration = dataclasses.replace(calibration, rods=dataclasses.replace(rods, eps=eps))

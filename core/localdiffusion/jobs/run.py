@@ -286,7 +286,7 @@ def compute_job(input_path: str | Path, options: JobOptions | None = None, model
     if recorder is not None:
         maps = given.maps(prepared, volumes["local"], source_maps, steps=options.steps, seed=options.seed,
                           batch_size=options.batch_size, on_batch=phase("cycle"))
-        risk_maps = risk_volumes(calibration, recorder.volumes(maps), prepared.brain)
+        risk_maps = risk_volumes(calibration, recorder.volumes(maps), prepared.brain, prepared.voxel_ml)
         volumes["risk"] = risk_maps.risk
     if with_baseline:
         volumes["baseline"] = translate_prepared(denoiser, prepared, sampler=options.sampler, steps=options.steps,

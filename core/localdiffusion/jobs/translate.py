@@ -93,7 +93,7 @@ def translate_file(input_path: str | Path, out_path: str | Path, model_dir: str 
     if risk_map is not None:
         maps = recorder.volumes(given.maps(prepared, working, steps=steps, seed=seed, batch_size=batch_size,
                                            progress=progress))
-        risk_output = prepared.to_input_brain(risk_volume(calibration, maps, prepared.brain))
+        risk_output = prepared.to_input_brain(risk_volume(calibration, maps, prepared.brain, prepared.voxel_ml))
     written = {out_path: (output, prepared.input_affine)}
     if risk_output is not None:
         written[risk_map] = (risk_output, prepared.input_affine)

@@ -143,6 +143,11 @@ class PreparedCase:
     input_shape: tuple[int, int, int]
     scales: dict[str, float]
 
+    @property
+    def voxel_ml(self) -> float:
+        """The volume of one working-grid voxel in ml."""
+        return abs(float(np.linalg.det(np.asarray(self.grid.affine, np.float64)[:3, :3]))) / 1000.0
+
     def brain_slices(self, min_fraction: float = MIN_BRAIN_FRACTION) -> np.ndarray:
         """Indices k of axial slices with at least ``min_fraction`` brain pixels."""
         area = self.brain.mean(axis=(0, 1))
