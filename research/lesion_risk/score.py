@@ -37,7 +37,10 @@ ROUND2 = ("grow-0.5", "grow-0.8", "grow-0.9")
 #: voxels (probability >= 0.99) of at least 0.5 / 1 / 2 ml flagged outright, so that one confident detector speaks
 #: at its own resolution instead of through the smoothed, refitted maximum
 ROUND3 = ("confident-0.5ml", "confident-1ml", "confident-2ml")
-ROUNDS = {1: (), 2: ROUND2, 3: ROUND2 + ROUND3}
+#: round 4, added after round 3 (README): per-volume self-calibration, every volume's own top 1% of brain voxels
+#: by the max-located-refit risk (ranked within the volume), alone and with the confident components of round 3
+ROUND4 = ("self-1pct", "self-1pct-confident-2ml")
+ROUNDS = {1: (), 2: ROUND2, 3: ROUND2 + ROUND3, 4: ROUND2 + ROUND3 + ROUND4}
 MAX_HEALTHY_ON_TUMOUR = 0.015
 
 
@@ -107,6 +110,17 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name.startswith("grow-"):
         risk = risk_of(case, "max-located-refit", calibrations, shipped)
         return np.where(grown(case["ood"], case["brain"], float(name.split("-")[1])), 1.0, risk).astype(np.float32)
+    if name.startswith("self-1pct"):
+        risk = risk_of(case, "max-located-refit", calibrations, shipped)
+        brain = case["brain"]
+        ranked = np.zeros(risk.shape, np.float32)  # each brain voxel's rank within its own volume, in [0, 1)
+        order = np.argsort(risk[brain], kind="stable")
+        ranks = np.empty(order.size, np.float32)
+        ranks[order] = np.arange(order.size, dtype=np.float32) / order.size
+        ranked[brain] = ranks
+        if name.endswith("-confident-2ml"):
+            ranked = np.where(confident_components(case["ood"], brain, 2.0, voxel_ml(case)), 1.0, ranked)
+        return ranked.astype(np.float32)
     if name.startswith("confident-"):
         risk = risk_of(case, "max-located-refit", calibrations, shipped)
         flagged = confident_components(case["ood"], case["brain"], float(name.split("-")[1].removesuffix("ml")),
