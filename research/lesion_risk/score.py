@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                         "git show ebc0595:monai_bundle/models/<direction>/risk_calibration.json")
     p.add_argument("--round", type=int, default=1, choices=sorted(ROUNDS),
                    help="2: also the round-2 candidates; 3: those of rounds 2 and 3")
+    p.add_argument("--translation", default="local", choices=["local", "baseline"],
+                   help="the translation the yardstick scores: the cached Local Diffusion output (default) or the "
+                        "plain translation, which is what `run` writes where Local Diffusion fuses late")
     p.add_argument("--only", nargs="*", default=None, help="score only these candidates (a test report)")
     p.add_argument("--paired", nargs=2, default=None, metavar=("A", "B"),
                    help="also A minus B on the same tumour subjects, with 95%% intervals (paired_difference)")
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     shipped = RiskCalibration.load(args.collected_with or MODELS_ROOT / args.direction / "risk_calibration.json")
     fit_cases = [c for c in load_cache(args.fit / args.direction) if c["healthy"] and "_val_" in c["name"]]
-    level = error_threshold([error_map(c["local"], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
+    level = error_threshold([error_map(c[args.translation], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
                              for c in fit_cases])
     calibrations = {"fisher-refit": refit(fit_cases, shipped, "fisher", False),
                     "max-refit": refit(fit_cases, shipped, "max", False),
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is not None:
         candidates = tuple(n for n in candidates if n in args.only)
     for name in candidates:
-        scores = [(c, score_case(c["local"], c["truth"], risk_of(c, name, calibrations, shipped), c["brain"], c["seg"],
+        scores = [(c, score_case(c[args.translation], c["truth"], risk_of(c, name, calibrations, shipped), c["brain"], c["seg"],
                                  c["meta"]["spacing_mm"], level)) for c in cases]
         groups = {"all": scores}
         for c, s in scores:
