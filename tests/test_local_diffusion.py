@@ -155,7 +155,7 @@ def test_bad_parameters():
 
 
 @pytest.mark.slow
-def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort):
+def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort, tmp_path):
     from research.bench.figures import montage_figure
     from research.bench.matrix import MemoryCache, run_benchmark
     from research.bench.reference import HealthyLookup
@@ -194,6 +194,20 @@ def test_benchmark_runs_every_row_on_a_tiny_cohort_and_caches_every_cell(cohort)
     again = run_benchmark(den, cohort, seg, lookup, split="test", source_segmenter=seg, seeds=(0, 1), progress=False,
                           max_slices=2, cache=cache)
     assert again["computed_cells"] == 0 and again["rows"] == result["rows"]  # a re-run computes nothing
+    # a cohort with the same case ids but other images (the lesion families scanned with the other T1 kind) is
+    # not served the first cohort's cells
+    import shutil
+
+    import nibabel as nib
+
+    other = tmp_path / "other_kind"
+    shutil.copytree(cohort, other)
+    for t1 in other.rglob("*_t1.nii.gz"):
+        image = nib.load(t1)
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj, np.float32) * 0.7, image.affine), t1)
+    elsewhere = run_benchmark(den, other, seg, lookup, split="test", source_segmenter=seg, seeds=(0, 1), progress=False,
+                              max_slices=2, cache=cache)
+    assert elsewhere["computed_cells"] == again["computed_cells"] + sum(len(c) for c in result["cells"].values())
 
 
 def test_paired_bootstrap_claims_only_when_the_interval_excludes_zero():

@@ -42,6 +42,7 @@ import numpy as np
 from research.bench.reference import HealthyLookup
 from research.bench.scoring import COMPARED, paired_bootstrap, row_metrics
 from localdiffusion.data.readers import read_case
+from localdiffusion.errors import InputError
 from localdiffusion.methods.local_diffusion import LocalDiffusionConfig, LocalDiffusionPlan, branch_weight_volume
 from localdiffusion.metrics import axial_stack
 from localdiffusion.volume.batching import batch_sampler, translate_prepared
@@ -184,6 +185,16 @@ def cell_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def case_identity(path: str | Path) -> str:
+    """The content of a case folder (every file's name and bytes): two cohorts may share case ids (the lesion
+    families scanned with each T1 kind), so a cached cell is keyed by what was read, not by the id."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).iterdir() if p.is_file()):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:24]
+
+
 def case_masks(prepared, source: str, ood_bank=None, source_segmenter=None, ks=None, robust=None,
                levels=()) -> dict[str, tuple]:
     """Per mask kind: (OOD map with its threshold, LocalDiffusionConfig overrides). ``robust``: the
@@ -241,6 +252,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
         ks = evaluation_slices(prepared.seg, max_slices)
         if ks.size == 0:
             continue
+        identity = case_identity(path)
         evaluated += len(ks)
         truth, source = prepared.images[cfg.target], prepared.images[cfg.source]
         local = np.where(prepared.brain, lookup(source), 0.0).astype(np.float32)
@@ -254,7 +266,7 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                 key_parts = (model_id,) if row_id is None else (model_id, row_id)
                 key_parts += (robust_id,) if row.mask == ROBUST_MASK else ()
                 key = cell_key(BENCHMARK_VERSION, *key_parts, row.key(ld_config, gate is not None), prepared.case_id,
-                               seed, ks.tolist())
+                               identity, seed, ks.tolist())
                 cell = cache.get(key)
                 if cell is None:
                     if masks is None and (row.kind == "ld" or robust_calibration is not None):
@@ -282,6 +294,9 @@ def run_benchmark(denoiser, data: str | Path, segmenter, lookup: HealthyLookup, 
                                                          prepared.brain)[:, :, z] for kind, (volume, overrides)
                               in masks.items()}
         montage.append(shown)
+    if not montage:
+        raise InputError(f"{data}: no {split} tumour case has an axial slice with at least {MIN_TUMOUR_FRACTION:.0%} "
+                         f"of its area in the lesion labels: nothing to evaluate")
     return {"direction": f"{cfg.source}->{cfg.target}", "split": split, "seeds": list(seeds), "cases": len(montage),
             "evaluated_slices": evaluated, "max_slices": max_slices, "min_tumour_fraction": MIN_TUMOUR_FRACTION,
             "rows": summarise(cells), "differences": differences(cells),
