@@ -164,7 +164,9 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
         ready = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.translateButton.enabled = ready and not running
         self.ui.cancelButton.enabled = running
-        self.ui.toggleButton.enabled = bool(self._parameterNode and self._parameterNode.localVolume)
+        # a direction whose model writes the plain translation (Local Diffusion off) has no baseline to toggle to
+        self.ui.toggleButton.enabled = bool(self._parameterNode and self._parameterNode.localVolume
+                                            and self._parameterNode.baselineVolume)
 
     def onTranslate(self):
         p = self._parameterNode
@@ -296,8 +298,9 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
     def viewVolumes(p) -> tuple:
         """(left, right, overlay): left the selected translation, right the other one (or the
         true target when given); the overlay the user picked, OOD probability or risk."""
-        primary = p.localVolume if p.showLocalDiffusion else p.baselineVolume
-        secondary = p.referenceVolume or (p.baselineVolume if p.showLocalDiffusion else p.localVolume)
+        baseline = p.baselineVolume  # None where the model writes the plain translation as the translation
+        primary = p.localVolume if p.showLocalDiffusion or baseline is None else baseline
+        secondary = p.referenceVolume or (baseline if primary is p.localVolume else p.localVolume)
         overlay = p.riskVolume if p.overlay == "risk" and p.riskVolume else p.oodVolume
         return primary, secondary, overlay
 

@@ -115,8 +115,9 @@ def _parameter_node_wrapper(cls):
 class FakeJob:
     """A background job that reports progress once, then finishes with volumes, regions and a warning (or fails)."""
 
-    def __init__(self, input_node, fail: bool = False):
+    def __init__(self, input_node, fail: bool = False, plain: bool = False):
         self.input_node, self.fail, self.polls, self.progress, self.cancelled, self.cleaned = input_node, fail, 0, 0.0, False, False
+        self.plain = plain  # the model writes the plain translation: no baseline
         self.regions, self.warnings = [{"number": 1}], ["a test warning"]
 
     def poll(self):
@@ -131,8 +132,9 @@ class FakeJob:
 
         data = slicer.util.arrayFromVolume(self.input_node).transpose(2, 1, 0).astype(np.float32)
         affine = np.eye(4)
+        names = ("local", "ood", "risk") if self.plain else ("local", "baseline", "ood", "risk")
         nodes = {name: array_to_node(data / data.max(), affine, scene, f"{name} node", label=(name == "ood_mask"))
-                 for name in ("local", "baseline", "ood", "risk")}
+                 for name in names}
         nodes["ood_mask"] = array_to_node((data > data.mean()).astype(np.uint8), affine, scene, "mask", label=True)
         table = scene.AddNewNodeByClass("vtkMRMLTableNode", "flagged regions table")
         nodes["region_table"] = table
@@ -351,3 +353,20 @@ def test_the_sample_data_entry_loads_the_phantom_case_and_selects_it(harness, mo
                         lambda cmd, **kw: types.SimpleNamespace(returncode=2, stderr="error: the disk is full\n"))
     monkeypatch.setattr(slicer.app, "cachePath", str(tmp_path / "elsewhere"))
     assert module.loadPhantomSample() == [] and calls["errors"][-1].endswith("error: the disk is full")
+
+
+def test_a_direction_without_a_baseline_shows_its_translation_and_offers_no_toggle(harness, monkeypatch):
+    module, scene, calls = harness
+    _input_volume(scene)
+    monkeypatch.setattr(module.SlicerLocalDiffusionLogic, "ensureDependencies", staticmethod(lambda: True))
+    monkeypatch.setattr(module.SlicerLocalDiffusionLogic, "start",
+                        staticmethod(lambda node, request: FakeJob(node, plain=True)))
+    widget = module.SlicerLocalDiffusionWidget()
+    widget.setup()
+    ui, p = widget.ui, widget._parameterNode
+    ui.translateButton.click()
+    widget.onPoll(), widget.onPoll()
+    assert p.localVolume is not None and p.baselineVolume is None and not ui.toggleButton.enabled
+    p.showLocalDiffusion = False  # a parameter left from an earlier run with a baseline
+    left, right, _ = module.SlicerLocalDiffusionLogic.viewVolumes(p)
+    assert left is p.localVolume and right is None
