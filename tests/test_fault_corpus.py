@@ -293,19 +293,18 @@ def test_ctrl_c_says_interrupted_exits_130_and_leaves_nothing(cohort, tiny_model
     import signal
     import subprocess
     import sys
-    import time
 
     case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "localdiffusion.cli", "run", "--input",
                                 str(case / f"{case.name}_t1.nii.gz"), "--models", str(tiny_models), "--out-dir",
-                                str(out), "--steps", "10", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    while True:  # wait until it is sampling
+                                str(out), "--steps", "10", "--batch-size", "1", "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    while True:  # wait until it is sampling (one slice a batch: many batches still to go on an idle machine)
         line = process.stdout.readline()
-        if not line or '"phase": "local"' in line:
+        assert line, f"the job ended before it sampled: {process.stderr.read()[-2000:]}"
+        if '"phase": "local"' in line:
             break
-    time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     lines = [line for line in err.strip().splitlines() if line.startswith("error:") or "Traceback" in line]
