@@ -299,7 +299,9 @@ def test_ctrl_c_says_interrupted_exits_130_and_leaves_nothing(cohort, tiny_model
     process = subprocess.Popen([sys.executable, "-m", "localdiffusion.cli", "run", "--input",
                                 str(case / f"{case.name}_t1.nii.gz"), "--models", str(tiny_models), "--out-dir",
                                 str(out), "--steps", "10", "--batch-size", "1", "--json"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               # a suite started in the background inherits an ignored SIGINT; a terminal's is not
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while True:  # wait until it is sampling (one slice a batch: many batches still to go on an idle machine)
         line = process.stdout.readline()
         assert line, f"the job ended before it sampled: {process.stderr.read()[-2000:]}"
