@@ -91,8 +91,11 @@ def grown(probability: np.ndarray, brain: np.ndarray, low: float, high: float = 
     return np.isin(components, seeds[seeds > 0])
 
 
-def voxel_ml(case: dict) -> float:
-    return case["meta"]["spacing_mm"] ** 3 / 1000.0
+def with_confident(case: dict, risk: np.ndarray, min_ml: float) -> np.ndarray:
+    """``risk`` with the cached OOD map's confident components of at least ``min_ml`` set to 1 (the product's
+    ``confident_components``, as ``risk_volumes`` applies it)."""
+    spacing = case["meta"]["spacing_mm"]
+    return np.where(confident_components(case["ood"], case["brain"], min_ml, spacing ** 3 / 1000.0), 1.0, risk)
 
 
 def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shipped: RiskCalibration) -> np.ndarray:
@@ -104,8 +107,7 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
         maps = detector_maps(case, shipped, "ood_located" in calibration.needs)
         risk = calibration.risk(maps)
         if calibration.confident_ml is not None:  # as the product's risk_volumes, on the cached raw OOD map
-            risk = np.where(confident_components(case["ood"], case["brain"], calibration.confident_ml,
-                                                 voxel_ml(case)), 1.0, risk)
+            risk = with_confident(case, risk, calibration.confident_ml)
         return np.where(case["brain"], risk, 0.0).astype(np.float32)
     if name.startswith("grow-"):
         risk = risk_of(case, "max-located-refit", calibrations, shipped)
@@ -119,13 +121,11 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
         ranks[order] = np.arange(order.size, dtype=np.float32) / order.size
         ranked[brain] = ranks
         if name.endswith("-confident-2ml"):
-            ranked = np.where(confident_components(case["ood"], brain, 2.0, voxel_ml(case)), 1.0, ranked)
+            ranked = with_confident(case, ranked, 2.0)
         return ranked.astype(np.float32)
     if name.startswith("confident-"):
         risk = risk_of(case, "max-located-refit", calibrations, shipped)
-        flagged = confident_components(case["ood"], case["brain"], float(name.split("-")[1].removesuffix("ml")),
-                                       voxel_ml(case))
-        return np.where(flagged, 1.0, risk).astype(np.float32)
+        return with_confident(case, risk, float(name.split("-")[1].removesuffix("ml"))).astype(np.float32)
     calibration = calibrations[name]
     maps = detector_maps(case, shipped, name.startswith("max-located"))
     return np.where(case["brain"], calibration.risk(maps), 0.0).astype(np.float32)

@@ -54,6 +54,20 @@ class FlaggedRegion:
                 f"S {s:+.1f} mm; largest risk {self.max_risk:.4f}; flagged by {found}")
 
 
+def large_components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, np.ndarray]:
+    """The connected components (26-connectivity) of ``mask`` and the labels of those of at least ``min_ml``.
+
+    Returns:
+        (int label map of every component, the labels kept, ascending).
+    """
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    index = np.arange(1, count + 1)
+    if count == 0:
+        return components, index
+    sizes = ndimage.sum_labels(np.ones(mask.shape), components, index)
+    return components, index[sizes * voxel_ml >= min_ml]
+
+
 def find_regions(risk: np.ndarray, affine: np.ndarray, detectors: dict[str, np.ndarray] | None = None,
                  threshold: float = FLAG_THRESHOLD, min_ml: float = MIN_REGION_ML
                  ) -> tuple[np.ndarray, list[FlaggedRegion]]:
@@ -70,12 +84,7 @@ def find_regions(risk: np.ndarray, affine: np.ndarray, detectors: dict[str, np.n
     """
     affine = np.asarray(affine, np.float64)
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    components, count = ndimage.label(np.asarray(risk) >= threshold, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros(risk.shape, np.uint8), []
-    index = np.arange(1, count + 1)
-    sizes = ndimage.sum_labels(np.ones(risk.shape), components, index)
-    keep = index[sizes * voxel_ml >= min_ml]
+    components, keep = large_components(np.asarray(risk) >= threshold, voxel_ml, min_ml)
     if keep.size == 0:
         return np.zeros(risk.shape, np.uint8), []
     peaks = ndimage.maximum(risk, components, keep)

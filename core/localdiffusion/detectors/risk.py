@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
 from localdiffusion.data.io import atomic_path
 from localdiffusion.detectors.maps import DETECTORS
+from localdiffusion.detectors.regions import large_components
 from localdiffusion.errors import InputError
 from localdiffusion.methods.rods import RODSConfig
 from localdiffusion.ood.anomaly_map import Calibration
@@ -122,11 +122,8 @@ def confident_components(probability: np.ndarray, brain: np.ndarray, min_ml: flo
     Returns:
         (X, Y, Z) bool.
     """
-    components, count = ndimage.label((np.asarray(probability) >= level) & brain, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros(brain.shape, bool)
-    sizes = ndimage.sum_labels(np.ones(brain.shape), components, np.arange(1, count + 1)) * voxel_ml
-    return np.isin(components, np.flatnonzero(sizes >= min_ml) + 1)
+    components, keep = large_components((np.asarray(probability) >= level) & brain, voxel_ml, min_ml)
+    return np.isin(components, keep)
 
 
 def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combination: str, standardised: tuple[str, ...],
