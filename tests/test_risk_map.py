@@ -264,3 +264,51 @@ def test_a_calibration_with_a_bad_confident_size_is_refused(tmp_path, value):
     assert json.loads(text, parse_constant=lambda c: c)["confident_ml"] is not None
     with pytest.raises(InputError, match="confident_ml"):
         RiskCalibration.load(tmp_path / "risk.json")
+
+
+def test_a_tumour_risk_flags_confident_ood_components_it_does_not_combine(tmp_path):
+    """The shipped kind of map: the tumour U-Net's probability alone, unsmoothed, plus the location-aware OOD map's
+    confident components. The calibration reads that OOD map without combining it; the components get risk 1 and
+    name the OOD map as what flagged them, everywhere else the OOD map flagged nothing."""
+    rng = np.random.default_rng(5)
+    brain = _brain()
+    healthy = [(brain, {"tumour": np.where(brain, rng.uniform(0, 0.05, SHAPE), 0).astype(np.float32)})
+               for _ in range(3)]
+    calibration = fit_on_volumes(healthy, ("tumour",), 0.0, "max", (), 0.01, confident_ml=0.05)
+    assert calibration.detectors == ("tumour",) and calibration.needs == ("tumour", "ood_located")
+    tumour = np.where(brain, rng.uniform(0, 0.05, SHAPE), 0).astype(np.float32)
+    lesion, core = np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)
+    lesion[6:10, 6:10, 6:10] = True
+    core[14:17, 10:13, 6:9] = True  # 27 voxels: 0.054 ml at 0.002 ml a voxel, unseen by the U-Net
+    tumour[lesion] = 0.9
+    ood = np.where(brain, rng.uniform(0, 0.98, SHAPE), 0).astype(np.float32)
+    ood[core] = 0.999
+    maps = risk_volumes(calibration, {"tumour": tumour, "ood_located": ood}, brain, 0.002)
+    assert (maps.risk[lesion] >= 0.99).all() and (maps.risk[core] == 1).all()
+    assert ((maps.risk >= 0.99) & brain & ~lesion & ~core).mean() < 0.03
+    assert (maps.probabilities["ood_located"][core] == 1).all() and (maps.probabilities["ood_located"][~core] == 0).all()
+    calibration.save(tmp_path / "risk.json")
+    again = RiskCalibration.load(tmp_path / "risk.json")
+    assert again.needs == ("tumour", "ood_located") and again.confident_ml == 0.05
+    with pytest.raises(KeyError):
+        risk_volumes(again, {"tumour": tumour}, brain, 0.002)  # the job always gives the maps a calibration needs
+
+
+def test_the_tumour_probability_is_one_minus_background_on_brain_slices_only():
+    import torch
+
+    from localdiffusion.network.segmenter import SegConfig, Segmenter, tumour_probability_volume
+
+    torch.manual_seed(0)
+    segmenter = Segmenter(SegConfig(modality="t1", channels=(4, 8), strides=(2,), in_plane=(24, 24))).eval()
+    brain = _brain()
+    brain[:, :, :3] = False
+    image = np.where(brain, np.random.default_rng(0).uniform(0, 1, SHAPE), 0).astype(np.float32)
+    volume = tumour_probability_volume(segmenter, image, brain, batch_size=5)
+    assert volume.shape == SHAPE and volume.dtype == np.float32
+    assert (volume[~brain] == 0).all() and 0 < volume[brain].min() and volume.max() < 1
+    k = 8
+    with torch.no_grad():
+        logits = segmenter.network(torch.as_tensor(image[None, None, :, :, k]))
+    expected = 1 - torch.softmax(logits, 1)[0, 0].numpy()
+    np.testing.assert_allclose(volume[:, :, k][brain[:, :, k]], expected[brain[:, :, k]], rtol=1e-5, atol=1e-6)

@@ -83,14 +83,17 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     assert calibration.rods is not None and calibration.rods.eps > 0
     # the risk chosen on validation (BENCHMARK section 11), its definition recorded in the file
     chosen = RISK_DEFAULTS[direction]
-    assert set(calibration.needs) == set(chosen.detectors) and calibration.smoothing == chosen.smoothing
+    assert set(calibration.detectors) == set(chosen.detectors) and calibration.smoothing == chosen.smoothing
     assert calibration.combination == chosen.combination
     assert calibration.confident_ml == chosen.confident_ml  # T1 -> FLAIR flags confident OOD components
     assert set(calibration.standardised) == set(chosen.detectors) & {"cycle", "variance"}
     assert calibration.definition["validated_against"]["healthy_quantile"] == GROSS_ERROR["healthy_quantile"]
-    assert (model_paths(MODELS_ROOT, direction)["reverse"] / "model.pt").exists()
-    # every file its maps need ships beside it (the reverse model, the robust OOD calibration), so
-    # that the main job writes the risk map
+    # every file its maps need ships beside it (the reverse model, the robust OOD calibration, the tumour U-Net),
+    # so that the main job writes the risk map
+    from localdiffusion.detectors.given import GivenMaps
+
+    needed = GivenMaps.files(calibration.needs, paths["ood"], paths["diffusion"], direction)
+    assert needed and all(path.exists() for path in needed.values())
     options = JobOptions(direction=direction, sampler="ddim", steps=calibration.steps)
     assert "risk" in planned_outputs("case_t1.nii.gz", "out", options, MODELS_ROOT)
 

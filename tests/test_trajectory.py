@@ -101,14 +101,14 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
                  "--steps", "6"]) == 2
     assert "risk_calibration.json not found" in capsys.readouterr().err and not out.exists() and not risk.exists()
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--max-cases", "1", "--rods",
-                 "--steps", "10"]) == 0
+                 "--steps", "10", "--detectors", "cycle", "ood_robust", "ood_located", "--smoothing", "2"]) == 0
     # another step count than the default is kept beside the default's file
     saved = json.loads((model / "risk_calibration_ddim10.json").read_text())
     assert not (model / "risk_calibration.json").exists()
-    # the default risk: robust OOD, the written (located) OOD map and the cycle residual, smoothed, each with its
+    # the risk asked for: robust OOD, the written (located) OOD map and the cycle residual, smoothed, each with its
     # CDF; RODS eps fitted beside it
     assert saved["rods"]["eps"] > 0 and set(saved["detectors"]) == {"cycle", "ood_robust", "ood_located"}
-    assert saved["smoothing"] == RISK_DEFAULTS["t1_to_flair"].smoothing
+    assert saved["smoothing"] == 2.0 and saved["confident_ml"] == RISK_DEFAULTS["t1_to_flair"].confident_ml
     assert "ood_robust" in saved and "cycle" in saved and "variance" not in saved and "ood" not in saved
     assert saved["definition"]["validated_against"]["healthy_quantile"] == 0.999
     assert "1 healthy val cases" in saved["definition"]["fitted_on"]
@@ -179,3 +179,49 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
                  str(tmp_path / "out2" / "risk.nii.gz"), "--steps", "10"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reverse model not found" in err[0] and not out2.exists()
+
+
+@pytest.mark.slow
+def test_the_default_risk_reads_the_source_tumour_segmenter(tiny_models, cohort, tmp_path, capsys):
+    """The shipped kind of risk (the source contrast's tumour U-Net, unsmoothed, with the OOD map's confident
+    components): calibrate-risk fits it by default, run writes it without a back-translation, and without the
+    U-Net's folder run plans no risk map and translate --risk-map refuses in one line naming it."""
+    import json
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    from localdiffusion.cli import main
+    from localdiffusion.jobs.run import JobOptions, planned_outputs
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    model = models / "t1_to_flair"
+    case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
+    t1 = case / f"{case.name}_t1.nii.gz"
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(model), "--max-cases", "1",
+                 "--steps", "4"]) == 0
+    saved = json.loads((model / "risk_calibration_ddim4.json").read_text())
+    chosen = RISK_DEFAULTS["t1_to_flair"]
+    assert saved["detectors"] == list(chosen.detectors) == ["tumour"] and "tumour" in saved
+    assert saved["smoothing"] == 0.0 and saved["confident_ml"] == chosen.confident_ml
+    assert "ood_located >= 0.99" in saved["definition"]["risk"] and "seg_<source>" in saved["definition"]["detectors"]["tumour"]
+    capsys.readouterr()
+    run_dir = tmp_path / "run"
+    assert main(["run", "--input", str(t1), "--out-dir", str(run_dir), "--models", str(models), "--steps", "4",
+                 "--t-intermediate", "2", "--no-baseline", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {"event": "phases", "phases": ["local"]} in events  # no back-translation: nothing reads it
+    risk = nib.load(str(run_dir / f"{case.name}_t1_hallucination_risk.nii.gz")).get_fdata()
+    assert 0 <= risk.min() and risk.max() <= 1 and np.isfinite(risk).all()
+    options = JobOptions(steps=4, t_intermediate=2)
+    assert "risk" in planned_outputs(t1, tmp_path / "run2", options, models)
+    shutil.rmtree(models / "seg_t1")
+    assert "risk" not in planned_outputs(t1, tmp_path / "run2", options, models)
+    out = tmp_path / "out" / "flair.nii.gz"
+    capsys.readouterr()
+    assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map",
+                 str(tmp_path / "out" / "risk.nii.gz"), "--steps", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "seg_t1" in err[0] and not out.exists()

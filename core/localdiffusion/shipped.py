@@ -57,3 +57,8 @@ def ood_bank_path(models_root: str | Path, modality: str) -> Path:
     """The PatchCore bank of ``modality`` in a models folder: ``<models_root>/ood_<modality>.pt``
     (a diffusion model folder's default bank is ``ood_bank_path(model_dir.parent, source)``)."""
     return Path(models_root) / f"ood_{modality}.pt"
+
+
+def segmenter_dir(models_root: str | Path, modality: str) -> Path:
+    """The tumour-segmentation U-Net of ``modality`` in a models folder: ``<models_root>/seg_<modality>``."""
+    return Path(models_root) / f"seg_{modality}"

@@ -40,7 +40,14 @@ ROUND3 = ("confident-0.5ml", "confident-1ml", "confident-2ml")
 #: round 4, added after round 3 (README): per-volume self-calibration, every volume's own top 1% of brain voxels
 #: by the max-located-refit risk (ranked within the volume), alone and with the confident components of round 3
 ROUND4 = ("self-1pct", "self-1pct-confident-2ml")
-ROUNDS = {1: (), 2: ROUND2, 3: ROUND2 + ROUND3, 4: ROUND2 + ROUND3 + ROUND4}
+#: round 5, added after round 4 (README): the source contrast's tumour U-Net (the product's ``tumour`` detector) as
+#: one more detector, alone (smoothed as the shipped map, or raw) or in the maximum with max-located-refit's
+#: detectors, each also with round 3's confident components
+ROUND5_BASES = ("tumour-refit", "tumour-raw-refit", "max-located-tumour-refit")
+ROUND5 = ROUND5_BASES + tuple(f"{n}-confident-2ml" for n in ROUND5_BASES)
+ROUNDS = {1: (), 2: ROUND2, 3: ROUND2 + ROUND3, 4: ROUND2 + ROUND3 + ROUND4, 5: ROUND2 + ROUND3 + ROUND4 + ROUND5}
+#: where collect's cohorts live (a cache file is named ``<cohort folder>_<case>.npz``)
+COHORTS_ROOT = Path("data")
 MAX_HEALTHY_ON_TUMOUR = 0.015
 
 
@@ -60,26 +67,61 @@ def load_cache(folder: Path) -> list[dict]:
     return cases
 
 
-def detector_maps(case: dict, shipped: RiskCalibration, located: bool) -> dict[str, np.ndarray]:
-    """The candidate's detector maps as its CDFs read them (the cached ones, plus the written OOD map)."""
+def source_tumour(case: dict) -> np.ndarray:
+    """The product's ``tumour`` detector on the case's source volume (the shipped U-Net of the source contrast,
+    on the job's working grid); computed once per case."""
+    if "tumour" not in case:
+        from localdiffusion.jobs.inputs import prepare_input
+        from localdiffusion.network.segmenter import load_segmenter, tumour_probability_volume
+        from localdiffusion.options import DIRECTIONS
+        from localdiffusion.shipped import segmenter_dir
+
+        source = DIRECTIONS[case["meta"]["direction"]][0]
+        segmenter = load_segmenter(segmenter_dir(MODELS_ROOT, source))
+        cohort, name = case["name"][:-len(case["meta"]["case"]) - 1], case["meta"]["case"]
+        prepared = prepare_input(COHORTS_ROOT / cohort / case["family"] / name / f"{name}_{source}.nii.gz", source,
+                                 segmenter.config.spacing_mm, segmenter.config.in_plane)
+        if prepared.brain.shape != case["brain"].shape:
+            raise ValueError(f"{case['name']}: the source's working grid differs from the cached one")
+        case["tumour"] = tumour_probability_volume(segmenter, prepared.images[source], case["brain"])
+    return case["tumour"]
+
+
+def detector_maps(case: dict, shipped: RiskCalibration, located: bool, tumour: str = "") -> dict[str, np.ndarray]:
+    """The candidate's detector maps as its CDFs read them (the cached ones, plus the written OOD map; with
+    ``tumour`` "with" also the tumour U-Net's, smoothed as the shipped map; "only"/"raw": that one alone,
+    smoothed / unsmoothed)."""
+    brain = case["brain"]
+    if tumour in ("only", "raw"):
+        smoothing = shipped.smoothing if tumour == "only" else 0.0
+        return detector_volumes({"tumour": case["tumour"]}, brain, smoothing)
     maps = {name: case[f"detector_{name}"] for name in shipped.detectors if f"detector_{name}" in case}
     if located:
-        maps.update(detector_volumes({"ood_located": case["ood"]}, case["brain"], shipped.smoothing))
+        maps.update(detector_volumes({"ood_located": case["ood"]}, brain, shipped.smoothing))
+    if tumour == "with":
+        maps.update(detector_volumes({"tumour": case["tumour"]}, brain, shipped.smoothing))
     return maps
 
 
-def refit(cases: list[dict], shipped: RiskCalibration, combination: str, located: bool) -> RiskCalibration:
+#: round 5's bases: name -> (located, tumour) as detector_maps reads them
+ROUND5_MAPS = {"tumour-refit": (False, "only"), "tumour-raw-refit": (False, "raw"),
+               "max-located-tumour-refit": (True, "with")}
+
+
+def refit(cases: list[dict], shipped: RiskCalibration, combination: str, located: bool, tumour: str = ""
+          ) -> RiskCalibration:
     """Every CDF of the candidate fitted on the healthy cases' brain voxels."""
     pooled: dict[str, list] = {}
     for case in cases:
-        for name, volume in detector_maps(case, shipped, located).items():
+        for name, volume in detector_maps(case, shipped, located, tumour).items():
             pooled.setdefault(name, []).append(volume[case["brain"]])
     fitted_on = ("healthy validation scans of the phantom's lesion families (MPRAGE-like and spin-echo-like T1, "
                  "1.5 and 3 T): " + ", ".join(c["name"] for c in cases))
     fpr = shipped.combined.false_positive_rate
-    definition = risk_definition(tuple(pooled), shipped.smoothing, combination, shipped.standardised, fpr, fitted_on)
+    smoothing = 0.0 if tumour == "raw" else shipped.smoothing
+    definition = risk_definition(tuple(pooled), smoothing, combination, shipped.standardised, fpr, fitted_on)
     return RiskCalibration.fit({k: np.concatenate(v) for k, v in pooled.items()}, fpr, shipped.last_k, shipped.rods,
-                               shipped.steps, shipped.smoothing, definition, combination, shipped.standardised)
+                               shipped.steps, smoothing, definition, combination, shipped.standardised)
 
 
 def grown(probability: np.ndarray, brain: np.ndarray, low: float, high: float = 0.99) -> np.ndarray:
@@ -102,9 +144,16 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name == "shipped":  # the calibration the cache was collected with, on the cached detector maps
         maps = detector_maps(case, shipped, False)
         return np.where(case["brain"], shipped.risk(maps), 0.0).astype(np.float32)
+    if name.removesuffix("-confident-2ml") in ROUND5_MAPS:
+        base = name.removesuffix("-confident-2ml")
+        located, tumour = ROUND5_MAPS[base]
+        risk = np.where(case["brain"], calibrations[base].risk(detector_maps(case, shipped, located, tumour)), 0.0)
+        return (with_confident(case, risk, 2.0) if name != base else risk).astype(np.float32)
     if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
         calibration = calibrations[name]
-        maps = detector_maps(case, shipped, "ood_located" in calibration.needs)
+        maps = detector_maps(case, shipped, "ood_located" in calibration.detectors)
+        if "tumour" in calibration.detectors:  # computed here with the file's own smoothing
+            maps.update(detector_volumes({"tumour": source_tumour(case)}, case["brain"], calibration.smoothing))
         risk = calibration.risk(maps)
         if calibration.confident_ml is not None:  # as the product's risk_volumes, on the cached raw OOD map
             risk = with_confident(case, risk, calibration.confident_ml)
@@ -201,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the risk calibration the cache was collected with (default: the shipped one); 0.15.0's: "
                         "git show ebc0595:monai_bundle/models/<direction>/risk_calibration.json")
     p.add_argument("--round", type=int, default=1, choices=sorted(ROUNDS),
-                   help="2: also the round-2 candidates; 3: those of rounds 2 and 3")
+                   help="N: also the candidates of rounds 2 to N")
     p.add_argument("--translation", default="local", choices=["local", "baseline"],
                    help="the translation the yardstick scores: the cached Local Diffusion output (default) or the "
                         "plain translation, which is what `run` writes where Local Diffusion fuses late")
@@ -219,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                     "max-refit": refit(fit_cases, shipped, "max", False),
                     "max-located-refit": refit(fit_cases, shipped, "max", True)}
     cases = [c for c in load_cache((args.cache or args.fit) / args.direction) if f"_{args.split}_" in c["name"]]
+    if args.round >= 5:
+        for case in fit_cases + cases:
+            source_tumour(case)
+        for base, (located, tumour) in ROUND5_MAPS.items():
+            calibrations[base] = refit(fit_cases, shipped, "max", located, tumour)
     results, per_case = {}, {}
     for item in args.calibration:
         name, path = item.split("=", 1)

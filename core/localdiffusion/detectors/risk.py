@@ -43,12 +43,12 @@ class RiskDefault:
 
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
-#: research/lesion_risk: the maximum of the direction's earlier detectors (section 11b of research/RECORD.md:
-#: the OOD map, T1 -> FLAIR the acquisition-robust patch map, and the cycle residual) and the location-aware
-#: OOD map ``run`` writes, fitted on the families' healthy validation scans (1.5 and 3 T; T1 -> FLAIR with
-#: both native T1 kinds); T1 -> FLAIR also flags the location-aware OOD map's confident components of at
-#: least 2 ml outright (:func:`confident_components`).
-RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("ood_robust", "ood_located", "cycle"), 2.0, "max", 2.0),
+#: research/lesion_risk, each fitted on the families' healthy validation scans (1.5 and 3 T; T1 -> FLAIR with both
+#: native T1 kinds). T1 -> FLAIR (round 5): the source contrast's tumour U-Net (the ``tumour`` detector),
+#: unsmoothed, and the location-aware OOD map's confident components of at least 2 ml flagged outright
+#: (:func:`confident_components`). FLAIR -> T1 (round 1): the maximum of the OOD map, the location-aware OOD map
+#: and the cycle residual; it flags every misrepresented test lesion, where round 5's pick lost 3 of 8 (README).
+RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour",), 0.0, "max", 2.0),
                  "flair_to_t1": RiskDefault(("ood", "ood_located", "cycle"), 1.0, "max")}
 #: the detector whose confident components a calibration with ``confident_ml`` flags outright: the location-aware
 #: OOD map ``run`` writes (a probability calibrated on healthy validation voxels by the OOD bank)
@@ -254,8 +254,11 @@ class RiskCalibration:
 
     @property
     def needs(self) -> tuple[str, ...]:
-        """The detector maps this calibration combines (a file that lists none, as the earliest did,
-        loads as the OOD map and its fitted components: :meth:`load`)."""
+        """The detector maps this calibration reads: those it combines (a file that lists none, as the earliest
+        did, loads as the OOD map and its fitted components: :meth:`load`), and :data:`CONFIDENT_DETECTOR` when it
+        flags that map's confident components."""
+        if self.confident_ml is not None and CONFIDENT_DETECTOR not in self.detectors:
+            return (*self.detectors, CONFIDENT_DETECTOR)
         return self.detectors
 
     @classmethod
@@ -274,8 +277,6 @@ class RiskCalibration:
             raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
         partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
         combined = Calibration.fit(partial.combined_score(maps), false_positive_rate)
-        if confident_ml is not None and CONFIDENT_DETECTOR not in detectors:
-            raise ValueError(f"confident components need the {CONFIDENT_DETECTOR!r} detector")
         return cls(components, combined, last_k, rods, steps, detectors, smoothing, dict(definition or {}), combination,
                    tuple(n for n in standardised if n in detectors), confident_ml)
 
@@ -310,10 +311,8 @@ class RiskCalibration:
             if combination not in COMBINATIONS:
                 raise ValueError(f"unknown combination {combination!r}")
             confident_ml = payload.get("confident_ml")
-            if confident_ml is not None and not (isinstance(confident_ml, (int, float)) and 0 < confident_ml < 1e6
-                                                 and CONFIDENT_DETECTOR in detectors):
-                raise ValueError(f"confident_ml {confident_ml!r}: a positive number of ml, with the "
-                                 f"{CONFIDENT_DETECTOR!r} detector")
+            if confident_ml is not None and not (isinstance(confident_ml, (int, float)) and 0 < confident_ml < 1e6):
+                raise ValueError(f"confident_ml {confident_ml!r}: a positive number of ml")
             return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors,
                        _smoothing(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
                        tuple(payload.get("standardised") or ()), None if confident_ml is None else float(confident_ml))
@@ -422,7 +421,8 @@ def risk_volumes(calibration: RiskCalibration, maps: dict[str, np.ndarray], brai
     """:func:`risk_volume` with each detector's probability and prepared map (:class:`RiskMaps`).
 
     With ``calibration.confident_ml``, the confident components of the raw :data:`CONFIDENT_DETECTOR` map
-    (:func:`confident_components`) get risk 1, and that detector's probability 1 there (it flagged them).
+    (:func:`confident_components`) get risk 1, and that detector's probability 1 there (it flagged them; where the
+    calibration does not combine that map, its probability is 0 elsewhere).
     """
     volumes = detector_volumes(maps, brain, calibration.smoothing, calibration.needs, calibration.standardised)
     inside = lambda v: np.where(brain, v, 0.0).astype(np.float32)  # noqa: E731
@@ -433,5 +433,5 @@ def risk_volumes(calibration: RiskCalibration, maps: dict[str, np.ndarray], brai
             raise ValueError("a risk calibration with confident components needs the voxel volume")  # programming
         sure = confident_components(maps[CONFIDENT_DETECTOR], brain, calibration.confident_ml, voxel_ml)
         risk = np.where(sure, 1.0, risk)
-        probabilities[CONFIDENT_DETECTOR] = np.where(sure, 1.0, probabilities[CONFIDENT_DETECTOR])
+        probabilities[CONFIDENT_DETECTOR] = np.where(sure, 1.0, probabilities.get(CONFIDENT_DETECTOR, 0.0))
     return RiskMaps(inside(risk), {name: inside(p) for name, p in probabilities.items()}, volumes)

@@ -39,8 +39,8 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     (:class:`~localdiffusion.detectors.given.GivenMaps`; loaded for ``detectors``). ``rods``: a
     :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with ``eps`` out of
     reach, so the trajectory is the plain one) and its ``eps`` is fitted. The direction's confident-component
-    rule (:attr:`~localdiffusion.detectors.risk.RiskDefault.confident_ml`) is recorded when ``detectors`` include
-    its detector.
+    rule (:attr:`~localdiffusion.detectors.risk.RiskDefault.confident_ml`) is recorded when ``detectors`` are the
+    direction's default or include its detector.
     """
     cfg = denoiser.config
     steps = cfg.sampling_steps(steps)  # 0: the model's validated count
@@ -49,7 +49,7 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     detectors = tuple(detectors or chosen.detectors)
     smoothing = chosen.smoothing if smoothing is None else smoothing
     combination = combination or chosen.combination
-    confident_ml = chosen.confident_ml if CONFIDENT_DETECTOR in detectors else None
+    confident_ml = chosen.confident_ml if detectors == chosen.detectors or CONFIDENT_DETECTOR in detectors else None
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
         raise InputError(f"unknown risk detectors {unknown}; known: {', '.join(DETECTORS)}")

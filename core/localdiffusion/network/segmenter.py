@@ -57,6 +57,34 @@ class Segmenter(torch.nn.Module):
     def tumour(self, slices: torch.Tensor) -> torch.Tensor:
         return self(slices) > 0
 
+    @torch.no_grad()
+    def tumour_probability(self, slices: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) probability that a pixel is tumour of any class: 1 - softmax P(background)."""
+        return 1.0 - torch.softmax(self.network(slices.float()), 1)[:, 0]
+
+
+@torch.no_grad()
+def tumour_probability_volume(segmenter: Segmenter, image: np.ndarray, brain: np.ndarray, batch_size: int = 32
+                              ) -> np.ndarray:
+    """A working-grid volume's tumour probability, slice by slice (:meth:`Segmenter.tumour_probability`).
+
+    Args:
+        segmenter: the tumour U-Net of the volume's contrast.
+        image: (X, Y, Z) the contrast on the segmenter's working grid, in [0, 1].
+        brain: (X, Y, Z) bool.
+        batch_size: slices per network call.
+    Returns:
+        (X, Y, Z) float32 in [0, 1]; 0 outside the brain and on slices without brain.
+    """
+    device = next(segmenter.network.parameters()).device
+    ks = np.flatnonzero(brain.any((0, 1)))
+    out = np.zeros(image.shape, np.float32)
+    for start in range(0, len(ks), batch_size):
+        part = ks[start:start + batch_size]
+        slices = torch.as_tensor(np.ascontiguousarray(np.moveaxis(image[:, :, part], 2, 0)[:, None])).to(device)
+        out[:, :, part] = np.moveaxis(segmenter.tumour_probability(slices).float().cpu().numpy(), 0, 2)
+    return np.where(brain, out, 0.0).astype(np.float32)
+
 
 def load_segmenter(folder: str | Path) -> Segmenter:
     folder = Path(folder)

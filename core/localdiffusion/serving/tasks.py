@@ -28,7 +28,7 @@ from localdiffusion.jobs.ood_map import probability_map
 from localdiffusion.jobs.run import JobOptions, compute_job
 from localdiffusion.options import DIRECTIONS, EXTRA_OUTPUTS, OPTIONS, parse_params
 from localdiffusion.ood.volume import OodMap
-from localdiffusion.shipped import ood_bank_path
+from localdiffusion.shipped import ood_bank_path, segmenter_dir
 
 #: the main job's parameters a MONAI Label client may set (validated by the options table)
 JOB_PARAMS = ("direction", "sampler", "steps", "seed", "noise_sigma_z", "z_harmonise", "local_diffusion",
@@ -267,7 +267,7 @@ class TumourSegmentationTask(InferTask):
         self.models_root = Path(models_root)
 
     def is_valid(self) -> bool:
-        return (self.models_root / "seg_flair").is_dir()
+        return segmenter_dir(self.models_root, "flair").is_dir()
 
     @_messages_name_the_upload
     def __call__(self, request: dict[str, Any]):
@@ -279,7 +279,7 @@ class TumourSegmentationTask(InferTask):
         result_format(request, continuous=False)
         load_volume(request["image"])  # a clear error for an unreadable or broken upload
         warnings: list[str] = []
-        labels, affine = segment_volume(load_segmenter(self.models_root / f"seg_{modality}"), request["image"],
+        labels, affine = segment_volume(load_segmenter(segmenter_dir(self.models_root, modality)), request["image"],
                                         gate_root=self.models_root, force=force, warnings=warnings)
         return str(_write_result(request, labels, affine)), {"modality": modality, "labels": self.LABELS,
                                                              "warnings": warnings}
