@@ -159,13 +159,7 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
     options = JobOptions(steps=10, t_intermediate=5)
     assert "risk" in planned_outputs(t1, tmp_path / "run3", options, models)
     robust.rename(tmp_path / "robust.json")
-    assert "risk" not in planned_outputs(t1, tmp_path / "run3", options, models)
-    out3 = tmp_path / "out3" / "flair.nii.gz"
-    capsys.readouterr()
-    assert main(["translate", "--input", str(t1), "--out", str(out3), "--model", str(model), "--risk-map",
-                 str(tmp_path / "out3" / "risk.nii.gz"), "--steps", "10"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ood_t1_robust.json" in err[0] and "not found" in err[0] and not out3.exists()
+    assert "not found" in _no_risk_without(capsys, t1, models, tmp_path / "three", options, "ood_t1_robust.json")
     (tmp_path / "robust.json").rename(robust)
     # without the reverse model the cycle residual cannot be computed: run writes no risk map,
     # translate --risk-map refuses with one line and writes nothing
@@ -218,10 +212,20 @@ def test_the_default_risk_reads_the_source_tumour_segmenter(tiny_models, cohort,
     options = JobOptions(steps=4, t_intermediate=2)
     assert "risk" in planned_outputs(t1, tmp_path / "run2", options, models)
     shutil.rmtree(models / "seg_t1")
-    assert "risk" not in planned_outputs(t1, tmp_path / "run2", options, models)
-    out = tmp_path / "out" / "flair.nii.gz"
+    _no_risk_without(capsys, t1, models, tmp_path / "two", options, "seg_t1")
+
+
+def _no_risk_without(capsys, t1, models, folder, options, missing: str) -> str:
+    """With a file the risk needs gone (``missing`` names it): run plans no risk map, and translate --risk-map
+    refuses in one line naming it and writes nothing. Returns that line."""
+    from localdiffusion.cli import main
+    from localdiffusion.jobs.run import planned_outputs
+
+    assert "risk" not in planned_outputs(t1, folder / "run", options, models)
+    out = folder / "out" / "flair.nii.gz"
     capsys.readouterr()
-    assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(model), "--risk-map",
-                 str(tmp_path / "out" / "risk.nii.gz"), "--steps", "4"]) == 2
+    assert main(["translate", "--input", str(t1), "--out", str(out), "--model", str(models / options.direction),
+                 "--risk-map", str(folder / "out" / "risk.nii.gz"), "--steps", str(options.steps)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "seg_t1" in err[0] and not out.exists()
+    assert len(err) == 1 and missing in err[0] and not out.exists()
+    return err[0]
