@@ -15,6 +15,7 @@ saves a candidate's refitted calibration (``NAME=PATH``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -67,17 +68,25 @@ def load_cache(folder: Path) -> list[dict]:
     return cases
 
 
+@functools.lru_cache(maxsize=2)
+def _segmenter(contrast: str):
+    """The shipped tumour U-Net of ``contrast``, loaded once."""
+    from localdiffusion.network.segmenter import load_segmenter
+    from localdiffusion.shipped import segmenter_dir
+
+    return load_segmenter(segmenter_dir(MODELS_ROOT, contrast))
+
+
 def source_tumour(case: dict) -> np.ndarray:
     """The product's ``tumour`` detector on the case's source volume (the shipped U-Net of the source contrast,
     on the job's working grid); computed once per case."""
     if "tumour" not in case:
         from localdiffusion.jobs.inputs import prepare_input
-        from localdiffusion.network.segmenter import load_segmenter, tumour_probability_volume
+        from localdiffusion.network.segmenter import tumour_probability_volume
         from localdiffusion.options import DIRECTIONS
-        from localdiffusion.shipped import segmenter_dir
 
         source = DIRECTIONS[case["meta"]["direction"]][0]
-        segmenter = load_segmenter(segmenter_dir(MODELS_ROOT, source))
+        segmenter = _segmenter(source)
         cohort, name = case["name"][:-len(case["meta"]["case"]) - 1], case["meta"]["case"]
         prepared = prepare_input(COHORTS_ROOT / cohort / case["family"] / name / f"{name}_{source}.nii.gz", source,
                                  segmenter.config.spacing_mm, segmenter.config.in_plane)

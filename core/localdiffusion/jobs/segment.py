@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from localdiffusion.jobs.inputs import gate_input, prepare_input
-from localdiffusion.network.segmenter import CLASS_TO_BRATS, Segmenter
+from localdiffusion.network.segmenter import CLASS_TO_BRATS, Segmenter, on_slices
 
 
 @torch.no_grad()
@@ -33,13 +33,8 @@ def segment_volume(segmenter: Segmenter, input_path: str | Path, batch_size: int
         found = gate_input(input_path, prepared, cfg.modality, gate_root, force=force)
         if warnings is not None:
             warnings.extend(found)
-    ks = prepared.brain_slices()
-    image = prepared.images[cfg.modality]
-    labels = np.zeros(prepared.grid.shape, np.uint8)
-    for start in range(0, len(ks), batch_size):
-        part = ks[start:start + batch_size]
-        slices = torch.as_tensor(np.moveaxis(image[:, :, part], 2, 0)[:, None])
-        labels[:, :, part] = np.moveaxis(CLASS_TO_BRATS[segmenter(slices).numpy()], 0, 2)
+    labels = on_slices(segmenter, prepared.images[cfg.modality], prepared.brain_slices(),
+                       lambda slices: CLASS_TO_BRATS[segmenter(slices).cpu().numpy()], np.uint8, batch_size)
     labels[~prepared.brain] = 0
     on_input = prepared.to_input_grid(labels.astype(np.float32), order=0).astype(np.uint8)
     return np.where(prepared.input_brain, on_input, 0).astype(np.uint8), prepared.input_affine

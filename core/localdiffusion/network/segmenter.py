@@ -64,6 +64,29 @@ class Segmenter(torch.nn.Module):
 
 
 @torch.no_grad()
+def on_slices(segmenter: Segmenter, image: np.ndarray, ks: np.ndarray, per_batch, dtype, batch_size: int = 32
+              ) -> np.ndarray:
+    """``per_batch`` over the axial slices ``ks`` of ``image``, a batch at a time on the segmenter's device.
+
+    Args:
+        segmenter: the tumour U-Net whose device the slices go to.
+        image: (X, Y, Z) on the segmenter's working grid.
+        ks: the slice indices to compute.
+        per_batch: (B, 1, H, W) tensor -> (B, H, W) numpy array.
+        dtype: the output's dtype.
+        batch_size: slices per call.
+    Returns:
+        (X, Y, Z) array of ``dtype``; 0 on every other slice.
+    """
+    device = next(segmenter.network.parameters()).device
+    out = np.zeros(image.shape, dtype)
+    for start in range(0, len(ks), batch_size):
+        part = ks[start:start + batch_size]
+        slices = torch.as_tensor(np.ascontiguousarray(np.moveaxis(image[:, :, part], 2, 0)[:, None])).to(device)
+        out[:, :, part] = np.moveaxis(per_batch(slices), 0, 2)
+    return out
+
+
 def tumour_probability_volume(segmenter: Segmenter, image: np.ndarray, brain: np.ndarray, batch_size: int = 32
                               ) -> np.ndarray:
     """A working-grid volume's tumour probability, slice by slice (:meth:`Segmenter.tumour_probability`).
@@ -76,13 +99,8 @@ def tumour_probability_volume(segmenter: Segmenter, image: np.ndarray, brain: np
     Returns:
         (X, Y, Z) float32 in [0, 1]; 0 outside the brain and on slices without brain.
     """
-    device = next(segmenter.network.parameters()).device
-    ks = np.flatnonzero(brain.any((0, 1)))
-    out = np.zeros(image.shape, np.float32)
-    for start in range(0, len(ks), batch_size):
-        part = ks[start:start + batch_size]
-        slices = torch.as_tensor(np.ascontiguousarray(np.moveaxis(image[:, :, part], 2, 0)[:, None])).to(device)
-        out[:, :, part] = np.moveaxis(segmenter.tumour_probability(slices).float().cpu().numpy(), 0, 2)
+    out = on_slices(segmenter, image, np.flatnonzero(brain.any((0, 1))),
+                    lambda slices: segmenter.tumour_probability(slices).float().cpu().numpy(), np.float32, batch_size)
     return np.where(brain, out, 0.0).astype(np.float32)
 
 
