@@ -266,6 +266,26 @@ def test_segmenter_trains_and_round_trips(cohort, tmp_path):
     assert out.shape == (2, 48, 56) and out.dtype == torch.int64
     with pytest.raises(InputError):
         load_segmenter(tmp_path / "nothing")
+    # several cohorts pool their train slices; the intensity augmentation is recorded
+    pooled = train_segmenter([cohort, cohort], tmp_path / "seg2", cfg, steps=2, batch_size=4, gamma_sd=0.3,
+                             progress=False)
+    assert pooled["train_slices"] == 2 * metrics["train_slices"] and pooled["val_slices"] == metrics["val_slices"]
+    assert pooled["gamma_sd"] == 0.3 and pooled["cohorts"] == 2
+
+
+def test_contrast_augmentation_changes_contrast_not_background():
+    from localdiffusion.training.segmenter import augment_contrast
+
+    x = np.zeros((8, 1, 16, 16), np.float32)
+    x[:, :, 4:12, 4:12] = np.linspace(0.1, 0.9, 64, dtype=np.float32).reshape(8, 8)
+    a = augment_contrast(x, np.random.default_rng(0), 0.3)
+    assert a.dtype == np.float32 and a.shape == x.shape
+    assert np.all(a[x == 0] == 0) and a.min() >= 0 and a.max() <= 1
+    assert np.abs(a - x).max() > 0.05  # the contrast changed
+    assert np.array_equal(a, augment_contrast(x, np.random.default_rng(0), 0.3))  # seeded
+    # a gamma above 1 darkens mid-grey, below 1 brightens it: both occur over a batch
+    mid = a[:, 0, 8, 8] - x[:, 0, 8, 8]
+    assert (mid > 0.02).any() and (mid < -0.02).any()
 
 
 def test_evaluate_cli_reports_whole_brain_scores(tiny_model_dir, cohort, tmp_path, capsys):

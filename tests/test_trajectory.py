@@ -200,7 +200,7 @@ def test_the_default_risk_reads_the_source_tumour_segmenter(tiny_models, cohort,
     chosen = RISK_DEFAULTS["t1_to_flair"]
     assert saved["detectors"] == list(chosen.detectors) == ["tumour"] and "tumour" in saved
     assert saved["smoothing"] == 0.0 and saved["confident_ml"] == chosen.confident_ml
-    assert "ood_located >= 0.99" in saved["definition"]["risk"] and "seg_<source>" in saved["definition"]["detectors"]["tumour"]
+    assert "ood_located >= 0.99" in saved["definition"]["risk"] and "lesion_<source>" in saved["definition"]["detectors"]["tumour"]
     capsys.readouterr()
     run_dir = tmp_path / "run"
     assert main(["run", "--input", str(t1), "--out-dir", str(run_dir), "--models", str(models), "--steps", "4",
@@ -211,8 +211,8 @@ def test_the_default_risk_reads_the_source_tumour_segmenter(tiny_models, cohort,
     assert 0 <= risk.min() and risk.max() <= 1 and np.isfinite(risk).all()
     options = JobOptions(steps=4, t_intermediate=2)
     assert "risk" in planned_outputs(t1, tmp_path / "run2", options, models)
-    shutil.rmtree(models / "seg_t1")
-    _no_risk_without(capsys, t1, models, tmp_path / "two", options, "seg_t1")
+    shutil.rmtree(models / "lesion_t1")
+    _no_risk_without(capsys, t1, models, tmp_path / "two", options, "lesion_t1")
 
 
 def _no_risk_without(capsys, t1, models, folder, options, missing: str) -> str:

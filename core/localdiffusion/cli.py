@@ -460,12 +460,16 @@ def _run_ood_calibrate_robust(args) -> int:
 
 def _add_train_seg(sub) -> None:
     p = sub.add_parser("train-seg", help=COMMAND_HELP["train-seg"])
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, nargs="+",
+                   help="phantom cohort folder(s); the train tumour cases of all are pooled, the first one's val "
+                   "cases validate")
     p.add_argument("--modality", default="flair", choices=["t1", "flair", "t2"])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gamma-sd", type=float, default=0.0,
+                   help="intensity augmentation: standard deviation of log(gamma), with noise; 0 (default) = off")
     p.set_defaults(func=_run_train_seg)
 
 
@@ -474,7 +478,7 @@ def _run_train_seg(args) -> int:
     from localdiffusion.training.segmenter import train_segmenter
 
     metrics = train_segmenter(args.data, args.out, SegConfig(modality=args.modality), steps=args.steps,
-                              batch_size=args.batch_size, seed=args.seed)
+                              batch_size=args.batch_size, seed=args.seed, gamma_sd=args.gamma_sd)
     print(f"wrote {args.out}: validation tumour Dice {metrics['val_tumour_dice']:.3f}")
     return 0
 

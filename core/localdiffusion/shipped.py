@@ -60,5 +60,12 @@ def ood_bank_path(models_root: str | Path, modality: str) -> Path:
 
 
 def segmenter_dir(models_root: str | Path, modality: str) -> Path:
-    """The tumour-segmentation U-Net of ``modality`` in a models folder: ``<models_root>/seg_<modality>``."""
+    """The tumour-segmentation U-Net of ``modality`` in a models folder: ``<models_root>/seg_<modality>`` (the
+    ``segment`` job's, and the benchmarks' fixed yardstick of tumour Dice on translations)."""
     return Path(models_root) / f"seg_{modality}"
+
+
+def lesion_model_dir(models_root: str | Path, modality: str) -> Path:
+    """The risk map's lesion U-Net of ``modality`` in a models folder: ``<models_root>/lesion_<modality>`` (the
+    ``tumour`` detector; trained on more lesion kinds and acquisitions than ``seg_<modality>``, same format)."""
+    return Path(models_root) / f"lesion_{modality}"

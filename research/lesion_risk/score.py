@@ -68,32 +68,45 @@ def load_cache(folder: Path) -> list[dict]:
     return cases
 
 
-@functools.lru_cache(maxsize=2)
-def _segmenter(contrast: str):
-    """The shipped tumour U-Net of ``contrast``, loaded once."""
+#: the tumour U-Net folder per source contrast that ``source_tumour`` reads instead of the shipped one
+#: (``--segmenter``; round 6)
+SEGMENTER_OVERRIDE: dict[str, Path] = {}
+
+
+#: calibration file name -> the tumour U-Net folder its ``tumour`` detector reads (``--calibration-segmenter``: a
+#: previous version's file scored with that version's U-Net)
+CALIBRATION_SEGMENTER: dict[str, Path] = {}
+
+
+@functools.lru_cache(maxsize=4)
+def _segmenter(contrast: str, folder: Path | None = None):
+    """The tumour U-Net in ``folder``, or of ``contrast`` (the shipped one unless ``--segmenter`` names another),
+    loaded once."""
     from localdiffusion.network.segmenter import load_segmenter
     from localdiffusion.shipped import segmenter_dir
 
-    return load_segmenter(segmenter_dir(MODELS_ROOT, contrast))
+    return load_segmenter(folder or SEGMENTER_OVERRIDE.get(contrast, segmenter_dir(MODELS_ROOT, contrast)))
 
 
-def source_tumour(case: dict) -> np.ndarray:
-    """The product's ``tumour`` detector on the case's source volume (the shipped U-Net of the source contrast,
-    on the job's working grid); computed once per case."""
-    if "tumour" not in case:
+def source_tumour(case: dict, folder: Path | None = None) -> np.ndarray:
+    """The product's ``tumour`` detector on the case's source volume (the U-Net in ``folder``, by default the
+    shipped one of the source contrast or ``--segmenter``'s, on the job's working grid); computed once per case and
+    U-Net."""
+    key = "tumour" if folder is None else f"tumour@{folder}"
+    if key not in case:
         from localdiffusion.jobs.inputs import prepare_input
         from localdiffusion.network.segmenter import tumour_probability_volume
         from localdiffusion.options import DIRECTIONS
 
         source = DIRECTIONS[case["meta"]["direction"]][0]
-        segmenter = _segmenter(source)
+        segmenter = _segmenter(source, folder)
         cohort, name = case["name"][:-len(case["meta"]["case"]) - 1], case["meta"]["case"]
         prepared = prepare_input(COHORTS_ROOT / cohort / case["family"] / name / f"{name}_{source}.nii.gz", source,
                                  segmenter.config.spacing_mm, segmenter.config.in_plane)
         if prepared.brain.shape != case["brain"].shape:
             raise ValueError(f"{case['name']}: the source's working grid differs from the cached one")
-        case["tumour"] = tumour_probability_volume(segmenter, prepared.images[source], case["brain"])
-    return case["tumour"]
+        case[key] = tumour_probability_volume(segmenter, prepared.images[source], case["brain"])
+    return case[key]
 
 
 def detector_maps(case: dict, shipped: RiskCalibration, located: bool, tumour: str = "") -> dict[str, np.ndarray]:
@@ -162,7 +175,8 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
         calibration = calibrations[name]
         maps = detector_maps(case, shipped, "ood_located" in calibration.detectors)
         if "tumour" in calibration.detectors:  # computed here with the file's own smoothing
-            maps.update(detector_volumes({"tumour": source_tumour(case)}, case["brain"], calibration.smoothing))
+            maps.update(detector_volumes({"tumour": source_tumour(case, CALIBRATION_SEGMENTER.get(name))}, case["brain"],
+                                         calibration.smoothing))
         risk = calibration.risk(maps)
         if calibration.confident_ml is not None:  # as the product's risk_volumes, on the cached raw OOD map
             risk = with_confident(case, risk, calibration.confident_ml)
@@ -268,7 +282,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="also A minus B on the same tumour subjects, with 95%% intervals (paired_difference)")
     p.add_argument("--calibration", nargs="*", default=[], metavar="NAME=PATH",
                    help="also score these calibration files (e.g. the one the product's calibrate-risk wrote)")
+    p.add_argument("--segmenter", type=Path, default=None,
+                   help="a tumour U-Net folder of the source contrast that the tumour detector reads instead of the "
+                        "shipped one (round 6: a retrained U-Net)")
+    p.add_argument("--calibration-segmenter", nargs="*", default=[], metavar="NAME=DIR",
+                   help="the tumour U-Net a --calibration file's tumour detector reads (default: as --segmenter)")
     args = p.parse_args(argv)
+    CALIBRATION_SEGMENTER.update({k: Path(v) for k, v in (i.split("=", 1) for i in args.calibration_segmenter)})
+    if args.segmenter is not None:
+        from localdiffusion.network.segmenter import load_segmenter
+
+        SEGMENTER_OVERRIDE[load_segmenter(args.segmenter).config.modality] = args.segmenter
     shipped = RiskCalibration.load(args.collected_with or MODELS_ROOT / args.direction / "risk_calibration.json")
     fit_cases = [c for c in load_cache(args.fit / args.direction) if c["healthy"] and "_val_" in c["name"]]
     level = error_threshold([error_map(c[args.translation], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]

@@ -12,8 +12,8 @@ recorded during it), and the models that compute them.
   score to the map ``run`` writes keeps the patch distances' own calibration for the risk;
 * ``ood_located``: the OOD map ``run`` writes and Local Diffusion branches on (the robust map with its
   location score, :meth:`~localdiffusion.ood.robust.RobustCalibration.ood_map`);
-* ``tumour``: the source contrast's tumour-segmentation U-Net (``seg_<source>`` beside the model folder,
-  :mod:`~localdiffusion.network.segmenter`): the probability that a voxel is tumour. A supervised detector:
+* ``tumour``: the source contrast's lesion U-Net (``lesion_<source>`` beside the model folder, a
+  :mod:`~localdiffusion.network.segmenter` U-Net): the probability that a voxel is lesion. A supervised detector:
   it knows what a lesion looks like in the source contrast, where the OOD maps know only healthy tissue;
   one U-Net pass over the brain slices;
 * ``cycle``: the cycle residual (:mod:`~localdiffusion.detectors.cycle`, one more translation).
@@ -37,7 +37,7 @@ from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.ood.volume import probability_volume
 from localdiffusion.options import DIRECTIONS
-from localdiffusion.shipped import robust_calibration_path, segmenter_dir
+from localdiffusion.shipped import lesion_model_dir, robust_calibration_path
 from localdiffusion.volume.grid import PreparedCase
 
 
@@ -59,8 +59,9 @@ class LocatedOodProbability(Detector):
 
 class TumourProbability(Detector):
     name = "tumour"
-    description = ("the source contrast's tumour-segmentation U-Net (models/seg_<source>, trained on the phantom's "
-                   "tumour cases): the probability that a voxel is tumour of any class, 1 - P(background)")
+    description = ("the source contrast's lesion U-Net (models/lesion_<source>, a tumour-segmentation U-Net trained on "
+                   "several lesion kinds and T1 kinds): the probability that a voxel is lesion of any class, "
+                   "1 - P(background)")
 
 
 register(RobustOodProbability())
@@ -78,20 +79,20 @@ class GivenMaps:
     robust: RobustCalibration | None = None  # patch distances only (``ood_robust``)
     reverse: object | None = None  # a Denoiser
     located: RobustCalibration | None = None  # the whole robust calibration (``ood_located``)
-    segmenter: Segmenter | None = None  # the source contrast's tumour U-Net (``tumour``)
+    segmenter: Segmenter | None = None  # the source contrast's lesion U-Net (``tumour``)
 
     @staticmethod
     def files(needs: tuple[str, ...], bank_path: str | Path, model_dir: str | Path, direction: str
               ) -> dict[str, Path]:
         """The model file each map of ``needs`` loads, keyed by map: the robust calibration beside
         ``bank_path``, the reverse model's configuration beside ``model_dir`` (translating ``direction``), the
-        source contrast's tumour U-Net's configuration in the models folder above ``model_dir``."""
+        source contrast's lesion U-Net's configuration in the models folder above ``model_dir``."""
         files = {}
         for name in ("ood_robust", "ood_located"):
             if name in needs:
                 files[name] = robust_calibration_path(bank_path)
         if "tumour" in needs:
-            files["tumour"] = segmenter_dir(Path(model_dir).parent, DIRECTIONS[direction][0]) / "config.json"
+            files["tumour"] = lesion_model_dir(Path(model_dir).parent, DIRECTIONS[direction][0]) / "config.json"
         if "cycle" in needs:
             files["cycle"] = reverse_model_dir(model_dir, direction) / "config.json"
         return files
@@ -108,14 +109,14 @@ class GivenMaps:
         segmenter = load_segmenter(files["tumour"].parent).to(device) if "tumour" in files else None
         if segmenter is not None and (segmenter.config.spacing_mm, segmenter.config.in_plane) != (
                 config.spacing_mm, tuple(config.in_plane)):
-            raise InputError(f"{files['tumour']}: the tumour U-Net reads a {segmenter.config.in_plane} grid at "
+            raise InputError(f"{files['tumour']}: the lesion U-Net reads a {segmenter.config.in_plane} grid at "
                              f"{segmenter.config.spacing_mm} mm, the translation model a {tuple(config.in_plane)} grid "
                              f"at {config.spacing_mm} mm")
         return cls(needs, bank, robust, reverse, located, segmenter)
 
     def source_maps(self, prepared: PreparedCase, known: dict[str, np.ndarray] | None = None
                     ) -> dict[str, np.ndarray]:
-        """The given maps of ``needs`` that depend on the source alone (the OOD maps, the tumour U-Net's; ``known``: those the
+        """The given maps of ``needs`` that depend on the source alone (the OOD maps, the lesion U-Net's; ``known``: those the
         job has computed already, by map name), so that a job can compute them before sampling."""
         known = known or {}
         given = {}

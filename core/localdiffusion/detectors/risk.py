@@ -44,7 +44,7 @@ class RiskDefault:
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
 #: research/lesion_risk, each fitted on the families' healthy validation scans (1.5 and 3 T; T1 -> FLAIR with both
-#: native T1 kinds). T1 -> FLAIR (round 5): the source contrast's tumour U-Net (the ``tumour`` detector),
+#: native T1 kinds). T1 -> FLAIR (rounds 5 and 6): the source contrast's lesion U-Net (the ``tumour`` detector),
 #: unsmoothed, and the location-aware OOD map's confident components of at least 2 ml flagged outright
 #: (:func:`confident_components`). FLAIR -> T1 (round 1): the maximum of the OOD map, the location-aware OOD map
 #: and the cycle residual; it flags every misrepresented test lesion, where round 5's pick lost 3 of 8 (README).

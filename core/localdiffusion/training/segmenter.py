@@ -1,7 +1,11 @@
 """Training the tumour-segmentation U-Net (``localdiffusion train-seg``).
 
 Loss: Dice + class-weighted cross-entropy (MONAI ``DiceCELoss``). Trained on all brain
-slices of the tumour *training* cases (tumour and tumour-free slices), random flips.
+slices of the tumour *training* cases of one or more cohorts (tumour and tumour-free slices), random
+left-right flips and, optionally, an intensity augmentation that changes a slice's contrast so the network
+cannot rely on one scanner's grey levels (the random gamma and noise of nnU-Net's and SynthSeg's
+augmentation, Isensee et al. 2021, Billot et al. 2023): ``x ** exp(N(0, s))`` on the [0, 1] slice, plus
+Gaussian noise of a standard deviation drawn in [0, 0.03].
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,18 +27,33 @@ from localdiffusion.network.segmenter import BRATS_TO_CLASS, CLASS_WEIGHTS, SegC
 from localdiffusion.volume.cohort import load_slice_set
 
 
-def train_segmenter(data: str | Path, out: str | Path, cfg: SegConfig, *, steps: int = 1500, batch_size: int = 16,
-                    lr: float = 1e-3, seed: int = 0, progress: bool = True) -> dict:
-    """Train on the tumour training split, report Dice on tumour validation slices."""
+def train_segmenter(data: str | Path | Sequence[str | Path], out: str | Path, cfg: SegConfig, *, steps: int = 1500,
+                    batch_size: int = 16, lr: float = 1e-3, seed: int = 0, gamma_sd: float = 0.0,
+                    progress: bool = True) -> dict:
+    """Train on the tumour training split of every cohort in ``data``, report Dice on the first cohort's tumour
+    validation slices.
+
+    Args:
+        data: a phantom cohort folder (with ``manifest.json``), or several; every one's *train* tumour cases are
+            pooled, the first one's *val* tumour cases are the validation set.
+        out: the model folder written (``model.pt``, ``config.json``, ``metrics.json``), atomically.
+        cfg: the network and its grid.
+        gamma_sd: standard deviation of the log-gamma of the intensity augmentation; 0 turns it off.
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     grid = {"spacing": cfg.spacing_mm, "in_plane": cfg.in_plane}
-    train = load_slice_set(data, "train", (cfg.modality,), kind="tumour", **grid)
-    val = load_slice_set(data, "val", (cfg.modality,), kind="tumour", **grid)
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    parts = [load_slice_set(root, "train", (cfg.modality,), kind="tumour", **grid) for root in roots]
+    val = load_slice_set(roots[0], "val", (cfg.modality,), kind="tumour", **grid)
     net = build_segmenter(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, weight=torch.tensor(CLASS_WEIGHTS))
-    images, labels = train.images[cfg.modality], BRATS_TO_CLASS[train.seg]
+    images = np.concatenate([part.images[cfg.modality] for part in parts])
+    labels = BRATS_TO_CLASS[np.concatenate([part.seg for part in parts])]
     tumour_idx = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
     t0 = time.time()
     for step in tqdm(range(steps), desc=f"train seg ({cfg.modality})", disable=not progress):
@@ -42,6 +62,8 @@ def train_segmenter(data: str | Path, out: str | Path, cfg: SegConfig, *, steps:
         x, y = images[idx][:, None].copy(), labels[idx][:, None].copy()
         flip = rng.random(batch_size) < 0.5
         x[flip], y[flip] = x[flip][..., ::-1, :], y[flip][..., ::-1, :]
+        if gamma_sd > 0:
+            x = augment_contrast(x, rng, gamma_sd)
         loss = loss_fn(net(torch.as_tensor(x)), torch.as_tensor(y))
         opt.zero_grad()
         loss.backward()
@@ -49,7 +71,7 @@ def train_segmenter(data: str | Path, out: str | Path, cfg: SegConfig, *, steps:
     net.eval()
     seg = Segmenter(cfg, net)
     metrics = {"val_tumour_dice": tumour_dice(seg, val.images[cfg.modality], val.seg > 0),
-               "steps": steps, "seconds": round(time.time() - t0, 1), "train_slices": int(len(images)),
+               "steps": steps, "gamma_sd": gamma_sd, "cohorts": len(roots), "seconds": round(time.time() - t0, 1), "train_slices": int(len(images)),
                "val_slices": int(len(val))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,6 +82,24 @@ def train_segmenter(data: str | Path, out: str | Path, cfg: SegConfig, *, steps:
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1), encoding="utf-8")
     return metrics
+
+
+def augment_contrast(x: np.ndarray, rng: np.random.Generator, gamma_sd: float, max_noise: float = 0.03) -> np.ndarray:
+    """Random gamma and Gaussian noise per slice of a batch (B, 1, H, W) in [0, 1]; background stays 0.
+
+    Args:
+        x: the batch, intensities in [0, 1].
+        rng: the random generator (seeded by the caller).
+        gamma_sd: standard deviation of log(gamma).
+        max_noise: the noise's standard deviation is drawn uniformly in [0, max_noise].
+
+    Returns:
+        The augmented batch, float32, clipped to [0, 1].
+    """
+    gamma = np.exp(rng.normal(0.0, gamma_sd, (len(x), 1, 1, 1)))
+    noise = rng.uniform(0.0, max_noise, (len(x), 1, 1, 1)) * rng.standard_normal(x.shape)
+    out = np.clip(x, 0.0, 1.0) ** gamma + noise
+    return np.where(x > 0, np.clip(out, 0.0, 1.0), 0.0).astype(np.float32)
 
 
 def tumour_dice(seg: Segmenter, slices: np.ndarray, truth: np.ndarray, batch_size: int = 64) -> float:
