@@ -156,7 +156,8 @@ _TABLE = [
            flag="--robust"),
     Option("baseline", bool, True, "the baseline translation beside Local Diffusion's"),
     Option("risk_map", bool, True, "the hallucination-risk map (needs the model's risk_calibration.json and its "
-           "DDIM step count; its back-translation by the reverse model costs about one more translation)"),
+           "DDIM step count; the shipped maps read the source contrast's lesion U-Net, one pass over the slices; a "
+           "calibration with the cycle residual costs one more translation)"),
     Option("device", str, "auto", "where the networks run", choices=DEVICES),
     Option("threads", int, 0, "CPU threads for the networks; 0 = the cores this process may use, divided among the "
            "torchrun ranks on this machine", low=0, high=4096),

@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                         "shipped one (round 6: a retrained U-Net)")
     p.add_argument("--calibration-segmenter", nargs="*", default=[], metavar="NAME=DIR",
                    help="the tumour U-Net a --calibration file's tumour detector reads (default: as --segmenter)")
+    p.add_argument("--tumour-subjects", nargs="*", default=None, metavar="ID",
+                   help="score only the tumour cases whose name ends with one of these (t0003 ...), and every healthy one")
     args = p.parse_args(argv)
     CALIBRATION_SEGMENTER.update({k: Path(v) for k, v in (i.split("=", 1) for i in args.calibration_segmenter)})
     if args.segmenter is not None:
@@ -301,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                     "max-refit": refit(fit_cases, shipped, "max", False),
                     "max-located-refit": refit(fit_cases, shipped, "max", True)}
     cases = [c for c in load_cache((args.cache or args.fit) / args.direction) if f"_{args.split}_" in c["name"]]
+    if args.tumour_subjects:  # only these tumour subjects (e.g. those no figure has used), every healthy one
+        cases = [c for c in cases if c["healthy"] or c["name"].endswith(tuple(args.tumour_subjects))]
     if args.round >= 5:
         for case in fit_cases + cases:
             source_tumour(case)

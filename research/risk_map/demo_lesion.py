@@ -35,9 +35,11 @@ def main() -> None:
     healthy = brain & (seg == 0)
     truth = load(f"{case}_{target}.nii.gz")
     stem = args.outputs / f"{args.case.name}_{source}"
-    volumes = {"truth": normalise(truth, truth > 0, modality=target)[0],
-               "baseline": load(f"{stem}_{target}_baseline.nii.gz"),
-               "local diffusion": load(f"{stem}_{target}_local_diffusion.nii.gz")}
+    volumes = {"truth": normalise(truth, truth > 0, modality=target)[0]}
+    # what the run wrote: Local Diffusion's translation and the baseline beside it, or the plain translation
+    for name, suffix in (("baseline", "_baseline"), ("local diffusion", "_local_diffusion"), ("translation", "")):
+        if Path(f"{stem}_{target}{suffix}.nii.gz").exists():
+            volumes[name] = load(f"{stem}_{target}{suffix}.nii.gz")
     for name, volume in volumes.items():
         median = np.median(volume[healthy])
         ratios = {label: float(volume[seg == label].mean() / median) for label in (1, 2, 4) if (seg == label).any()}

@@ -44,12 +44,11 @@ class RiskDefault:
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
 #: research/lesion_risk, each fitted on the families' healthy validation scans (1.5 and 3 T; T1 -> FLAIR with both
-#: native T1 kinds). T1 -> FLAIR (rounds 5 and 6): the source contrast's lesion U-Net (the ``tumour`` detector),
-#: unsmoothed, and the location-aware OOD map's confident components of at least 2 ml flagged outright
-#: (:func:`confident_components`). FLAIR -> T1 (round 1): the maximum of the OOD map, the location-aware OOD map
-#: and the cycle residual; it flags every misrepresented test lesion, where round 5's pick lost 3 of 8 (README).
+#: native T1 kinds). Both read the source contrast's lesion U-Net (the ``tumour`` detector), unsmoothed (round 6).
+#: T1 -> FLAIR adds the location-aware OOD map's confident components of at least 2 ml, flagged outright
+#: (:func:`confident_components`). Neither needs a back-translation.
 RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour",), 0.0, "max", 2.0),
-                 "flair_to_t1": RiskDefault(("ood", "ood_located", "cycle"), 1.0, "max")}
+                 "flair_to_t1": RiskDefault(("tumour",), 0.0, "max")}
 #: the detector whose confident components a calibration with ``confident_ml`` flags outright: the location-aware
 #: OOD map ``run`` writes (a probability calibrated on healthy validation voxels by the OOD bank)
 CONFIDENT_DETECTOR = "ood_located"
