@@ -176,10 +176,10 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
 
 
 @pytest.mark.slow
-def test_the_default_risk_reads_the_source_tumour_segmenter(tiny_models, cohort, tmp_path, capsys):
-    """The shipped kind of risk (the source contrast's tumour U-Net, unsmoothed, with the OOD map's confident
-    components): calibrate-risk fits it by default, run writes it without a back-translation, and without the
-    U-Net's folder run plans no risk map and translate --risk-map refuses in one line naming it."""
+def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_path, capsys):
+    """The shipped kind of risk (the source contrast's lesion U-Net alone, smoothed): calibrate-risk fits it by
+    default, run writes it without a back-translation, and without the U-Net's folder run plans no risk map and
+    translate --risk-map refuses in one line naming it."""
     import json
     import shutil
 
@@ -199,8 +199,8 @@ def test_the_default_risk_reads_the_source_tumour_segmenter(tiny_models, cohort,
     saved = json.loads((model / "risk_calibration_ddim4.json").read_text())
     chosen = RISK_DEFAULTS["t1_to_flair"]
     assert saved["detectors"] == list(chosen.detectors) == ["tumour"] and "tumour" in saved
-    assert saved["smoothing"] == 0.0 and saved["confident_ml"] == chosen.confident_ml
-    assert "ood_located >= 0.99" in saved["definition"]["risk"] and "lesion_<source>" in saved["definition"]["detectors"]["tumour"]
+    assert saved["smoothing"] == chosen.smoothing == 2.0 and saved["confident_ml"] is None is chosen.confident_ml
+    assert "ood_located" not in saved["definition"]["risk"] and "lesion_<source>" in saved["definition"]["detectors"]["tumour"]
     capsys.readouterr()
     run_dir = tmp_path / "run"
     assert main(["run", "--input", str(t1), "--out-dir", str(run_dir), "--models", str(models), "--steps", "4",
