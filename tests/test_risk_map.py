@@ -267,8 +267,8 @@ def test_a_calibration_with_a_bad_confident_size_is_refused(tmp_path, value):
 
 
 def test_a_tumour_risk_flags_confident_ood_components_it_does_not_combine(tmp_path):
-    """The shipped kind of map: the tumour U-Net's probability alone, unsmoothed, plus the location-aware OOD map's
-    confident components. The calibration reads that OOD map without combining it; the components get risk 1 and
+    """A map of the lesion U-Net's probability alone, unsmoothed, plus the location-aware OOD map's confident
+    components (0.19.0's kind). The calibration reads that OOD map without combining it; the components get risk 1 and
     name the OOD map as what flagged them, everywhere else the OOD map flagged nothing."""
     rng = np.random.default_rng(5)
     brain = _brain()

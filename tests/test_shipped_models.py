@@ -88,7 +88,7 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     assert calibration.confident_ml == chosen.confident_ml  # T1 -> FLAIR flags confident OOD components
     assert set(calibration.standardised) == set(chosen.detectors) & {"cycle", "variance"}
     assert calibration.definition["validated_against"]["healthy_quantile"] == GROSS_ERROR["healthy_quantile"]
-    # every file its maps need ships beside it (the reverse model, the robust OOD calibration, the tumour U-Net),
+    # every file its maps need ships beside it (the reverse model, the robust OOD calibration, the lesion U-Net),
     # so that the main job writes the risk map
     from localdiffusion.detectors.given import GivenMaps
 

@@ -24,11 +24,10 @@ from localdiffusion.volume.cohort import load_slice_set
 
 
 def probabilities(segmenter, slices: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The tumour probability of every pixel of ``slices`` (N, H, W)."""
+    """The tumour probability of every pixel of ``slices`` (N, H, W) (:meth:`Segmenter.tumour_probability`)."""
     x = torch.as_tensor(slices[:, None])
-    with torch.no_grad():
-        return np.concatenate([1.0 - torch.softmax(segmenter.network(x[i:i + batch_size]), 1)[:, 0].numpy()
-                               for i in range(0, len(x), batch_size)])
+    return np.concatenate([segmenter.tumour_probability(x[i:i + batch_size]).numpy()
+                           for i in range(0, len(x), batch_size)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,8 @@ def train_segmenter(data: str | Path | Sequence[str | Path], out: str | Path, cf
     net.eval()
     seg = Segmenter(cfg, net)
     metrics = {"val_tumour_dice": tumour_dice(seg, val.images[cfg.modality], val.seg > 0),
-               "steps": steps, "gamma_sd": gamma_sd, "cohorts": len(roots), "seconds": round(time.time() - t0, 1), "train_slices": int(len(images)),
+               "steps": steps, "gamma_sd": gamma_sd, "cohorts": len(roots), "seconds": round(time.time() - t0, 1),
+               "train_slices": int(len(images)),
                "val_slices": int(len(val))}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
