@@ -1,5 +1,6 @@
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -193,3 +194,22 @@ def test_brats_grid_cohort_is_240_by_240_by_155_int16_with_brats_labels(tmp_path
     brain = np.asarray(image.dataobj) > 0
     assert brain[:, :, 0].sum() == 0 and brain[0].sum() == 0 and brain[:, 0].sum() == 0  # the brain sits inside the grid
     assert entries[0]["family"] == "metastasis" and entries[0]["grid"] == "brats"
+
+
+def test_skip_existing_adds_subjects_without_touching_the_ones_there(tmp_path):
+    first = write_cohort(tmp_path, 0, 1, seed=5, spacing=4.0, split="test", family="metastasis")
+    written = tmp_path / first[0]["case_id"] / f"{first[0]['case_id']}_t1.nii.gz"
+    stamp = written.stat().st_mtime_ns
+    entries = write_cohort(tmp_path, 0, 3, seed=5, spacing=4.0, split="test", family="metastasis", skip_existing=True)
+    assert [e["case_id"] for e in entries] == ["ld5_metastasis_test_t0000", "ld5_metastasis_test_t0001",
+                                               "ld5_metastasis_test_t0002"]
+    assert written.stat().st_mtime_ns == stamp  # kept, not generated again
+    assert entries[0] == json.loads(json.dumps(first[0]))
+    # the added subjects are those a fresh run of three would write
+    fresh = write_cohort(tmp_path / "fresh", 0, 3, seed=5, spacing=4.0, split="test", family="metastasis")
+    assert [e["case_seed"] for e in fresh] == [e["case_seed"] for e in entries]
+    for e in entries[1:]:
+        name = e["case_id"]
+        a = np.asarray(nib.load(tmp_path / name / f"{name}_t1.nii.gz").dataobj)
+        b = np.asarray(nib.load(tmp_path / "fresh" / name / f"{name}_t1.nii.gz").dataobj)
+        np.testing.assert_array_equal(a, b)

@@ -121,3 +121,26 @@ def test_the_harm_columns_read_zero_on_the_truth_and_worse_for_a_flat_patch_past
     rows = shipped_rows(100, 5)
     assert rows["shipped LD, DDIM-5"].compare_to == "shipped DDIM-5" and rows["shipped LD, DDIM-5"].ind_floor == 0.95
     assert rows["shipped DDIM-5"].steps == 5 and rows["shipped LD, DDIM-5"].mask == "robust patchcore"
+
+
+def test_a_refit_reads_the_healthy_brain_only_so_its_level_holds_next_to_a_lesion():
+    """The candidates' CDFs are fitted on brain voxels outside the lesion labels: on a tumour scan whose lesion is
+    5% of the brain, a level fitted on that scan flags about 1% of its healthy brain (a level fitted on every brain
+    voxel would sit inside the lesion's values and flag almost none), and the whole lesion."""
+    from localdiffusion.detectors.risk import RiskCalibration
+    from research.lesion_risk.score import refit, risk_of
+
+    rng = np.random.default_rng(1)
+    shape = (40, 40, 24)
+    brain = _ball(shape, (20, 20, 12), 15)
+    seg = np.zeros(shape, np.uint8)
+    seg[_ball(shape, (14, 20, 12), 5.5)] = 2
+    assert 0.03 < (seg > 0).sum() / brain.sum() < 0.08
+    tumour = np.where(seg > 0, 0.9 + 0.1 * rng.random(shape), 0.5 * rng.random(shape)).astype(np.float32)
+    case = {"brain": brain, "seg": seg, "tumour": tumour, "name": "x_ld0_glioma_val_t0000"}
+    shipped = RiskCalibration.fit({"tumour": rng.random(1000)}, 0.01, smoothing=2.0)
+    fitted = refit([case], shipped, "max", False, "raw")
+    risk = risk_of(case, "tumour-raw-refit-tc", {"tumour-raw-refit-tc": fitted}, shipped)
+    healthy = brain & (seg == 0)
+    assert 0.005 < (risk[healthy] >= 0.99).mean() < 0.02
+    assert (risk[seg > 0] >= 0.99).all()

@@ -66,6 +66,9 @@ def _add_phantom(sub) -> None:
                    help="template: the MNI152 field of view; brats: 240 x 240 x 155 at 1 mm (with --spacing 1)")
     p.add_argument("--preview", action="store_true", help="write a PNG montage per case")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep the cases already in the folder's manifest and generate only the others (add subjects "
+                        "to a cohort, or resume an interrupted run)")
     p.set_defaults(func=_run_phantom)
 
 
@@ -74,7 +77,8 @@ def _run_phantom(args) -> int:
 
     entries = write_cohort(args.out, args.healthy, args.tumour, args.seed, spacing=args.spacing, split=args.split,
                            preview=args.preview, workers=args.workers, t1_sequence=args.t1_sequence,
-                           acquisition=args.acquisition, family=args.family, grid=args.grid)
+                           acquisition=args.acquisition, family=args.family, grid=args.grid,
+                           skip_existing=args.skip_existing)
     print(f"wrote {len(entries)} cases and manifest.json to {args.out}")
     return 0
 

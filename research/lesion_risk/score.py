@@ -46,7 +46,12 @@ ROUND4 = ("self-1pct", "self-1pct-confident-2ml")
 #: detectors, each also with round 3's confident components
 ROUND5_BASES = ("tumour-refit", "tumour-raw-refit", "max-located-tumour-refit")
 ROUND5 = ROUND5_BASES + tuple(f"{n}-confident-2ml" for n in ROUND5_BASES)
+#: round 9, added after round 8's test (README): the U-Net's map, smoothed or raw, with every CDF fitted on the healthy
+#: brain of every validation scan (the healthy subjects' brain and the tumour subjects' brain outside the lesion
+#: labels), so that the threshold also holds next to a lesion
+ROUND9 = ("tumour-refit-tc", "tumour-raw-refit-tc")
 ROUNDS = {1: (), 2: ROUND2, 3: ROUND2 + ROUND3, 4: ROUND2 + ROUND3 + ROUND4, 5: ROUND2 + ROUND3 + ROUND4 + ROUND5}
+ROUNDS[9] = ROUNDS[5] + ROUND9
 #: where collect's cohorts live (a cache file is named ``<cohort folder>_<case>.npz``)
 COHORTS_ROOT = Path("data")
 MAX_HEALTHY_ON_TUMOUR = 0.015
@@ -132,13 +137,14 @@ ROUND5_MAPS = {"tumour-refit": (False, "only"), "tumour-raw-refit": (False, "raw
 
 def refit(cases: list[dict], shipped: RiskCalibration, combination: str, located: bool, tumour: str = ""
           ) -> RiskCalibration:
-    """Every CDF of the candidate fitted on the healthy cases' brain voxels."""
+    """Every CDF of the candidate fitted on the cases' healthy brain voxels (brain outside the lesion labels: all
+    of a healthy case's brain)."""
     pooled: dict[str, list] = {}
     for case in cases:
         for name, volume in detector_maps(case, shipped, located, tumour).items():
-            pooled.setdefault(name, []).append(volume[case["brain"]])
-    fitted_on = ("healthy validation scans of the phantom's lesion families (MPRAGE-like and spin-echo-like T1, "
-                 "1.5 and 3 T): " + ", ".join(c["name"] for c in cases))
+            pooled.setdefault(name, []).append(volume[case["brain"] & (case["seg"] == 0)])
+    fitted_on = ("validation scans of the phantom's lesion families (MPRAGE-like and spin-echo-like T1, 1.5 and "
+                 "3 T), their brain outside the lesion labels: " + ", ".join(c["name"] for c in cases))
     fpr = shipped.combined.false_positive_rate
     smoothing = 0.0 if tumour == "raw" else shipped.smoothing
     definition = risk_definition(tuple(pooled), smoothing, combination, shipped.standardised, fpr, fitted_on)
@@ -166,6 +172,10 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name == "shipped":  # the calibration the cache was collected with, on the cached detector maps
         maps = detector_maps(case, shipped, False)
         return np.where(case["brain"], shipped.risk(maps), 0.0).astype(np.float32)
+    if name in ROUND9:
+        located, tumour = ROUND5_MAPS[name.removesuffix("-tc")]
+        return np.where(case["brain"], calibrations[name].risk(detector_maps(case, shipped, located, tumour)),
+                        0.0).astype(np.float32)
     if name.removesuffix("-confident-2ml") in ROUND5_MAPS:
         base = name.removesuffix("-confident-2ml")
         located, tumour = ROUND5_MAPS[base]
@@ -296,13 +306,16 @@ def main(argv: list[str] | None = None) -> int:
 
         SEGMENTER_OVERRIDE[load_segmenter(args.segmenter).config.modality] = args.segmenter
     shipped = RiskCalibration.load(args.collected_with or MODELS_ROOT / args.direction / "risk_calibration.json")
-    fit_cases = [c for c in load_cache(args.fit / args.direction) if c["healthy"] and "_val_" in c["name"]]
+    fit_all = [c for c in load_cache(args.fit / args.direction) if "_val_" in c["name"]]
+    fit_cases = [c for c in fit_all if c["healthy"]]
     level = error_threshold([error_map(c[args.translation], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
                              for c in fit_cases])
     calibrations = {"fisher-refit": refit(fit_cases, shipped, "fisher", False),
                     "max-refit": refit(fit_cases, shipped, "max", False),
                     "max-located-refit": refit(fit_cases, shipped, "max", True)}
-    cases = [c for c in load_cache((args.cache or args.fit) / args.direction) if f"_{args.split}_" in c["name"]]
+    same = args.split == "val" and args.cache in (None, args.fit)  # the fit's own cases, loaded once
+    cases = fit_all if same else [c for c in load_cache((args.cache or args.fit) / args.direction)
+                                  if f"_{args.split}_" in c["name"]]
     if args.tumour_subjects:  # only these tumour subjects (e.g. those no figure has used), every healthy one
         cases = [c for c in cases if c["healthy"] or c["name"].endswith(tuple(args.tumour_subjects))]
     if args.round >= 5:
@@ -310,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
             source_tumour(case)
         for base, (located, tumour) in ROUND5_MAPS.items():
             calibrations[base] = refit(fit_cases, shipped, "max", located, tumour)
+    if args.round >= 9:  # every validation scan of the fit cache, its brain outside the lesion labels
+        for case in fit_all:
+            source_tumour(case)
+        for name in ROUND9:
+            located, tumour = ROUND5_MAPS[name.removesuffix("-tc")]
+            calibrations[name] = refit(fit_all, shipped, "max", located, tumour)
     results, per_case = {}, {}
     for item in args.calibration:
         name, path = item.split("=", 1)

@@ -90,13 +90,16 @@ def _write_case_star(args) -> dict:
 
 def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, *, spacing: float = 2.0,
                  split: str = "all", preview: bool = False, workers: int = 1, t1_sequence: str = "mprage",
-                 acquisition: str = "training", family: str = "training", grid: str = "template") -> list[dict]:
+                 acquisition: str = "training", family: str = "training", grid: str = "template",
+                 skip_existing: bool = False) -> list[dict]:
     """Generate a cohort under ``out``; writes ``manifest.json`` and ``manifest.csv`` last.
 
     ``acquisition``: a name of :data:`~localdiffusion.phantom.physics.ACQUISITION_SHIFTS` (the same
     subjects as the training distribution's, scanned differently); ``t1_sequence`` overrides its T1.
     ``family``: the lesion family (:mod:`~localdiffusion.phantom.families`; its own subjects);
-    ``grid``: ``template`` or ``brats`` (240 x 240 x 155 at 1 mm; needs ``spacing`` 1)."""
+    ``grid``: ``template`` or ``brats`` (240 x 240 x 155 at 1 mm; needs ``spacing`` 1);
+    ``skip_existing``: cases already in the folder's manifest are kept as they are, not generated again (more
+    subjects added to a cohort, or an interrupted run resumed: the manifest is written only at the end)."""
     check_family(family)
     if grid not in GRIDS:
         raise InputError(f"unknown grid {grid!r}; choose from {', '.join(GRIDS)}")
@@ -112,6 +115,8 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_cohort(n_healthy, n_tumour, seed, split, family)
+    if skip_existing:
+        plan = [e for e in plan if e["case_id"] not in _manifest_ids(out)]
     jobs = [(out, entry, spacing, settings, preview, grid) for entry in plan]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -124,6 +129,11 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
     with atomic_path(out / MANIFEST_CSV) as tmp:
         tmp.write_text(_manifest_csv(entries), encoding="utf-8")
     return entries
+
+
+def _manifest_ids(out: Path) -> set[str]:
+    path = out / MANIFEST_JSON
+    return {e["case_id"] for e in json.loads(path.read_text(encoding="utf-8"))["cases"]} if path.exists() else set()
 
 
 def merge_manifest(out: Path, entries: list[dict]) -> list[dict]:
