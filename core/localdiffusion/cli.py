@@ -68,7 +68,7 @@ def _add_phantom(sub) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--skip-existing", action="store_true",
                    help="keep the cases already in the folder's manifest and generate only the others (add subjects "
-                        "to a cohort, or resume an interrupted run)")
+                        "to a cohort)")
     p.set_defaults(func=_run_phantom)
 
 

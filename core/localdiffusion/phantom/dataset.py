@@ -99,7 +99,7 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
     ``family``: the lesion family (:mod:`~localdiffusion.phantom.families`; its own subjects);
     ``grid``: ``template`` or ``brats`` (240 x 240 x 155 at 1 mm; needs ``spacing`` 1);
     ``skip_existing``: cases already in the folder's manifest are kept as they are, not generated again (more
-    subjects added to a cohort, or an interrupted run resumed: the manifest is written only at the end)."""
+    subjects added to a cohort)."""
     check_family(family)
     if grid not in GRIDS:
         raise InputError(f"unknown grid {grid!r}; choose from {', '.join(GRIDS)}")
