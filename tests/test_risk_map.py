@@ -312,3 +312,23 @@ def test_the_tumour_probability_is_one_minus_background_on_brain_slices_only():
         logits = segmenter.network(torch.as_tensor(image[None, None, :, :, k]))
     expected = 1 - torch.softmax(logits, 1)[0, 0].numpy()
     np.testing.assert_allclose(volume[:, :, k][brain[:, :, k]], expected[brain[:, :, k]], rtol=1e-5, atol=1e-6)
+
+
+def test_a_fit_on_lesion_cases_pools_their_brain_outside_the_lesion_only():
+    """(brain, maps, healthy) triples pool the healthy voxels only: a lesion scan whose lesion is a large share of
+    its brain fitted with its lesion included puts the level inside the lesion's values (its healthy brain flagged
+    at far below 1%); fitted outside the lesion, the level flags about 1% of that healthy brain and the whole lesion."""
+    rng = np.random.default_rng(7)
+    brain = _brain()
+    lesion = np.zeros(SHAPE, bool)
+    lesion[4:12, 4:12, 4:12] = True
+    lesion &= brain
+    tumour = np.where(brain, rng.uniform(0, 0.5, SHAPE), 0).astype(np.float32)
+    tumour[lesion] = rng.uniform(0.9, 1.0, int(lesion.sum()))
+    assert (lesion.sum() / brain.sum()) > 0.05
+    healthy = brain & ~lesion
+    outside = fit_on_volumes([(brain, {"tumour": tumour}, healthy)], ("tumour",), 0.0, "max")
+    whole = fit_on_volumes([(brain, {"tumour": tumour})], ("tumour",), 0.0, "max")
+    flags = lambda c: c.risk({"tumour": tumour}) >= 0.99  # noqa: E731
+    assert 0.005 < flags(outside)[healthy].mean() < 0.02 and flags(outside)[lesion].all()
+    assert flags(whole)[healthy].mean() < 0.002

@@ -215,6 +215,35 @@ def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_
     _no_risk_without(capsys, t1, models, tmp_path / "two", options, "lesion_t1")
 
 
+def test_calibrate_risk_fits_lesion_cases_outside_their_labels_without_sampling(tiny_models, cohort, tmp_path,
+                                                                                monkeypatch):
+    """--lesion-cases adds the split's lesion cases (each on its brain outside its labels) to the healthy ones; a
+    risk of the lesion U-Net alone reads the source only, so nothing is translated."""
+    import json
+    import shutil
+
+    import localdiffusion.jobs.calibrate as calibrate
+    from localdiffusion.cli import main
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("a source-only risk was fitted by translating")
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    monkeypatch.setattr(calibrate, "translate_prepared", no_sampling)
+    out = tmp_path / "risk.json"
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
+                 "--lesion-cases", "--steps", "4", "--out", str(out)]) == 0
+    fitted_on = json.loads(out.read_text())["definition"]["fitted_on"]
+    assert fitted_on.startswith("2 val cases (healthy, and lesion cases outside their lesion labels)")
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
+                 "--steps", "4", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["definition"]["fitted_on"].startswith("1 healthy val cases")
+    with pytest.raises(AssertionError, match="by translating"):  # a recorded detector does sample
+        main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
+              "--detectors", "tumour", "variance", "--steps", "4", "--out", str(out)])
+
+
 def _no_risk_without(capsys, t1, models, folder, options, missing: str) -> str:
     """With a file the risk needs gone (``missing`` names it): run plans no risk map, and translate --risk-map
     refuses in one line naming it and writes nothing. Returns that line."""

@@ -258,7 +258,8 @@ def _add_calibrate_risk(sub) -> None:
 
     p = sub.add_parser("calibrate-risk", help=COMMAND_HELP["calibrate-risk"])
     p.add_argument("--data", required=True, type=Path, nargs="+",
-                   help="cohort folder(s); the healthy cases of --split, at most --max-cases from each")
+                   help="cohort folder(s); the healthy cases of --split (and its lesion cases with --lesion-cases), "
+                        "at most --max-cases from each")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
     defaults = "; ".join(f"{d}: {' '.join(r.detectors)}, smoothing {smoothing_label(r.smoothing)}, {r.combination}"
@@ -280,6 +281,9 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--rods-stride", type=int, default=None, help="evaluate H on every n-th step of the window")
     p.add_argument("--rods-rho", type=float, default=None, help="RMS per-pixel size of the perturbation")
     p.add_argument("--max-cases", type=int, default=3)
+    p.add_argument("--lesion-cases", action="store_true",
+                   help="also the lesion cases of --split, each on its brain outside its lesion labels (the level then "
+                        "also holds next to a lesion); --max-cases counts both kinds")
     add_options(p, ["steps", "device"])
     p.add_argument("--fpr", type=float, default=HEALTHY_FPR, help="healthy false-positive rate of the risk threshold")
     p.add_argument("--out", type=Path, default=None,
@@ -319,7 +323,8 @@ def _run_calibrate_risk(args) -> int:
     given = GivenMaps.load(detectors, bank, bank_path, model, denoiser.config, device)
     calibration = calibrate_risk(denoiser, args.data, given, detectors=detectors,
                                  smoothing=smoothing, combination=args.combination, rods=rods,
-                                 max_cases=args.max_cases, steps=args.steps, false_positive_rate=args.fpr)
+                                 max_cases=args.max_cases, lesion_cases=args.lesion_cases, steps=args.steps,
+                                 false_positive_rate=args.fpr)
     out = args.out or model / calibration_name(calibration.steps, denoiser.config.steps)
     calibration.save(out)
     print(f"wrote {out}" + (f" (RODS {calibration.rods.describe()}, eps {calibration.rods.eps:.4g})"

@@ -69,6 +69,10 @@ register(LocatedOodProbability())
 register(TumourProbability())
 
 
+#: the given maps that read the source alone (:meth:`GivenMaps.source_maps`): a risk of only these needs no sampling
+SOURCE_MAPS = ("ood", "ood_robust", "ood_located", "tumour")
+
+
 @dataclass
 class GivenMaps:
     """What computes the given maps of one calibration's ``needs``: the source bank, its robust

@@ -327,13 +327,16 @@ def _smoothing(stored) -> Smoothing:
 def fit_on_volumes(cases: Iterable[tuple[np.ndarray, dict[str, np.ndarray]]], detectors: tuple[str, ...],
                    smoothing: Smoothing, combination: str, standardised: tuple[str, ...] = (),
                    false_positive_rate: float = 0.01, **fields) -> RiskCalibration:
-    """:meth:`RiskCalibration.fit` on healthy cases given as ``(brain, raw detector maps)`` pairs (an
-    iterable, consumed once): each map through :func:`detector_volumes`, the brain voxels of every case
-    pooled. ``fields``: fit's other keywords (``last_k``, ``rods``, ``steps``, ``definition``)."""
+    """:meth:`RiskCalibration.fit` on healthy voxels given as ``(brain, raw detector maps)`` pairs, or
+    ``(brain, raw detector maps, healthy)`` triples (an iterable, consumed once): each map through
+    :func:`detector_volumes` over the brain, the ``healthy`` voxels of every case pooled (default: the whole brain;
+    a lesion case's brain outside its lesion labels). ``fields``: fit's other keywords (``last_k``, ``rods``,
+    ``steps``, ``definition``)."""
     voxels: dict[str, list] = {}
-    for brain, maps in cases:
+    for brain, maps, *healthy in cases:
+        pooled = healthy[0] if healthy else brain
         for name, volume in detector_volumes(maps, brain, smoothing, detectors, standardised).items():
-            voxels.setdefault(name, []).append(volume[brain])
+            voxels.setdefault(name, []).append(volume[pooled])
     return RiskCalibration.fit({name: np.concatenate(parts) for name, parts in voxels.items()}, false_positive_rate,
                                smoothing=smoothing, combination=combination, standardised=standardised, **fields)
 

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from localdiffusion.data.readers import read_case
-from localdiffusion.detectors.given import GivenMaps
+from localdiffusion.detectors.given import SOURCE_MAPS, GivenMaps
 from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
 from localdiffusion.detectors.maps import DETECTORS, VolumeRecorder
 from localdiffusion.detectors.risk import (CONFIDENT_DETECTOR, RiskCalibration, Smoothing, fit_on_volumes,
@@ -27,11 +27,14 @@ from localdiffusion.volume.grid import prepare_case
 
 def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: tuple[str, ...] | None = None,
                    smoothing: Smoothing | None = None, combination: str | None = None, rods=None,
-                   split: str = "val", max_cases: int = 3,
+                   split: str = "val", max_cases: int = 3, lesion_cases: bool = False,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = HEALTHY_FPR,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
     """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``);
     ``data``: one cohort or several (e.g. the same subjects scanned with each T1 kind), at most ``max_cases`` each.
+    ``lesion_cases``: the lesion cases of ``split`` too, each on its brain outside its lesion labels, so that the
+    threshold also holds next to a lesion (a case's labelled voxels are never fitted on). A risk whose detectors
+    all read the source alone (:data:`~localdiffusion.detectors.given.SOURCE_MAPS`) samples nothing.
 
     ``detectors``, ``smoothing``, ``combination`` None: the direction's default
     (:data:`~localdiffusion.detectors.risk.RISK_DEFAULTS`);
@@ -60,27 +63,38 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     if missing:
         raise ValueError(f"the given maps were loaded without {missing}")  # a programming error
     folders = list(data) if isinstance(data, (list, tuple)) else [data]
+    kind = None if lesion_cases else "healthy"
     cases = [case for folder in folders
-             for case in cases_in_split(folder, split, "healthy" if has_manifest(folder) else None)[:max_cases]]
+             for case in cases_in_split(folder, split, kind if has_manifest(folder) else None)[:max_cases]]
     if not cases:
-        raise InputError(f"{', '.join(map(str, folders))}: no healthy {split} cases to calibrate the risk map on")
+        raise InputError(f"{', '.join(map(str, folders))}: no {kind or 'healthy or lesion'} {split} cases to "
+                         f"calibrate the risk map on")
     probe = dataclasses.replace(rods, eps=float("inf")) if rods is not None else None
+    source_only = probe is None and set(detectors) <= set(SOURCE_MAPS)
     slice_curvature = []
 
     def healthy_maps():
         for path in tqdm(cases, desc="risk calibration", unit="case"):
             prepared = prepare_case(read_case(path, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
+            if prepared.seg is None and lesion_cases:
+                raise InputError(f"{path}: no lesion labels; --lesion-cases fits on each case's brain outside them")
+            healthy = prepared.brain if prepared.seg is None else prepared.brain & (prepared.seg == 0)
+            if source_only:  # nothing recorded during sampling: the source's maps alone
+                yield prepared.brain, given.source_maps(prepared), healthy
+                continue
             recorder = VolumeRecorder(prepared.grid.shape, last_k)
             translation = translate_prepared(denoiser, prepared, seed=seed, batch_size=batch_size, progress=False,
                                              recorder=recorder, sample_batch=batch_sampler("ddim", steps, rods=probe))
             if probe is not None:
                 slice_curvature.append(recorder.slice_values("curvature")[prepared.brain_slices()])
             yield prepared.brain, recorder.volumes(given.maps(prepared, translation, steps=steps, seed=seed,
-                                                              batch_size=batch_size))
+                                                              batch_size=batch_size)), healthy
 
+    what = (f"{len(cases)} {split} cases (healthy, and lesion cases outside their lesion labels)" if lesion_cases
+            else f"{len(cases)} healthy {split} cases")
     definition = risk_definition(detectors, smoothing, combination, standardised, false_positive_rate,
-                                 fitted_on=f"{len(cases)} healthy {split} cases of "
-                                           f"{', '.join(str(folder) for folder in folders)}, DDIM-{steps}, seed {seed}",
+                                 fitted_on=f"{what} of {', '.join(str(folder) for folder in folders)}, "
+                                           f"DDIM-{steps}, seed {seed}",
                                  confident_ml=confident_ml)
     calibration = fit_on_volumes(healthy_maps(), detectors, smoothing, combination, standardised,
                                  false_positive_rate, last_k=last_k, steps=steps, definition=definition,
