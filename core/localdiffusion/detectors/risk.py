@@ -43,12 +43,12 @@ class RiskDefault:
 
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
-#: research/lesion_risk, each fitted on the families' healthy validation scans (1.5 and 3 T; T1 -> FLAIR with both
-#: native T1 kinds). Both read the source contrast's lesion U-Net (the ``tumour`` detector) alone: T1 -> FLAIR
-#: smoothed by a Gaussian of sigma 2 voxels (round 8), FLAIR -> T1 unsmoothed (round 6). Neither needs a
-#: back-translation.
+#: research/lesion_risk. Both read the source contrast's lesion U-Net (the ``tumour`` detector) alone, smoothed by
+#: a Gaussian (T1 -> FLAIR sigma 2 voxels, FLAIR -> T1 sigma 1), its level fitted on the families' validation scans
+#: (1.5 and 3 T; T1 -> FLAIR with both native T1 kinds), healthy and lesion ones, each lesion scan outside its lesion
+#: labels (``calibrate-risk --lesion-cases``). Neither needs a back-translation.
 RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour",), 2.0, "max"),
-                 "flair_to_t1": RiskDefault(("tumour",), 0.0, "max")}
+                 "flair_to_t1": RiskDefault(("tumour",), 1.0, "max")}
 #: the detector whose confident components a calibration with ``confident_ml`` flags outright: the location-aware
 #: OOD map ``run`` writes (a probability calibrated on healthy validation voxels by the OOD bank)
 CONFIDENT_DETECTOR = "ood_located"
