@@ -73,7 +73,7 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     source_only = probe is None and set(detectors) <= set(SOURCE_MAPS)
     slice_curvature = []
 
-    def healthy_maps():
+    def fitted_maps():  # (brain, the risk's maps, the voxels fitted on) per case
         for path in tqdm(cases, desc="risk calibration", unit="case"):
             prepared = prepare_case(read_case(path, (cfg.source,)), cfg.spacing_mm, cfg.in_plane)
             if prepared.seg is None and lesion_cases:
@@ -96,7 +96,7 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
                                  fitted_on=f"{what} of {', '.join(str(folder) for folder in folders)}, "
                                            f"DDIM-{steps}, seed {seed}",
                                  confident_ml=confident_ml)
-    calibration = fit_on_volumes(healthy_maps(), detectors, smoothing, combination, standardised,
+    calibration = fit_on_volumes(fitted_maps(), detectors, smoothing, combination, standardised,
                                  false_positive_rate, last_k=last_k, steps=steps, definition=definition,
                                  confident_ml=confident_ml)
     if probe is not None:  # the eps flagging false_positive_rate of healthy slices

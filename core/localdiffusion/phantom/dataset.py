@@ -116,7 +116,8 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_cohort(n_healthy, n_tumour, seed, split, family)
     if skip_existing:
-        plan = [e for e in plan if e["case_id"] not in _manifest_ids(out)]
+        existing = _manifest_ids(out)
+        plan = [e for e in plan if e["case_id"] not in existing]
     jobs = [(out, entry, spacing, settings, preview, grid) for entry in plan]
     if workers > 1:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
