@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     score.CALIBRATION_SEGMENTER["file"] = args.segmenter
     flagged_in = {band: 0 for band in BANDS_MM}
     healthy_tumour = flagged_healthy = healthy_cases = 0
-    for case in score.load_cache(args.cache / args.direction):
-        if "_val_" not in case["name"]:
-            continue
+    for case in score.load_cache(args.cache / args.direction, "val"):
         risk = score.risk_of(case, "file", {"file": calibration}, collected)
         healthy = case["brain"] & (case["seg"] == 0)
         flagged = healthy & (risk >= THRESHOLD)

@@ -57,9 +57,10 @@ COHORTS_ROOT = Path("data")
 MAX_HEALTHY_ON_TUMOUR = 0.015
 
 
-def load_cache(folder: Path) -> list[dict]:
+def load_cache(folder: Path, split: str | None = None) -> list[dict]:
+    """The cached cases in ``folder`` (only those of ``split`` when given; the others are not read)."""
     cases = []
-    for path in sorted(folder.glob("*.npz")):
+    for path in sorted(folder.glob("*.npz" if split is None else f"*_{split}_*.npz")):
         with np.load(path) as data:
             case = {k: data[k] for k in data.files if k != "meta"}
             case["meta"] = json.loads(str(data["meta"]))
@@ -172,13 +173,9 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name == "shipped":  # the calibration the cache was collected with, on the cached detector maps
         maps = detector_maps(case, shipped, False)
         return np.where(case["brain"], shipped.risk(maps), 0.0).astype(np.float32)
-    if name in ROUND9:
-        located, tumour = ROUND5_MAPS[name.removesuffix("-tc")]
-        return np.where(case["brain"], calibrations[name].risk(detector_maps(case, shipped, located, tumour)),
-                        0.0).astype(np.float32)
-    if name.removesuffix("-confident-2ml") in ROUND5_MAPS:
-        base = name.removesuffix("-confident-2ml")
-        located, tumour = ROUND5_MAPS[base]
+    base = name.removesuffix("-confident-2ml")  # a round-5 map (its -tc fit: round 9), with the components or not
+    if base.removesuffix("-tc") in ROUND5_MAPS:
+        located, tumour = ROUND5_MAPS[base.removesuffix("-tc")]
         risk = np.where(case["brain"], calibrations[base].risk(detector_maps(case, shipped, located, tumour)), 0.0)
         return (with_confident(case, risk, 2.0) if name != base else risk).astype(np.float32)
     if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
@@ -306,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
         SEGMENTER_OVERRIDE[load_segmenter(args.segmenter).config.modality] = args.segmenter
     shipped = RiskCalibration.load(args.collected_with or MODELS_ROOT / args.direction / "risk_calibration.json")
-    fit_all = [c for c in load_cache(args.fit / args.direction) if "_val_" in c["name"]]
+    fit_all = load_cache(args.fit / args.direction, "val")
     fit_cases = [c for c in fit_all if c["healthy"]]
     level = error_threshold([error_map(c[args.translation], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
                              for c in fit_cases])
@@ -314,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     "max-refit": refit(fit_cases, shipped, "max", False),
                     "max-located-refit": refit(fit_cases, shipped, "max", True)}
     same = args.split == "val" and args.cache in (None, args.fit)  # the fit's own cases, loaded once
-    cases = fit_all if same else [c for c in load_cache((args.cache or args.fit) / args.direction)
-                                  if f"_{args.split}_" in c["name"]]
+    cases = fit_all if same else load_cache((args.cache or args.fit) / args.direction, args.split)
     if args.tumour_subjects:  # only these tumour subjects (e.g. those no figure has used), every healthy one
         cases = [c for c in cases if c["healthy"] or c["name"].endswith(tuple(args.tumour_subjects))]
     if args.round >= 5:
