@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from localdiffusion.detectors.regions import MIN_REGION_ML, find_regions
+from localdiffusion.detectors.regions import MIN_REGION_ML, find_regions, grow_flagged
 
 
 def _risk() -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +38,21 @@ def test_no_region_when_nothing_reaches_the_threshold():
     risk, affine = _risk()
     labels, regions = find_regions(np.minimum(risk, 0.98), affine)
     assert regions == [] and not labels.any()
+
+
+def test_hysteresis_grows_a_flagged_core_through_its_component_only():
+    """A seed at the threshold raises its whole component of the lower map to the seed's risk; a component without a
+    seed, and a seed outside the lower map, keep their risk; values only ever go up."""
+    risk = np.zeros((12, 12, 12), np.float32)
+    risk[1:5, 1:5, 1:5] = 0.9
+    risk[2, 2, 2] = 0.995  # seed inside a component
+    risk[7:11, 7:11, 7:11] = 0.95  # a component without a seed
+    risk[0, 11, 0] = 0.999  # a lone seed
+    grown = grow_flagged(risk, risk >= 0.5)
+    assert np.allclose(grown[1:5, 1:5, 1:5], 0.995)
+    assert np.array_equal(grown[7:11, 7:11, 7:11], risk[7:11, 7:11, 7:11]) and grown[0, 11, 0] == risk[0, 11, 0]
+    assert (grown >= risk).all() and ((grown >= 0.99) & (risk < 0.99)).sum() == 4 ** 3 - 1
+    assert np.array_equal(grow_flagged(risk, np.zeros(risk.shape, bool)), risk)
 
 
 def test_run_writes_the_region_label_map_and_its_report(risk_models, cohort, tmp_path, capsys, caplog):

@@ -332,3 +332,68 @@ def test_a_fit_on_lesion_cases_pools_their_brain_outside_the_lesion_only():
     flags = lambda c: c.risk({"tumour": tumour}) >= 0.99  # noqa: E731
     assert 0.005 < flags(outside)[healthy].mean() < 0.02 and flags(outside)[lesion].all()
     assert flags(whole)[healthy].mean() < 0.002
+
+
+def test_a_region_flagged_at_its_core_grows_over_the_lesion_segmentation(tmp_path):
+    """Hysteresis through the U-Net's raw probability: a lesion whose confident core alone reaches the threshold is
+    flagged over its whole segmentation, at its core's risk; a moderately unusual blob with no confident voxel stays
+    unflagged; the rule round-trips through the file and makes the run read the map it grows through."""
+    rng = np.random.default_rng(6)
+    brain = _brain()
+
+    def healthy_map(corner):  # noise, and a healthy variant the U-Net half believes in
+        volume = rng.uniform(0, 0.05, SHAPE)
+        volume[corner:corner + 6, 8:14, 5:11] = 0.75
+        return np.where(brain, volume, 0).astype(np.float32)
+
+    healthy = [(brain, {"tumour": healthy_map(corner)}) for corner in (6, 9, 12)]
+    calibration = fit_on_volumes(healthy, ("tumour",), 1.0, "max", (), 0.01, grow=("tumour", 0.5))
+    plain = dataclasses.replace(calibration, grow=None)
+    tumour = np.where(brain, rng.uniform(0, 0.05, SHAPE), 0).astype(np.float32)
+    lesion, core, blob = np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), np.zeros(SHAPE, bool)
+    lesion[5:13, 6:12, 5:11] = True
+    core[7:11, 7:11, 6:10] = True
+    blob[15:19, 14:18, 6:10] = True
+    tumour[lesion], tumour[core], tumour[blob] = 0.6, 0.99, 0.6
+    maps = {"tumour": tumour}
+    before = risk_volume(plain, maps, brain)
+    assert before[core].max() >= 0.99 and (before[lesion] >= 0.99).mean() < 0.5  # flagged at its core only
+    after = risk_volume(calibration, maps, brain)
+    assert (after[lesion] >= 0.99).all() and np.allclose(after[lesion], before[lesion].max())
+    assert (after[blob] < 0.99).all() and np.array_equal(after[~lesion], before[~lesion])
+    assert calibration.needs == ("tumour",)
+    calibration.save(tmp_path / "risk.json")
+    again = RiskCalibration.load(tmp_path / "risk.json")
+    assert again.grow == ("tumour", 0.5)
+    np.testing.assert_array_equal(risk_volume(again, maps, brain), after)
+    on_risk = dataclasses.replace(plain, grow=("risk", 0.5))  # through the risk itself: the lesion's rim is >= 0.5
+    assert (risk_volume(on_risk, maps, brain)[lesion] >= 0.99).all()
+
+
+def test_growth_through_a_map_the_risk_does_not_combine_is_read_by_the_run():
+    brain = _brain()
+    rng = np.random.default_rng(7)
+    healthy = [(brain, {"ood_located": np.where(brain, rng.uniform(0, 1, SHAPE), 0).astype(np.float32)})]
+    calibration = fit_on_volumes(healthy, ("ood_located",), 1.0, "max", (), 0.01, grow=("tumour", 0.5))
+    assert calibration.needs == ("ood_located", "tumour")
+    assert dataclasses.replace(calibration, grow=("risk", 0.9)).needs == ("ood_located",)
+
+
+@pytest.mark.parametrize("text", ["tumour", "tumour:1.5", "nothing:0.5", "risk:x", "risk:0"])
+def test_a_bad_growth_is_refused(tmp_path, text):
+    import json
+
+    from localdiffusion.detectors.risk import parse_growth
+    from localdiffusion.errors import InputError
+
+    with pytest.raises(ValueError, match="growth"):
+        parse_growth(text)
+    brain = _brain()
+    healthy = [(brain, {"tumour": np.where(brain, np.random.default_rng(8).uniform(0, 1, SHAPE), 0).astype(np.float32)})]
+    fit_on_volumes(healthy, ("tumour",), 1.0, "max", (), 0.01, grow=("risk", 0.9)).save(tmp_path / "risk.json")
+    payload = json.loads((tmp_path / "risk.json").read_text())
+    assert payload["grow"] == "risk:0.9"
+    payload["grow"] = text
+    (tmp_path / "risk.json").write_text(json.dumps(payload))
+    with pytest.raises(InputError, match="corrupt risk calibration.*growth"):
+        RiskCalibration.load(tmp_path / "risk.json")

@@ -187,6 +187,7 @@ def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_
     import numpy as np
 
     from localdiffusion.cli import main
+    from localdiffusion.detectors.risk import growth_label
     from localdiffusion.jobs.run import JobOptions, planned_outputs
 
     models = tmp_path / "models"
@@ -200,6 +201,7 @@ def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_
     chosen = RISK_DEFAULTS["t1_to_flair"]
     assert saved["detectors"] == list(chosen.detectors) == ["tumour"] and "tumour" in saved
     assert saved["smoothing"] == chosen.smoothing == 2.0 and saved["confident_ml"] is None is chosen.confident_ml
+    assert saved["grow"] == (growth_label(chosen.grow) if chosen.grow else None)
     assert "ood_located" not in saved["definition"]["risk"] and "lesion_<source>" in saved["definition"]["detectors"]["tumour"]
     capsys.readouterr()
     run_dir = tmp_path / "run"
@@ -216,7 +218,7 @@ def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_
 
 
 def test_calibrate_risk_fits_lesion_cases_outside_their_labels_without_sampling(tiny_models, cohort, tmp_path,
-                                                                                monkeypatch):
+                                                                                monkeypatch, capsys):
     """--lesion-cases adds the split's lesion cases (each on its brain outside its labels) to the healthy ones; a
     risk of the lesion U-Net alone reads the source only, so nothing is translated."""
     import json
@@ -239,6 +241,19 @@ def test_calibrate_risk_fits_lesion_cases_outside_their_labels_without_sampling(
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
                  "--steps", "4", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["definition"]["fitted_on"].startswith("1 healthy val cases")
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
+                 "--steps", "4", "--grow", "tumour:0.5", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["grow"] == "tumour:0.5" and "raw tumour map >= 0.5 (hysteresis)" in saved["definition"]["risk"]
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
+                 "--steps", "4", "--grow", "none", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["grow"] is None
+    out.unlink()
+    capsys.readouterr()
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
+                 "--steps", "4", "--grow", "tumour:2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].count("--grow") == 1 and not out.exists()
     with pytest.raises(AssertionError, match="by translating"):  # a recorded detector does sample
         main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
               "--detectors", "tumour", "variance", "--steps", "4", "--out", str(out)])

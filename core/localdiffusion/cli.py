@@ -254,7 +254,7 @@ def _run_calibrate_gate(args) -> int:
 
 def _add_calibrate_risk(sub) -> None:
     from localdiffusion.detectors.maps import DETECTORS
-    from localdiffusion.detectors.risk import COMBINATIONS, RISK_DEFAULTS, smoothing_label
+    from localdiffusion.detectors.risk import COMBINATIONS, RISK_DEFAULTS, growth_label, smoothing_label
 
     p = sub.add_parser("calibrate-risk", help=COMMAND_HELP["calibrate-risk"])
     p.add_argument("--data", required=True, type=Path, nargs="+",
@@ -263,6 +263,7 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--model", type=Path, default=None, help="model folder (default: shipped T1->FLAIR)")
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
     defaults = "; ".join(f"{d}: {' '.join(r.detectors)}, smoothing {smoothing_label(r.smoothing)}, {r.combination}"
+                         + (f", grown through {growth_label(r.grow)}" if r.grow else "")
                          for d, r in RISK_DEFAULTS.items())
     p.add_argument("--detectors", nargs="+", default=None, choices=list(DETECTORS),
                    help=f"detector maps the risk combines (default per direction, chosen on validation: {defaults}; "
@@ -274,6 +275,10 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--combination", choices=list(COMBINATIONS), default=None,
                    help="how the detectors' probabilities make one score (max, or Fisher's sum of -log(1 - p)); "
                         "default: the direction's")
+    p.add_argument("--grow", default=None, metavar="MAP:LEVEL",
+                   help="grow every flagged region by hysteresis through the brain voxels of MAP >= LEVEL (MAP: "
+                        "'risk' or a detector's raw map, e.g. tumour:0.5), or 'none'; default: the direction's, with "
+                        "its default detectors")
     p.add_argument("--rods", action="store_true", help="also record RODS curvature and fit its eps")
     p.add_argument("--rods-mode", choices=["cas", "sas"], default=None, help="RODS perturbation direction")
     p.add_argument("--rods-estimator", choices=["autograd", "finite_difference"], default=None,
@@ -295,7 +300,7 @@ def _add_calibrate_risk(sub) -> None:
 
 def _run_calibrate_risk(args) -> int:
     from localdiffusion.detectors.given import GivenMaps
-    from localdiffusion.detectors.risk import calibration_name, parse_smoothing, risk_default
+    from localdiffusion.detectors.risk import calibration_name, parse_growth, parse_smoothing, risk_default
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
     from localdiffusion.network.denoiser import load_denoiser
@@ -306,6 +311,10 @@ def _run_calibrate_risk(args) -> int:
         smoothing = parse_smoothing(args.smoothing) if args.smoothing is not None else None
     except ValueError as exc:
         raise InputError(f"--smoothing: {exc}") from None
+    try:
+        grow = parse_growth(args.grow) if args.grow is not None else "default"
+    except ValueError as exc:
+        raise InputError(f"--grow: {exc}") from None
     model = args.model or shipped_model_dir()
     device = select_device(args.device)
     denoiser = load_denoiser(model, device)
@@ -322,7 +331,7 @@ def _run_calibrate_risk(args) -> int:
     detectors = tuple(args.detectors or risk_default(denoiser.config.direction).detectors)
     given = GivenMaps.load(detectors, bank, bank_path, model, denoiser.config, device)
     calibration = calibrate_risk(denoiser, args.data, given, detectors=detectors,
-                                 smoothing=smoothing, combination=args.combination, rods=rods,
+                                 smoothing=smoothing, combination=args.combination, grow=grow, rods=rods,
                                  max_cases=args.max_cases, lesion_cases=args.lesion_cases, steps=args.steps,
                                  false_positive_rate=args.fpr)
     out = args.out or model / calibration_name(calibration.steps, denoiser.config.steps)

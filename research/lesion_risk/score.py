@@ -24,7 +24,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from localdiffusion.data.io import atomic_path
-from localdiffusion.detectors.risk import RiskCalibration, confident_components, detector_volumes, risk_definition
+from localdiffusion.detectors.regions import grow_flagged
+from localdiffusion.detectors.risk import (RiskCalibration, apply_growth, confident_components, detector_volumes,
+                                          risk_definition)
 from localdiffusion.shipped import MODELS_ROOT
 
 from research.lesion_risk.yardstick import CaseScore, error_map, error_threshold, score_case
@@ -52,6 +54,12 @@ ROUND5 = ROUND5_BASES + tuple(f"{n}-confident-2ml" for n in ROUND5_BASES)
 ROUND9 = ("tumour-refit-tc", "tumour-raw-refit-tc")
 ROUNDS = {1: (), 2: ROUND2, 3: ROUND2 + ROUND3, 4: ROUND2 + ROUND3 + ROUND4, 5: ROUND2 + ROUND3 + ROUND4 + ROUND5}
 ROUNDS[9] = ROUNDS[5] + ROUND9
+#: round 10, added after round 9's test (README): round 9's tumour-refit-tc with its flagged regions grown by
+#: hysteresis (the product's ``apply_growth``) through the risk >= 0.98 / 0.95, or through the U-Net's raw
+#: probability >= 0.5 / 0.25
+ROUND10_GROWTH = {"tumour-refit-tc-grow-0.98": ("risk", 0.98), "tumour-refit-tc-grow-0.95": ("risk", 0.95),
+                  "tumour-refit-tc-seg-0.5": ("tumour", 0.5), "tumour-refit-tc-seg-0.25": ("tumour", 0.25)}
+ROUNDS[10] = ROUNDS[9] + tuple(ROUND10_GROWTH)
 #: where collect's cohorts live (a cache file is named ``<cohort folder>_<case>.npz``)
 COHORTS_ROOT = Path("data")
 MAX_HEALTHY_ON_TUMOUR = 0.015
@@ -86,12 +94,12 @@ CALIBRATION_SEGMENTER: dict[str, Path] = {}
 
 @functools.lru_cache(maxsize=4)
 def _segmenter(contrast: str, folder: Path | None = None):
-    """The tumour U-Net in ``folder``, or of ``contrast`` (the shipped one unless ``--segmenter`` names another),
-    loaded once."""
+    """The tumour U-Net in ``folder``, or of ``contrast`` (the product's ``tumour`` detector, the shipped
+    ``lesion_<contrast>``, unless ``--segmenter`` names another), loaded once."""
     from localdiffusion.network.segmenter import load_segmenter
-    from localdiffusion.shipped import segmenter_dir
+    from localdiffusion.shipped import lesion_model_dir
 
-    return load_segmenter(folder or SEGMENTER_OVERRIDE.get(contrast, segmenter_dir(MODELS_ROOT, contrast)))
+    return load_segmenter(folder or SEGMENTER_OVERRIDE.get(contrast, lesion_model_dir(MODELS_ROOT, contrast)))
 
 
 def source_tumour(case: dict, folder: Path | None = None) -> np.ndarray:
@@ -154,12 +162,10 @@ def refit(cases: list[dict], shipped: RiskCalibration, combination: str, located
 
 
 def grown(probability: np.ndarray, brain: np.ndarray, low: float, high: float = 0.99) -> np.ndarray:
-    """Every voxel of ``probability >= low`` connected (26) to one ``>= high``, inside the brain."""
-    from scipy import ndimage
-
-    components, _ = ndimage.label((probability >= low) & brain, structure=np.ones((3, 3, 3), bool))
-    seeds = np.unique(components[(probability >= high) & brain])
-    return np.isin(components, seeds[seeds > 0])
+    """Every voxel of ``probability >= low`` connected (26) to one ``>= high``, inside the brain (the product's
+    hysteresis, ``grow_flagged``)."""
+    inside = np.where(brain, probability, 0.0)
+    return grow_flagged(inside, (inside >= low) & brain, high) >= high
 
 
 def with_confident(case: dict, risk: np.ndarray, min_ml: float) -> np.ndarray:
@@ -173,6 +179,9 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name == "shipped":  # the calibration the cache was collected with, on the cached detector maps
         maps = detector_maps(case, shipped, False)
         return np.where(case["brain"], shipped.risk(maps), 0.0).astype(np.float32)
+    if name in ROUND10_GROWTH:
+        risk = risk_of(case, "tumour-refit-tc", calibrations, shipped)
+        return apply_growth(risk, ROUND10_GROWTH[name], {"tumour": case["tumour"]}, case["brain"]).astype(np.float32)
     base = name.removesuffix("-confident-2ml")  # a round-5 map (its -tc fit: round 9), with the components or not
     if base.removesuffix("-tc") in ROUND5_MAPS:
         located, tumour = ROUND5_MAPS[base.removesuffix("-tc")]
@@ -181,13 +190,17 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
         calibration = calibrations[name]
         maps = detector_maps(case, shipped, "ood_located" in calibration.detectors)
-        if "tumour" in calibration.detectors:  # computed here with the file's own smoothing
-            maps.update(detector_volumes({"tumour": source_tumour(case, CALIBRATION_SEGMENTER.get(name))}, case["brain"],
-                                         calibration.smoothing))
+        raw = {}
+        if "tumour" in calibration.needs:  # computed here with the file's own smoothing
+            raw["tumour"] = source_tumour(case, CALIBRATION_SEGMENTER.get(name))
+            maps.update(detector_volumes(raw, case["brain"], calibration.smoothing))
         risk = calibration.risk(maps)
         if calibration.confident_ml is not None:  # as the product's risk_volumes, on the cached raw OOD map
             risk = with_confident(case, risk, calibration.confident_ml)
-        return np.where(case["brain"], risk, 0.0).astype(np.float32)
+        risk = np.where(case["brain"], risk, 0.0)
+        if calibration.grow is not None:  # as the product's risk_volumes, through the raw map
+            risk = apply_growth(risk, calibration.grow, raw, case["brain"])
+        return risk.astype(np.float32)
     if name.startswith("grow-"):
         risk = risk_of(case, "max-located-refit", calibrations, shipped)
         return np.where(grown(case["ood"], case["brain"], float(name.split("-")[1])), 1.0, risk).astype(np.float32)

@@ -68,6 +68,26 @@ def large_components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[
     return components, index[sizes * voxel_ml >= min_ml]
 
 
+def grow_flagged(risk: np.ndarray, lower: np.ndarray, threshold: float = FLAG_THRESHOLD) -> np.ndarray:
+    """Hysteresis (Canny, 1986, section VI: a seed above the high threshold, its region above the low one):
+    every connected component (26-connectivity) of ``lower`` that holds a voxel of risk at or above ``threshold``
+    takes that component's largest risk, so that a region flagged at its core is flagged whole.
+
+    Args:
+        risk: (X, Y, Z) calibrated risk in [0, 1].
+        lower: (X, Y, Z) bool, the voxels a flagged region may grow through (every flagged voxel among them).
+        threshold: the flag level (the seeds).
+    Returns:
+        (X, Y, Z) the risk, raised to its component's largest value inside every seeded component.
+    """
+    risk = np.asarray(risk)
+    components, count = ndimage.label(lower | (risk >= threshold), structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return risk
+    peaks = np.r_[0.0, ndimage.maximum(risk, components, np.arange(1, count + 1))].astype(risk.dtype)[components]
+    return np.where(peaks >= threshold, np.maximum(risk, peaks), risk)
+
+
 def find_regions(risk: np.ndarray, affine: np.ndarray, detectors: dict[str, np.ndarray] | None = None,
                  threshold: float = FLAG_THRESHOLD, min_ml: float = MIN_REGION_ML
                  ) -> tuple[np.ndarray, list[FlaggedRegion]]:

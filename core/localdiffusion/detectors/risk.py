@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter
 
 from localdiffusion.data.io import atomic_path
 from localdiffusion.detectors.maps import DETECTORS
-from localdiffusion.detectors.regions import large_components
+from localdiffusion.detectors.regions import grow_flagged, large_components
 from localdiffusion.errors import InputError
 from localdiffusion.methods.rods import RODSConfig
 from localdiffusion.ood.anomaly_map import Calibration
@@ -30,6 +30,9 @@ from localdiffusion.options import FLAG_THRESHOLD
 GROSS_ERROR = {"neighbourhood": 3, "healthy_quantile": 0.999}
 #: a Gaussian sigma in voxels: one value, or one per working-grid axis (x, y, z; z is the slice axis)
 Smoothing = float | tuple[float, float, float]
+#: how a flagged region grows (:func:`apply_growth`): through the voxels of ``map`` at or above ``level``, ``map``
+#: being ``"risk"`` (the risk itself) or a detector's raw map
+Growth = tuple[str, float]
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class RiskDefault:
     smoothing: Smoothing
     combination: str
     confident_ml: float | None = None  # see RiskCalibration.confident_ml
+    grow: Growth | None = None  # see RiskCalibration.grow
 
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
@@ -125,8 +129,47 @@ def confident_components(probability: np.ndarray, brain: np.ndarray, min_ml: flo
     return np.isin(components, keep)
 
 
+def parse_growth(text: str) -> Growth | None:
+    """``"tumour:0.5"`` -> ("tumour", 0.5), ``"risk:0.95"``, ``"none"`` -> None; ValueError for anything else."""
+    if text == "none":
+        return None
+    name, _, level = str(text).partition(":")
+    try:
+        value = float(level)
+    except ValueError:
+        value = -1.0
+    if name != "risk" and name not in DETECTORS or not 0 < value < 1:
+        raise ValueError(f"growth {text!r}: MAP:LEVEL, MAP 'risk' or a detector ({', '.join(DETECTORS)}), "
+                         f"0 < LEVEL < 1, or 'none'")
+    return name, value
+
+
+def growth_label(grow: Growth) -> str:
+    """``tumour:0.5``: the form :func:`parse_growth` reads."""
+    return f"{grow[0]}:{grow[1]:g}"
+
+
+def apply_growth(risk: np.ndarray, grow: Growth, maps: dict[str, np.ndarray], brain: np.ndarray) -> np.ndarray:
+    """The risk with every flagged region grown by hysteresis (:func:`~localdiffusion.detectors.regions.grow_flagged`)
+    through the brain voxels of ``grow``'s map at or above its level: the risk itself, or a detector's raw map
+    (e.g. the lesion U-Net's probability: a lesion flagged at its core is flagged over its whole segmentation).
+
+    Args:
+        risk: (X, Y, Z) calibrated risk.
+        grow: (map, level).
+        maps: detector name -> raw (X, Y, Z) map (needed when the map is a detector's).
+        brain: (X, Y, Z) bool.
+    Returns:
+        (X, Y, Z) the grown risk.
+    """
+    name, level = grow
+    lower = (np.asarray(risk if name == "risk" else maps[name]) >= level) & brain
+    return grow_flagged(risk, lower)
+
+
 def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combination: str, standardised: tuple[str, ...],
-                    false_positive_rate: float, fitted_on: str, confident_ml: float | None = None) -> dict:
+                    false_positive_rate: float, fitted_on: str, confident_ml: float | None = None,
+                    grow: Growth | None = None) -> dict:
     """The definition a calibration file records: what the risk combines, how it was fitted, and
     the event it is validated against."""
     how = {"max": "the maximum of", "fisher": "Fisher's combination (sum of -log(1 - p)) of"}[combination]
@@ -137,6 +180,11 @@ def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combinatio
     confident = (f"; risk 1 on every component of {CONFIDENT_DETECTOR} >= {1 - false_positive_rate:g} (unsmoothed, "
                  f"26-connected) of at least {confident_ml:g} ml, which adds to the healthy fraction flagged"
                  if confident_ml else "")
+    if grow is not None:
+        lower = "risk" if grow[0] == "risk" else f"the raw {grow[0]} map"
+        confident += (f"; every flagged region then grown through the 26-connected brain voxels of {lower} >= "
+                      f"{grow[1]:g} (hysteresis), each grown voxel at its region's largest risk, which adds to the "
+                      f"healthy fraction flagged")
     return {"risk": f"risk >= 1 - a flags a fraction a of healthy validation brain voxels (threshold "
                     f"{1 - false_positive_rate:g}: {false_positive_rate:g}); {how} the detectors' "
                     f"healthy-validation CDFs p, each map taken inside the brain and smoothed by a 3D Gaussian of "
@@ -224,6 +272,9 @@ class RiskCalibration:
     standardised: tuple[str, ...] = ()  # detectors whose maps are standardised by the volume's own median/MAD
     #: when set, :data:`CONFIDENT_DETECTOR`'s components of at least this many ml are risk 1 (:func:`risk_volumes`)
     confident_ml: float | None = None
+    #: when set, every flagged region grows by hysteresis through this map's voxels at or above this level
+    #: (:func:`apply_growth`, after the confident components)
+    grow: Growth | None = None
 
     def detector_probabilities(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per voxel and detector: the calibration's detectors in ``maps``, each as its healthy-calibrated
@@ -256,15 +307,16 @@ class RiskCalibration:
         """The detector maps this calibration reads: those it combines (a file that lists none, as the earliest
         did, loads as the OOD map and its fitted components: :meth:`load`), and :data:`CONFIDENT_DETECTOR` when it
         flags that map's confident components."""
-        if self.confident_ml is not None and CONFIDENT_DETECTOR not in self.detectors:
-            return (*self.detectors, CONFIDENT_DETECTOR)
-        return self.detectors
+        extra = [name for name in (CONFIDENT_DETECTOR if self.confident_ml is not None else None,
+                                   self.grow[0] if self.grow is not None else None)
+                 if name not in (None, "risk", *self.detectors)]
+        return (*self.detectors, *dict.fromkeys(extra))
 
     @classmethod
     def fit(cls, maps: dict[str, np.ndarray], false_positive_rate: float = 0.01, last_k: int = 10,
             rods: RODSConfig | None = None, steps: int | None = None, smoothing: Smoothing = 0.0,
             definition: dict | None = None, combination: str = "max", standardised: tuple[str, ...] = (),
-            confident_ml: float | None = None) -> "RiskCalibration":
+            confident_ml: float | None = None, grow: Growth | None = None) -> "RiskCalibration":
         """Fit on healthy validation voxels: ``maps`` detector name -> 1D array (all of one length),
         already through :func:`detector_volumes` with ``smoothing`` and ``standardised``. A calibrated detector keeps its
         probability unless it was smoothed (smoothing changes its distribution, so it gets a CDF too)."""
@@ -277,13 +329,14 @@ class RiskCalibration:
         partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
         combined = Calibration.fit(partial.combined_score(maps), false_positive_rate)
         return cls(components, combined, last_k, rods, steps, detectors, smoothing, dict(definition or {}), combination,
-                   tuple(n for n in standardised if n in detectors), confident_ml)
+                   tuple(n for n in standardised if n in detectors), confident_ml, grow)
 
     def save(self, path: str | Path) -> None:
         payload = {"last_k": self.last_k, "steps": self.steps, "detectors": list(self.detectors),
                    "smoothing": list(self.smoothing) if isinstance(self.smoothing, tuple) else self.smoothing,
                    "combination": self.combination,
                    "standardised": list(self.standardised), "confident_ml": self.confident_ml,
+                   "grow": growth_label(self.grow) if self.grow is not None else None,
                    "definition": self.definition,
                    "rods": dataclasses.asdict(self.rods) if self.rods is not None else None}
         for name, cal in {**self.components, "combined": self.combined}.items():
@@ -312,9 +365,11 @@ class RiskCalibration:
             confident_ml = payload.get("confident_ml")
             if confident_ml is not None and not (isinstance(confident_ml, (int, float)) and 0 < confident_ml < 1e6):
                 raise ValueError(f"confident_ml {confident_ml!r}: a positive number of ml")
+            grow = parse_growth(str(payload.get("grow") or "none"))
             return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors,
                        _smoothing(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
-                       tuple(payload.get("standardised") or ()), None if confident_ml is None else float(confident_ml))
+                       tuple(payload.get("standardised") or ()), None if confident_ml is None else float(confident_ml),
+                       grow)
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: corrupt risk calibration ({exc})") from exc
 
@@ -424,7 +479,8 @@ def risk_volumes(calibration: RiskCalibration, maps: dict[str, np.ndarray], brai
 
     With ``calibration.confident_ml``, the confident components of the raw :data:`CONFIDENT_DETECTOR` map
     (:func:`confident_components`) get risk 1, and that detector's probability 1 there (it flagged them; where the
-    calibration does not combine that map, its probability is 0 elsewhere).
+    calibration does not combine that map, its probability is 0 elsewhere). With ``calibration.grow``, every flagged
+    region then grows by hysteresis (:func:`apply_growth`).
     """
     volumes = detector_volumes(maps, brain, calibration.smoothing, calibration.needs, calibration.standardised)
     inside = lambda v: np.where(brain, v, 0.0).astype(np.float32)  # noqa: E731
@@ -436,4 +492,6 @@ def risk_volumes(calibration: RiskCalibration, maps: dict[str, np.ndarray], brai
         sure = confident_components(maps[CONFIDENT_DETECTOR], brain, calibration.confident_ml, voxel_ml)
         risk = np.where(sure, 1.0, risk)
         probabilities[CONFIDENT_DETECTOR] = np.where(sure, 1.0, probabilities.get(CONFIDENT_DETECTOR, 0.0))
+    if calibration.grow is not None:
+        risk = apply_growth(np.where(brain, risk, 0.0), calibration.grow, maps, brain)
     return RiskMaps(inside(risk), {name: inside(p) for name, p in probabilities.items()}, volumes)

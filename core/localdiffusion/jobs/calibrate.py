@@ -14,7 +14,7 @@ from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.given import SOURCE_MAPS, GivenMaps
 from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
 from localdiffusion.detectors.maps import DETECTORS, VolumeRecorder
-from localdiffusion.detectors.risk import (CONFIDENT_DETECTOR, RiskCalibration, Smoothing, fit_on_volumes,
+from localdiffusion.detectors.risk import (CONFIDENT_DETECTOR, Growth, RiskCalibration, Smoothing, fit_on_volumes,
                                           risk_default, risk_definition)
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_sampling
@@ -27,7 +27,8 @@ from localdiffusion.volume.grid import prepare_case
 
 def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: tuple[str, ...] | None = None,
                    smoothing: Smoothing | None = None, combination: str | None = None, rods=None,
-                   split: str = "val", max_cases: int = 3, lesion_cases: bool = False,
+                   grow: Growth | None | str = "default", split: str = "val", max_cases: int = 3,
+                   lesion_cases: bool = False,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = HEALTHY_FPR,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
     """Fit a :class:`RiskCalibration` of ``detectors`` on the healthy cases of ``split`` (plain DDIM with ``steps``);
@@ -43,7 +44,9 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     :class:`~localdiffusion.methods.rods.RODSConfig`; its curvature is recorded (with ``eps`` out of
     reach, so the trajectory is the plain one) and its ``eps`` is fitted. The direction's confident-component
     rule (:attr:`~localdiffusion.detectors.risk.RiskDefault.confident_ml`) is recorded when ``detectors`` are the
-    direction's default or include its detector.
+    direction's default or include its detector; so is its growth of flagged regions
+    (:attr:`~localdiffusion.detectors.risk.RiskDefault.grow`) when ``grow`` is ``"default"`` and ``detectors`` are
+    the default (``grow``: a (map, level) pair, or None for none; growth does not change the fit).
     """
     cfg = denoiser.config
     steps = cfg.sampling_steps(steps)  # 0: the model's validated count
@@ -53,6 +56,8 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     smoothing = chosen.smoothing if smoothing is None else smoothing
     combination = combination or chosen.combination
     confident_ml = chosen.confident_ml if detectors == chosen.detectors or CONFIDENT_DETECTOR in detectors else None
+    if grow == "default":
+        grow = chosen.grow if detectors == chosen.detectors else None
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
         raise InputError(f"unknown risk detectors {unknown}; known: {', '.join(DETECTORS)}")
@@ -95,10 +100,10 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     definition = risk_definition(detectors, smoothing, combination, standardised, false_positive_rate,
                                  fitted_on=f"{what} of {', '.join(str(folder) for folder in folders)}, "
                                            f"DDIM-{steps}, seed {seed}",
-                                 confident_ml=confident_ml)
+                                 confident_ml=confident_ml, grow=grow)
     calibration = fit_on_volumes(fitted_maps(), detectors, smoothing, combination, standardised,
                                  false_positive_rate, last_k=last_k, steps=steps, definition=definition,
-                                 confident_ml=confident_ml)
+                                 confident_ml=confident_ml, grow=grow)
     if probe is not None:  # the eps flagging false_positive_rate of healthy slices
         eps = float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate))
         calibration = dataclasses.replace(calibration, rods=dataclasses.replace(rods, eps=eps))
