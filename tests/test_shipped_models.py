@@ -85,7 +85,8 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     chosen = RISK_DEFAULTS[direction]
     assert set(calibration.detectors) == set(chosen.detectors) and calibration.smoothing == chosen.smoothing
     assert calibration.combination == chosen.combination
-    assert calibration.confident_ml == chosen.confident_ml  # T1 -> FLAIR flags confident OOD components
+    assert calibration.confident_ml == chosen.confident_ml
+    assert calibration.grow == chosen.grow  # T1 -> FLAIR grows its flagged regions over the U-Net's outline
     assert set(calibration.standardised) == set(chosen.detectors) & {"cycle", "variance"}
     assert calibration.definition["validated_against"]["healthy_quantile"] == GROSS_ERROR["healthy_quantile"]
     # every file its maps need ships beside it (the reverse model, the robust OOD calibration, the lesion U-Net),
