@@ -69,10 +69,6 @@ register(LocatedOodProbability())
 register(TumourProbability())
 
 
-#: the given maps that read the source alone (:meth:`GivenMaps.source_maps`): a risk of only these needs no sampling
-SOURCE_MAPS = ("ood", "ood_robust", "ood_located", "tumour")
-
-
 @dataclass
 class GivenMaps:
     """What computes the given maps of one calibration's ``needs``: the source bank, its robust
@@ -120,22 +116,12 @@ class GivenMaps:
 
     def source_maps(self, prepared: PreparedCase, known: dict[str, np.ndarray] | None = None
                     ) -> dict[str, np.ndarray]:
-        """The given maps of ``needs`` that depend on the source alone (the OOD maps, the lesion U-Net's; ``known``: those the
-        job has computed already, by map name), so that a job can compute them before sampling."""
+        """The given maps of ``needs`` that depend on the source alone (:data:`SOURCE_MAPS`: the OOD maps, the lesion
+        U-Net's; ``known``: those the job has computed already, by map name), so that a job can compute them before
+        sampling."""
         known = known or {}
-        given = {}
-        if "ood" in self.needs:
-            given["ood"] = known["ood"] if "ood" in known else probability_volume(self.bank, prepared)
-        if "ood_robust" in self.needs:
-            given["ood_robust"] = known["ood_robust"] if "ood_robust" in known else self.robust.probability(
-                self.bank, prepared.images[self.robust.modality], prepared.brain)
-        if "ood_located" in self.needs:
-            given["ood_located"] = known["ood_located"] if "ood_located" in known else self.located.ood_map(
-                self.bank, prepared.images[self.located.modality], prepared.brain, prepared.grid.affine).map.probability
-        if "tumour" in self.needs:
-            given["tumour"] = tumour_probability_volume(self.segmenter, prepared.images[self.segmenter.config.modality],
-                                                        prepared.brain)
-        return given
+        return {name: known[name] if name in known else compute(self, prepared)
+                for name, compute in _FROM_SOURCE.items() if name in self.needs}
 
     def maps(self, prepared: PreparedCase, translation: np.ndarray, source: dict[str, np.ndarray] | None = None,
              **sampling) -> dict[str, np.ndarray]:
@@ -146,3 +132,17 @@ class GivenMaps:
         if "cycle" in self.needs:
             given["cycle"] = cycle_map(self.reverse, prepared, translation, **sampling)
         return given
+
+
+#: how :meth:`GivenMaps.source_maps` computes each given map that reads the source alone
+_FROM_SOURCE = {
+    "ood": lambda given, prepared: probability_volume(given.bank, prepared),
+    "ood_robust": lambda given, prepared: given.robust.probability(
+        given.bank, prepared.images[given.robust.modality], prepared.brain),
+    "ood_located": lambda given, prepared: given.located.ood_map(
+        given.bank, prepared.images[given.located.modality], prepared.brain, prepared.grid.affine).map.probability,
+    "tumour": lambda given, prepared: tumour_probability_volume(
+        given.segmenter, prepared.images[given.segmenter.config.modality], prepared.brain),
+}
+#: the given maps that read the source alone (:meth:`GivenMaps.source_maps`): a risk of only these needs no sampling
+SOURCE_MAPS = tuple(_FROM_SOURCE)
