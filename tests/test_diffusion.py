@@ -273,6 +273,27 @@ def test_segmenter_trains_and_round_trips(cohort, tmp_path):
     assert pooled["gamma_sd"] == 0.3 and pooled["cohorts"] == 2
 
 
+def test_train_seg_on_another_grid_validates_on_the_cohort_named(cohort, tmp_path, capsys):
+    """--spacing trains the U-Net on that grid over the same field of view; --val-data names the validating cohort;
+    a grid out of range is refused in one line, and nothing is written."""
+    import json
+
+    from localdiffusion.cli import main
+    from localdiffusion.network.segmenter import SegConfig, load_segmenter
+
+    out = tmp_path / "seg4"
+    assert main(["train-seg", "--data", str(cohort), "--val-data", str(cohort), "--spacing", "4", "--steps", "1",
+                 "--batch-size", "2", "--modality", "flair", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["spacing_mm"] == 4.0 and config["in_plane"] == [48, 56]  # 192 x 224 mm, as the 2 mm default
+    assert SegConfig().at_spacing(2.0) == SegConfig() and load_segmenter(out).config.in_plane == (48, 56)
+    assert json.loads((out / "metrics.json").read_text())["val_slices"] > 0
+    capsys.readouterr()
+    assert main(["train-seg", "--data", str(cohort), "--spacing", "9", "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--spacing" in err[0] and not (tmp_path / "never").exists()
+
+
 def test_contrast_augmentation_changes_contrast_not_background():
     from localdiffusion.training.segmenter import augment_contrast
 

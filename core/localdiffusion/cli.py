@@ -480,7 +480,12 @@ def _add_train_seg(sub) -> None:
     p = sub.add_parser("train-seg", help=COMMAND_HELP["train-seg"])
     p.add_argument("--data", required=True, type=Path, nargs="+",
                    help="phantom cohort folder(s); the train tumour cases of all are pooled, the first one's val "
-                   "cases validate")
+                   "cases validate (unless --val-data)")
+    p.add_argument("--val-data", type=Path, default=None,
+                   help="the cohort whose val tumour cases validate (default: the first --data folder)")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="the U-Net's working grid in mm (default: the translation models' 2 mm; the in-plane size "
+                        "covers the same field of view)")
     p.add_argument("--modality", default="flair", choices=["t1", "flair", "t2"])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--steps", type=int, default=1500)
@@ -495,8 +500,13 @@ def _run_train_seg(args) -> int:
     from localdiffusion.network.segmenter import SegConfig
     from localdiffusion.training.segmenter import train_segmenter
 
-    metrics = train_segmenter(args.data, args.out, SegConfig(modality=args.modality), steps=args.steps,
-                              batch_size=args.batch_size, seed=args.seed, gamma_sd=args.gamma_sd)
+    cfg = SegConfig(modality=args.modality)
+    if args.spacing is not None:
+        if not 0.5 <= args.spacing <= 4:
+            raise InputError(f"--spacing {args.spacing:g}: a grid of 0.5 to 4 mm")
+        cfg = cfg.at_spacing(args.spacing)
+    metrics = train_segmenter(args.data, args.out, cfg, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                              gamma_sd=args.gamma_sd, val_data=args.val_data)
     print(f"wrote {args.out}: validation tumour Dice {metrics['val_tumour_dice']:.3f}")
     return 0
 

@@ -9,6 +9,7 @@ Training: :mod:`localdiffusion.training.segmenter`; segmenting a file:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,14 @@ class SegConfig:
 
     def __post_init__(self):
         self.channels, self.strides, self.in_plane = tuple(self.channels), tuple(self.strides), tuple(self.in_plane)
+
+    def at_spacing(self, spacing_mm: float) -> "SegConfig":
+        """This network on a grid of ``spacing_mm``, its in-plane size covering the same field of view (rounded up
+        to what the strides divide)."""
+        step = int(np.prod(self.strides))
+        fov = [n * self.spacing_mm for n in self.in_plane]
+        in_plane = tuple(int(step * np.ceil(mm / spacing_mm / step)) for mm in fov)
+        return dataclasses.replace(self, spacing_mm=float(spacing_mm), in_plane=in_plane)
 
 
 def build_segmenter(cfg: SegConfig) -> UNet:

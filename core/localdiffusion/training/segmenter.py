@@ -29,7 +29,7 @@ from localdiffusion.volume.cohort import load_slice_set
 
 def train_segmenter(data: str | Path | Sequence[str | Path], out: str | Path, cfg: SegConfig, *, steps: int = 1500,
                     batch_size: int = 16, lr: float = 1e-3, seed: int = 0, gamma_sd: float = 0.0,
-                    progress: bool = True) -> dict:
+                    val_data: str | Path | None = None, progress: bool = True) -> dict:
     """Train on the tumour training split of every cohort in ``data``, report Dice on the first cohort's tumour
     validation slices.
 
@@ -39,6 +39,7 @@ def train_segmenter(data: str | Path | Sequence[str | Path], out: str | Path, cf
         out: the model folder written (``model.pt``, ``config.json``, ``metrics.json``), atomically.
         cfg: the network and its grid.
         gamma_sd: standard deviation of the log-gamma of the intensity augmentation; 0 turns it off.
+        val_data: the cohort whose *val* tumour cases validate (default: the first of ``data``).
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -48,7 +49,7 @@ def train_segmenter(data: str | Path | Sequence[str | Path], out: str | Path, cf
     grid = {"spacing": cfg.spacing_mm, "in_plane": cfg.in_plane}
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     parts = [load_slice_set(root, "train", (cfg.modality,), kind="tumour", **grid) for root in roots]
-    val = load_slice_set(roots[0], "val", (cfg.modality,), kind="tumour", **grid)
+    val = load_slice_set(val_data or roots[0], "val", (cfg.modality,), kind="tumour", **grid)
     net = build_segmenter(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, weight=torch.tensor(CLASS_WEIGHTS))
