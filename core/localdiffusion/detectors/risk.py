@@ -179,19 +179,19 @@ def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combinatio
                                           else " voxels")
     standardising = (f", {', '.join(standardised)} then standardised by the volume's own brain median and MAD"
                      if standardised else "")
-    confident = (f"; risk 1 on every component of {CONFIDENT_DETECTOR} >= {1 - false_positive_rate:g} (unsmoothed, "
-                 f"26-connected) of at least {confident_ml:g} ml, which adds to the healthy fraction flagged"
-                 if confident_ml else "")
+    extras = (f"; risk 1 on every component of {CONFIDENT_DETECTOR} >= {1 - false_positive_rate:g} (unsmoothed, "
+              f"26-connected) of at least {confident_ml:g} ml, which adds to the healthy fraction flagged"
+              if confident_ml else "")
     if grow is not None:
         lower = "risk" if grow[0] == "risk" else f"the raw {grow[0]} map"
-        confident += (f"; every flagged region then grown through the 26-connected brain voxels of {lower} >= "
-                      f"{grow[1]:g} (hysteresis), each grown voxel at its region's largest risk, which adds to the "
-                      f"healthy fraction flagged")
+        extras += (f"; every flagged region then grown through the 26-connected brain voxels of {lower} >= "
+                   f"{grow[1]:g} (hysteresis), each grown voxel at its region's largest risk, which adds to the "
+                   f"healthy fraction flagged")
     return {"risk": f"risk >= 1 - a flags a fraction a of healthy validation brain voxels (threshold "
                     f"{1 - false_positive_rate:g}: {false_positive_rate:g}); {how} the detectors' "
                     f"healthy-validation CDFs p, each map taken inside the brain and smoothed by a 3D Gaussian of "
                     f"sigma {sigma}{standardising}, the combined score calibrated again on the same healthy voxels"
-                    f"{confident}",
+                    f"{extras}",
             "detectors": {name: DETECTORS[name].description for name in detectors},
             "fitted_on": fitted_on,
             "validated_against": {"event": "gross translation error: |translation - truth| averaged over a "
@@ -307,8 +307,8 @@ class RiskCalibration:
     @property
     def needs(self) -> tuple[str, ...]:
         """The detector maps this calibration reads: those it combines (a file that lists none, as the earliest
-        did, loads as the OOD map and its fitted components: :meth:`load`), and :data:`CONFIDENT_DETECTOR` when it
-        flags that map's confident components."""
+        did, loads as the OOD map and its fitted components: :meth:`load`), :data:`CONFIDENT_DETECTOR` when it
+        flags that map's confident components, and the detector whose raw map its flagged regions grow through."""
         extra = [name for name in (CONFIDENT_DETECTOR if self.confident_ml is not None else None,
                                    self.grow[0] if self.grow is not None else None)
                  if name not in (None, "risk", *self.detectors)]
