@@ -273,3 +273,55 @@ def _no_risk_without(capsys, t1, models, folder, options, missing: str) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and missing in err[0] and not out.exists()
     return err[0]
+
+
+def test_a_lesion_unet_on_a_finer_grid_reads_the_source_on_its_own_grid(tiny_models, cohort, tmp_path, capsys):
+    """A lesion U-Net at 2 mm beside a 4 mm translation model (same 192 x 224 mm field of view): the tumour map is
+    the U-Net's probability on the source prepared at 2 mm, resampled to the 4 mm working grid; calibrate-risk and
+    run use it. A U-Net over another field of view is refused in one line naming it, and nothing is written."""
+    import dataclasses
+    import json
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from localdiffusion.cli import main
+    from localdiffusion.data.readers import read_case
+    from localdiffusion.detectors.given import lesion_probability
+    from localdiffusion.network.segmenter import SegConfig, Segmenter, load_segmenter, tumour_probability_volume
+    from localdiffusion.volume.grid import prepare_case, resample
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    fine = SegConfig(modality="t1", channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0).at_spacing(2.0)
+    assert fine.in_plane == (96, 112)
+    torch.manual_seed(1)
+    (models / "lesion_t1" / "config.json").write_text(json.dumps(dataclasses.asdict(fine)))
+    torch.save(Segmenter(fine).network.state_dict(), models / "lesion_t1" / "model.pt")
+    segmenter = load_segmenter(models / "lesion_t1")
+    path = next(p for p in sorted(cohort.iterdir()) if "val_t" in p.name)
+    prepared = prepare_case(read_case(path, ("t1",)), 4.0, (48, 56))
+    probability = lesion_probability(segmenter, prepared)
+    finer = prepare_case(read_case(path, ("t1",)), 2.0, (96, 112))
+    own = tumour_probability_volume(segmenter, finer.images["t1"], finer.brain)
+    expected = resample(own, finer.grid.affine, prepared.grid.affine, prepared.grid.shape, order=1)
+    assert probability.shape == prepared.brain.shape and (probability[~prepared.brain] == 0).all()
+    np.testing.assert_allclose(probability[prepared.brain], np.clip(expected, 0, 1)[prepared.brain], atol=1e-6)
+    assert own.shape[:2] == (96, 112) and own[finer.brain].std() > 0  # it did read the 2 mm grid
+    out = tmp_path / "risk.json"
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
+                 "--lesion-cases", "--steps", "3", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["detectors"] == ["tumour"]
+    shutil.copy(out, models / "t1_to_flair" / "risk_calibration.json")
+    t1 = path / f"{path.name}_t1.nii.gz"
+    assert main(["run", "--input", str(t1), "--out-dir", str(tmp_path / "run"), "--models", str(models),
+                 "--steps", "3", "--t-intermediate", "2", "--no-baseline"]) == 0
+    assert (tmp_path / "run" / f"{path.name}_t1_hallucination_risk.nii.gz").exists()
+    other = dataclasses.replace(fine, in_plane=(96, 96))  # 192 x 192 mm: another field of view
+    (models / "lesion_t1" / "config.json").write_text(json.dumps(dataclasses.asdict(other)))
+    capsys.readouterr()
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "1",
+                 "--steps", "3", "--out", str(tmp_path / "never.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lesion_t1" in err[0] and "field of view" in err[0] and not (tmp_path / "never.json").exists()

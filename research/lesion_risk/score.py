@@ -108,18 +108,18 @@ def source_tumour(case: dict, folder: Path | None = None) -> np.ndarray:
     U-Net."""
     key = "tumour" if folder is None else f"tumour@{folder}"
     if key not in case:
+        from localdiffusion.detectors.given import lesion_probability
         from localdiffusion.jobs.inputs import prepare_input
-        from localdiffusion.network.segmenter import tumour_probability_volume
         from localdiffusion.options import DIRECTIONS
 
         source = DIRECTIONS[case["meta"]["direction"]][0]
         segmenter = _segmenter(source, folder)
         cohort, name = case["name"][:-len(case["meta"]["case"]) - 1], case["meta"]["case"]
         prepared = prepare_input(COHORTS_ROOT / cohort / case["family"] / name / f"{name}_{source}.nii.gz", source,
-                                 segmenter.config.spacing_mm, segmenter.config.in_plane)
-        if prepared.brain.shape != case["brain"].shape:
+                                 case["meta"]["spacing_mm"], case["brain"].shape[:2])
+        if prepared.brain.shape != case["brain"].shape or not np.array_equal(prepared.brain, case["brain"]):
             raise ValueError(f"{case['name']}: the source's working grid differs from the cached one")
-        case[key] = tumour_probability_volume(segmenter, prepared.images[source], case["brain"])
+        case[key] = lesion_probability(segmenter, prepared)  # the product's map, on a U-Net of any grid
     return case[key]
 
 

@@ -38,7 +38,7 @@ from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.ood.volume import probability_volume
 from localdiffusion.options import DIRECTIONS
 from localdiffusion.shipped import lesion_model_dir, robust_calibration_path
-from localdiffusion.volume.grid import PreparedCase
+from localdiffusion.volume.grid import PreparedCase, resample
 
 
 class RobustOodProbability(Detector):
@@ -107,11 +107,11 @@ class GivenMaps:
         reverse = load_reverse_model(model_dir, config, device) if "cycle" in files else None
         located = RobustCalibration.load(files["ood_located"]) if "ood_located" in files else None
         segmenter = load_segmenter(files["tumour"].parent).to(device) if "tumour" in files else None
-        if segmenter is not None and (segmenter.config.spacing_mm, segmenter.config.in_plane) != (
-                config.spacing_mm, tuple(config.in_plane)):
+        if segmenter is not None and not _same_view(segmenter.config, config):
             raise InputError(f"{files['tumour']}: the lesion U-Net reads a {segmenter.config.in_plane} grid at "
                              f"{segmenter.config.spacing_mm} mm, the translation model a {tuple(config.in_plane)} grid "
-                             f"at {config.spacing_mm} mm")
+                             f"at {config.spacing_mm} mm (the U-Net's grid must be as fine or finer, over the same "
+                             f"field of view)")
         return cls(needs, bank, robust, reverse, located, segmenter)
 
     def source_maps(self, prepared: PreparedCase, known: dict[str, np.ndarray] | None = None
@@ -134,6 +134,34 @@ class GivenMaps:
         return given
 
 
+def _same_view(segmenter_config, config) -> bool:
+    """Whether the lesion U-Net's grid is the model's or a finer one over the same field of view."""
+    view = lambda c: tuple(round(n * c.spacing_mm, 3) for n in c.in_plane)  # noqa: E731
+    return segmenter_config.spacing_mm <= config.spacing_mm and view(segmenter_config) == view(config)
+
+
+def lesion_probability(segmenter: Segmenter, prepared: PreparedCase) -> np.ndarray:
+    """The lesion U-Net's probability (the ``tumour`` map) on ``prepared``'s working grid.
+
+    A U-Net on a finer grid of the same field of view reads the source prepared again on its own grid (from the
+    case ``prepared`` was made from), and its probability is resampled to the working grid (trilinear, smoothed
+    first as every image going to a coarser grid: :func:`~localdiffusion.volume.grid.resample`).
+
+    Args:
+        segmenter: the source contrast's lesion U-Net.
+        prepared: the case on the translation model's working grid.
+    Returns:
+        (X, Y, Z) float32 in [0, 1] on the working grid; 0 outside the brain.
+    """
+    cfg = segmenter.config
+    if (cfg.spacing_mm, tuple(cfg.in_plane)) == (prepared.grid.spacing, tuple(prepared.grid.shape[:2])):
+        return tumour_probability_volume(segmenter, prepared.images[cfg.modality], prepared.brain)
+    finer = prepared.on_grid(cfg.spacing_mm, cfg.in_plane)
+    probability = tumour_probability_volume(segmenter, finer.images[cfg.modality], finer.brain)
+    working = resample(probability, finer.grid.affine, prepared.grid.affine, prepared.grid.shape, order=1)
+    return np.where(prepared.brain, np.clip(working, 0.0, 1.0), 0.0).astype(np.float32)
+
+
 #: how :meth:`GivenMaps.source_maps` computes each given map that reads the source alone
 _FROM_SOURCE = {
     "ood": lambda given, prepared: probability_volume(given.bank, prepared),
@@ -141,8 +169,7 @@ _FROM_SOURCE = {
         given.bank, prepared.images[given.robust.modality], prepared.brain),
     "ood_located": lambda given, prepared: given.located.ood_map(
         given.bank, prepared.images[given.located.modality], prepared.brain, prepared.grid.affine).map.probability,
-    "tumour": lambda given, prepared: tumour_probability_volume(
-        given.segmenter, prepared.images[given.segmenter.config.modality], prepared.brain),
+    "tumour": lambda given, prepared: lesion_probability(given.segmenter, prepared),
 }
 #: the given maps that read the source alone (:meth:`GivenMaps.source_maps`): a risk of only these needs no sampling
 SOURCE_MAPS = tuple(_FROM_SOURCE)

@@ -7,7 +7,7 @@ the way back, documented there).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -142,11 +142,19 @@ class PreparedCase:
     input_affine: np.ndarray
     input_shape: tuple[int, int, int]
     scales: dict[str, float]
+    #: the case it was prepared from (what :meth:`on_grid` prepares again on another grid)
+    case: Case | None = field(default=None, repr=False, compare=False)
 
     @property
     def voxel_ml(self) -> float:
         """The volume of one working-grid voxel in ml."""
         return abs(float(np.linalg.det(np.asarray(self.grid.affine, np.float64)[:3, :3]))) / 1000.0
+
+    def on_grid(self, spacing: float, in_plane: tuple[int, int]) -> "PreparedCase":
+        """The same case prepared on another working grid (e.g. a finer one for a network that reads it)."""
+        if self.case is None:
+            raise ValueError(f"{self.case_id}: prepared without its case, it cannot be prepared again")  # programming
+        return prepare_case(self.case, spacing, in_plane)
 
     def brain_slices(self, min_fraction: float = MIN_BRAIN_FRACTION) -> np.ndarray:
         """Indices k of axial slices with at least ``min_fraction`` brain pixels."""
@@ -187,4 +195,4 @@ def prepare_case(case: Case, spacing: float = DEFAULT_SPACING_MM, in_plane: tupl
     seg = None
     if case.seg is not None:
         seg = resample(case.seg, case.affine, grid.affine, grid.shape, order=0).astype(np.uint8)
-    return PreparedCase(case.case_id, images, brain, seg, grid, case.affine, case.shape, scales)
+    return PreparedCase(case.case_id, images, brain, seg, grid, case.affine, case.shape, scales, case)
