@@ -273,6 +273,37 @@ def test_segmenter_trains_and_round_trips(cohort, tmp_path):
     assert pooled["gamma_sd"] == 0.3 and pooled["cohorts"] == 2
 
 
+def test_segmenter_training_resumes_from_its_checkpoint(cohort, tmp_path):
+    """A run leaves its checkpoint; --resume continues it to a longer schedule from the step it reached, and a
+    checkpoint of another U-Net is refused. The slices are held as float16 without a concatenated copy."""
+    from dataclasses import replace
+
+    from localdiffusion.network.segmenter import SegConfig
+    from localdiffusion.training.segmenter import CHECKPOINT_FILE, SliceStore, train_segmenter
+    from localdiffusion.volume.cohort import load_slice_set
+
+    cfg = SegConfig(modality="flair", channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
+    first = train_segmenter(cohort, tmp_path / "seg", cfg, steps=2, batch_size=4, progress=False)
+    state = torch.load(tmp_path / "seg" / CHECKPOINT_FILE, weights_only=False)
+    assert first["resumed_from"] == 0 and state["step"] == 2
+    longer = train_segmenter(cohort, tmp_path / "seg", cfg, steps=3, batch_size=4, progress=False, resume=True)
+    after = torch.load(tmp_path / "seg" / CHECKPOINT_FILE, weights_only=False)
+    assert longer["resumed_from"] == 2 and after["step"] == 3
+    assert any(not torch.equal(after["network"][k], state["network"][k]) for k in state["network"])
+    with pytest.raises(InputError, match="checkpoint configuration"):
+        train_segmenter(cohort, tmp_path / "seg", replace(cfg, channels=(4, 16)), steps=4, batch_size=4,
+                        progress=False, resume=True)
+    slices = load_slice_set(cohort, "train", ("flair",), kind="tumour", spacing=4.0, in_plane=(48, 56))
+    store = SliceStore()
+    store.add(slices, "flair")
+    store.add(slices, "flair")
+    assert len(store) == 2 * len(slices) and store.images[0].dtype == np.float16
+    x, y = store.take(np.array([0, len(slices)]))
+    assert x.dtype == np.float32 and y.dtype == np.int64 and x.shape == (2, 1, 48, 56)
+    assert np.array_equal(x[0], x[1]) and np.allclose(x[0, 0], slices.images["flair"][0], atol=1e-3)
+    assert len(store.tumour_index()) == 2 * int(slices.seg.reshape(len(slices), -1).any(1).sum())
+
+
 def test_train_seg_on_another_grid_validates_on_the_cohort_named(cohort, tmp_path, capsys):
     """--spacing trains the U-Net on that grid over the same field of view; --val-data names the validating cohort;
     a grid out of range is refused in one line, and nothing is written."""

@@ -493,6 +493,8 @@ def _add_train_seg(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gamma-sd", type=float, default=0.0,
                    help="intensity augmentation: standard deviation of log(gamma), with noise; 0 (default) = off")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (written every 500 steps and at the end)")
     p.set_defaults(func=_run_train_seg)
 
 
@@ -506,7 +508,7 @@ def _run_train_seg(args) -> int:
             raise InputError(f"--spacing {args.spacing:g}: a grid of 0.5 to 4 mm")
         cfg = cfg.at_spacing(args.spacing)
     metrics = train_segmenter(args.data, args.out, cfg, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                              gamma_sd=args.gamma_sd, val_data=args.val_data)
+                              gamma_sd=args.gamma_sd, val_data=args.val_data, resume=args.resume)
     print(f"wrote {args.out}: validation tumour Dice {metrics['val_tumour_dice']:.3f}")
     return 0
 
