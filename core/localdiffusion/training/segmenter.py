@@ -56,10 +56,10 @@ def train_segmenter(data: str | Path | Sequence[str | Path], out: str | Path, cf
     """
     grid = {"spacing": cfg.spacing_mm, "in_plane": cfg.in_plane}
     roots = [data] if isinstance(data, (str, Path)) else list(data)
+    val = load_slice_set(val_data or roots[0], "val", (cfg.modality,), kind="tumour", **grid)  # first: fail early
     store = SliceStore()
     for root in roots:
         store.add(load_slice_set(root, "train", (cfg.modality,), kind="tumour", **grid), cfg.modality)
-    val = load_slice_set(val_data or roots[0], "val", (cfg.modality,), kind="tumour", **grid)
     out = Path(out)
     ckpt_path = out / CHECKPOINT_FILE
     net = build_segmenter(cfg)
