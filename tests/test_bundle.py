@@ -124,6 +124,25 @@ def test_train_workflow_runs_a_few_iterations(cohort, tmp_path):
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
 
 
+def test_train_seg_config_trains_on_a_finer_grid_and_resumes(cohort, tmp_path):
+    """train_seg.json through `monai.bundle run`: --spacing_mm sets the U-Net's grid over the same field of view,
+    --resume continues from the checkpoint the first run left."""
+    import torch
+
+    out = tmp_path / "seg"
+    base = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train_seg.json"),
+            "--dataset_dir", str(cohort), "--output_dir", str(out), "--spacing_mm", "4.0", "--batch_size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for steps, resume in ((1, "False"), (2, "True")):
+        proc = subprocess.run(base + ["--steps", str(steps), "--resume", resume], capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["in_plane"] == [48, 56]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from"] == 1 and metrics["steps"] == 2
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 2
+
+
 def test_multi_gpu_config_with_two_cpu_processes(cohort, tmp_path):
     out = tmp_path / "ddp"
     configs = str([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
