@@ -200,7 +200,7 @@ def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_
     saved = json.loads((model / "risk_calibration_ddim4.json").read_text())
     chosen = RISK_DEFAULTS["t1_to_flair"]
     assert saved["detectors"] == list(chosen.detectors) == ["tumour"] and "tumour" in saved
-    assert saved["smoothing"] == chosen.smoothing == 2.0 and saved["confident_ml"] is None is chosen.confident_ml
+    assert saved["smoothing"] == chosen.smoothing == 0.0 and saved["confident_ml"] is None is chosen.confident_ml
     assert saved["grow"] == (growth_label(chosen.grow) if chosen.grow else None)
     assert "ood_located" not in saved["definition"]["risk"] and "lesion_<source>" in saved["definition"]["detectors"]["tumour"]
     capsys.readouterr()

@@ -6,6 +6,10 @@ Prints, for the true target, the baseline and the Local Diffusion translation, t
 tumour label (1 necrosis, 2 oedema, 4 enhancing) divided by the healthy brain's median, and the
 fraction of tumour and of healthy brain at or above the risk map's calibrated level. Healthy brain:
 the case's brain (``_mask``, else the source's non-zero voxels) minus its tumour label.
+
+With ``--yardstick data/lesion_risk`` it also runs the job on the case as the lesion study records it (its
+working grid, ``research.lesion_risk.collect``) and prints each lesion under the study's yardstick, the
+gross-error level taken from that cache's healthy validation cases.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ def main() -> None:
     p.add_argument("--case", type=Path, required=True, help="a phantom case folder")
     p.add_argument("--outputs", type=Path, required=True, help="the folder `localdiffusion run` wrote into")
     p.add_argument("--direction", default="t1_to_flair", choices=list(DIRECTIONS))
+    p.add_argument("--yardstick", type=Path, default=None, metavar="FIT_CACHE",
+                   help="also score the case by the lesion yardstick (the lesion study's cache of validation cases)")
     args = p.parse_args()
     source, target = DIRECTIONS[args.direction]
     case = args.case / args.case.name
@@ -47,6 +53,32 @@ def main() -> None:
     risk = load(f"{stem}_hallucination_risk.nii.gz")
     print(f"risk >= {FLAG_THRESHOLD:g}: tumour {(risk[seg > 0] >= FLAG_THRESHOLD).mean():.1%}, "
           f"healthy brain {(risk[healthy] >= FLAG_THRESHOLD).mean():.2%}")
+    if args.yardstick is not None:
+        yardstick(args.case, args.direction, args.yardstick, args.outputs / f"yardstick_{args.direction}.npz")
+
+
+def yardstick(case: Path, direction: str, fit: Path, record: Path) -> None:
+    """Each lesion of ``case`` under the lesion study's yardstick, on the job's working grid."""
+    from research.lesion_risk.collect import collect_case
+    from research.lesion_risk.score import load_cache
+    from research.lesion_risk.yardstick import FLAGGED, MISREPRESENTED, error_map, error_threshold, lesions
+
+    healthy = [c for c in load_cache(fit / direction, "val") if c["healthy"]]
+    level = error_threshold([error_map(c["local"], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
+                             for c in healthy])
+    collect_case(case, direction, record)
+    with np.load(record) as data:
+        c = {k: data[k] for k in ("local", "truth", "risk", "brain", "seg")}
+        spacing = float(np.asarray(data["affine"])[0, 0])
+    brain = c["brain"].astype(bool)
+    gross = (error_map(c["local"], c["truth"], brain, c["seg"], spacing) > level) & brain
+    for i, lesion in enumerate(lesions(c["seg"], spacing), 1):
+        errors = gross & lesion
+        flagged = errors & (c["risk"] >= FLAG_THRESHOLD)
+        state = ("flagged" if flagged.sum() >= FLAGGED * errors.sum() else "not flagged") \
+            if errors.sum() >= MISREPRESENTED * lesion.sum() else "not misrepresented"
+        print(f"lesion {i} ({lesion.sum() * spacing ** 3 / 1000:.2f} ml, {lesion.sum()} voxels of {spacing:g} mm): "
+              f"{errors.sum()} gross-error voxels, {flagged.sum()} of them at risk >= {FLAG_THRESHOLD:g}: {state}")
 
 
 if __name__ == "__main__":

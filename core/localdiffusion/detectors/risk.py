@@ -47,13 +47,12 @@ class RiskDefault:
 
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
-#: research/lesion_risk. Both read the source contrast's lesion U-Net (the ``tumour`` detector) alone, smoothed by
-#: a Gaussian (T1 -> FLAIR sigma 2 voxels, FLAIR -> T1 sigma 1), its level fitted on the families' validation scans
-#: (1.5 and 3 T; T1 -> FLAIR with both native T1 kinds), healthy and lesion ones, each lesion scan outside its lesion
-#: labels (``calibrate-risk --lesion-cases``). Neither needs a back-translation. T1 -> FLAIR also grows every flagged
-#: region by hysteresis through the U-Net's raw probability >= 0.25 (its lesion segmentation), so that a lesion
-#: flagged at its core is flagged over the U-Net's whole outline of it.
-RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour",), 2.0, "max", grow=("tumour", 0.25)),
+#: research/lesion_risk. Both read the source contrast's lesion U-Net (the ``tumour`` detector) alone. T1 -> FLAIR:
+#: the U-Net on a 1 mm grid, its probability unsmoothed, the level fitted on the healthy validation scans of the
+#: families (1.5 and 3 T, both native T1 kinds). FLAIR -> T1: the 2 mm U-Net's probability smoothed by a Gaussian of
+#: sigma 1 voxel, the level fitted on the families' validation scans, healthy and lesion ones, each lesion scan
+#: outside its lesion labels (``calibrate-risk --lesion-cases``). Neither needs a back-translation.
+RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour",), 0.0, "max"),
                  "flair_to_t1": RiskDefault(("tumour",), 1.0, "max")}
 #: the detector whose confident components a calibration with ``confident_ml`` flags outright: the location-aware
 #: OOD map ``run`` writes (a probability calibrated on healthy validation voxels by the OOD bank)
