@@ -82,6 +82,13 @@ def load_cache(folder: Path, split: str | None = None) -> list[dict]:
     return cases
 
 
+def gross_error_level(healthy_cases: list[dict], translation: str = "local") -> float:
+    """The yardstick's gross-error level (:func:`error_threshold`) on the cached healthy validation cases'
+    ``translation`` (the cached Local Diffusion output, or ``baseline``)."""
+    return error_threshold([error_map(c[translation], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
+                            for c in healthy_cases])
+
+
 #: the tumour U-Net folder per source contrast that ``source_tumour`` reads instead of the shipped one
 #: (``--segmenter``; round 6)
 SEGMENTER_OVERRIDE: dict[str, Path] = {}
@@ -318,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = RiskCalibration.load(args.collected_with or MODELS_ROOT / args.direction / "risk_calibration.json")
     fit_all = load_cache(args.fit / args.direction, "val")
     fit_cases = [c for c in fit_all if c["healthy"]]
-    level = error_threshold([error_map(c[args.translation], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
-                             for c in fit_cases])
+    level = gross_error_level(fit_cases, args.translation)
     calibrations = {"fisher-refit": refit(fit_cases, shipped, "fisher", False),
                     "max-refit": refit(fit_cases, shipped, "max", False),
                     "max-located-refit": refit(fit_cases, shipped, "max", True)}

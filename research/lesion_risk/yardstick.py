@@ -74,6 +74,36 @@ class CaseScore:
     risk_other: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
 
 
+@dataclass
+class LesionVerdict:
+    """One lesion under the yardstick."""
+
+    voxels: int
+    errors: int  # its gross-error voxels
+    errors_flagged: int  # of those, at or above the risk threshold
+    misrepresented: bool
+    flagged: bool  # misrepresented and flagged
+
+
+def judge_lesions(gross: np.ndarray, flagged: np.ndarray, seg: np.ndarray, spacing_mm: float) -> list[LesionVerdict]:
+    """Every lesion of ``seg`` (:func:`lesions`) judged by the yardstick's two fractions.
+
+    Args:
+        gross: bool, the gross-error voxels; flagged: bool, the voxels at or above the risk threshold.
+        seg: lesion labels (0 outside); spacing_mm: the (isotropic) voxel size.
+    Returns:
+        one :class:`LesionVerdict` per lesion.
+    """
+    verdicts = []
+    for lesion in lesions(seg, spacing_mm):
+        errors = gross & lesion
+        n_errors, n_flagged = int(errors.sum()), int((errors & flagged).sum())
+        misrepresented = n_errors >= MISREPRESENTED * lesion.sum()
+        verdicts.append(LesionVerdict(int(lesion.sum()), n_errors, n_flagged, bool(misrepresented),
+                                      bool(misrepresented and n_flagged >= FLAGGED * n_errors)))
+    return verdicts
+
+
 def score_case(translation: np.ndarray, truth: np.ndarray, risk: np.ndarray, brain: np.ndarray, seg: np.ndarray,
                spacing_mm: float, level: float, threshold: float = THRESHOLD) -> CaseScore:
     """The yardstick on one case.
@@ -91,12 +121,10 @@ def score_case(translation: np.ndarray, truth: np.ndarray, risk: np.ndarray, bra
     gross = (error_map(translation, truth, brain, seg, spacing_mm) > level) & brain
     flagged = (risk >= threshold) & brain
     score = CaseScore()
-    for lesion in lesions(seg, spacing_mm):
+    for verdict in judge_lesions(gross, flagged, seg, spacing_mm):
         score.lesions += 1
-        errors = gross & lesion
-        if errors.sum() >= MISREPRESENTED * lesion.sum():
-            score.misrepresented += 1
-            score.flagged += int((flagged & errors).sum() >= FLAGGED * errors.sum())
+        score.misrepresented += int(verdict.misrepresented)
+        score.flagged += int(verdict.flagged)
     tumour, healthy = brain & (seg > 0), brain & (seg == 0)
     score.tumour_errors = int((gross & tumour).sum())
     score.tumour_errors_flagged = int((gross & tumour & flagged).sum())

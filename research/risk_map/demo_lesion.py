@@ -60,25 +60,21 @@ def main() -> None:
 def yardstick(case: Path, direction: str, fit: Path, record: Path) -> None:
     """Each lesion of ``case`` under the lesion study's yardstick, on the job's working grid."""
     from research.lesion_risk.collect import collect_case
-    from research.lesion_risk.score import load_cache
-    from research.lesion_risk.yardstick import FLAGGED, MISREPRESENTED, error_map, error_threshold, lesions
+    from research.lesion_risk.score import gross_error_level, load_cache
+    from research.lesion_risk.yardstick import error_map, judge_lesions
 
-    healthy = [c for c in load_cache(fit / direction, "val") if c["healthy"]]
-    level = error_threshold([error_map(c["local"], c["truth"], c["brain"], c["seg"], c["meta"]["spacing_mm"])[c["brain"]]
-                             for c in healthy])
+    level = gross_error_level([c for c in load_cache(fit / direction, "val") if c["healthy"]])
     collect_case(case, direction, record)
     with np.load(record) as data:
         c = {k: data[k] for k in ("local", "truth", "risk", "brain", "seg")}
         spacing = float(np.asarray(data["affine"])[0, 0])
     brain = c["brain"].astype(bool)
     gross = (error_map(c["local"], c["truth"], brain, c["seg"], spacing) > level) & brain
-    for i, lesion in enumerate(lesions(c["seg"], spacing), 1):
-        errors = gross & lesion
-        flagged = errors & (c["risk"] >= FLAG_THRESHOLD)
-        state = ("flagged" if flagged.sum() >= FLAGGED * errors.sum() else "not flagged") \
-            if errors.sum() >= MISREPRESENTED * lesion.sum() else "not misrepresented"
-        print(f"lesion {i} ({lesion.sum() * spacing ** 3 / 1000:.2f} ml, {lesion.sum()} voxels of {spacing:g} mm): "
-              f"{errors.sum()} gross-error voxels, {flagged.sum()} of them at risk >= {FLAG_THRESHOLD:g}: {state}")
+    for i, lesion in enumerate(judge_lesions(gross, c["risk"] >= FLAG_THRESHOLD, c["seg"], spacing), 1):
+        state = ("flagged" if lesion.flagged else "not flagged") if lesion.misrepresented else "not misrepresented"
+        print(f"lesion {i} ({lesion.voxels * spacing ** 3 / 1000:.2f} ml, {lesion.voxels} voxels of {spacing:g} mm): "
+              f"{lesion.errors} gross-error voxels, {lesion.errors_flagged} of them at risk >= {FLAG_THRESHOLD:g}: "
+              f"{state}")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ def train_segmenter(data: str | Path | Sequence[str | Path], out: str | Path, cf
                     batch_size: int = 16, lr: float = 1e-3, seed: int = 0, gamma_sd: float = 0.0,
                     val_data: str | Path | None = None, progress: bool = True, resume: bool = False,
                     checkpoint_every: int = 500) -> dict:
-    """Train on the tumour training split of every cohort in ``data``, report Dice on the first cohort's tumour
-    validation slices.
+    """Train on the tumour training split of every cohort in ``data``, report Dice on the tumour validation
+    slices of ``val_data`` (default: the first cohort).
 
     Args:
         data: a phantom cohort folder (with ``manifest.json``), or several; every one's *train* tumour cases are
