@@ -325,3 +325,54 @@ def test_a_lesion_unet_on_a_finer_grid_reads_the_source_on_its_own_grid(tiny_mod
                  "--steps", "3", "--out", str(tmp_path / "never.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "lesion_t1" in err[0] and "field of view" in err[0] and not (tmp_path / "never.json").exists()
+
+
+def test_a_white_matter_lesion_unet_joins_the_tumour_unet_in_the_maximum(tiny_models, cohort, tmp_path, capsys):
+    """The ``wm_lesion`` detector reads its own U-Net (``wm_lesion_<source>``), not the tumour U-Net: its map is that
+    U-Net's probability; calibrate-risk fits the maximum of both without sampling, run writes the risk with it, and
+    without the U-Net's folder run plans no risk map and translate --risk-map refuses in one line naming it."""
+    import dataclasses
+    import json
+    import shutil
+
+    import numpy as np
+    import torch
+
+    from localdiffusion.cli import main
+    from localdiffusion.data.readers import read_case
+    from localdiffusion.detectors.given import GivenMaps, lesion_probability
+    from localdiffusion.jobs.run import JobOptions
+    from localdiffusion.network.denoiser import read_config
+    from localdiffusion.network.segmenter import SegConfig, Segmenter, load_segmenter
+    from localdiffusion.ood.patchcore import PatchCore
+    from localdiffusion.volume.grid import prepare_case
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models, models)
+    other = SegConfig(modality="t1", channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
+    (models / "wm_lesion_t1").mkdir()
+    (models / "wm_lesion_t1" / "config.json").write_text(json.dumps(dataclasses.asdict(other)))
+    torch.manual_seed(7)  # other weights than the tumour U-Net's
+    torch.save(Segmenter(other).network.state_dict(), models / "wm_lesion_t1" / "model.pt")
+    path = next(p for p in sorted(cohort.iterdir()) if "val_t" in p.name)
+    prepared = prepare_case(read_case(path, ("t1",)), 4.0, (48, 56))
+    given = GivenMaps.load(("tumour", "wm_lesion"), PatchCore.load(models / "ood_t1.pt"), models / "ood_t1.pt",
+                           models / "t1_to_flair", read_config(models / "t1_to_flair"), "cpu")
+    maps = given.source_maps(prepared)
+    expected = lesion_probability(load_segmenter(models / "wm_lesion_t1"), prepared)
+    np.testing.assert_allclose(maps["wm_lesion"], expected, atol=1e-6)
+    assert np.abs(maps["wm_lesion"] - maps["tumour"])[prepared.brain].max() > 1e-3  # two U-Nets, two maps
+    out = tmp_path / "risk.json"
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
+                 "--detectors", "tumour", "wm_lesion", "--smoothing", "0", "--combination", "max", "--grow", "none",
+                 "--steps", "3", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["detectors"] == ["tumour", "wm_lesion"] and "wm_lesion" in saved and "tumour" in saved
+    assert "wm_lesion_<source>" in saved["definition"]["detectors"]["wm_lesion"]
+    shutil.copy(out, models / "t1_to_flair" / "risk_calibration.json")
+    t1 = path / f"{path.name}_t1.nii.gz"
+    assert main(["run", "--input", str(t1), "--out-dir", str(tmp_path / "run"), "--models", str(models),
+                 "--steps", "3", "--t-intermediate", "2", "--no-baseline"]) == 0
+    assert (tmp_path / "run" / f"{path.name}_t1_hallucination_risk.nii.gz").exists()
+    shutil.rmtree(models / "wm_lesion_t1")
+    _no_risk_without(capsys, t1, models, tmp_path / "two", JobOptions(steps=3, t_intermediate=2), "wm_lesion_t1")

@@ -65,7 +65,13 @@ def segmenter_dir(models_root: str | Path, modality: str) -> Path:
     return Path(models_root) / f"seg_{modality}"
 
 
-def lesion_model_dir(models_root: str | Path, modality: str) -> Path:
-    """The risk map's lesion U-Net of ``modality`` in a models folder: ``<models_root>/lesion_<modality>`` (the
-    ``tumour`` detector; trained on more lesion kinds and acquisitions than ``seg_<modality>``, same format)."""
-    return Path(models_root) / f"lesion_{modality}"
+#: the risk map's lesion U-Nets: detector name -> folder prefix in a models folder (``<prefix>_<modality>``)
+LESION_MODELS = {"tumour": "lesion", "wm_lesion": "wm_lesion"}
+
+
+def lesion_model_dir(models_root: str | Path, modality: str, detector: str = "tumour") -> Path:
+    """A risk-map lesion U-Net of ``modality`` in a models folder, by the detector that reads it
+    (:data:`LESION_MODELS`): ``<models_root>/lesion_<modality>`` for ``tumour`` (trained on every lesion kind and
+    acquisition, more than ``seg_<modality>``; same format), ``<models_root>/wm_lesion_<modality>`` for
+    ``wm_lesion`` (small white-matter lesions alone)."""
+    return Path(models_root) / f"{LESION_MODELS[detector]}_{modality}"

@@ -100,27 +100,29 @@ CALIBRATION_SEGMENTER: dict[str, Path] = {}
 
 
 @functools.lru_cache(maxsize=4)
-def _segmenter(contrast: str, folder: Path | None = None):
-    """The tumour U-Net in ``folder``, or of ``contrast`` (the product's ``tumour`` detector, the shipped
-    ``lesion_<contrast>``, unless ``--segmenter`` names another), loaded once."""
+def _segmenter(contrast: str, folder: Path | None = None, detector: str = "tumour"):
+    """The lesion U-Net in ``folder``, or of ``contrast`` (the product's ``detector``, the shipped
+    ``lesion_<contrast>`` or ``wm_lesion_<contrast>``, unless ``--segmenter`` names another ``tumour`` U-Net),
+    loaded once."""
     from localdiffusion.network.segmenter import load_segmenter
     from localdiffusion.shipped import lesion_model_dir
 
-    return load_segmenter(folder or SEGMENTER_OVERRIDE.get(contrast, lesion_model_dir(MODELS_ROOT, contrast)))
+    default = lesion_model_dir(MODELS_ROOT, contrast, detector)
+    return load_segmenter(folder or (SEGMENTER_OVERRIDE.get(contrast, default) if detector == "tumour" else default))
 
 
-def source_tumour(case: dict, folder: Path | None = None) -> np.ndarray:
-    """The product's ``tumour`` detector on the case's source volume (the U-Net in ``folder``, by default the
-    shipped one of the source contrast or ``--segmenter``'s, on the job's working grid); computed once per case and
-    U-Net."""
-    key = "tumour" if folder is None else f"tumour@{folder}"
+def source_tumour(case: dict, folder: Path | None = None, detector: str = "tumour") -> np.ndarray:
+    """The product's ``tumour`` detector (or another lesion U-Net's, ``detector``) on the case's source volume (the
+    U-Net in ``folder``, by default the shipped one of the source contrast or ``--segmenter``'s, on the job's
+    working grid); computed once per case and U-Net."""
+    key = detector if folder is None else f"{detector}@{folder}"
     if key not in case:
         from localdiffusion.detectors.given import lesion_probability
         from localdiffusion.jobs.inputs import prepare_input
         from localdiffusion.options import DIRECTIONS
 
         source = DIRECTIONS[case["meta"]["direction"]][0]
-        segmenter = _segmenter(source, folder)
+        segmenter = _segmenter(source, folder, detector)
         cohort, name = case["name"][:-len(case["meta"]["case"]) - 1], case["meta"]["case"]
         prepared = prepare_input(COHORTS_ROOT / cohort / case["family"] / name / f"{name}_{source}.nii.gz", source,
                                  case["meta"]["spacing_mm"], case["brain"].shape[:2])
@@ -200,7 +202,9 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
         raw = {}
         if "tumour" in calibration.needs:  # computed here with the file's own smoothing
             raw["tumour"] = source_tumour(case, CALIBRATION_SEGMENTER.get(name))
-            maps.update(detector_volumes(raw, case["brain"], calibration.smoothing))
+        if "wm_lesion" in calibration.needs:  # the shipped white-matter lesion U-Net (round 12)
+            raw["wm_lesion"] = source_tumour(case, detector="wm_lesion")
+        maps.update(detector_volumes(raw, case["brain"], calibration.smoothing))
         risk = calibration.risk(maps)
         if calibration.confident_ml is not None:  # as the product's risk_volumes, on the cached raw OOD map
             risk = with_confident(case, risk, calibration.confident_ml)

@@ -16,6 +16,9 @@ recorded during it), and the models that compute them.
   :mod:`~localdiffusion.network.segmenter` U-Net): the probability that a voxel is lesion. A supervised detector:
   it knows what a lesion looks like in the source contrast, where the OOD maps know only healthy tissue;
   one U-Net pass over the brain slices;
+* ``wm_lesion``: a second lesion U-Net of the source contrast trained on small white-matter lesions alone
+  (``wm_lesion_<source>``; MS-like). Beside ``tumour`` in a maximum it keeps the faint lesions a U-Net trained on
+  every lesion kind gives up (research/lesion_risk/README.md);
 * ``cycle``: the cycle residual (:mod:`~localdiffusion.detectors.cycle`, one more translation).
 
 :class:`GivenMaps` loads what a calibration needs once per job and computes only those maps, so
@@ -24,7 +27,7 @@ that translate, run (bundle, MONAI Label, Slicer) and calibrate-risk give the ri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ from localdiffusion.ood.patchcore import PatchCore
 from localdiffusion.ood.robust import RobustCalibration
 from localdiffusion.ood.volume import probability_volume
 from localdiffusion.options import DIRECTIONS
-from localdiffusion.shipped import lesion_model_dir, robust_calibration_path
+from localdiffusion.shipped import LESION_MODELS, lesion_model_dir, robust_calibration_path
 from localdiffusion.volume.grid import PreparedCase, resample
 
 
@@ -64,9 +67,17 @@ class TumourProbability(Detector):
                    "1 - P(background)")
 
 
+class WhiteMatterLesionProbability(Detector):
+    name = "wm_lesion"
+    description = ("the source contrast's white-matter lesion U-Net (models/wm_lesion_<source>, trained on small "
+                   "MS-like white-matter lesions alone, both T1 kinds): the probability that a voxel is lesion, "
+                   "1 - P(background)")
+
+
 register(RobustOodProbability())
 register(LocatedOodProbability())
 register(TumourProbability())
+register(WhiteMatterLesionProbability())
 
 
 @dataclass
@@ -79,20 +90,21 @@ class GivenMaps:
     robust: RobustCalibration | None = None  # patch distances only (``ood_robust``)
     reverse: object | None = None  # a Denoiser
     located: RobustCalibration | None = None  # the whole robust calibration (``ood_located``)
-    segmenter: Segmenter | None = None  # the source contrast's lesion U-Net (``tumour``)
+    segmenters: dict[str, Segmenter] = field(default_factory=dict)  # lesion U-Nets by detector (``LESION_MODELS``)
 
     @staticmethod
     def files(needs: tuple[str, ...], bank_path: str | Path, model_dir: str | Path, direction: str
               ) -> dict[str, Path]:
         """The model file each map of ``needs`` loads, keyed by map: the robust calibration beside
-        ``bank_path``, the reverse model's configuration beside ``model_dir`` (translating ``direction``), the
-        source contrast's lesion U-Net's configuration in the models folder above ``model_dir``."""
+        ``bank_path``, the reverse model's configuration beside ``model_dir`` (translating ``direction``), each
+        lesion U-Net's configuration (the source contrast's) in the models folder above ``model_dir``."""
         files = {}
         for name in ("ood_robust", "ood_located"):
             if name in needs:
                 files[name] = robust_calibration_path(bank_path)
-        if "tumour" in needs:
-            files["tumour"] = lesion_model_dir(Path(model_dir).parent, DIRECTIONS[direction][0]) / "config.json"
+        for name in LESION_MODELS:
+            if name in needs:
+                files[name] = lesion_model_dir(Path(model_dir).parent, DIRECTIONS[direction][0], name) / "config.json"
         if "cycle" in needs:
             files["cycle"] = reverse_model_dir(model_dir, direction) / "config.json"
         return files
@@ -106,13 +118,14 @@ class GivenMaps:
         robust = RobustCalibration.load(files["ood_robust"]).patch_only() if "ood_robust" in files else None
         reverse = load_reverse_model(model_dir, config, device) if "cycle" in files else None
         located = RobustCalibration.load(files["ood_located"]) if "ood_located" in files else None
-        segmenter = load_segmenter(files["tumour"].parent).to(device) if "tumour" in files else None
-        if segmenter is not None and not _same_view(segmenter.config, config):
-            raise InputError(f"{files['tumour']}: the lesion U-Net reads a {segmenter.config.in_plane} grid at "
-                             f"{segmenter.config.spacing_mm} mm, the translation model a {tuple(config.in_plane)} grid "
-                             f"at {config.spacing_mm} mm (the U-Net's grid must be as fine or finer, over the same "
-                             f"field of view)")
-        return cls(needs, bank, robust, reverse, located, segmenter)
+        segmenters = {name: load_segmenter(files[name].parent).to(device) for name in LESION_MODELS if name in files}
+        for name, segmenter in segmenters.items():
+            if not _same_view(segmenter.config, config):
+                raise InputError(f"{files[name]}: the lesion U-Net reads a {segmenter.config.in_plane} grid at "
+                                 f"{segmenter.config.spacing_mm} mm, the translation model a {tuple(config.in_plane)} "
+                                 f"grid at {config.spacing_mm} mm (the U-Net's grid must be as fine or finer, over the "
+                                 f"same field of view)")
+        return cls(needs, bank, robust, reverse, located, segmenters)
 
     def source_maps(self, prepared: PreparedCase, known: dict[str, np.ndarray] | None = None
                     ) -> dict[str, np.ndarray]:
@@ -141,14 +154,14 @@ def _same_view(segmenter_config, config) -> bool:
 
 
 def lesion_probability(segmenter: Segmenter, prepared: PreparedCase) -> np.ndarray:
-    """The lesion U-Net's probability (the ``tumour`` map) on ``prepared``'s working grid.
+    """A lesion U-Net's probability (the ``tumour`` or ``wm_lesion`` map) on ``prepared``'s working grid.
 
     A U-Net on a finer grid of the same field of view reads the source prepared again on its own grid (from the
     case ``prepared`` was made from), and its probability is resampled to the working grid (trilinear, smoothed
     first as every image going to a coarser grid: :func:`~localdiffusion.volume.grid.resample`).
 
     Args:
-        segmenter: the source contrast's lesion U-Net.
+        segmenter: a lesion U-Net of the source contrast.
         prepared: the case on the translation model's working grid.
     Returns:
         (X, Y, Z) float32 in [0, 1] on the working grid; 0 outside the brain.
@@ -169,7 +182,8 @@ _FROM_SOURCE = {
         given.bank, prepared.images[given.robust.modality], prepared.brain),
     "ood_located": lambda given, prepared: given.located.ood_map(
         given.bank, prepared.images[given.located.modality], prepared.brain, prepared.grid.affine).map.probability,
-    "tumour": lambda given, prepared: lesion_probability(given.segmenter, prepared),
+    **{name: (lambda given, prepared, name=name: lesion_probability(given.segmenters[name], prepared))
+       for name in LESION_MODELS},
 }
 #: the given maps that read the source alone (:meth:`GivenMaps.source_maps`): a risk of only these needs no sampling
 SOURCE_MAPS = tuple(_FROM_SOURCE)
