@@ -46,6 +46,12 @@ def error_map(translation: np.ndarray, truth: np.ndarray, brain: np.ndarray, seg
     return ndimage.uniform_filter(np.where(brain, error, 0).astype(np.float32), size)
 
 
+def gross_errors(translation: np.ndarray, truth: np.ndarray, brain: np.ndarray, seg: np.ndarray, spacing_mm: float,
+                 level: float) -> np.ndarray:
+    """The gross-error voxels: bool, :func:`error_map` above ``level`` (:func:`error_threshold`) inside the brain."""
+    return (error_map(translation, truth, brain, seg, spacing_mm) > level) & brain
+
+
 def error_threshold(healthy_errors: list[np.ndarray]) -> float:
     """The gross-error level: the :data:`HEALTHY_QUANTILE` of the healthy validation brain voxels' errors."""
     return float(np.quantile(np.concatenate(healthy_errors), HEALTHY_QUANTILE))
@@ -118,7 +124,7 @@ def score_case(translation: np.ndarray, truth: np.ndarray, risk: np.ndarray, bra
         the case's :class:`CaseScore`.
     """
     brain = brain.astype(bool)
-    gross = (error_map(translation, truth, brain, seg, spacing_mm) > level) & brain
+    gross = gross_errors(translation, truth, brain, seg, spacing_mm, level)
     flagged = (risk >= threshold) & brain
     score = CaseScore()
     for verdict in judge_lesions(gross, flagged, seg, spacing_mm):

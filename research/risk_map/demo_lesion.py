@@ -61,7 +61,7 @@ def yardstick(case: Path, direction: str, fit: Path, record: Path) -> None:
     """Each lesion of ``case`` under the lesion study's yardstick, on the job's working grid."""
     from research.lesion_risk.collect import collect_case
     from research.lesion_risk.score import gross_error_level, load_cache
-    from research.lesion_risk.yardstick import error_map, judge_lesions
+    from research.lesion_risk.yardstick import gross_errors, judge_lesions
 
     level = gross_error_level([c for c in load_cache(fit / direction, "val") if c["healthy"]])
     collect_case(case, direction, record)
@@ -69,7 +69,7 @@ def yardstick(case: Path, direction: str, fit: Path, record: Path) -> None:
         c = {k: data[k] for k in ("local", "truth", "risk", "brain", "seg")}
         spacing = float(np.asarray(data["affine"])[0, 0])
     brain = c["brain"].astype(bool)
-    gross = (error_map(c["local"], c["truth"], brain, c["seg"], spacing) > level) & brain
+    gross = gross_errors(c["local"], c["truth"], brain, c["seg"], spacing, level)
     for i, lesion in enumerate(judge_lesions(gross, c["risk"] >= FLAG_THRESHOLD, c["seg"], spacing), 1):
         state = ("flagged" if lesion.flagged else "not flagged") if lesion.misrepresented else "not misrepresented"
         print(f"lesion {i} ({lesion.voxels * spacing ** 3 / 1000:.2f} ml, {lesion.voxels} voxels of {spacing:g} mm): "
