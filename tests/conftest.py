@@ -68,7 +68,8 @@ def tiny_models(tmp_path_factory, cohort):
         # the acquisition-robust calibration beside the bank (the T1 -> FLAIR risk map combines it)
         calibrate_robust_ood(root / f"ood_{m}.pt", cohort).save(robust_calibration_path(root / f"ood_{m}.pt"))
         seg = SegConfig(modality=m, channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
-        for kind in ("seg", "lesion"):  # the segment job's U-Net and the risk map's lesion U-Net
+        # the segment job's U-Net and the risk map's lesion U-Nets (T1 -> FLAIR also reads a white-matter one)
+        for kind in ("seg", "lesion", "wm_lesion") if m == "t1" else ("seg", "lesion"):
             (root / f"{kind}_{m}").mkdir()
             (root / f"{kind}_{m}" / "config.json").write_text(json.dumps(dataclasses.asdict(seg)))
             torch.save(Segmenter(seg).network.state_dict(), root / f"{kind}_{m}" / "model.pt")

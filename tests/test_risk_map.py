@@ -135,6 +135,52 @@ def test_fisher_counts_two_moderately_unusual_maps_above_one(tmp_path):
     np.testing.assert_allclose(again.risk(maps), calibration.risk(maps))
 
 
+def test_weights_share_the_false_alarm_budget_between_detectors(tmp_path):
+    """The weighted maximum: at the healthy level, detector i flags about w_i of the budget on its own; equal
+    weights give the plain maximum's risk; the weights survive a save and a file with bad ones is refused."""
+    import json
+
+    from localdiffusion.detectors.risk import combine, parse_weights
+    from localdiffusion.errors import InputError
+
+    rng = np.random.default_rng(11)
+    healthy = {"ood": rng.uniform(0, 1, 400_000).astype(np.float32),
+               "variance": rng.gamma(2.0, 1e-4, 400_000).astype(np.float32)}
+    shares = {}
+    for weights in ({"ood": 0.9, "variance": 0.1}, {"ood": 0.5, "variance": 0.5}):
+        fitted = RiskCalibration.fit(healthy, weights=weights)
+        flagged = fitted.risk(healthy) >= 0.99
+        assert abs(flagged.mean() - 0.01) < 0.001  # calibrated again: 1% of healthy voxels in all
+        probabilities = fitted.detector_probabilities(healthy)
+        terms = np.stack([1 - (1 - probabilities[name]) / w for name, w in weights.items()])
+        deciding = np.argmax(terms, axis=0)  # the detector whose weighted tail flagged the voxel
+        shares[weights["ood"]] = {name: float(np.mean(flagged & (deciding == i))) for i, name in enumerate(weights)}
+    # 0.9 / 0.1: the first detector's own top 0.9% and the second's top 0.1% make the 1%; equal weights halve it
+    assert 0.0085 < shares[0.9]["ood"] < 0.0095 and 0.0007 < shares[0.9]["variance"] < 0.0013
+    assert 0.0045 < shares[0.5]["ood"] < 0.0055 and 0.0045 < shares[0.5]["variance"] < 0.0055
+    plain = RiskCalibration.fit(healthy)
+    equal = RiskCalibration.fit(healthy, weights={"ood": 1.0, "variance": 1.0})
+    probe = {"ood": rng.uniform(0, 1, 2000).astype(np.float32),
+             "variance": rng.gamma(2.0, 1e-4, 2000).astype(np.float32)}
+    np.testing.assert_allclose(equal.risk(probe), plain.risk(probe), atol=2e-3)
+    weighted = RiskCalibration.fit(healthy, weights={"ood": 0.9, "variance": 0.1})
+    weighted.save(tmp_path / "w.json")
+    again = RiskCalibration.load(tmp_path / "w.json")
+    assert again.weights == pytest.approx({"ood": 0.9, "variance": 0.1})
+    np.testing.assert_allclose(again.risk(probe), weighted.risk(probe))
+    payload = json.loads((tmp_path / "w.json").read_text())
+    for bad in ({"ood": 0.9}, {"ood": 0.9, "variance": -0.1}, [0.9, 0.1]):
+        (tmp_path / "bad.json").write_text(json.dumps({**payload, "weights": bad}))
+        with pytest.raises(InputError, match="corrupt risk calibration"):
+            RiskCalibration.load(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="weights need the maximum"):
+        combine([probe["ood"], probe["ood"]], "fisher", [0.5, 0.5])
+    assert parse_weights(["ood=3", "variance=1"], ("ood", "variance")) == {"ood": 0.75, "variance": 0.25}
+    for bad in (["ood=1"], ["ood=a", "variance=1"], ["ood=0", "variance=1"]):
+        with pytest.raises(ValueError):
+            parse_weights(bad, ("ood", "variance"))
+
+
 def _benchmark():
     from research.risk_map import risk_map
 

@@ -86,7 +86,10 @@ def test_shipped_risk_calibration_loads_with_its_rods_settings(direction):
     assert set(calibration.detectors) == set(chosen.detectors) and calibration.smoothing == chosen.smoothing
     assert calibration.combination == chosen.combination
     assert calibration.confident_ml == chosen.confident_ml
-    assert calibration.grow == chosen.grow  # T1 -> FLAIR grows its flagged regions over the U-Net's outline
+    assert calibration.grow == chosen.grow
+    # T1 -> FLAIR shares the false-alarm budget between its two lesion U-Nets (a weighted maximum)
+    assert (calibration.weights is None) == (chosen.weights is None)
+    assert chosen.weights is None or calibration.weights == pytest.approx(chosen.weights)
     assert set(calibration.standardised) == set(chosen.detectors) & {"cycle", "variance"}
     assert calibration.definition["validated_against"]["healthy_quantile"] == GROSS_ERROR["healthy_quantile"]
     # every file its maps need ships beside it (the reverse model, the robust OOD calibration, the lesion U-Net),

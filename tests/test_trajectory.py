@@ -312,7 +312,8 @@ def test_a_lesion_unet_on_a_finer_grid_reads_the_source_on_its_own_grid(tiny_mod
     out = tmp_path / "risk.json"
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
                  "--lesion-cases", "--steps", "3", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["detectors"] == ["tumour"]
+    saved = json.loads(out.read_text())  # the direction's default: both T1 lesion U-Nets, sharing the budget
+    assert saved["detectors"] == ["tumour", "wm_lesion"] and saved["weights"] == {"tumour": 0.7, "wm_lesion": 0.3}
     shutil.copy(out, models / "t1_to_flair" / "risk_calibration.json")
     t1 = path / f"{path.name}_t1.nii.gz"
     assert main(["run", "--input", str(t1), "--out-dir", str(tmp_path / "run"), "--models", str(models),
@@ -329,7 +330,8 @@ def test_a_lesion_unet_on_a_finer_grid_reads_the_source_on_its_own_grid(tiny_mod
 
 def test_a_white_matter_lesion_unet_joins_the_tumour_unet_in_the_maximum(tiny_models, cohort, tmp_path, capsys):
     """The ``wm_lesion`` detector reads its own U-Net (``wm_lesion_<source>``), not the tumour U-Net: its map is that
-    U-Net's probability; calibrate-risk fits the maximum of both without sampling, run writes the risk with it, and
+    U-Net's probability; calibrate-risk fits the (weighted) maximum of both without sampling, refuses weights that
+    miss a detector in one line, run writes the risk with it, and
     without the U-Net's folder run plans no risk map and translate --risk-map refuses in one line naming it."""
     import dataclasses
     import json
@@ -350,7 +352,6 @@ def test_a_white_matter_lesion_unet_joins_the_tumour_unet_in_the_maximum(tiny_mo
     models = tmp_path / "models"
     shutil.copytree(tiny_models, models)
     other = SegConfig(modality="t1", channels=(4, 8), strides=(2,), in_plane=(48, 56), spacing_mm=4.0)
-    (models / "wm_lesion_t1").mkdir()
     (models / "wm_lesion_t1" / "config.json").write_text(json.dumps(dataclasses.asdict(other)))
     torch.manual_seed(7)  # other weights than the tumour U-Net's
     torch.save(Segmenter(other).network.state_dict(), models / "wm_lesion_t1" / "model.pt")
@@ -363,12 +364,19 @@ def test_a_white_matter_lesion_unet_joins_the_tumour_unet_in_the_maximum(tiny_mo
     np.testing.assert_allclose(maps["wm_lesion"], expected, atol=1e-6)
     assert np.abs(maps["wm_lesion"] - maps["tumour"])[prepared.brain].max() > 1e-3  # two U-Nets, two maps
     out = tmp_path / "risk.json"
+    capsys.readouterr()
+    assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
+                 "--detectors", "tumour", "wm_lesion", "--weights", "tumour=1", "--steps", "3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--weights" in err[0] and "wm_lesion" in err[0] and not out.exists()
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
                  "--detectors", "tumour", "wm_lesion", "--smoothing", "0", "--combination", "max", "--grow", "none",
-                 "--steps", "3", "--out", str(out)]) == 0
+                 "--weights", "tumour=3", "wm_lesion=1", "--steps", "3", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
     assert saved["detectors"] == ["tumour", "wm_lesion"] and "wm_lesion" in saved and "tumour" in saved
     assert "wm_lesion_<source>" in saved["definition"]["detectors"]["wm_lesion"]
+    assert saved["weights"] == {"tumour": 0.75, "wm_lesion": 0.25}  # normalised to sum 1
+    assert "weighted maximum" in saved["definition"]["risk"] and "tumour=0.75 wm_lesion=0.25" in saved["definition"]["risk"]
     shutil.copy(out, models / "t1_to_flair" / "risk_calibration.json")
     t1 = path / f"{path.name}_t1.nii.gz"
     assert main(["run", "--input", str(t1), "--out-dir", str(tmp_path / "run"), "--models", str(models),

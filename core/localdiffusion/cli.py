@@ -254,7 +254,8 @@ def _run_calibrate_gate(args) -> int:
 
 def _add_calibrate_risk(sub) -> None:
     from localdiffusion.detectors.maps import DETECTORS
-    from localdiffusion.detectors.risk import COMBINATIONS, RISK_DEFAULTS, growth_label, smoothing_label
+    from localdiffusion.detectors.risk import (COMBINATIONS, RISK_DEFAULTS, growth_label, smoothing_label,
+                                               weights_label)
 
     p = sub.add_parser("calibrate-risk", help=COMMAND_HELP["calibrate-risk"])
     p.add_argument("--data", required=True, type=Path, nargs="+",
@@ -264,6 +265,7 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--ood-bank", type=Path, default=None, help="default: ood_<source>.pt beside the model folder")
     defaults = "; ".join(f"{d}: {' '.join(r.detectors)}, smoothing {smoothing_label(r.smoothing)}, {r.combination}"
                          + (f", grown through {growth_label(r.grow)}" if r.grow else "")
+                         + (f", weights {weights_label(r.weights)}" if r.weights else "")
                          for d, r in RISK_DEFAULTS.items())
     p.add_argument("--detectors", nargs="+", default=None, choices=list(DETECTORS),
                    help=f"detector maps the risk combines (default per direction, chosen on validation: {defaults}; "
@@ -275,6 +277,10 @@ def _add_calibrate_risk(sub) -> None:
     p.add_argument("--combination", choices=list(COMBINATIONS), default=None,
                    help="how the detectors' probabilities make one score (max, or Fisher's sum of -log(1 - p)); "
                         "default: the direction's")
+    p.add_argument("--weights", nargs="+", default=None, metavar="DETECTOR=W",
+                   help="a weighted maximum: each detector's share of the false-alarm budget, one per detector "
+                        "(e.g. tumour=0.8 wm_lesion=0.2; normalised to sum 1), or 'none'; default: the direction's, "
+                        "with its default detectors")
     p.add_argument("--grow", default=None, metavar="MAP:LEVEL",
                    help="grow every flagged region by hysteresis through the brain voxels of MAP >= LEVEL (MAP: "
                         "'risk' or a detector's raw map, e.g. tumour:0.5), or 'none'; default: the direction's, with "
@@ -300,7 +306,8 @@ def _add_calibrate_risk(sub) -> None:
 
 def _run_calibrate_risk(args) -> int:
     from localdiffusion.detectors.given import GivenMaps
-    from localdiffusion.detectors.risk import calibration_name, parse_growth, parse_smoothing, risk_default
+    from localdiffusion.detectors.risk import (calibration_name, parse_growth, parse_smoothing, parse_weights,
+                                               risk_default)
     from localdiffusion.jobs.calibrate import calibrate_risk
     from localdiffusion.methods.rods import RODSConfig
     from localdiffusion.network.denoiser import load_denoiser
@@ -329,9 +336,18 @@ def _run_calibrate_risk(args) -> int:
         except ValueError as exc:
             raise InputError(f"RODS settings: {exc}") from None
     detectors = tuple(args.detectors or risk_default(denoiser.config.direction).detectors)
+    weights = "default"
+    if args.weights == ["none"]:
+        weights = None
+    elif args.weights is not None:
+        try:
+            weights = parse_weights(args.weights, detectors)
+        except ValueError as exc:
+            raise InputError(f"--weights: {exc}") from None
     given = GivenMaps.load(detectors, bank, bank_path, model, denoiser.config, device)
     calibration = calibrate_risk(denoiser, args.data, given, detectors=detectors,
-                                 smoothing=smoothing, combination=args.combination, grow=grow, rods=rods,
+                                 smoothing=smoothing, combination=args.combination, grow=grow, weights=weights,
+                                 rods=rods,
                                  max_cases=args.max_cases, lesion_cases=args.lesion_cases, steps=args.steps,
                                  false_positive_rate=args.fpr)
     out = args.out or model / calibration_name(calibration.steps, denoiser.config.steps)

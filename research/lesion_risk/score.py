@@ -27,7 +27,7 @@ from localdiffusion.data.io import atomic_path
 from localdiffusion.detectors.regions import grow_flagged
 from localdiffusion.detectors.risk import (RiskCalibration, apply_growth, confident_components, detector_volumes,
                                           risk_definition)
-from localdiffusion.shipped import MODELS_ROOT
+from localdiffusion.shipped import LESION_MODELS, MODELS_ROOT
 
 from research.lesion_risk.yardstick import CaseScore, error_map, error_threshold, score_case
 
@@ -199,11 +199,11 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
         calibration = calibrations[name]
         maps = detector_maps(case, shipped, "ood_located" in calibration.detectors)
-        raw = {}
-        if "tumour" in calibration.needs:  # computed here with the file's own smoothing
-            raw["tumour"] = source_tumour(case, CALIBRATION_SEGMENTER.get(name))
-        if "wm_lesion" in calibration.needs:  # the shipped white-matter lesion U-Net (round 12)
-            raw["wm_lesion"] = source_tumour(case, detector="wm_lesion")
+        # every lesion U-Net the file reads, computed here with the file's own smoothing (the pooled one may be
+        # replaced by --calibration-segmenter's; the others are the product's folders, LESION_MODELS)
+        raw = {detector: source_tumour(case, CALIBRATION_SEGMENTER.get(name) if detector == "tumour" else None,
+                                       detector)
+               for detector in LESION_MODELS if detector in calibration.needs}
         maps.update(detector_volumes(raw, case["brain"], calibration.smoothing))
         risk = calibration.risk(maps)
         if calibration.confident_ml is not None:  # as the product's risk_volumes, on the cached raw OOD map

@@ -30,6 +30,8 @@ from localdiffusion.options import FLAG_THRESHOLD
 GROSS_ERROR = {"neighbourhood": 3, "healthy_quantile": 0.999}
 #: a Gaussian sigma in voxels: one value, or one per working-grid axis (x, y, z; z is the slice axis)
 Smoothing = float | tuple[float, float, float]
+#: detector name -> its share of the false-alarm budget in a weighted maximum (:func:`combine`; the shares sum to 1)
+Weights = dict[str, float]
 #: how a flagged region grows (:func:`apply_growth`): through the voxels of ``map`` at or above ``level``, ``map``
 #: being ``"risk"`` (the risk itself) or a detector's raw map
 Growth = tuple[str, float]
@@ -44,15 +46,19 @@ class RiskDefault:
     combination: str
     confident_ml: float | None = None  # see RiskCalibration.confident_ml
     grow: Growth | None = None  # see RiskCalibration.grow
+    weights: Weights | None = None  # see RiskCalibration.weights
 
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
-#: research/lesion_risk. Both read the source contrast's lesion U-Net (the ``tumour`` detector) alone. T1 -> FLAIR:
-#: the U-Net on a 1 mm grid, its probability unsmoothed, the level fitted on the healthy validation scans of the
-#: families (1.5 and 3 T, both native T1 kinds). FLAIR -> T1: the 2 mm U-Net's probability smoothed by a Gaussian of
-#: sigma 1 voxel, the level fitted on the families' validation scans, healthy and lesion ones, each lesion scan
-#: outside its lesion labels (``calibrate-risk --lesion-cases``). Neither needs a back-translation.
-RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour",), 0.0, "max"),
+#: research/lesion_risk. Both read the source contrast's lesion U-Nets only. T1 -> FLAIR: the weighted maximum of
+#: two U-Nets on a 1 mm grid, the pooled lesion U-Net (``tumour``, 70% of the false-alarm budget) and one trained on
+#: small white-matter lesions (``wm_lesion``, 30%), their probabilities unsmoothed, the level fitted on the healthy
+#: validation scans of the families (1.5 and 3 T, both native T1 kinds). FLAIR -> T1: the pooled 2 mm U-Net's
+#: probability smoothed by a Gaussian of sigma 1 voxel, the level fitted on the families' validation scans, healthy
+#: and lesion ones, each lesion scan outside its lesion labels (``calibrate-risk --lesion-cases``). Neither needs a
+#: back-translation.
+RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour", "wm_lesion"), 0.0, "max",
+                                            weights={"tumour": 0.7, "wm_lesion": 0.3}),
                  "flair_to_t1": RiskDefault(("tumour",), 1.0, "max")}
 #: the detector whose confident components a calibration with ``confident_ml`` flags outright: the location-aware
 #: OOD map ``run`` writes (a probability calibrated on healthy validation voxels by the OOD bank)
@@ -89,24 +95,64 @@ def smoothing_label(smoothing: Smoothing) -> str:
 COMBINATIONS = ("max", "fisher")
 
 
-def combine(parts: list[np.ndarray], how: str) -> np.ndarray:
+def combine(parts: list[np.ndarray], how: str, weights: list[float] | None = None) -> np.ndarray:
     """One score from per-detector healthy-calibrated probabilities.
 
     ``max``: the most unusual map decides; ``fisher``: Fisher's method, ``sum(-log(1 - p))`` (two
     moderately unusual maps count as much as one very unusual one). Either is calibrated again on
     healthy voxels afterwards.
 
+    With ``weights`` (``max`` only), the weighted maximum: p-value weighting (Genovese, Roeder and Wasserman,
+    Biometrika 2006), each detector's healthy tail ``1 - p_i`` divided by its weight ``w_i``, the score
+    ``max_i 1 - (1 - p_i) / w_i``. Calibrated again on healthy voxels at a fraction ``a``, detector ``i`` flags
+    where its own healthy tail is at most ``w_i`` times a common level: the weights share the false-alarm budget
+    between the detectors (equal weights rank as the plain maximum).
+
     Args:
         parts: arrays of one shape, probabilities in [0, 1].
         how: ``max`` or ``fisher``.
+        weights: one positive weight per part, summing to 1 (None: unweighted).
     Returns:
         the combined raw score, that shape.
     """
+    if weights is not None:
+        if how != "max" or len(weights) != len(parts) or min(weights) <= 0:
+            raise ValueError(f"weights need the maximum and one positive weight per detector, got {how!r}, "
+                             f"{len(weights)} weights for {len(parts)} maps")
+        parts = [1 - (1 - np.asarray(p, np.float32)) / np.float32(w) for p, w in zip(parts, weights)]
     if how == "max":
         return np.maximum.reduce(parts)
     if how == "fisher":
         return sum(-np.log1p(-np.minimum(np.asarray(p, np.float64), 1 - 1e-6)) for p in parts).astype(np.float32)
     raise ValueError(f"unknown combination {how!r}; known: {COMBINATIONS}")
+
+
+def parse_weights(items: Iterable[str], detectors: tuple[str, ...]) -> Weights:
+    """``["tumour=0.8", "wm_lesion=0.2"]`` -> {"tumour": 0.8, "wm_lesion": 0.2}: one positive weight for every one of
+    ``detectors``, normalised to sum 1; ValueError for anything else."""
+    weights = {}
+    for item in items:
+        name, _, value = str(item).partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: DETECTOR=WEIGHT, the weight a number") from None
+    return normalised_weights(weights, detectors)
+
+
+def normalised_weights(weights: dict[str, float], detectors: tuple[str, ...]) -> Weights:
+    """``weights`` over exactly ``detectors``, each positive and finite, scaled to sum 1; ValueError otherwise."""
+    if set(weights) != set(detectors):
+        raise ValueError(f"weights for {sorted(weights)}, but the risk combines {list(detectors)}: one weight each")
+    values = np.array([weights[name] for name in detectors], np.float64)
+    if not np.isfinite(values).all() or values.min() <= 0:
+        raise ValueError(f"weights {weights}: each must be a positive number")
+    return {name: float(v / values.sum()) for name, v in zip(detectors, values)}
+
+
+def weights_label(weights: Weights) -> str:
+    """``tumour=0.8 wm_lesion=0.2``: the form :func:`parse_weights` reads."""
+    return " ".join(f"{name}={w:g}" for name, w in weights.items())
 
 
 def confident_components(probability: np.ndarray, brain: np.ndarray, min_ml: float, voxel_ml: float,
@@ -170,10 +216,13 @@ def apply_growth(risk: np.ndarray, grow: Growth, maps: dict[str, np.ndarray], br
 
 def risk_definition(detectors: tuple[str, ...], smoothing: Smoothing, combination: str, standardised: tuple[str, ...],
                     false_positive_rate: float, fitted_on: str, confident_ml: float | None = None,
-                    grow: Growth | None = None) -> dict:
+                    grow: Growth | None = None, weights: Weights | None = None) -> dict:
     """The definition a calibration file records: what the risk combines, how it was fitted, and
     the event it is validated against."""
     how = {"max": "the maximum of", "fisher": "Fisher's combination (sum of -log(1 - p)) of"}[combination]
+    if weights:
+        how = (f"the weighted maximum (each detector's healthy tail 1 - p divided by its share of the budget, "
+               f"{weights_label(weights)}) of")
     sigma = smoothing_label(smoothing) + (" voxels (x,y,z; z the slice axis)" if isinstance(smoothing, tuple)
                                           else " voxels")
     standardising = (f", {', '.join(standardised)} then standardised by the volume's own brain median and MAD"
@@ -245,8 +294,8 @@ class RiskCalibration:
     it in ``standardised`` (a new fit lists the detectors that ask for it), and turned into "the probability that a healthy voxel scores lower" with an empirical CDF
     fitted on healthy *validation* data (:class:`~localdiffusion.ood.anomaly_map.Calibration`);
     a map that is already a probability (the OOD map) is taken as it is when it is not smoothed.
-    The raw combined score is the maximum over the calibration's detectors, or Fisher's
-    combination of their probabilities (``combination``); a last calibration
+    The raw combined score is the maximum over the calibration's detectors (weighted, with ``weights``), or
+    Fisher's combination of their probabilities (``combination``); a last calibration
     of that score on the same healthy data gives the risk, so that ``risk >= 1 - a`` flags a
     fraction ``a`` of healthy voxels.
 
@@ -276,6 +325,9 @@ class RiskCalibration:
     #: when set, every flagged region grows by hysteresis through this map's voxels at or above this level
     #: (:func:`apply_growth`, after the confident components)
     grow: Growth | None = None
+    #: when set (``max`` only), the weighted maximum: detector name -> its share of the false-alarm budget
+    #: (:func:`combine`)
+    weights: Weights | None = None
 
     def detector_probabilities(self, maps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Per voxel and detector: the calibration's detectors in ``maps``, each as its healthy-calibrated
@@ -294,10 +346,11 @@ class RiskCalibration:
 
     def combined_score(self, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Per voxel: :meth:`detector_probabilities` combined into one (uncalibrated) score."""
-        parts = list(self.detector_probabilities(maps).values())
-        if not parts:
+        named = self.detector_probabilities(maps)
+        if not named:
             raise ValueError("no detector map to combine")
-        return combine(parts, self.combination)
+        weights = [self.weights[name] for name in named] if self.weights else None
+        return combine(list(named.values()), self.combination, weights)
 
     def risk(self, maps: dict[str, np.ndarray]) -> np.ndarray:
         """Calibrated risk in [0, 1], the shape of the maps."""
@@ -317,20 +370,27 @@ class RiskCalibration:
     def fit(cls, maps: dict[str, np.ndarray], false_positive_rate: float = 0.01, last_k: int = 10,
             rods: RODSConfig | None = None, steps: int | None = None, smoothing: Smoothing = 0.0,
             definition: dict | None = None, combination: str = "max", standardised: tuple[str, ...] = (),
-            confident_ml: float | None = None, grow: Growth | None = None) -> "RiskCalibration":
+            confident_ml: float | None = None, grow: Growth | None = None,
+            weights: Weights | None = None) -> "RiskCalibration":
         """Fit on healthy validation voxels: ``maps`` detector name -> 1D array (all of one length),
         already through :func:`detector_volumes` with ``smoothing`` and ``standardised``. A calibrated detector keeps its
-        probability unless it was smoothed (smoothing changes its distribution, so it gets a CDF too)."""
+        probability unless it was smoothed (smoothing changes its distribution, so it gets a CDF too). ``weights``: one
+        per detector fitted, normalised to sum 1 (:func:`normalised_weights`)."""
         maps = {k: v for k, v in maps.items() if v is not None}
         detectors = tuple(n for n in DETECTORS if n in maps)
         components = {name: Calibration.fit(maps[name], false_positive_rate)
                       for name in detectors if is_smoothed(smoothing) or not DETECTORS[name].calibrated}
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
-        partial = cls(components, None, last_k, detectors=detectors, combination=combination)  # its score only
+        if weights is not None:
+            if combination != "max":
+                raise ValueError("weights need the maximum")
+            weights = normalised_weights(weights, detectors)
+        partial = cls(components, None, last_k, detectors=detectors, combination=combination,
+                      weights=weights)  # its score only
         combined = Calibration.fit(partial.combined_score(maps), false_positive_rate)
         return cls(components, combined, last_k, rods, steps, detectors, smoothing, dict(definition or {}), combination,
-                   tuple(n for n in standardised if n in detectors), confident_ml, grow)
+                   tuple(n for n in standardised if n in detectors), confident_ml, grow, weights)
 
     def save(self, path: str | Path) -> None:
         payload = {"last_k": self.last_k, "steps": self.steps, "detectors": list(self.detectors),
@@ -338,7 +398,7 @@ class RiskCalibration:
                    "combination": self.combination,
                    "standardised": list(self.standardised), "confident_ml": self.confident_ml,
                    "grow": growth_label(self.grow) if self.grow is not None else None,
-                   "definition": self.definition,
+                   "weights": self.weights, "definition": self.definition,
                    "rods": dataclasses.asdict(self.rods) if self.rods is not None else None}
         for name, cal in {**self.components, "combined": self.combined}.items():
             payload[name] = {k: np.asarray(v).tolist() for k, v in cal.as_arrays("c").items()}
@@ -367,10 +427,15 @@ class RiskCalibration:
             if confident_ml is not None and not (isinstance(confident_ml, (int, float)) and 0 < confident_ml < 1e6):
                 raise ValueError(f"confident_ml {confident_ml!r}: a positive number of ml")
             grow = parse_growth(str(payload.get("grow") or "none"))
+            weights = payload.get("weights")
+            if weights is not None:
+                if combination != "max" or not isinstance(weights, dict):
+                    raise ValueError(f"weights {weights!r}: a detector -> weight table, for the maximum only")
+                weights = normalised_weights(weights, detectors)
             return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors,
                        _smoothing(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
                        tuple(payload.get("standardised") or ()), None if confident_ml is None else float(confident_ml),
-                       grow)
+                       grow, weights)
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}: corrupt risk calibration ({exc})") from exc
 

@@ -14,8 +14,8 @@ from localdiffusion.data.readers import read_case
 from localdiffusion.detectors.given import SOURCE_MAPS, GivenMaps
 from localdiffusion.detectors.input_gate import InputGate, MapSummary, depth_correlation
 from localdiffusion.detectors.maps import DETECTORS, VolumeRecorder
-from localdiffusion.detectors.risk import (CONFIDENT_DETECTOR, Growth, RiskCalibration, Smoothing, fit_on_volumes,
-                                          risk_default, risk_definition)
+from localdiffusion.detectors.risk import (CONFIDENT_DETECTOR, Growth, RiskCalibration, Smoothing, Weights,
+                                          fit_on_volumes, normalised_weights, risk_default, risk_definition)
 from localdiffusion.errors import InputError
 from localdiffusion.jobs.inputs import check_sampling
 from localdiffusion.ood.volume import probability_volume
@@ -27,7 +27,8 @@ from localdiffusion.volume.grid import prepare_case
 
 def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: tuple[str, ...] | None = None,
                    smoothing: Smoothing | None = None, combination: str | None = None, rods=None,
-                   grow: Growth | None | str = "default", split: str = "val", max_cases: int = 3,
+                   grow: Growth | None | str = "default", weights: Weights | None | str = "default",
+                   split: str = "val", max_cases: int = 3,
                    lesion_cases: bool = False,
                    steps: int = default("steps"), seed: int = default("seed"), false_positive_rate: float = HEALTHY_FPR,
                    last_k: int = 10, batch_size: int = default("batch_size")) -> RiskCalibration:
@@ -46,7 +47,9 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     rule (:attr:`~localdiffusion.detectors.risk.RiskDefault.confident_ml`) is recorded when ``detectors`` are the
     direction's default or include its detector; so is its growth of flagged regions
     (:attr:`~localdiffusion.detectors.risk.RiskDefault.grow`) when ``grow`` is ``"default"`` and ``detectors`` are
-    the default (``grow``: a (map, level) pair, or None for none; growth does not change the fit).
+    the default (``grow``: a (map, level) pair, or None for none; growth does not change the fit); so are its
+    weights (:attr:`~localdiffusion.detectors.risk.RiskDefault.weights`; ``weights``: detector -> share of the
+    false-alarm budget, a weighted maximum, or None for the plain combination).
     """
     cfg = denoiser.config
     steps = cfg.sampling_steps(steps)  # 0: the model's validated count
@@ -58,6 +61,15 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     confident_ml = chosen.confident_ml if detectors == chosen.detectors or CONFIDENT_DETECTOR in detectors else None
     if grow == "default":
         grow = chosen.grow if detectors == chosen.detectors else None
+    if weights == "default":
+        weights = chosen.weights if detectors == chosen.detectors and combination == chosen.combination else None
+    if weights is not None:
+        if combination != "max":
+            raise InputError(f"weights need the maximum, not the {combination} combination")
+        try:
+            weights = normalised_weights(weights, detectors)
+        except ValueError as exc:
+            raise InputError(f"risk weights: {exc}") from None
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
         raise InputError(f"unknown risk detectors {unknown}; known: {', '.join(DETECTORS)}")
@@ -100,10 +112,10 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     definition = risk_definition(detectors, smoothing, combination, standardised, false_positive_rate,
                                  fitted_on=f"{what} of {', '.join(str(folder) for folder in folders)}, "
                                            f"DDIM-{steps}, seed {seed}",
-                                 confident_ml=confident_ml, grow=grow)
+                                 confident_ml=confident_ml, grow=grow, weights=weights)
     calibration = fit_on_volumes(fitted_maps(), detectors, smoothing, combination, standardised,
                                  false_positive_rate, last_k=last_k, steps=steps, definition=definition,
-                                 confident_ml=confident_ml, grow=grow)
+                                 confident_ml=confident_ml, grow=grow, weights=weights)
     if probe is not None:  # the eps flagging false_positive_rate of healthy slices
         eps = float(np.quantile(np.concatenate(slice_curvature), 1 - false_positive_rate))
         calibration = dataclasses.replace(calibration, rods=dataclasses.replace(rods, eps=eps))
