@@ -144,3 +144,35 @@ def test_a_refit_reads_the_healthy_brain_only_so_its_level_holds_next_to_a_lesio
     healthy = brain & (seg == 0)
     assert 0.005 < (risk[healthy] >= 0.99).mean() < 0.02
     assert (risk[seg > 0] >= 0.99).all()
+
+
+def test_a_calibration_file_reads_the_lesion_unets_named_for_it(tmp_path):
+    """``score --calibration-segmenter NAME:wm_lesion=DIR``: a file's white-matter detector reads that U-Net's map,
+    another file's the shipped one; a detector the product does not know is refused."""
+    from pathlib import Path
+
+    import pytest
+
+    from localdiffusion.detectors.risk import RiskCalibration
+    from research.lesion_risk import score
+
+    rng = np.random.default_rng(2)
+    shape = (12, 12, 8)
+    brain = np.ones(shape, bool)
+    healthy = {"tumour": rng.random(5000).astype(np.float32), "wm_lesion": rng.random(5000).astype(np.float32)}
+    calibration = RiskCalibration.fit(healthy, weights={"tumour": 0.5, "wm_lesion": 0.5})
+    candidate = Path("runs/wm_candidate")
+    quiet, loud = np.zeros(shape, np.float32), np.ones(shape, np.float32)
+    # the maps source_tumour would compute, already in the case (it computes each once per case and U-Net)
+    case = {"brain": brain, "tumour": quiet, "wm_lesion": quiet, f"wm_lesion@{candidate}": loud}
+    mapping = score.parse_calibration_segmenters(["new:wm_lesion=runs/wm_candidate", "old=runs/pooled"])
+    assert mapping == {("new", "wm_lesion"): candidate, ("old", "tumour"): Path("runs/pooled")}
+    score.CALIBRATION_SEGMENTER.update({("new", "wm_lesion"): candidate})
+    try:
+        files = {"new": calibration, "same": calibration}
+        assert (score.risk_of(case, "new", files, calibration) >= 0.99).all()
+        assert not (score.risk_of(case, "same", files, calibration) >= 0.99).any()
+    finally:
+        score.CALIBRATION_SEGMENTER.clear()
+    with pytest.raises(SystemExit, match="DETECTOR one of"):
+        score.parse_calibration_segmenters(["new:cycle=runs/x"])

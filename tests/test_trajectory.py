@@ -177,9 +177,9 @@ def test_translate_risk_map_and_rods_from_the_cli(tiny_models, cohort, tmp_path,
 
 @pytest.mark.slow
 def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_path, capsys):
-    """The shipped kind of risk (the source contrast's lesion U-Net alone, smoothed): calibrate-risk fits it by
-    default, run writes it without a back-translation, and without the U-Net's folder run plans no risk map and
-    translate --risk-map refuses in one line naming it."""
+    """The shipped kind of risk (the source contrast's lesion U-Nets, T1's two in a weighted maximum, unsmoothed):
+    calibrate-risk fits it by default, run writes it without a back-translation, and without a U-Net's folder run
+    plans no risk map and translate --risk-map refuses in one line naming it."""
     import json
     import shutil
 
@@ -199,7 +199,8 @@ def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_
                  "--steps", "4"]) == 0
     saved = json.loads((model / "risk_calibration_ddim4.json").read_text())
     chosen = RISK_DEFAULTS["t1_to_flair"]
-    assert saved["detectors"] == list(chosen.detectors) == ["tumour"] and "tumour" in saved
+    assert saved["detectors"] == list(chosen.detectors) == ["tumour", "wm_lesion"] and "tumour" in saved
+    assert saved["weights"] == chosen.weights == {"tumour": 0.7, "wm_lesion": 0.3} and "wm_lesion" in saved
     assert saved["smoothing"] == chosen.smoothing == 0.0 and saved["confident_ml"] is None is chosen.confident_ml
     assert saved["grow"] == (growth_label(chosen.grow) if chosen.grow else None)
     assert "ood_located" not in saved["definition"]["risk"] and "lesion_<source>" in saved["definition"]["detectors"]["tumour"]

@@ -94,9 +94,23 @@ def gross_error_level(healthy_cases: list[dict], translation: str = "local") -> 
 SEGMENTER_OVERRIDE: dict[str, Path] = {}
 
 
-#: calibration file name -> the tumour U-Net folder its ``tumour`` detector reads (``--calibration-segmenter``: a
-#: previous version's file scored with that version's U-Net)
-CALIBRATION_SEGMENTER: dict[str, Path] = {}
+#: (calibration file name, lesion detector) -> the U-Net folder that detector reads for that file
+#: (``--calibration-segmenter``: a previous version's file scored with that version's U-Nets, or a candidate U-Net)
+CALIBRATION_SEGMENTER: dict[tuple[str, str], Path] = {}
+
+
+def parse_calibration_segmenters(items: list[str]) -> dict[tuple[str, str], Path]:
+    """``["0.23.0=runs/a", "new:wm_lesion=runs/b"]`` -> {("0.23.0", "tumour"): runs/a, ("new", "wm_lesion"): runs/b}
+    (``--calibration-segmenter``); SystemExit for anything else."""
+    chosen = {}
+    for item in items:
+        key, _, folder = item.partition("=")
+        name, _, detector = key.partition(":")
+        if not name or not folder or detector and detector not in LESION_MODELS:
+            raise SystemExit(f"--calibration-segmenter {item!r}: NAME[:DETECTOR]=DIR, DETECTOR one of "
+                             f"{list(LESION_MODELS)}")
+        chosen[name, detector or "tumour"] = Path(folder)
+    return chosen
 
 
 @functools.lru_cache(maxsize=4)
@@ -199,10 +213,9 @@ def risk_of(case: dict, name: str, calibrations: dict[str, RiskCalibration], shi
     if name in calibrations and name not in ("fisher-refit", "max-refit", "max-located-refit"):  # a file
         calibration = calibrations[name]
         maps = detector_maps(case, shipped, "ood_located" in calibration.detectors)
-        # every lesion U-Net the file reads, computed here with the file's own smoothing (the pooled one may be
-        # replaced by --calibration-segmenter's; the others are the product's folders, LESION_MODELS)
-        raw = {detector: source_tumour(case, CALIBRATION_SEGMENTER.get(name) if detector == "tumour" else None,
-                                       detector)
+        # every lesion U-Net the file reads, computed here with the file's own smoothing (the product's folders,
+        # LESION_MODELS, unless --calibration-segmenter names another for this file)
+        raw = {detector: source_tumour(case, CALIBRATION_SEGMENTER.get((name, detector)), detector)
                for detector in LESION_MODELS if detector in calibration.needs}
         maps.update(detector_volumes(raw, case["brain"], calibration.smoothing))
         risk = calibration.risk(maps)
@@ -316,12 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segmenter", type=Path, default=None,
                    help="a tumour U-Net folder of the source contrast that the tumour detector reads instead of the "
                         "shipped one (round 6: a retrained U-Net)")
-    p.add_argument("--calibration-segmenter", nargs="*", default=[], metavar="NAME=DIR",
-                   help="the tumour U-Net a --calibration file's tumour detector reads (default: as --segmenter)")
+    p.add_argument("--calibration-segmenter", nargs="*", default=[], metavar="NAME[:DETECTOR]=DIR",
+                   help="the U-Net a --calibration file's lesion detector reads (DETECTOR: tumour, the default, or "
+                        "wm_lesion; default: the shipped one, or --segmenter's for tumour)")
     p.add_argument("--tumour-subjects", nargs="*", default=None, metavar="ID",
                    help="score only the tumour cases whose name ends with one of these (t0003 ...), and every healthy one")
     args = p.parse_args(argv)
-    CALIBRATION_SEGMENTER.update({k: Path(v) for k, v in (i.split("=", 1) for i in args.calibration_segmenter)})
+    CALIBRATION_SEGMENTER.update(parse_calibration_segmenters(args.calibration_segmenter))
     if args.segmenter is not None:
         from localdiffusion.network.segmenter import load_segmenter
 
