@@ -200,7 +200,7 @@ def test_the_default_risk_reads_the_source_lesion_unet(tiny_models, cohort, tmp_
     saved = json.loads((model / "risk_calibration_ddim4.json").read_text())
     chosen = RISK_DEFAULTS["t1_to_flair"]
     assert saved["detectors"] == list(chosen.detectors) == ["tumour", "wm_lesion"] and "tumour" in saved
-    assert saved["weights"] == chosen.weights == {"tumour": 0.7, "wm_lesion": 0.3} and "wm_lesion" in saved
+    assert saved["weights"] == chosen.weights == {"tumour": 0.8, "wm_lesion": 0.2} and "wm_lesion" in saved
     assert saved["smoothing"] == chosen.smoothing == 0.0 and saved["confident_ml"] is None is chosen.confident_ml
     assert saved["grow"] == (growth_label(chosen.grow) if chosen.grow else None)
     assert "ood_located" not in saved["definition"]["risk"] and "lesion_<source>" in saved["definition"]["detectors"]["tumour"]
@@ -314,7 +314,7 @@ def test_a_lesion_unet_on_a_finer_grid_reads_the_source_on_its_own_grid(tiny_mod
     assert main(["calibrate-risk", "--data", str(cohort), "--model", str(models / "t1_to_flair"), "--max-cases", "2",
                  "--lesion-cases", "--steps", "3", "--out", str(out)]) == 0
     saved = json.loads(out.read_text())  # the direction's default: both T1 lesion U-Nets, sharing the budget
-    assert saved["detectors"] == ["tumour", "wm_lesion"] and saved["weights"] == {"tumour": 0.7, "wm_lesion": 0.3}
+    assert saved["detectors"] == ["tumour", "wm_lesion"] and saved["weights"] == {"tumour": 0.8, "wm_lesion": 0.2}
     shutil.copy(out, models / "t1_to_flair" / "risk_calibration.json")
     t1 = path / f"{path.name}_t1.nii.gz"
     assert main(["run", "--input", str(t1), "--out-dir", str(tmp_path / "run"), "--models", str(models),

@@ -51,14 +51,14 @@ class RiskDefault:
 
 #: The risk map each direction ships, chosen on the validation lesion families by the lesion yardstick of
 #: research/lesion_risk. Both read the source contrast's lesion U-Nets only. T1 -> FLAIR: the weighted maximum of
-#: two U-Nets on a 1 mm grid, the pooled lesion U-Net (``tumour``, 70% of the false-alarm budget) and one trained on
-#: small white-matter lesions (``wm_lesion``, 30%), their probabilities unsmoothed, the level fitted on the healthy
+#: two U-Nets on a 1 mm grid, the pooled lesion U-Net (``tumour``, 80% of the false-alarm budget) and one trained on
+#: small white-matter lesions (``wm_lesion``, 20%), their probabilities unsmoothed, the level fitted on the healthy
 #: validation scans of the families (1.5 and 3 T, both native T1 kinds). FLAIR -> T1: the pooled 2 mm U-Net's
 #: probability smoothed by a Gaussian of sigma 1 voxel, the level fitted on the families' validation scans, healthy
 #: and lesion ones, each lesion scan outside its lesion labels (``calibrate-risk --lesion-cases``). Neither needs a
 #: back-translation.
 RISK_DEFAULTS = {"t1_to_flair": RiskDefault(("tumour", "wm_lesion"), 0.0, "max",
-                                            weights={"tumour": 0.7, "wm_lesion": 0.3}),
+                                            weights={"tumour": 0.8, "wm_lesion": 0.2}),
                  "flair_to_t1": RiskDefault(("tumour",), 1.0, "max")}
 #: the detector whose confident components a calibration with ``confident_ml`` flags outright: the location-aware
 #: OOD map ``run`` writes (a probability calibrated on healthy validation voxels by the OOD bank)
