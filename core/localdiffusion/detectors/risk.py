@@ -140,8 +140,13 @@ def parse_weights(items: Iterable[str], detectors: tuple[str, ...]) -> Weights:
     return normalised_weights(weights, detectors)
 
 
-def normalised_weights(weights: dict[str, float], detectors: tuple[str, ...]) -> Weights:
-    """``weights`` over exactly ``detectors``, each positive and finite, scaled to sum 1; ValueError otherwise."""
+def normalised_weights(weights: dict[str, float], detectors: tuple[str, ...], combination: str = "max") -> Weights:
+    """``weights`` over exactly ``detectors`` of a ``combination`` (weights need the maximum), each positive and
+    finite, scaled to sum 1; ValueError otherwise."""
+    if combination != "max":
+        raise ValueError(f"weights need the maximum, not the {combination!r} combination")
+    if not isinstance(weights, dict):
+        raise ValueError(f"weights {weights!r}: a detector -> weight table")
     if set(weights) != set(detectors):
         raise ValueError(f"weights for {sorted(weights)}, but the risk combines {list(detectors)}: one weight each")
     values = np.array([weights[name] for name in detectors], np.float64)
@@ -383,9 +388,7 @@ class RiskCalibration:
         if combination not in COMBINATIONS:
             raise ValueError(f"unknown combination {combination!r}; known: {COMBINATIONS}")
         if weights is not None:
-            if combination != "max":
-                raise ValueError("weights need the maximum")
-            weights = normalised_weights(weights, detectors)
+            weights = normalised_weights(weights, detectors, combination)
         partial = cls(components, None, last_k, detectors=detectors, combination=combination,
                       weights=weights)  # its score only
         combined = Calibration.fit(partial.combined_score(maps), false_positive_rate)
@@ -429,9 +432,7 @@ class RiskCalibration:
             grow = parse_growth(str(payload.get("grow") or "none"))
             weights = payload.get("weights")
             if weights is not None:
-                if combination != "max" or not isinstance(weights, dict):
-                    raise ValueError(f"weights {weights!r}: a detector -> weight table, for the maximum only")
-                weights = normalised_weights(weights, detectors)
+                weights = normalised_weights(weights, detectors, combination)
             return cls(components, combined, int(payload["last_k"]), rods, payload.get("steps"), detectors,
                        _smoothing(payload.get("smoothing", 0.0)), dict(payload.get("definition") or {}), combination,
                        tuple(payload.get("standardised") or ()), None if confident_ml is None else float(confident_ml),

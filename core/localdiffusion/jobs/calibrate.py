@@ -64,10 +64,8 @@ def calibrate_risk(denoiser, data: str | Path, given: GivenMaps, *, detectors: t
     if weights == "default":
         weights = chosen.weights if detectors == chosen.detectors and combination == chosen.combination else None
     if weights is not None:
-        if combination != "max":
-            raise InputError(f"weights need the maximum, not the {combination} combination")
         try:
-            weights = normalised_weights(weights, detectors)
+            weights = normalised_weights(weights, detectors, combination)
         except ValueError as exc:
             raise InputError(f"risk weights: {exc}") from None
     unknown = [name for name in detectors if name not in DETECTORS]
