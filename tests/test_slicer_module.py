@@ -1,6 +1,7 @@
 """Static checks of the Slicer module: .ui, parameter node, CMake lists, Python 3.12."""
 
 import ast
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -188,6 +189,12 @@ def test_the_overlay_threshold_is_the_calibrated_flag_level():
 
     declared = _parameter_declarations()
     assert declared["oodThreshold"]["default"] == pytest.approx(FLAG_THRESHOLD)
+    # the defaults the view code (and research.slicer_view) uses are the panel's
+    spec = importlib.util.spec_from_file_location("views", MODULE_DIR / "SlicerLocalDiffusionLib" / "views.py")
+    views = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(views)
+    assert (views.OVERLAY_THRESHOLD, views.OVERLAY_OPACITY) == pytest.approx(
+        (declared["oodThreshold"]["default"], declared["oodOpacity"]["default"]))
     slider = _ui_widgets()["oodThresholdSlider"]
     value = slider.find("./property[@name='value']/double")
     assert float(value.text) == pytest.approx(FLAG_THRESHOLD)

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 #: the ``localdiffusion`` release this module is written for (tests check it against pyproject.toml)
-LOCALDIFFUSION_VERSION = "0.26.0"
+LOCALDIFFUSION_VERSION = "0.27.0"
 #: the oldest PyTorch the package supports (tests check it against pyproject.toml)
 MINIMUM_TORCH_VERSION = "2.4"
 

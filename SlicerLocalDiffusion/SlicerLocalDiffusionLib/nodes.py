@@ -25,6 +25,8 @@ OUTPUTS = {
     "risk": ("hallucination risk", False),
     "risk_regions": ("flagged regions", True),
 }
+#: the name of the translation node when Local Diffusion did not make it
+PLAIN_TRANSLATION = "translation"
 #: the colour of the flagged regions' outlines (RGB, 0..1)
 REGION_COLOR = (1.0, 0.85, 0.0)
 #: the flagged-region table's columns: (report key, title)
@@ -102,8 +104,13 @@ def nifti_to_node(path: str | os.PathLike, scene, name: str, label: bool = False
 
 
 def output_nodes(volumes: dict[str, tuple[np.ndarray, np.ndarray]], scene, input_name: str) -> dict[str, object]:
-    """Nodes for the outputs in ``volumes`` (name -> (array, affine)), named after the input."""
-    return {key: array_to_node(data, affine, scene, f"{input_name} {OUTPUTS[key][0]}", OUTPUTS[key][1])
+    """Nodes for the outputs in ``volumes`` (name -> (array, affine)), named after the input. The translation is
+    Local Diffusion's when a baseline came with it (the module always asks for one; a direction whose model
+    translates without Local Diffusion writes none), else the plain translation, named so."""
+    def title(key: str) -> str:
+        return PLAIN_TRANSLATION if key == "local" and "baseline" not in volumes else OUTPUTS[key][0]
+
+    return {key: array_to_node(data, affine, scene, f"{input_name} {title(key)}", OUTPUTS[key][1])
             for key, (data, affine) in volumes.items() if key in OUTPUTS}
 
 

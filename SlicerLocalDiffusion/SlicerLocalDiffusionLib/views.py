@@ -9,6 +9,12 @@ from __future__ import annotations
 
 COLOR_NODE_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
 VIEWS = ("Red", "Yellow")
+#: the panel's defaults (its parameter node's, which tests compare): the overlay's opacity and its flag level
+OVERLAY_OPACITY, OVERLAY_THRESHOLD = 0.5, 0.99
+#: the narrowest colour window of the overlay (a flag level of 1 still gets a ramp)
+MIN_WINDOW = 1e-3
+#: the colour legend: labels, their format, and its size as fractions of the view (width, height)
+LEGEND_LABELS, LEGEND_FORMAT, LEGEND_SIZE = 3, "%.3f", (0.1, 0.35)
 
 
 def composite_nodes(scene) -> dict[str, object]:
@@ -41,8 +47,17 @@ def show_side_by_side(scene, left, right, overlay, opacity: float, threshold: fl
     style_overlay(scene, overlay, opacity, threshold)
 
 
+def colour_window(threshold: float) -> tuple[float, float]:
+    """The overlay values its colours span: the flag level to 1 (a window at least :data:`MIN_WINDOW` wide)."""
+    return min(threshold, 1.0 - MIN_WINDOW), 1.0
+
+
 def style_overlay(scene, overlay, opacity: float, threshold: float) -> None:
-    """Colour map, threshold (values below are transparent), opacity and colour legend of the overlay."""
+    """Colour map, threshold (values below are transparent), opacity and colour legend of the overlay.
+
+    The colours span :func:`colour_window`, the values the overlay shows, so that the whole colour ramp tells
+    shown values apart and the legend (which Slicer draws over a volume's window) labels them.
+    """
     if overlay is None:
         return
     if overlay.GetDisplayNode() is None:
@@ -50,18 +65,18 @@ def style_overlay(scene, overlay, opacity: float, threshold: float) -> None:
     display = overlay.GetDisplayNode()
     display.SetAndObserveColorNodeID(COLOR_NODE_ID)
     display.SetAutoWindowLevel(False)
-    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetWindowLevelMinMax(*colour_window(threshold))
     display.SetApplyThreshold(True)
     display.SetLowerThreshold(threshold)
     display.SetUpperThreshold(1.0)
     for composite in composite_nodes(scene).values():
         composite.SetForegroundOpacity(opacity)
-    color_legend(scene, overlay, threshold)
+    color_legend(scene, overlay)
 
 
-def color_legend(scene, overlay, threshold: float):
+def color_legend(scene, overlay):
     """The overlay's colour legend in the slice views (Slicer's own colour-legend display node), titled with
-    what the map is and showing values from ``threshold`` (the flag level) to 1."""
+    what the map is; it shows the overlay's window, the flag level to 1 (:func:`colour_window`)."""
     import slicer
 
     display = overlay.GetDisplayNode()
@@ -78,7 +93,10 @@ def color_legend(scene, overlay, threshold: float):
     legend.SetAndObservePrimaryDisplayNode(display)
     name = overlay.GetName()
     legend.SetTitleText("hallucination risk" if "risk" in name else "OOD probability" if "OOD" in name else name)
-    legend.SetScalarRangeFlag(legend.UseManualScalarRange)  # the colours shown: the flag level to 1
-    legend.SetScalarRange(threshold, 1.0)
+    # Slicer labels a volume's legend from the volume's window (style_overlay), not from the legend's own range;
+    # three labels with enough digits to tell 0.990 from 1.000
+    legend.SetNumberOfLabels(LEGEND_LABELS)
+    legend.SetLabelFormat(LEGEND_FORMAT)
+    legend.SetSize(*LEGEND_SIZE)
     legend.SetVisibility(True)
     return legend
