@@ -46,14 +46,18 @@ def test_run_bad_input_leaves_no_outputs(tiny_models, cohort, tmp_path, capsys):
 
 
 def test_demo_figure_from_job_outputs(tiny_models, cohort, tmp_path):
-    from localdiffusion.data.io import save_png
+    from localdiffusion.data.io import PLANE_SIDES, save_png
     from localdiffusion.jobs.demo import comparison_figure
     from localdiffusion.jobs.run import JobOptions, run_job
 
     case = next(p for p in sorted(cohort.iterdir()) if "test_t" in p.name)
     outputs = run_job(case / f"{case.name}_t1.nii.gz", tmp_path, JobOptions(steps=2, t_intermediate=5), tiny_models,
                       progress=False)
-    png = save_png(tmp_path / "translation.png", comparison_figure(case, case.name, outputs, 2))
+    figure = comparison_figure(case, case.name, outputs, 2)
+    for row, plane in zip(np.asarray(figure.axes).reshape(3, -1), ("axial", "coronal", "sagittal")):
+        for ax in row:  # drawn as 3D Slicer draws the plane, the patient's sides lettered
+            assert ax.xaxis_inverted() and [t.get_text() for t in ax.texts] == list(PLANE_SIDES[plane])
+    png = save_png(tmp_path / "translation.png", figure)
     assert png.stat().st_size > 20_000
 
 

@@ -170,3 +170,24 @@ def save_png(path: str | os.PathLike, figure) -> Path:
         figure.savefig(str(tmp), format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
     return Path(path)
+
+
+#: the patient's side at each edge of a plane drawn as 3D Slicer draws it (radiological: the patient's right on the
+#: screen's left; sagittal: anterior on the left): plane -> (left, right, bottom, top)
+PLANE_SIDES = {"axial": ("R", "L", "P", "A"), "coronal": ("R", "L", "I", "S"), "sagittal": ("A", "P", "I", "S")}
+
+
+def orient_plane(ax, plane: str) -> None:
+    """Turn a matplotlib axis that shows a cut of an RAS-ordered volume the way the figures draw it
+    (``imshow(cut.T, origin="lower")``; axial ``v[:, :, k]``, coronal ``v[:, j, :]``, sagittal ``v[i, :, :]``) into
+    the view 3D Slicer shows (:data:`PLANE_SIDES`), and letter its edges with the patient's sides.
+
+    Args:
+        ax: the axis, after its images and contours are drawn.
+        plane: ``axial``, ``coronal`` or ``sagittal``.
+    """
+    ax.invert_xaxis()  # each cut's first axis runs to the patient's right (R) or front (A): shown to the left
+    left, right, bottom, top = PLANE_SIDES[plane]
+    for x, y, text, ha, va in ((0.02, 0.5, left, "left", "center"), (0.98, 0.5, right, "right", "center"),
+                               (0.5, 0.02, bottom, "center", "bottom"), (0.5, 0.98, top, "center", "top")):
+        ax.text(x, y, text, transform=ax.transAxes, color="white", fontsize=8, fontweight="bold", ha=ha, va=va)

@@ -18,7 +18,7 @@ from typing import Iterator
 import nibabel as nib
 import numpy as np
 
-from localdiffusion.data.io import save_png
+from localdiffusion.data.io import orient_plane, save_png
 from localdiffusion.options import FLAG_THRESHOLD, HEALTHY_FPR, default
 from localdiffusion.phantom.dataset import write_cohort
 from localdiffusion.volume.grid import normalise
@@ -51,7 +51,8 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path], st
 
     import json
 
-    load = lambda p: np.asarray(nib.load(str(p)).dataobj, np.float32)  # noqa: E731
+    # every volume in RAS order (orient_plane's convention)
+    load = lambda p: np.asarray(nib.as_closest_canonical(nib.load(str(p))).dataobj, np.float32)  # noqa: E731
     method = json.loads(Path(outputs["provenance"]).read_text(encoding="utf-8")).get("translation")
     t1, flair, seg = (load(case_dir / f"{case_id}_{s}.nii.gz") for s in ("t1", "flair", "seg"))
     z = int(np.argmax((seg > 0).sum(axis=(0, 1)))) if seg.any() else seg.shape[2] // 2
@@ -85,9 +86,10 @@ def comparison_figure(case_dir: Path, case_id: str, outputs: dict[str, Path], st
             ax.set_title(title if r == 0 else "", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
+            orient_plane(ax, plane)  # as 3D Slicer shows it, the patient's sides lettered
             if ax is axes[r][0]:
                 ax.set_ylabel(plane)
     fig.suptitle(f"{case_id}: axial slice {centre[2]}, coronal {centre[1]}, sagittal {centre[0]} "
-                 "(cyan: true tumour outline)")
+                 "(cyan: true tumour outline; the patient's right on the left, as 3D Slicer shows it)")
     fig.tight_layout()
     return fig

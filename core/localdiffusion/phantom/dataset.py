@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from localdiffusion.data.io import atomic_path, save_png, save_volume
+from localdiffusion.data.io import atomic_path, orient_plane, save_png, save_volume
 from localdiffusion.errors import InputError
 from localdiffusion.phantom.families import FAMILIES, check_family
 from localdiffusion.phantom.generate import GRIDS, PHANTOM_MODALITIES, PhantomCase, generate_case
@@ -176,13 +176,16 @@ def preview_figure(case: PhantomCase, title: str):
         z, y = seg.shape[2] // 2, seg.shape[1] // 2
     cmap = ListedColormap([(0, 0, 0, 0), (1, 0.2, 0.2, 0.8), (0.2, 1, 0.2, 0.5), (0, 0, 0, 0), (1, 1, 0.1, 0.8)])
     fig, axes = plt.subplots(2, 4, figsize=(12, 6.5))
-    for row, (cut, label) in enumerate(((lambda v: v[:, :, z], f"axial z={z}"), (lambda v: v[:, y, :], f"coronal y={y}"))):
+    planes = (("axial", lambda v: v[:, :, z], f"axial z={z}"), ("coronal", lambda v: v[:, y, :], f"coronal y={y}"))
+    for row, (plane, cut, label) in enumerate(planes):  # the phantom's grids are RAS-ordered (orient_plane)
         for col, modality in enumerate(PHANTOM_MODALITIES):
             axes[row, col].imshow(cut(case.images[modality]).T, cmap="gray", origin="lower")
             axes[row, col].set_title(f"{modality.upper()} ({label})", fontsize=9)
         axes[row, 3].imshow(cut(case.images["flair"]).T, cmap="gray", origin="lower")
         axes[row, 3].imshow(cut(seg).T, cmap=cmap, vmin=0, vmax=4, origin="lower", interpolation="nearest")
         axes[row, 3].set_title("labels: 1 necrosis red, 2 oedema green, 4 enh. yellow", fontsize=8)
+        for ax in axes[row]:
+            orient_plane(ax, plane)
     for ax in axes.ravel():
         ax.axis("off")
     fig.suptitle(title)
