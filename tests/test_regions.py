@@ -31,7 +31,16 @@ def test_regions_are_numbered_by_largest_risk_with_their_scanner_centres_and_vol
     assert big.detectors == ["cycle"] and small.detectors == ["ood", "cycle"]
     assert labels.dtype == np.uint8 and (labels == 1).sum() == 400 and (labels == 2).sum() == 64
     assert labels[35, 35, 2] == 0 and labels[1, 31, 1] == 0 and 0.008 < MIN_REGION_ML
-    assert "flagged region 1: 3.20 ml centred at R +9.0, A -1.0, S +13.0 mm" in big.line()
+    # the centre as the patient's sides, as 3D Slicer's data probe writes a position
+    assert big.position == "R 9.0, P 1.0, S 13.0" and small.position == "L 27.0, P 37.0, S 3.0"
+    assert "flagged region 1: 3.20 ml centred at R 9.0, P 1.0, S 13.0 mm" in big.line()
+
+
+def test_a_position_names_the_patients_side_of_every_coordinate():
+    from localdiffusion.detectors.regions import patient_position
+
+    assert patient_position((-61.04, -24.69, 6.47)) == "L 61.0, P 24.7, S 6.5"
+    assert patient_position((12.0, 0.0, -3.25)) == "R 12.0, A 0.0, I 3.2"  # zero counts as R, A, S (as Slicer's)
 
 
 def test_no_region_when_nothing_reaches_the_threshold():

@@ -260,6 +260,9 @@ def test_flagged_regions_become_an_outlined_segmentation_and_a_table(risk_models
     table = nodes["region_table"]
     assert table.GetNumberOfRows() == len(job.regions) and table.GetCellText(0, 0) == str(job.regions[0]["label"])
     assert float(table.GetCellText(0, 1)) == pytest.approx(job.regions[0]["volume_ml"], abs=0.01)
+    r, a, s = job.regions[0]["centre_mm"]  # the centre as the patient's sides, as Slicer's data probe writes it
+    assert table.GetCellText(0, 2) == f"{'R' if r >= 0 else 'L'} {abs(r):.1f}, {'A' if a >= 0 else 'P'} {abs(a):.1f}, " \
+                                      f"{'S' if s >= 0 else 'I'} {abs(s):.1f}"
     from SlicerLocalDiffusionLib import remove_nodes  # what a new run does with this run's nodes
 
     before = scene.GetNumberOfNodes()

@@ -51,8 +51,8 @@ def draw(out: Path) -> None:
     volume = array_to_node(image, AFFINE, scene, "T1 Local Diffusion")
     overlay = array_to_node(risk, AFFINE, scene, "T1 hallucination risk")
     region_label = array_to_node(labels, AFFINE, scene, "T1 flagged regions", label=True)
-    region = {"label": 1, "volume_ml": 0.8, "centre_mm": list(_centre_ras(HIGH)), "max_risk": 0.995,
-              "detectors": ["tumour"]}
+    region = {"label": 1, "volume_ml": 0.8, "centre_mm": list(_centre_ras(HIGH)), "position": "R 53.0, A 49.0, S 10.0",
+              "max_risk": 0.995, "detectors": ["tumour"]}
     region_nodes(region_label, [region], scene, "T1 flagged regions")
     show_side_by_side(scene, volume, volume, overlay, 0.5, 0.99)
     drawn = views.render(("Axial",), _centre_ras(HIGH))[("Red", "Axial")]

@@ -30,7 +30,7 @@ PLAIN_TRANSLATION = "translation"
 #: the colour of the flagged regions' outlines (RGB, 0..1)
 REGION_COLOR = (1.0, 0.85, 0.0)
 #: the flagged-region table's columns: (report key, title)
-REGION_COLUMNS = (("label", "Region"), ("volume_ml", "Volume (ml)"), ("centre_mm", "Centre R, A, S (mm)"),
+REGION_COLUMNS = (("label", "Region"), ("volume_ml", "Volume (ml)"), ("position", "Centre (mm)"),
                   ("max_risk", "Largest risk"), ("detectors", "Flagged by"))
 
 
@@ -119,9 +119,7 @@ def region_cells(region: dict) -> list[str]:
     cells = []
     for key, _ in REGION_COLUMNS:
         value = region.get(key)
-        if key == "centre_mm":
-            cells.append(", ".join(f"{float(v):+.1f}" for v in value))
-        elif key == "detectors":
+        if key == "detectors":
             cells.append(", ".join(value) if value else "the combination")
         elif key == "max_risk":
             cells.append(f"{float(value):.4f}")

@@ -45,13 +45,26 @@ class FlaggedRegion:
     centre_mm: tuple[float, float, float]
     max_risk: float
     detectors: list[str]
+    #: the centre as the patient's sides (:func:`patient_position`), for people
+    position: str = ""
+
+    def __post_init__(self):
+        self.position = self.position or patient_position(self.centre_mm)
 
     def line(self) -> str:
         """One line for the terminal."""
-        r, a, s = self.centre_mm
         found = ", ".join(self.detectors) if self.detectors else "the combination only"
-        return (f"flagged region {self.label}: {self.volume_ml:.2f} ml centred at R {r:+.1f}, A {a:+.1f}, "
-                f"S {s:+.1f} mm; largest risk {self.max_risk:.4f}; flagged by {found}")
+        return (f"flagged region {self.label}: {self.volume_ml:.2f} ml centred at {self.position} mm; "
+                f"largest risk {self.max_risk:.4f}; flagged by {found}")
+
+
+def patient_position(ras_mm) -> str:
+    """A scanner RAS point as 3D Slicer's data probe writes it: each coordinate's distance with the patient's side
+    it lies toward, e.g. ``L 61.0, P 24.7, S 6.5`` for RAS (-61.0, -24.7, 6.5); zero takes R, A, S
+    (``generateViewDescription`` in Modules/Scripted/DataProbe/DataProbe.py of Slicer/Slicer at commit
+    583e9b37d50ead7daf7b783dce465ccaecec8809)."""
+    return ", ".join(f"{positive if value >= 0 else negative} {abs(value):.1f}"
+                     for value, positive, negative in zip(ras_mm, "RAS", "LPI"))
 
 
 def large_components(mask: np.ndarray, voxel_ml: float, min_ml: float) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +141,8 @@ def region_report(regions: list[FlaggedRegion], threshold: float = FLAG_THRESHOL
     """The report ``run`` writes beside its volumes (JSON): the definition, ``context`` (input, direction,
     ...) and one entry per region."""
     return {"definition": f"connected regions (26-connectivity) of risk >= {threshold:g}, at least {MIN_REGION_ML:g} "
-                          f"ml; centres in scanner RAS mm; detectors: those whose own healthy-calibrated "
+                          f"ml; centre_mm: the centre in scanner RAS mm; position: the same as the patient's sides "
+                          f"(R/L, A/P, S/I, mm); detectors: those whose own healthy-calibrated "
                           f"probability reaches {threshold:g} inside the region",
             "threshold": threshold, **context, "regions": [asdict(r) for r in regions]}
 
