@@ -24,6 +24,19 @@ from SlicerLocalDiffusionLib import (TranslationJob, TranslationRequest, remove_
 
 
 
+#: the command line's words in the job's messages -> the panel's words for the control that does the same
+#: (replaced in this order)
+PANEL_WORDS = {"--force translates anyway": "tick Advanced > Translate anyway to translate it",
+               "(--force)": "(Translate anyway)", "--force": "Advanced > Translate anyway"}
+
+
+def panel_words(message: str) -> str:
+    """A job's message with the command line's options named as the panel's controls (:data:`PANEL_WORDS`)."""
+    for flag, control in PANEL_WORDS.items():
+        message = message.replace(flag, control)
+    return message
+
+
 class SlicerLocalDiffusion(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
@@ -82,6 +95,8 @@ class SlicerLocalDiffusionParameterNode:
     seed: Annotated[int, WithinRange(0, 1_000_000)] = 0
     tIntermediate: Annotated[int, WithinRange(-1, 99)] = -1  # -1: the model's validated fusion timestep
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    # translate an input the input gate refuses (it does not look like the source contrast, or like a brain)
+    force: bool = False
     oodOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     oodThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.99
     showLocalDiffusion: bool = True
@@ -171,7 +186,7 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
     def onTranslate(self):
         p = self._parameterNode
         request = self.logic.request(p.direction, p.steps, p.seed, p.tIntermediate, p.serverUrl.strip(), p.device,
-                                     self.ui.serverTokenLineEdit.text.strip())
+                                     self.ui.serverTokenLineEdit.text.strip(), p.force)
         if not request.server and not self.logic.ensureDependencies():
             return
         try:
@@ -197,10 +212,10 @@ class SlicerLocalDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMix
             self.showResults()
             flagged = (f" {len(job.regions)} flagged region(s): do not trust the translation there (table: "
                        f"{self._parameterNode.regionTable.GetName()})." if job.regions else "")
-            self.ui.statusLabel.text = "Done." + flagged + "".join(f" Warning: {w}" for w in job.warnings)
+            self.ui.statusLabel.text = "Done." + flagged + "".join(f" Warning: {panel_words(w)}" for w in job.warnings)
         else:
             self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(f"Translation failed:\n{job.error_message()}")
+            slicer.util.errorDisplay(f"Translation failed:\n{panel_words(job.error_message())}")
         job.cleanup()
         self._updateButtons()
 
@@ -242,10 +257,10 @@ class SlicerLocalDiffusionLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def request(direction: str, steps: int, seed: int, tIntermediate: int, serverUrl: str = "",
-                device: str = "auto", token: str = "") -> TranslationRequest:
+                device: str = "auto", token: str = "", force: bool = False) -> TranslationRequest:
         """The job for the panel's choices; an empty ``serverUrl`` runs the local package."""
         return TranslationRequest(direction=direction, steps=steps, seed=seed, t_intermediate=tIntermediate,
-                                  device=device, python=SlicerLocalDiffusionLogic.pythonExecutable(),
+                                  device=device, force=force, python=SlicerLocalDiffusionLogic.pythonExecutable(),
                                   server=serverUrl, token=token)
 
     @staticmethod

@@ -141,7 +141,8 @@ def test_server_errors_name_the_problem(server, cohort):
 
 @pytest.mark.parametrize("content, words", [("zeros", "empty"), ("labels", "looks like a label map")])
 def test_failed_translation_reports_the_error(tiny_models, content, words):
-    """User faults reach the panel as the job's one error line (the input node's file is named)."""
+    """User faults reach the panel as the job's one error line, naming the volume the user picked (not the
+    temporary file the job wrote it to)."""
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", content)
     data = {"zeros": np.zeros((30, 30, 30)), "labels": (np.indices((30, 30, 30))[0] // 10).astype(float) + 1.0}[content]
@@ -149,7 +150,8 @@ def test_failed_translation_reports_the_error(tiny_models, content, words):
     with pytest.raises(RuntimeError) as info:
         run_translation(node, TranslationRequest(models=str(tiny_models), steps=2), scene, timeout=300)
     message = str(info.value)
-    assert words in message and "input.nii.gz" in message and "Traceback" not in message, message
+    assert words in message and f"volume '{content}'" in message, message
+    assert "input.nii.gz" not in message and "Traceback" not in message, message
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 1  # no partial results
 
 

@@ -97,7 +97,7 @@ def test_module_compiles_under_python_312(tmp_path):
 
 #: Slicer parameter-node field -> option of localdiffusion.options (Slicer may run without the package)
 SLICER_OPTIONS = {"direction": "direction", "steps": "steps", "seed": "seed", "tIntermediate": "t_intermediate",
-                  "device": "device"}
+                  "device": "device", "force": "force"}
 
 
 def _parameter_declarations() -> dict[str, dict]:
@@ -147,6 +147,8 @@ def test_ui_widgets_agree_with_the_parameter_node():
         if widget.get("class") == "QComboBox":
             items = [i.find("./property/string").text for i in widget.findall("item")]
             assert items == list(entry["choices"]), param.text
+        if widget.get("class") == "QCheckBox":
+            assert (props["checked"] == "true") == entry["default"], param.text
 
 
 def test_the_panel_shows_the_risk_map_by_default():

@@ -273,6 +273,7 @@ def test_translate_poll_show_toggle_and_replace_through_the_panel(harness, monke
     ui.translateButton.click()
     job, request = jobs[-1]
     assert request.direction == "t1_to_flair" and request.t_intermediate == -1 and request.server == ""
+    assert not request.force and "--force" not in request.command(Path("in.nii.gz"), Path("out"))
     assert widget._timer.active and not ui.translateButton.enabled and ui.cancelButton.enabled
     widget.onPoll()
     assert ui.progressBar.value == 50 and widget._job is job
@@ -370,3 +371,36 @@ def test_a_direction_without_a_baseline_shows_its_translation_and_offers_no_togg
     p.showLocalDiffusion = False  # a parameter left from an earlier run with a baseline
     left, right, _ = module.SlicerLocalDiffusionLogic.viewVolumes(p)
     assert left is p.localVolume and right is None
+
+
+def test_a_refused_volume_can_be_translated_anyway_from_the_panel(harness, monkeypatch):
+    """The input check's refusal names the panel's control (not the command line's flag), and ticking it sends a
+    forced request."""
+    module, scene, calls = harness
+    _input_volume(scene)
+    requests = []
+
+    class Refused(FakeJob):
+        def error_message(self):
+            return "error: volume 'T1': this looks like a FLAIR, not a T1: the model needs a T1 (--force translates anyway)"
+
+    class Forced(FakeJob):
+        def __init__(self, node):
+            super().__init__(node)
+            self.warnings = ["translated although this looks like a FLAIR, not a T1 (--force)"]
+
+    monkeypatch.setattr(module.SlicerLocalDiffusionLogic, "ensureDependencies", staticmethod(lambda: True))
+    monkeypatch.setattr(module.SlicerLocalDiffusionLogic, "start", staticmethod(
+        lambda node, request: requests.append(request) or (Forced(node) if request.force else Refused(node, fail=True))))
+    widget = module.SlicerLocalDiffusionWidget()
+    widget.setup()
+    widget.ui.translateButton.click()
+    widget.onPoll(), widget.onPoll()
+    message = calls["errors"][-1]
+    assert message.endswith("(tick Advanced > Translate anyway to translate it)") and "--force" not in message
+    widget._parameterNode.force = True
+    widget.ui.translateButton.click()
+    widget.onPoll(), widget.onPoll()
+    assert requests[-1].force and "--force" in requests[-1].command(Path("in.nii.gz"), Path("out"))
+    assert widget.ui.statusLabel.text.startswith("Done.")
+    assert widget.ui.statusLabel.text.endswith("not a T1 (Translate anyway)")

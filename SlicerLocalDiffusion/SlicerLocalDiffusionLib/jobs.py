@@ -86,10 +86,12 @@ class TranslationJob:
         raise NotImplementedError
 
     def error_message(self) -> str:
+        """The job's last error line, the temporary copy of the input named as the volume the user picked."""
         text = "".join(self.log)
         errors = [f"error: {e['message']}" for e in read_events(text) if e.get("event") == "error"]
         errors += [line for line in text.splitlines() if line.startswith("error:")]
-        return errors[-1] if errors else text[-2000:]
+        message = errors[-1] if errors else text[-2000:]
+        return message.replace(str(self.input_path), f"volume '{self.input_node.GetName()}'")
 
     def load_results(self, scene) -> dict[str, object]:
         """Result nodes keyed like :data:`~.nodes.OUTPUTS`, named after the input node; with flagged regions

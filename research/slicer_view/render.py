@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", type=Path, required=True, help="the source volume (NIfTI)")
     p.add_argument("--direction", default="t1_to_flair", choices=["t1_to_flair", "flair_to_t1"])
     p.add_argument("--models", default="", help="models folder (default: the shipped models)")
+    p.add_argument("--force", action="store_true", help="translate a volume the input check refuses (Translate anyway)")
     p.add_argument("--size", type=int, default=512, help="pixels per view side")
     p.add_argument("--out", type=Path, required=True, help="the figure (PNG)")
     args = p.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     scene = slicer_like_scene(colours=True)
     views = SliceViews(scene, size=args.size)  # made before any data, as Slicer's views are
     source = nifti_to_node(args.input, scene, args.input.name.split(".")[0])
-    job = start_translation(source, TranslationRequest(direction=args.direction, models=args.models))
+    job = start_translation(source, TranslationRequest(direction=args.direction, models=args.models, force=args.force))
     while (status := job.poll()) == "running":
         print(f"\rtranslating: {job.progress:.0%}", end="", file=sys.stderr, flush=True)
         time.sleep(1.0)
