@@ -12,7 +12,7 @@ segment *n* is the report's region *n*.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +45,11 @@ class FlaggedRegion:
     centre_mm: tuple[float, float, float]
     max_risk: float
     detectors: list[str]
-    #: the centre as the patient's sides (:func:`patient_position`), for people
-    position: str = ""
+    #: the centre as the patient's sides (:func:`patient_position`), for people; always derived from ``centre_mm``
+    position: str = field(init=False)
 
     def __post_init__(self):
-        self.position = self.position or patient_position(self.centre_mm)
+        self.position = patient_position(self.centre_mm)
 
     def line(self) -> str:
         """One line for the terminal."""
