@@ -24,8 +24,8 @@ import numpy as np
 from scipy import ndimage
 
 from localdiffusion.detectors.risk import RiskCalibration
+from localdiffusion.phantom.dataset import acquisition_settings
 from localdiffusion.phantom.generate import generate_case
-from localdiffusion.phantom.physics import ACQUISITION_SHIFTS
 from research.lesion_risk import score
 from research.lesion_risk.yardstick import THRESHOLD, gross_errors, judge_lesions, lesions
 
@@ -36,11 +36,9 @@ WHITE_MATTER = 1  # PhantomCase.pure_tissue: index into the tissue order (wm fir
 def lesion_contrasts(entry: dict, t1_sequence: str, centres_ras: list[np.ndarray], written_seg: Path) -> list[dict]:
     """Contrast and CNR (module docstring) of the lesion nearest each of ``centres_ras`` (RAS mm); the subject
     generated again must have the lesion labels of ``written_seg``."""
-    acquisition = ACQUISITION_SHIFTS["training"]
-    if t1_sequence != "mprage":
-        acquisition = ACQUISITION_SHIFTS[t1_sequence]
-    case = generate_case(entry["case_seed"], tumour=True, spacing=entry["spacing_mm"], acquisition=acquisition,
-                         family=entry["family"], grid=entry["grid"])
+    case = generate_case(entry["case_seed"], tumour=True, spacing=entry["spacing_mm"],
+                         acquisition=acquisition_settings("training", t1_sequence), family=entry["family"],
+                         grid=entry["grid"])  # as write_cohort made it
     if not np.array_equal(case.seg, np.asarray(nib.load(str(written_seg)).dataobj)):
         raise RuntimeError(f"{written_seg}: the subject generated again differs from the written one")
     clean, mask = case.noise_free["t1"], case.brain_mask > 0

@@ -88,6 +88,16 @@ def _write_case_star(args) -> dict:
     return write_case(*args)
 
 
+def acquisition_settings(acquisition: str = "training", t1_sequence: str = "mprage") -> Acquisition:
+    """The scanner settings a cohort is written with: the named entry of
+    :data:`~localdiffusion.phantom.physics.ACQUISITION_SHIFTS`, its T1 sequence replaced by ``t1_sequence`` unless
+    that is ``mprage``; InputError for an unknown name."""
+    if acquisition not in ACQUISITION_SHIFTS:
+        raise InputError(f"unknown acquisition {acquisition!r}; choose from {sorted(ACQUISITION_SHIFTS)}")
+    settings = ACQUISITION_SHIFTS[acquisition]
+    return settings if t1_sequence == "mprage" else dataclasses.replace(settings, t1_sequence=t1_sequence)
+
+
 def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, *, spacing: float = 2.0,
                  split: str = "all", preview: bool = False, workers: int = 1, t1_sequence: str = "mprage",
                  acquisition: str = "training", family: str = "training", grid: str = "template",
@@ -105,11 +115,7 @@ def write_cohort(out: str | Path, n_healthy: int, n_tumour: int, seed: int = 0, 
         raise InputError(f"unknown grid {grid!r}; choose from {', '.join(GRIDS)}")
     if grid == "brats" and spacing != 1.0:
         raise InputError(f"the BraTS grid is 1 mm: pass --spacing 1 (got {spacing})")
-    if acquisition not in ACQUISITION_SHIFTS:
-        raise InputError(f"unknown acquisition {acquisition!r}; choose from {sorted(ACQUISITION_SHIFTS)}")
-    settings = ACQUISITION_SHIFTS[acquisition]
-    if t1_sequence != "mprage":
-        settings = dataclasses.replace(settings, t1_sequence=t1_sequence)
+    settings = acquisition_settings(acquisition, t1_sequence)
     if n_healthy < 0 or n_tumour < 0 or n_healthy + n_tumour == 0:
         raise InputError("need at least one case (--healthy and --tumour must be >= 0, not both 0)")
     out = Path(out)
